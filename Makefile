@@ -1,0 +1,163 @@
+# nudge — one non-recursive Makefile.
+#   make            build bin/nudged and bin/nudge
+#   make run        install missing Debian packages, build, start nudged on defaults
+#   make test       install, build, run unit + end-to-end tests, then again under ASan+UBSan
+#   make SAN=1      build with AddressSanitizer+UndefinedBehaviorSanitizer into build-san/
+#   make deps       install missing Debian packages only
+
+CC      ?= cc
+PYTHON  ?= /usr/bin/python3
+SAN     ?= 0
+
+ifeq ($(SAN),1)
+BUILD   := build-san
+SANFLAGS := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+OPT     := -O1
+else
+BUILD   := build
+SANFLAGS :=
+OPT     := -O2
+endif
+BIN     := $(BUILD)/bin
+
+LLHTTP_SRC_DIR := /usr/share/llhttp
+LLHTTP_INC_DIR := /usr/share/include/llhttp
+
+CPPFLAGS := -Isrc -I$(LLHTTP_INC_DIR) -D_GNU_SOURCE
+CFLAGS   := -std=c11 $(OPT) -g -Wall -Wextra -Werror -MMD -MP $(SANFLAGS)
+LDFLAGS  := $(SANFLAGS)
+LIBS     := -luv -ljansson -linih -lcrypto -lpthread
+
+# Code shared by the server, the client and the unit tests.
+COMMON_SRC := \
+	src/common/xalloc.c \
+	src/common/log.c \
+	src/common/config.c \
+	src/common/strmap.c \
+	src/common/util.c \
+	src/auth/token.c \
+	src/auth/secret.c \
+	src/http/request.c \
+	src/http/response.c
+
+NUDGED_SRC := \
+	src/server/main.c \
+	src/server/server.c \
+	src/server/conn.c \
+	src/server/deadline.c \
+	src/server/router.c \
+	src/server/admin.c \
+	src/push/ping.c \
+	src/push/state.c \
+	src/push/events.c \
+	src/push/auth.c \
+	src/shard/shard.c \
+	src/store/store.c \
+	src/store/store_mem.c
+
+NUDGE_SRC := \
+	src/cli/main.c \
+	src/cli/httpc.c \
+	src/cli/cmd_token.c \
+	src/cli/cmd_publish.c \
+	src/cli/cmd_ping.c
+
+UNIT_TESTS := \
+	tests/unit/test_token \
+	tests/unit/test_config \
+	tests/unit/test_http \
+	tests/unit/test_store \
+	tests/unit/test_deadline
+
+# Server objects the unit tests link against (everything but main.c).
+NUDGED_LIB_SRC := $(filter-out src/server/main.c,$(NUDGED_SRC))
+
+obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
+
+COMMON_OBJ     := $(call obj,$(COMMON_SRC))
+NUDGED_OBJ     := $(call obj,$(NUDGED_SRC))
+NUDGED_LIB_OBJ := $(call obj,$(NUDGED_LIB_SRC))
+NUDGE_OBJ      := $(call obj,$(NUDGE_SRC))
+LLHTTP_LIB     := $(BUILD)/libllhttp.a
+LLHTTP_OBJ     := $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o $(BUILD)/llhttp/llhttp.o
+UNIT_BIN       := $(patsubst tests/unit/%,$(BUILD)/tests/%,$(UNIT_TESTS))
+
+.PHONY: all run test test-unit test-e2e test-san deps deps-test clean bench
+
+all: $(BIN)/nudged $(BIN)/nudge bin/nudged bin/nudge
+
+# bin/ holds the release binaries users run; sanitizer builds stay in build-san/.
+ifeq ($(SAN),1)
+bin/nudged bin/nudge:
+	@:
+else
+bin/%: $(BIN)/%
+	@mkdir -p bin
+	cp $< $@
+endif
+
+$(BIN)/nudged: $(NUDGED_OBJ) $(COMMON_OBJ) $(LLHTTP_LIB)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BIN)/nudge: $(NUDGE_OBJ) $(COMMON_OBJ) $(LLHTTP_LIB)
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
+
+$(BUILD)/obj/%.o: %.c
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
+
+# llhttp is built from Debian's sources with its own flags: its generated code
+# warns under -Wextra, and -Werror is for our code only.
+$(BUILD)/llhttp/%.o: $(LLHTTP_SRC_DIR)/%.c
+	@mkdir -p $(@D)
+	$(CC) -I$(LLHTTP_INC_DIR) -O2 -g -w $(SANFLAGS) -c -o $@ $<
+
+$(LLHTTP_LIB): $(LLHTTP_OBJ)
+	$(AR) rcs $@ $^
+
+$(BUILD)/tests/test_%: tests/unit/test_%.c $(NUDGED_LIB_OBJ) $(COMMON_OBJ) $(LLHTTP_LIB)
+	@mkdir -p $(@D)
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
+
+deps:
+	@scripts/deps.sh build
+
+deps-test:
+	@scripts/deps.sh test
+
+run: deps
+	@$(MAKE) --no-print-directory all
+	@scripts/run.sh
+
+test: deps-test
+	@$(MAKE) --no-print-directory all
+	@$(MAKE) --no-print-directory test-unit test-e2e
+	@$(MAKE) --no-print-directory SAN=1 test-san
+
+test-unit: $(UNIT_BIN)
+	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
+
+test-e2e: all
+	NUDGED=$(abspath $(BIN)/nudged) NUDGE=$(abspath $(BIN)/nudge) \
+		$(PYTHON) -m pytest -q tests/e2e
+
+# The sanitizer pass: same unit and end-to-end tests against the ASan+UBSan build.
+# ASAN_OPTIONS makes any report fatal; the e2e fixture fails a test whose
+# nudged wrote a sanitizer report to its log.
+test-san: all $(UNIT_BIN)
+	@set -e; for t in $(UNIT_BIN); do echo "== [san] $$t"; \
+		ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 $$t; done
+	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+		NUDGED=$(abspath $(BIN)/nudged) NUDGE=$(abspath $(BIN)/nudge) NUDGE_SAN=1 \
+		$(PYTHON) -m pytest -q tests/e2e
+
+bench: deps-test
+	@$(MAKE) --no-print-directory all
+	$(PYTHON) bench/held_memory.py
+
+clean:
+	rm -rf build build-san bin
+
+-include $(shell find build build-san -name '*.d' 2>/dev/null)

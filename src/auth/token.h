@@ -1,0 +1,70 @@
+/*
+ * token.h — signed bearer credentials.
+ *
+ * Format (documented in docs/auth.md):
+ *
+ *   v1.<kind>.<base64url(subject)>.<expires>.<base64url(mac)>
+ *
+ *   kind     'u' user, 'p' publisher, 'a' admin
+ *   subject  the user id (any bytes but NUL, 1..255 bytes: e-mail addresses,
+ *            names with dots or spaces), or a free label for p/a tokens
+ *   expires  Unix time in seconds, decimal; 0 means "never"
+ *   mac      HMAC-SHA256 with the server secret over everything before the
+ *            last dot, i.e. "v1.<kind>.<b64>.<expires>" (32 bytes, unpadded)
+ *
+ * base64url is RFC 4648 section 5, without padding, so a token is safe in an
+ * Authorization header, a URL or a shell argument. Verification compares the
+ * MAC in constant time.
+ */
+#ifndef NUDGE_TOKEN_H
+#define NUDGE_TOKEN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "auth/secret.h"
+
+#define TOKEN_SUBJECT_MAX 255
+/* Longest token: prefix + 4*ceil(255/3) + 20 digits + 43 mac + dots. */
+#define TOKEN_MAX 512
+
+enum token_kind {
+    TOKEN_USER = 'u',
+    TOKEN_PUBLISHER = 'p',
+    TOKEN_ADMIN = 'a',
+};
+
+enum token_status {
+    TOKEN_OK = 0,
+    TOKEN_MALFORMED = -1,     /* not of the format above */
+    TOKEN_BAD_SIGNATURE = -2, /* format fine, MAC does not match */
+    TOKEN_EXPIRED = -3,       /* signature fine, expires < now */
+};
+
+/*
+ * Writes a NUL-terminated token into out[outlen]. 'subject' is 1..255 bytes
+ * without NUL. Returns the token's length, or -EINVAL (bad kind or subject),
+ * or -ENOSPC (out too small; TOKEN_MAX always fits).
+ */
+int token_sign(const struct secret *s, enum token_kind kind, const char *subject,
+               int64_t expires, char *out, size_t outlen);
+
+/*
+ * Checks tok[0..len) at time 'now'. On TOKEN_OK sets *kind and copies the
+ * subject NUL-terminated into subject[subjlen] (subjlen >= 256 always fits)
+ * and *expires; otherwise leaves them unspecified. Never reads past len.
+ */
+enum token_status token_verify(const struct secret *s, const char *tok, size_t len, int64_t now,
+                               enum token_kind *kind, char *subject, size_t subjlen,
+                               int64_t *expires);
+
+/* "ok", "malformed token", "bad signature", "token expired". */
+const char *token_status_str(enum token_status st);
+
+/*
+ * Parses a duration such as "90", "90s", "15m", "12h", "30d", "1w" into
+ * seconds. Returns 0, or -EINVAL (garbage, zero, or overflow).
+ */
+int token_parse_duration(const char *s, int64_t *seconds);
+
+#endif

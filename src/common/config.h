@@ -1,0 +1,81 @@
+/*
+ * config.h — nudged's settings: defaults, the INI file, command-line flags.
+ *
+ * One table (config.c) describes every option once: its section and key in
+ * the file, its flag on the command line, its type, bounds, default and help
+ * line. File, flags, --help, --print-config and docs/config.md all follow it,
+ * so an option cannot exist in one place and be missing in another.
+ *
+ * Precedence: defaults < file (-c FILE) < flags. Errors name the file and
+ * line (or the flag) and the reason, and nudged refuses to start.
+ */
+#ifndef NUDGE_CONFIG_H
+#define NUDGE_CONFIG_H
+
+#include <limits.h>
+#include <stddef.h>
+#include <stdio.h>
+
+#define CONFIG_STR_MAX 256
+
+struct config {
+    /* [server] */
+    char listen[CONFIG_STR_MAX];      /* "127.0.0.1:8080", "[::1]:8080", port 0 = any free */
+    char data_dir[PATH_MAX];          /* "./var" */
+    char secret_file[PATH_MAX];       /* "" = <data_dir>/secret */
+    unsigned max_header_bytes;        /* 8192: request line + headers */
+    unsigned max_body_bytes;          /* 65536 */
+    unsigned header_timeout;          /* s, 10: whole request must arrive within it */
+    unsigned keepalive_timeout;       /* s, 75: idle keep-alive connection closed after it */
+    unsigned shutdown_retry_after;    /* s, 5: Retry-After sent with 503 shutting-down */
+    char log_level[16];               /* "info" */
+    /* [heartbeat] */
+    unsigned heartbeat_min;           /* s, 60 */
+    unsigned heartbeat_max;           /* s, 1680 */
+    /* [ping] */
+    unsigned ping_max_folders;        /* 100 */
+    /* [store] */
+    char store_backend[32];           /* "memory" */
+};
+
+/* What the command line asked for besides settings. */
+enum config_action {
+    CONFIG_RUN = 0,
+    CONFIG_HELP,          /* --help / -h */
+    CONFIG_VERSION,       /* --version */
+    CONFIG_PRINT,         /* --print-config */
+};
+
+/* Fills 'c' with the built-in defaults. */
+void config_defaults(struct config *c);
+
+/*
+ * Applies the INI file at 'path' over 'c'. Returns 0, or -1 with 'err' set to
+ * "PATH:LINE: reason" (unknown section/key, bad value, out of range, syntax,
+ * unreadable file).
+ */
+int config_load_file(struct config *c, const char *path, char *err, size_t errlen);
+
+/*
+ * Full command-line handling for nudged: defaults, then -c/--config FILE (the
+ * file is loaded before any other flag so flags override it), then every
+ * other flag in order. Flags are "--name VALUE" or "--name=VALUE".
+ * Returns 0 with *action set, or -1 with 'err' set ("--flag: reason").
+ * Also checks cross-option rules (config_check) before returning 0.
+ */
+int config_from_args(struct config *c, int argc, char **argv, enum config_action *action,
+                     char *err, size_t errlen);
+
+/* Cross-option checks (heartbeat.min <= heartbeat.max, ...). 0 or -1 + err. */
+int config_check(const struct config *c, char *err, size_t errlen);
+
+/* The secret file path in effect: secret_file, or <data_dir>/secret. */
+void config_secret_path(const struct config *c, char *out, size_t outlen);
+
+/* Prints nudged's usage with every option, its default and its help. */
+void config_usage(FILE *out, const char *argv0);
+
+/* Prints the effective settings as an INI file that config_load_file accepts. */
+void config_print(const struct config *c, FILE *out);
+
+#endif

@@ -1,0 +1,37 @@
+/*
+ * events.h — every kind of log event, with its stable numeric id.
+ *
+ * The ids are part of the operator interface (alerts and log searches key on
+ * them), so an id is never reused or renumbered; retired events keep their
+ * line, commented out. docs/events.md lists the same table and a unit test
+ * checks the two agree.
+ *
+ * EVENT(id, name, description)
+ */
+#ifndef NUDGE_EVENTS_H
+#define NUDGE_EVENTS_H
+
+#define NUDGE_EVENTS(EVENT)                                                        \
+    EVENT(1000, started, "nudged started; version and effective settings")        \
+    EVENT(1001, listening, "the HTTP listener is bound; addr is the real address") \
+    EVENT(1002, stopping, "a stop signal arrived; held requests are being answered") \
+    EVENT(1003, stopped, "nudged exits cleanly")                                   \
+    EVENT(1004, config_error, "the configuration was refused at start-up")         \
+    EVENT(1005, secret_created, "a new server secret file was created")            \
+    EVENT(1006, startup_failed, "nudged could not start (bind, secret, store)")     \
+    EVENT(1100, conn_error, "a connection failed on a socket error")               \
+    EVENT(1101, bad_request, "a request was refused as malformed (HTTP 4xx)")      \
+    EVENT(1102, request_timeout, "a client did not send a complete request in time") \
+    EVENT(1103, accept_error, "accept() failed")                                    \
+    EVENT(1200, auth_failed, "a request carried a missing, invalid or expired credential") \
+    EVENT(1201, auth_forbidden, "a valid credential was used for an endpoint it may not use") \
+    EVENT(1300, ping_superseded, "a device's held ping was answered because it sent a newer one") \
+    EVENT(1400, publish_rejected, "a publish batch was refused; nothing of it applied")
+
+enum event_id {
+#define EVENT_ENUM(id, name, desc) EV_##name = id,
+    NUDGE_EVENTS(EVENT_ENUM)
+#undef EVENT_ENUM
+};
+
+#endif

@@ -1,0 +1,39 @@
+/*
+ * log.h — one line per noteworthy event:
+ *
+ *   ts=2026-11-22T02:45:00.123Z level=info event=1001 name=listening addr=127.0.0.1:8080
+ *
+ * Every line names a stable event id from events.h. Values that may hold
+ * spaces, quotes or control characters (user ids, reasons) go through
+ * log_q() so a line always splits cleanly on spaces.
+ */
+#ifndef NUDGE_LOG_H
+#define NUDGE_LOG_H
+
+#include <stddef.h>
+#include <stdio.h>
+
+#include "common/events.h"
+
+enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
+
+/* Sends log lines to 'out' (stderr when NULL), dropping those below 'min'. */
+void log_init(FILE *out, enum log_level min);
+
+/* Parses "debug", "info", "warn" or "error". Returns 0, or -EINVAL. */
+int log_level_parse(const char *s, enum log_level *out);
+
+/* Writes one line; 'fmt' holds the event's own key=value pairs (may be ""). */
+void log_event(enum log_level level, int id, const char *name, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+#define LOG(level, ev, ...) log_event(level, EV_##ev, #ev, __VA_ARGS__)
+
+/*
+ * Returns 's' fit for a key=value log field: as is when it has no space,
+ * quote, backslash, '=' or control byte, else double-quoted with escapes,
+ * written into buf (cut to fit 'n'). A NULL 's' is logged as "-".
+ */
+const char *log_q(char *buf, size_t n, const char *s);
+
+#endif

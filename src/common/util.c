@@ -1,0 +1,177 @@
+/* util.c — see util.h. */
+#include "common/util.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+int util_parse_addr(const char *s, struct sockaddr_storage *out, char *err, size_t errlen)
+{
+    char host[64];
+    const char *colon, *hs = s, *he;
+    char *end;
+    unsigned long port;
+
+    memset(out, 0, sizeof(*out));
+    if (s[0] == '[') {
+        he = strchr(s, ']');
+        if (he == NULL || he[1] != ':') {
+            snprintf(err, errlen, "'%s': expected [IPv6]:PORT", s);
+            return -EINVAL;
+        }
+        hs = s + 1;
+        colon = he + 1;
+    } else {
+        colon = strrchr(s, ':');
+        if (colon == NULL) {
+            snprintf(err, errlen, "'%s': expected HOST:PORT", s);
+            return -EINVAL;
+        }
+        he = colon;
+    }
+    if ((size_t)(he - hs) >= sizeof(host)) {
+        snprintf(err, errlen, "'%s': host part too long", s);
+        return -EINVAL;
+    }
+    memcpy(host, hs, (size_t)(he - hs));
+    host[he - hs] = '\0';
+    errno = 0;
+    port = strtoul(colon + 1, &end, 10);
+    if (colon[1] == '\0' || *end != '\0' || errno != 0 || port > 65535 || colon[1] == '-' ||
+        colon[1] == '+' || colon[1] == ' ') {
+        snprintf(err, errlen, "'%s': port must be a number from 0 to 65535", s);
+        return -EINVAL;
+    }
+    if (s[0] == '[') {
+        struct sockaddr_in6 *a6 = (struct sockaddr_in6 *)out;
+        a6->sin6_family = AF_INET6;
+        a6->sin6_port = htons((uint16_t)port);
+        if (inet_pton(AF_INET6, host, &a6->sin6_addr) != 1) {
+            snprintf(err, errlen, "'%s': '%s' is not an IPv6 address", s, host);
+            return -EINVAL;
+        }
+    } else {
+        struct sockaddr_in *a4 = (struct sockaddr_in *)out;
+        a4->sin_family = AF_INET;
+        a4->sin_port = htons((uint16_t)port);
+        if (host[0] == '\0')
+            a4->sin_addr.s_addr = htonl(INADDR_ANY);
+        else if (inet_pton(AF_INET, host, &a4->sin_addr) != 1) {
+            snprintf(err, errlen, "'%s': '%s' is not an IPv4 address (names are not resolved)", s,
+                     host);
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+char *util_format_addr(const struct sockaddr *sa, char *out, size_t outlen)
+{
+    char ip[INET6_ADDRSTRLEN];
+
+    if (sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *a6 = (const struct sockaddr_in6 *)sa;
+        inet_ntop(AF_INET6, &a6->sin6_addr, ip, sizeof(ip));
+        snprintf(out, outlen, "[%s]:%u", ip, ntohs(a6->sin6_port));
+    } else if (sa->sa_family == AF_INET) {
+        const struct sockaddr_in *a4 = (const struct sockaddr_in *)sa;
+        inet_ntop(AF_INET, &a4->sin_addr, ip, sizeof(ip));
+        snprintf(out, outlen, "%s:%u", ip, ntohs(a4->sin_port));
+    } else {
+        snprintf(out, outlen, "-");
+    }
+    return out;
+}
+
+int util_parse_u64(const char *s, size_t len, uint64_t *out)
+{
+    uint64_t v = 0;
+
+    if (len == 0 || len > 20 || (len > 1 && s[0] == '0'))
+        return -EINVAL;
+    for (size_t i = 0; i < len; i++) {
+        unsigned d;
+        if (s[i] < '0' || s[i] > '9')
+            return -EINVAL;
+        d = (unsigned)(s[i] - '0');
+        if (v > (UINT64_MAX - d) / 10)
+            return -EINVAL;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return 0;
+}
+
+static int hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+long util_url_decode(char *s, size_t len)
+{
+    size_t o = 0;
+
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] == '%') {
+            int hi, lo;
+            if (i + 2 >= len)
+                return -EINVAL;
+            hi = hexval(s[i + 1]);
+            lo = hexval(s[i + 2]);
+            if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
+                return -EINVAL; /* %00 would truncate a C string */
+            s[o++] = (char)(hi * 16 + lo);
+            i += 2;
+        } else if (s[i] == '+') {
+            s[o++] = ' ';
+        } else {
+            s[o++] = s[i];
+        }
+    }
+    s[o] = '\0';
+    return (long)o;
+}
+
+long util_query_param(const char *query, size_t qlen, const char *name, char *out, size_t outlen)
+{
+    size_t nlen = strlen(name);
+    const char *p = query, *end = query + qlen;
+
+    while (p < end) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *stop = amp ? amp : end;
+        if ((size_t)(stop - p) >= nlen + 1 && memcmp(p, name, nlen) == 0 && p[nlen] == '=') {
+            size_t vlen = (size_t)(stop - p) - nlen - 1;
+            if (vlen >= outlen)
+                return -EINVAL;
+            memcpy(out, p + nlen + 1, vlen);
+            out[vlen] = '\0';
+            return util_url_decode(out, vlen);
+        }
+        if ((size_t)(stop - p) == nlen && memcmp(p, name, nlen) == 0) {
+            if (outlen < 1)
+                return -EINVAL;
+            out[0] = '\0';
+            return 0;
+        }
+        p = stop + 1;
+    }
+    return -ENOENT;
+}
+
+uint64_t util_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}

@@ -1,0 +1,42 @@
+/*
+ * util.h — small parsing helpers shared by nudged, nudge and the tests.
+ */
+#ifndef NUDGE_UTIL_H
+#define NUDGE_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+/*
+ * Parses "HOST:PORT" where HOST is an IPv4 literal, "[IPv6]" or empty (all
+ * IPv4 addresses), and PORT is 0..65535 (0: any free port). Names are not
+ * resolved: a listener binds to an address. Returns 0, or -EINVAL with a
+ * reason in err.
+ */
+int util_parse_addr(const char *s, struct sockaddr_storage *out, char *err, size_t errlen);
+
+/* Formats an address as "1.2.3.4:80" or "[::1]:80". Returns out. */
+char *util_format_addr(const struct sockaddr *sa, char *out, size_t outlen);
+
+/*
+ * Parses a decimal uint64 state counter: digits only, no sign, no spaces,
+ * no leading zeros except "0" itself, at most 20 digits without overflow.
+ * Returns 0, or -EINVAL.
+ */
+int util_parse_u64(const char *s, size_t len, uint64_t *out);
+
+/* Decodes %XX and '+' (as space) in place; returns the new length, or -EINVAL on a bad escape. */
+long util_url_decode(char *s, size_t len);
+
+/*
+ * Finds parameter 'name' in a query string "a=1&b=2" (without '?'); on success
+ * copies its URL-decoded value into out[outlen] and returns its length;
+ * -ENOENT when absent, -EINVAL when it does not decode or fit.
+ */
+long util_query_param(const char *query, size_t qlen, const char *name, char *out, size_t outlen);
+
+/* Milliseconds of CLOCK_MONOTONIC. */
+uint64_t util_now_ms(void);
+
+#endif

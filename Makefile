@@ -35,6 +35,7 @@ COMMON_SRC := \
 	src/common/config.c \
 	src/common/strmap.c \
 	src/common/util.c \
+	src/common/jsonw.c \
 	src/auth/token.c \
 	src/auth/secret.c \
 	src/http/request.c \
@@ -50,7 +51,7 @@ NUDGED_SRC := \
 	src/push/ping.c \
 	src/push/state.c \
 	src/push/events.c \
-	src/push/auth.c \
+	src/push/validate.c \
 	src/shard/shard.c \
 	src/store/store.c \
 	src/store/store_mem.c

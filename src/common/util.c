@@ -142,31 +142,39 @@ long util_url_decode(char *s, size_t len)
     return (long)o;
 }
 
-long util_query_param(const char *query, size_t qlen, const char *name, char *out, size_t outlen)
+long util_query_raw(const char *query, size_t qlen, const char *name, const char **val)
 {
     size_t nlen = strlen(name);
     const char *p = query, *end = query + qlen;
 
-    while (p < end) {
+    while (query && p < end) {
         const char *amp = memchr(p, '&', (size_t)(end - p));
         const char *stop = amp ? amp : end;
         if ((size_t)(stop - p) >= nlen + 1 && memcmp(p, name, nlen) == 0 && p[nlen] == '=') {
-            size_t vlen = (size_t)(stop - p) - nlen - 1;
-            if (vlen >= outlen)
-                return -EINVAL;
-            memcpy(out, p + nlen + 1, vlen);
-            out[vlen] = '\0';
-            return util_url_decode(out, vlen);
+            *val = p + nlen + 1;
+            return (long)((size_t)(stop - p) - nlen - 1);
         }
         if ((size_t)(stop - p) == nlen && memcmp(p, name, nlen) == 0) {
-            if (outlen < 1)
-                return -EINVAL;
-            out[0] = '\0';
+            *val = stop;
             return 0;
         }
         p = stop + 1;
     }
     return -ENOENT;
+}
+
+long util_query_param(const char *query, size_t qlen, const char *name, char *out, size_t outlen)
+{
+    const char *val;
+    long vlen = util_query_raw(query, qlen, name, &val);
+
+    if (vlen < 0)
+        return vlen;
+    if ((size_t)vlen >= outlen)
+        return -EINVAL;
+    memcpy(out, val, (size_t)vlen);
+    out[vlen] = '\0';
+    return util_url_decode(out, (size_t)vlen);
 }
 
 uint64_t util_now_ms(void)

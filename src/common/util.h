@@ -36,6 +36,12 @@ long util_url_decode(char *s, size_t len);
  */
 long util_query_param(const char *query, size_t qlen, const char *name, char *out, size_t outlen);
 
+/*
+ * Finds parameter 'name' in a query string and points *val at its raw
+ * (still URL-encoded) value. Returns the raw length, or -ENOENT.
+ */
+long util_query_raw(const char *query, size_t qlen, const char *name, const char **val);
+
 /* Milliseconds of CLOCK_MONOTONIC. */
 uint64_t util_now_ms(void);
 

@@ -1,0 +1,266 @@
+/*
+ * secret.c — loading and creating the server secret file (see secret.h).
+ *
+ * The file holds 64 lower-case hexadecimal characters and a newline; upper
+ * case is accepted on reading so a secret made by other tools works too.
+ * Anything else is refused rather than guessed at: a secret that silently
+ * changed would invalidate every token in circulation.
+ *
+ * Creation must never let a second process see a half-written file, nor
+ * replace a secret that already exists. The key is therefore written to a
+ * temporary file with a random name (open with O_CREAT|O_EXCL, mode 0600),
+ * synced, and then hard-linked to the final name: link() fails with EEXIST
+ * if another process got there first, in which case we read theirs. A crash
+ * between the two steps leaves only a stray "<path>.tmp.<random>" file, never
+ * an empty or partial secret. The random suffix (rather than the pid) keeps
+ * two containers that are both pid 1 and share a data volume apart.
+ *
+ * Cost: a handful of system calls once at start-up (nudged) or per command
+ * (nudge).
+ */
+#include "auth/secret.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/rand.h>
+
+/* 64 hexadecimal characters; one more byte for the optional newline. */
+#define SECRET_HEX (2 * SECRET_BYTES)
+
+static int hex_value(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+static void hex_encode(const unsigned char *in, size_t n, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[in[i] >> 4];
+        out[2 * i + 1] = digits[in[i] & 15];
+    }
+}
+
+/* Writes all of buf, retrying short writes and EINTR. Returns 0, or -errno. */
+static int write_all(int fd, const char *buf, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, buf, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        buf += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+/*
+ * Reads and checks the secret from an open fd. Reads at most a few bytes past
+ * the valid length, so a huge file given by mistake costs nothing.
+ */
+static int read_secret(int fd, const char *path, struct secret *out, char *err, size_t errlen)
+{
+    char buf[SECRET_HEX + 2];
+    size_t n = 0;
+    struct stat st;
+    int rc = -1;
+
+    if (fstat(fd, &st) != 0) {
+        snprintf(err, errlen, "%s: cannot stat: %s", path, strerror(errno));
+        return -1;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        snprintf(err, errlen, "%s: not a regular file", path);
+        return -1;
+    }
+    if ((st.st_mode & 077) != 0) {
+        snprintf(err, errlen,
+                 "%s: mode %04o lets group or others read the secret; run: chmod 600 %s", path,
+                 (unsigned)(st.st_mode & 07777), path);
+        return -1;
+    }
+    while (n < sizeof(buf)) {
+        ssize_t r = read(fd, buf + n, sizeof(buf) - n);
+        if (r < 0) {
+            if (errno == EINTR)
+                continue;
+            snprintf(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+            goto out;
+        }
+        if (r == 0)
+            break;
+        n += (size_t)r;
+    }
+    if (n == 0) {
+        snprintf(err, errlen,
+                 "%s: empty file; expected 64 hexadecimal characters and an optional newline",
+                 path);
+        goto out;
+    }
+    if (!(n == SECRET_HEX || (n == SECRET_HEX + 1 && buf[SECRET_HEX] == '\n'))) {
+        snprintf(err, errlen,
+                 "%s: expected 64 hexadecimal characters and an optional newline, found %s%zu "
+                 "bytes",
+                 path, n == sizeof(buf) ? "more than " : "", n == sizeof(buf) ? n - 1 : n);
+        goto out;
+    }
+    for (size_t i = 0; i < SECRET_HEX; i++) {
+        /* The offending byte is not echoed: the file is secret. */
+        if (hex_value(buf[i]) < 0) {
+            snprintf(err, errlen,
+                     "%s: byte %zu is not a hexadecimal digit; expected 64 hexadecimal "
+                     "characters and an optional newline",
+                     path, i + 1);
+            goto out;
+        }
+    }
+    for (size_t i = 0; i < SECRET_BYTES; i++)
+        out->key[i] = (unsigned char)(hex_value(buf[2 * i]) << 4 | hex_value(buf[2 * i + 1]));
+    rc = 0;
+out:
+    OPENSSL_cleanse(buf, sizeof(buf));
+    return rc;
+}
+
+/* Makes the link to a new file durable; best effort, see below. */
+static void sync_parent_dir(const char *path)
+{
+    char copy[PATH_MAX];
+    int dfd;
+
+    if (snprintf(copy, sizeof(copy), "%s", path) >= (int)sizeof(copy))
+        return;
+    dfd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return;
+    /*
+     * Failing here does not undo anything: the secret exists and is in use.
+     * At worst a power cut loses the new name and the next start makes
+     * another secret, which the tokens minted in between did not survive
+     * anyway. So this is not reported.
+     */
+    (void)fsync(dfd);
+    close(dfd);
+}
+
+/*
+ * Creates the secret at 'path' as described in the file header. Returns 0
+ * with out filled, -EEXIST when another process created 'path' first (the
+ * caller then reads that one), or -1 with err set.
+ */
+static int create_secret(const char *path, struct secret *out, char *err, size_t errlen)
+{
+    unsigned char key[SECRET_BYTES], suffix[8];
+    char hex[SECRET_HEX + 1], tmp[PATH_MAX], sfx[2 * sizeof(suffix) + 1];
+    int fd = -1, rc = -1;
+
+    if (RAND_bytes(key, sizeof(key)) != 1 || RAND_bytes(suffix, sizeof(suffix)) != 1) {
+        snprintf(err, errlen, "%s: cannot create: OpenSSL's RAND_bytes failed", path);
+        goto fail;
+    }
+    hex_encode(suffix, sizeof(suffix), sfx);
+    sfx[2 * sizeof(suffix)] = '\0';
+    if (snprintf(tmp, sizeof(tmp), "%s.tmp.%s", path, sfx) >= (int)sizeof(tmp)) {
+        snprintf(err, errlen, "%s: cannot create: path too long", path);
+        goto fail;
+    }
+    fd = open(tmp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        snprintf(err, errlen, "%s: cannot create: %s", path, strerror(errno));
+        goto fail;
+    }
+    hex_encode(key, sizeof(key), hex);
+    hex[SECRET_HEX] = '\n';
+    /* fchmod: a umask such as 0277 would otherwise leave the owner unable to read it. */
+    if (fchmod(fd, 0600) != 0 || write_all(fd, hex, sizeof(hex)) != 0 || fsync(fd) != 0) {
+        snprintf(err, errlen, "%s: cannot write %s: %s", path, tmp, strerror(errno));
+        goto fail_unlink;
+    }
+    if (close(fd) != 0) {
+        fd = -1;
+        snprintf(err, errlen, "%s: cannot write %s: %s", path, tmp, strerror(errno));
+        goto fail_unlink;
+    }
+    fd = -1;
+    if (link(tmp, path) != 0) {
+        if (errno == EEXIST)
+            rc = -EEXIST;
+        else
+            snprintf(err, errlen, "%s: cannot create: %s", path, strerror(errno));
+        goto fail_unlink;
+    }
+    unlink(tmp);
+    sync_parent_dir(path);
+    memcpy(out->key, key, sizeof(key));
+    rc = 0;
+    goto fail;
+
+fail_unlink:
+    unlink(tmp);
+fail:
+    if (fd >= 0)
+        close(fd);
+    OPENSSL_cleanse(key, sizeof(key));
+    OPENSSL_cleanse(hex, sizeof(hex));
+    return rc;
+}
+
+int secret_load(const char *path, int create, int *created, struct secret *out, char *err,
+                size_t errlen)
+{
+    if (created != NULL)
+        *created = 0;
+    if (path == NULL || path[0] == '\0') {
+        snprintf(err, errlen, "secret file: empty path");
+        return -1;
+    }
+    /* Two rounds: if we lose the creation race, the second open finds the winner's file. */
+    for (int round = 0; round < 2; round++) {
+        int fd = open(path, O_RDONLY | O_CLOEXEC), rc;
+
+        if (fd >= 0) {
+            rc = read_secret(fd, path, out, err, errlen);
+            close(fd);
+            return rc;
+        }
+        if (errno != ENOENT) {
+            snprintf(err, errlen, "%s: cannot open: %s", path, strerror(errno));
+            return -1;
+        }
+        if (!create) {
+            snprintf(err, errlen,
+                     "%s: no such file; nudged creates it on first start, or point to it with "
+                     "--secret-file PATH or -c nudged.conf",
+                     path);
+            return -1;
+        }
+        rc = create_secret(path, out, err, errlen);
+        if (rc == 0) {
+            if (created != NULL)
+                *created = 1;
+            return 0;
+        }
+        if (rc != -EEXIST)
+            return -1;
+    }
+    snprintf(err, errlen, "%s: cannot open: appeared and vanished while being created", path);
+    return -1;
+}

@@ -1,0 +1,124 @@
+/*
+ * cli.h — what nudge's subcommands share: their entry points and usage
+ * texts (main.c dispatches to them), the options of every command that
+ * talks to the server, usage errors, and token minting (cmd_token.c) which
+ * publish and ping borrow for local use.
+ *
+ * Exit codes are the same for every subcommand: CLI_EXIT_OK, CLI_EXIT_FAIL
+ * (the server said no, or the network failed), CLI_EXIT_USAGE (the command
+ * line is wrong: one line naming the problem and pointing to --help).
+ */
+#ifndef NUDGE_CLI_H
+#define NUDGE_CLI_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "auth/secret.h"
+#include "auth/token.h"
+
+#ifndef NUDGE_VERSION
+#define NUDGE_VERSION "0.1.0"
+#endif
+
+#define CLI_EXIT_OK 0
+#define CLI_EXIT_FAIL 1
+#define CLI_EXIT_USAGE 2
+
+#define CLI_DEFAULT_URL "http://127.0.0.1:8080"
+/* User tokens expire so a leaked one stops working; a month spares re-minting. */
+#define CLI_USER_TTL (30 * 86400)
+
+/* getopt_long values of the long-only options shared by several commands. */
+enum cli_opt {
+    CLI_OPT_URL = 256,
+    CLI_OPT_TOKEN,
+    CLI_OPT_SECRET_FILE,
+    CLI_OPT_FIRST_OWN, /* each command numbers its own long-only options from here */
+};
+
+/* The option table entries every server-talking command accepts. */
+#define CLI_SERVER_LONGOPTS                                        \
+    {"url", required_argument, NULL, CLI_OPT_URL},                 \
+    {"token", required_argument, NULL, CLI_OPT_TOKEN},             \
+    {"config", required_argument, NULL, 'c'},                      \
+    {"secret-file", required_argument, NULL, CLI_OPT_SECRET_FILE}
+
+/* The --help lines describing CLI_SERVER_LONGOPTS. */
+#define CLI_SERVER_HELP                                                                 \
+    "  --url URL             server, http://HOST[:PORT][/PATH] (default $NUDGE_URL,\n"  \
+    "                        else " CLI_DEFAULT_URL ")\n"                              \
+    "  --token TOKEN         bearer token (default $NUDGE_TOKEN)\n"                     \
+    "  -c, --config FILE     nudged.conf whose secret mints a token when no --token\n" \
+    "                        is given (local use; needs read access to the secret)\n"   \
+    "  --secret-file PATH    the same, naming the secret file directly\n"
+
+/* Where a server-talking command gets its server and credential. */
+struct cli_server {
+    const char *url;          /* --url, else $NUDGE_URL, else CLI_DEFAULT_URL */
+    const char *token_flag;   /* --token */
+    const char *token_env;    /* $NUDGE_TOKEN (NULL when unset or empty) */
+    const char *config_file;  /* -c / --config: mint from its secret */
+    const char *secret_file;  /* --secret-file: mint from this secret */
+};
+
+/* Fills 'srv' from the environment (main.c). */
+void cli_server_init(struct cli_server *srv);
+
+/*
+ * Applies getopt_long's 'opt' if it is one of CLI_SERVER_LONGOPTS. Returns 1
+ * when it was, 0 when it is the command's own.
+ */
+int cli_server_opt(struct cli_server *srv, int opt, const char *arg);
+
+/*
+ * Picks the credential: --token wins, then a token minted from -c /
+ * --secret-file (kind and subject given by the caller, 'mint_subject' NULL
+ * meaning the caller cannot mint), then $NUDGE_TOKEN. Writes the token
+ * into out[TOKEN_MAX]. Returns CLI_EXIT_OK, or CLI_EXIT_USAGE / CLI_EXIT_FAIL
+ * after printing "nudge CMD: ..." to stderr.
+ */
+int cli_server_token(const struct cli_server *srv, const char *cmd, enum token_kind kind,
+                     const char *mint_subject, int64_t mint_ttl, char *out);
+
+/*
+ * Prints "nudge CMD: <message>; see 'nudge CMD --help'" to stderr (main.c).
+ * Returns CLI_EXIT_USAGE so callers can `return cli_usage_error(...)`.
+ */
+int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/*
+ * Reports a getopt_long failure ('?' or ':') for argv[optind - 1] the way
+ * cli_usage_error does. Commands use optstrings starting with ':' and
+ * opterr = 0 so these messages name the subcommand.
+ */
+int cli_getopt_error(const char *cmd, int opt, char **argv);
+
+/*
+ * Parses a decimal number in [min, max] for option 'name'. Returns 0, or
+ * CLI_EXIT_USAGE after printing the usage error.
+ */
+int cli_parse_number(const char *cmd, const char *name, const char *arg, uint64_t min,
+                     uint64_t max, uint64_t *out);
+
+/*
+ * Loads the server secret the way nudged finds it (cmd_token.c): from
+ * 'secret_file' if not NULL; else from the config file's secret path
+ * (config_defaults + config_load_file, relative paths relative to the
+ * current directory as for nudged); else from the default ./var/secret.
+ * Never creates it. Returns 0, or -1 with err telling the fix.
+ */
+int cli_secret_load(const char *config_file, const char *secret_file, struct secret *out,
+                    char *err, size_t errlen);
+
+/* Subcommands: argv[0] is the subcommand's name. Each returns an exit code. */
+int cmd_token(int argc, char **argv);
+int cmd_publish(int argc, char **argv);
+int cmd_ping(int argc, char **argv);
+
+/* Their --help texts, also printed by `nudge help CMD`. */
+void cmd_token_usage(FILE *out);
+void cmd_publish_usage(FILE *out);
+void cmd_ping_usage(FILE *out);
+
+#endif

@@ -1,0 +1,371 @@
+/*
+ * cmd_token.c — `nudge token`: mints bearer tokens with nudged's secret, and
+ * the minting helpers publish and ping use for local convenience.
+ *
+ * The secret is found the way nudged finds it (-c nudged.conf, or
+ * --secret-file, else the default ./var/secret) and is only ever read: the
+ * server owns its creation. Batch forms (--user-prefix/--count,
+ * --users-from) exist for benchmarks that need 100k tokens: the secret is
+ * loaded once, each token costs one HMAC-SHA256 and one buffered write, so
+ * 100k tokens take a fraction of a second.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include "cli/cli.h"
+#include "common/config.h"
+
+enum {
+    OPT_USER = CLI_OPT_FIRST_OWN,
+    OPT_PUBLISHER,
+    OPT_ADMIN,
+    OPT_NAME,
+    OPT_TTL,
+    OPT_USER_PREFIX,
+    OPT_COUNT,
+    OPT_START,
+    OPT_USERS_FROM,
+};
+
+enum mode { MODE_NONE, MODE_USER, MODE_PUBLISHER, MODE_ADMIN, MODE_PREFIX, MODE_FROM };
+
+/* Batch output goes through one large stdio buffer: a write(2) per 64 KiB, not per token. */
+#define BATCH_BUF (64 * 1024)
+/* --count is bounded so a typo cannot fill a disk: 100 million tokens is ~9 GB. */
+#define COUNT_MAX 100000000ULL
+
+void cmd_token_usage(FILE *out)
+{
+    fprintf(out,
+            "Usage: nudge token --user ID [--ttl DURATION] [SECRET]\n"
+            "       nudge token --publisher [--name NAME] [--ttl DURATION] [SECRET]\n"
+            "       nudge token --admin [--name NAME] [--ttl DURATION] [SECRET]\n"
+            "       nudge token --user-prefix PREFIX --count N [--start N] [--ttl DURATION] "
+            "[SECRET]\n"
+            "       nudge token --users-from FILE [--ttl DURATION] [SECRET]\n"
+            "\n"
+            "Prints bearer tokens signed with nudged's secret, one per line.\n"
+            "\n"
+            "  --user ID             a user token for user ID (1 to 255 bytes): ping, state\n"
+            "  --publisher           a publisher token: POST /v1/events\n"
+            "  --admin               an admin token: GET /metrics\n"
+            "  --name NAME           label of a publisher or admin token (default: publisher,\n"
+            "                        admin)\n"
+            "  --ttl DURATION        lifetime: 3600, 90s, 15m, 12h, 30d, 1w, or never;\n"
+            "                        default 30d for user tokens, never for publisher/admin\n"
+            "  --user-prefix PREFIX  user tokens for PREFIX<start> .. PREFIX<start+count-1>\n"
+            "  --count N             how many tokens --user-prefix prints\n"
+            "  --start N             first number for --user-prefix (default 0)\n"
+            "  --users-from FILE     a user token for each line of FILE, in order (one user\n"
+            "                        id per line, '-' for standard input)\n"
+            "  -h, --help            show this help\n"
+            "\n"
+            "SECRET, where the signing secret is read from (it is never created here: start\n"
+            "nudged once to create it):\n"
+            "  -c, --config FILE     nudged's config file: its [server] secret_file, else\n"
+            "                        <data_dir>/secret; relative paths in it are relative to\n"
+            "                        the current directory, as they are for nudged\n"
+            "  --secret-file PATH    the secret file itself (wins over -c)\n"
+            "  default               ./var/secret, where nudged keeps it without a config\n");
+}
+
+int cli_secret_load(const char *config_file, const char *secret_file, struct secret *out,
+                    char *err, size_t errlen)
+{
+    struct config cfg;
+    char path[PATH_MAX];
+    struct stat st;
+    int created = 0;
+
+    config_defaults(&cfg);
+    if (config_file != NULL && config_load_file(&cfg, config_file, err, errlen) < 0)
+        return -1;
+    if (secret_file != NULL)
+        snprintf(path, sizeof(path), "%s", secret_file);
+    else
+        config_secret_path(&cfg, path, sizeof(path));
+    if (stat(path, &st) < 0 && errno == ENOENT) {
+        if (secret_file != NULL)
+            snprintf(err, errlen, "secret file %s does not exist: start nudged once to create it",
+                     path);
+        else
+            snprintf(err, errlen,
+                     "secret file %s does not exist: start nudged once to create it, or pass "
+                     "--secret-file PATH%s",
+                     path, config_file ? "" : " or -c nudged.conf");
+        return -1;
+    }
+    return secret_load(path, 0, &created, out, err, errlen);
+}
+
+/* A token goes into a header: anything but visible ASCII would break or inject into it. */
+static int token_is_clean(const char *t)
+{
+    for (; *t; t++)
+        if ((unsigned char)*t <= ' ' || (unsigned char)*t >= 0x7f)
+            return 0;
+    return 1;
+}
+
+int cli_server_token(const struct cli_server *srv, const char *cmd, enum token_kind kind,
+                     const char *mint_subject, int64_t mint_ttl, char *out)
+{
+    const char *given = srv->token_flag;
+    char err[512 + PATH_MAX];
+    struct secret secret;
+    int n;
+
+    if (given == NULL && (srv->config_file != NULL || srv->secret_file != NULL)) {
+        if (mint_subject == NULL)
+            return cli_usage_error(cmd, "cannot mint a token for this command; pass --token");
+        if (cli_secret_load(srv->config_file, srv->secret_file, &secret, err, sizeof(err)) < 0) {
+            fprintf(stderr, "nudge %s: %s\n", cmd, err);
+            return CLI_EXIT_FAIL;
+        }
+        n = token_sign(&secret, kind, mint_subject, mint_ttl ? time(NULL) + mint_ttl : 0, out,
+                       TOKEN_MAX);
+        memset(&secret, 0, sizeof(secret));
+        if (n < 0)
+            return cli_usage_error(cmd, "cannot mint a token for '%s': %s", mint_subject,
+                                   strerror(-n));
+        return CLI_EXIT_OK;
+    }
+    if (given == NULL)
+        given = srv->token_env;
+    if (given == NULL)
+        return cli_usage_error(cmd, "no credential: pass --token TOKEN, set NUDGE_TOKEN, or "
+                                    "mint one with -c nudged.conf or --secret-file PATH");
+    if (given[0] == '\0' || strlen(given) >= TOKEN_MAX || !token_is_clean(given))
+        return cli_usage_error(cmd, "the token %s is not a nudge token (empty, too long, or "
+                                    "holding spaces or control characters)",
+                               given == srv->token_flag ? "given with --token" : "in NUDGE_TOKEN");
+    memcpy(out, given, strlen(given) + 1);
+    return CLI_EXIT_OK;
+}
+
+/* Signs one token and prints it on its own line. Returns 0, or -errno from token_sign. */
+static int print_token(const struct secret *s, enum token_kind kind, const char *subject,
+                       int64_t expires)
+{
+    char tok[TOKEN_MAX];
+    int n = token_sign(s, kind, subject, expires, tok, sizeof(tok));
+
+    if (n < 0)
+        return n;
+    tok[n] = '\n';
+    fwrite(tok, 1, (size_t)n + 1, stdout);
+    return 0;
+}
+
+/* --users-from: one token per line of 'path'. Returns an exit code. */
+static int tokens_from_file(const struct secret *s, const char *path, int64_t expires)
+{
+    FILE *in = strcmp(path, "-") == 0 ? stdin : fopen(path, "r");
+    const char *name = in == stdin ? "standard input" : path;
+    char *line = NULL;
+    size_t cap = 0;
+    unsigned long lineno = 0;
+    ssize_t len;
+    int rc = CLI_EXIT_OK;
+
+    if (in == NULL) {
+        fprintf(stderr, "nudge token: cannot open %s: %s\n", path, strerror(errno));
+        return CLI_EXIT_FAIL;
+    }
+    while ((len = getline(&line, &cap, in)) >= 0) {
+        lineno++;
+        if (len > 0 && line[len - 1] == '\n')
+            line[--len] = '\0';
+        if (len > 0 && line[len - 1] == '\r')
+            line[--len] = '\0';
+        /* Every line must give a token, so output line N stays input line N's token. */
+        if (len == 0 || len > TOKEN_SUBJECT_MAX || memchr(line, '\0', (size_t)len) != NULL) {
+            fprintf(stderr, "nudge token: %s:%lu: a user id is 1 to %d bytes without NUL\n",
+                    name, lineno, TOKEN_SUBJECT_MAX);
+            rc = CLI_EXIT_FAIL;
+            break;
+        }
+        if (print_token(s, TOKEN_USER, line, expires) < 0) {
+            fprintf(stderr, "nudge token: %s:%lu: cannot sign a token for this user id\n", name,
+                    lineno);
+            rc = CLI_EXIT_FAIL;
+            break;
+        }
+    }
+    if (rc == CLI_EXIT_OK && ferror(in)) {
+        fprintf(stderr, "nudge token: reading %s: %s\n", name, strerror(errno));
+        rc = CLI_EXIT_FAIL;
+    }
+    free(line);
+    if (in != stdin)
+        fclose(in);
+    return rc;
+}
+
+int cmd_token(int argc, char **argv)
+{
+    static const struct option longopts[] = {
+        {"user", required_argument, NULL, OPT_USER},
+        {"publisher", no_argument, NULL, OPT_PUBLISHER},
+        {"admin", no_argument, NULL, OPT_ADMIN},
+        {"name", required_argument, NULL, OPT_NAME},
+        {"ttl", required_argument, NULL, OPT_TTL},
+        {"user-prefix", required_argument, NULL, OPT_USER_PREFIX},
+        {"count", required_argument, NULL, OPT_COUNT},
+        {"start", required_argument, NULL, OPT_START},
+        {"users-from", required_argument, NULL, OPT_USERS_FROM},
+        {"config", required_argument, NULL, 'c'},
+        {"secret-file", required_argument, NULL, CLI_OPT_SECRET_FILE},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    static char outbuf[BATCH_BUF];
+    const char *cmd = "token";
+    const char *user = NULL, *label = NULL, *ttl = NULL, *prefix = NULL, *from = NULL;
+    const char *config_file = NULL, *secret_file = NULL;
+    enum mode mode = MODE_NONE;
+    int nmodes = 0, have_count = 0, have_start = 0, opt, rc = CLI_EXIT_OK;
+    uint64_t count = 0, start = 0;
+    int64_t ttl_s = -1, expires;
+    char err[512 + PATH_MAX];
+    struct secret secret;
+
+    opterr = 0;
+    optind = 1;
+    while ((opt = getopt_long(argc, argv, ":c:h", longopts, NULL)) != -1) {
+        switch (opt) {
+        case OPT_USER:
+            user = optarg;
+            mode = MODE_USER;
+            nmodes++;
+            break;
+        case OPT_PUBLISHER:
+            mode = MODE_PUBLISHER;
+            nmodes++;
+            break;
+        case OPT_ADMIN:
+            mode = MODE_ADMIN;
+            nmodes++;
+            break;
+        case OPT_USER_PREFIX:
+            prefix = optarg;
+            mode = MODE_PREFIX;
+            nmodes++;
+            break;
+        case OPT_USERS_FROM:
+            from = optarg;
+            mode = MODE_FROM;
+            nmodes++;
+            break;
+        case OPT_NAME:
+            label = optarg;
+            break;
+        case OPT_TTL:
+            ttl = optarg;
+            break;
+        case OPT_COUNT:
+            if (cli_parse_number(cmd, "--count", optarg, 1, COUNT_MAX, &count) != 0)
+                return CLI_EXIT_USAGE;
+            have_count = 1;
+            break;
+        case OPT_START:
+            if (cli_parse_number(cmd, "--start", optarg, 0, UINT64_MAX - COUNT_MAX, &start) != 0)
+                return CLI_EXIT_USAGE;
+            have_start = 1;
+            break;
+        case 'c':
+            config_file = optarg;
+            break;
+        case CLI_OPT_SECRET_FILE:
+            secret_file = optarg;
+            break;
+        case 'h':
+            cmd_token_usage(stdout);
+            return CLI_EXIT_OK;
+        default:
+            return cli_getopt_error(cmd, opt, argv);
+        }
+    }
+    if (optind < argc)
+        return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+    if (nmodes == 0)
+        return cli_usage_error(cmd, "say which token: --user ID, --publisher, --admin, "
+                                    "--user-prefix PREFIX --count N, or --users-from FILE");
+    if (nmodes > 1)
+        return cli_usage_error(cmd, "give only one of --user, --publisher, --admin, "
+                                    "--user-prefix and --users-from");
+    if (label != NULL && mode != MODE_PUBLISHER && mode != MODE_ADMIN)
+        return cli_usage_error(cmd, "--name labels publisher and admin tokens; a user token "
+                                    "names its user");
+    if ((have_count || have_start) && mode != MODE_PREFIX)
+        return cli_usage_error(cmd, "--count and --start go with --user-prefix");
+    if (mode == MODE_PREFIX && !have_count)
+        return cli_usage_error(cmd, "--user-prefix needs --count N");
+    if (mode == MODE_USER && (user[0] == '\0' || strlen(user) > TOKEN_SUBJECT_MAX))
+        return cli_usage_error(cmd, "--user: a user id is 1 to %d bytes", TOKEN_SUBJECT_MAX);
+    if (label != NULL && (label[0] == '\0' || strlen(label) > TOKEN_SUBJECT_MAX))
+        return cli_usage_error(cmd, "--name: a label is 1 to %d bytes", TOKEN_SUBJECT_MAX);
+    /* The longest name is the prefix followed by the 20 digits of the largest uint64. */
+    if (mode == MODE_PREFIX && strlen(prefix) + 20 > TOKEN_SUBJECT_MAX)
+        return cli_usage_error(cmd, "--user-prefix: at most %d bytes", TOKEN_SUBJECT_MAX - 20);
+    if (ttl != NULL) {
+        if (strcmp(ttl, "never") == 0)
+            ttl_s = 0;
+        else if (token_parse_duration(ttl, &ttl_s) < 0 || ttl_s <= 0)
+            return cli_usage_error(cmd, "--ttl '%s': expected a duration such as 3600, 90s, "
+                                        "15m, 12h, 30d, 1w, or never",
+                                   ttl);
+    } else {
+        ttl_s = mode == MODE_PUBLISHER || mode == MODE_ADMIN ? 0 : CLI_USER_TTL;
+    }
+    expires = ttl_s > 0 ? (int64_t)time(NULL) + ttl_s : 0;
+
+    if (cli_secret_load(config_file, secret_file, &secret, err, sizeof(err)) < 0) {
+        fprintf(stderr, "nudge token: %s\n", err);
+        return CLI_EXIT_FAIL;
+    }
+    setvbuf(stdout, outbuf, _IOFBF, sizeof(outbuf));
+
+    switch (mode) {
+    case MODE_USER:
+        if (print_token(&secret, TOKEN_USER, user, expires) < 0)
+            rc = cli_usage_error(cmd, "--user: cannot sign a token for this user id");
+        break;
+    case MODE_PUBLISHER:
+    case MODE_ADMIN:
+        if (print_token(&secret, mode == MODE_ADMIN ? TOKEN_ADMIN : TOKEN_PUBLISHER,
+                        label ? label : mode == MODE_ADMIN ? "admin" : "publisher", expires) < 0)
+            rc = cli_usage_error(cmd, "--name: cannot sign a token with this label");
+        break;
+    case MODE_PREFIX: {
+        char subject[TOKEN_SUBJECT_MAX + 1];
+        for (uint64_t i = start; i < start + count; i++) {
+            snprintf(subject, sizeof(subject), "%s%llu", prefix, (unsigned long long)i);
+            if (print_token(&secret, TOKEN_USER, subject, expires) < 0) {
+                rc = cli_usage_error(cmd, "--user-prefix: cannot sign a token for '%s'",
+                                     subject);
+                break;
+            }
+        }
+        break;
+    }
+    case MODE_FROM:
+        rc = tokens_from_file(&secret, from, expires);
+        break;
+    case MODE_NONE:
+        break;
+    }
+    memset(&secret, 0, sizeof(secret));
+
+    if (fflush(stdout) != 0 || ferror(stdout)) {
+        fprintf(stderr, "nudge token: writing the tokens: %s\n", strerror(errno));
+        return CLI_EXIT_FAIL;
+    }
+    return rc;
+}

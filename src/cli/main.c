@@ -1,0 +1,173 @@
+/*
+ * main.c — nudge, the command-line client of nudged: subcommand dispatch,
+ * the top-level --help / --version / `help CMD`, and the small helpers every
+ * subcommand's option parsing shares (server options, usage errors,
+ * numbers).
+ *
+ * Each subcommand lives in its own cmd_<name>.c and parses its own options
+ * with getopt_long over argv shifted by one, so argv[0] is its name.
+ */
+#include <errno.h>
+#include <getopt.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+
+struct command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    void (*usage)(FILE *out);
+    const char *summary;
+};
+
+static const struct command commands[] = {
+    {"token", cmd_token, cmd_token_usage, "mint bearer tokens from the server secret"},
+    {"publish", cmd_publish, cmd_publish_usage, "report a folder change (POST /v1/events)"},
+    {"ping", cmd_ping, cmd_ping_usage, "act as a device: long-poll POST /v1/ping"},
+};
+#define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
+
+static void usage(FILE *out)
+{
+    fprintf(out, "Usage: nudge COMMAND [OPTIONS]\n"
+                 "\n"
+                 "The command-line client of nudged, the push-notification server.\n"
+                 "\n"
+                 "Commands:\n");
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        fprintf(out, "  %-10s%s\n", commands[i].name, commands[i].summary);
+    fprintf(out, "  %-10s%s\n", "help CMD", "show a command's options (same as nudge CMD --help)");
+    fprintf(out, "\n"
+                 "Options:\n"
+                 "  -h, --help    show this help\n"
+                 "  --version     show nudge's version\n"
+                 "\n"
+                 "Environment:\n"
+                 "  NUDGE_URL     server URL (default " CLI_DEFAULT_URL ")\n"
+                 "  NUDGE_TOKEN   bearer token for publish and ping\n"
+                 "\n"
+                 "Exit status: 0 success, 1 the server refused or the network failed,\n"
+                 "2 the command line is wrong.\n");
+}
+
+static const struct command *find_command(const char *name)
+{
+    for (size_t i = 0; i < NCOMMANDS; i++)
+        if (strcmp(commands[i].name, name) == 0)
+            return &commands[i];
+    return NULL;
+}
+
+int cli_usage_error(const char *cmd, const char *fmt, ...)
+{
+    va_list ap;
+
+    fprintf(stderr, "nudge%s%s: ", cmd ? " " : "", cmd ? cmd : "");
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "; see 'nudge%s%s --help'\n", cmd ? " " : "", cmd ? cmd : "");
+    return CLI_EXIT_USAGE;
+}
+
+int cli_getopt_error(const char *cmd, int opt, char **argv)
+{
+    const char *arg = argv[optind - 1];
+
+    if (opt == ':') {
+        if (optopt != 0 && optopt < 256 && strncmp(arg, "--", 2) != 0)
+            return cli_usage_error(cmd, "option '-%c' needs a value", optopt);
+        return cli_usage_error(cmd, "option '%s' needs a value", arg);
+    }
+    if (optopt != 0 && optopt < 256)
+        return cli_usage_error(cmd, "unknown option '-%c'", optopt);
+    return cli_usage_error(cmd, "unknown option '%s'", arg);
+}
+
+int cli_parse_number(const char *cmd, const char *name, const char *arg, uint64_t min,
+                     uint64_t max, uint64_t *out)
+{
+    char *end;
+    unsigned long long v;
+
+    errno = 0;
+    v = strtoull(arg, &end, 10);
+    if (arg[0] < '0' || arg[0] > '9' || *end != '\0' || errno != 0 || v < min || v > max)
+        return cli_usage_error(cmd, "%s '%s': expected a whole number from %llu to %llu", name,
+                               arg, (unsigned long long)min, (unsigned long long)max);
+    *out = v;
+    return 0;
+}
+
+void cli_server_init(struct cli_server *srv)
+{
+    const char *url = getenv("NUDGE_URL");
+    const char *token = getenv("NUDGE_TOKEN");
+
+    memset(srv, 0, sizeof(*srv));
+    srv->url = url && url[0] ? url : CLI_DEFAULT_URL;
+    srv->token_env = token && token[0] ? token : NULL;
+}
+
+int cli_server_opt(struct cli_server *srv, int opt, const char *arg)
+{
+    switch (opt) {
+    case CLI_OPT_URL:
+        srv->url = arg;
+        return 1;
+    case CLI_OPT_TOKEN:
+        srv->token_flag = arg;
+        return 1;
+    case 'c':
+        srv->config_file = arg;
+        return 1;
+    case CLI_OPT_SECRET_FILE:
+        srv->secret_file = arg;
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+int main(int argc, char **argv)
+{
+    const struct command *c;
+    const char *name;
+
+    if (argc < 2) {
+        usage(stderr);
+        return CLI_EXIT_USAGE;
+    }
+    name = argv[1];
+    if (strcmp(name, "-h") == 0 || strcmp(name, "--help") == 0) {
+        usage(stdout);
+        return CLI_EXIT_OK;
+    }
+    if (strcmp(name, "--version") == 0) {
+        printf("nudge %s\n", NUDGE_VERSION);
+        return CLI_EXIT_OK;
+    }
+    if (strcmp(name, "help") == 0) {
+        if (argc == 2) {
+            usage(stdout);
+            return CLI_EXIT_OK;
+        }
+        if (argc > 3)
+            return cli_usage_error(NULL, "help takes one command name");
+        c = find_command(argv[2]);
+        if (c == NULL)
+            return cli_usage_error(NULL, "unknown command '%s'", argv[2]);
+        c->usage(stdout);
+        return CLI_EXIT_OK;
+    }
+    c = find_command(name);
+    if (c == NULL) {
+        if (name[0] == '-')
+            return cli_usage_error(NULL, "unknown option '%s'", name);
+        return cli_usage_error(NULL, "unknown command '%s'", name);
+    }
+    return c->run(argc - 1, argv + 1);
+}

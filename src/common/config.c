@@ -1,0 +1,791 @@
+/*
+ * config.c — nudged's settings: one table, three readers (defaults, INI file,
+ * flags) and two writers (--help, --print-config). See config.h and
+ * docs/config.md.
+ *
+ * The table below names every option exactly once: section and key in the
+ * file, flag, type, field, bounds, default (as text, parsed by the same code
+ * as user input, so a default cannot be out of its own bounds) and help. Every
+ * value, whatever its source, goes through set_value(); the source only adds
+ * its prefix to the error ("PATH:LINE: " or "--flag: ").
+ *
+ * The file is parsed by inih (ini_parse_stream) with our own line reader in
+ * front of it. The reader exists because stock inih has three traps for a
+ * server config:
+ *   - a line that starts with whitespace continues the previous key's value
+ *     (Python configparser style), so an indented "log_level = debug" after
+ *     "data_dir = /srv" would silently make data_dir "log_level = debug". The
+ *     reader strips leading whitespace, which turns continuation lines off.
+ *   - lines longer than inih's buffer (INI_MAX_LINE, 200 bytes) are split and
+ *     the rest parsed as a line of its own. The reader refuses them instead.
+ *   - the handler is not told the line number (the library is built without
+ *     INI_HANDLER_LINENO), and inih reports only the line of a syntax error,
+ *     not what was wrong. The reader counts lines and checks each line's shape
+ *     itself, so every error says where and why.
+ * inih's inline comments (';' after whitespace) are kept: "key = v ; note"
+ * sets "v". Values therefore cannot begin or end with whitespace or hold
+ * " ;"; flags refuse such values too, so --print-config can always write the
+ * settings in effect back as a file that loads to the same struct.
+ *
+ * Duplicate keys are allowed and the last one wins, as with flags: appending
+ * "key = value" to a file is a safe way to override it.
+ *
+ * Cost: start-up only; a few hundred bytes of stack and one line buffer.
+ */
+#include "common/config.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/types.h>
+
+#include <ini.h>
+
+#include "common/log.h"
+#include "common/util.h"
+
+enum opt_type {
+    OPT_STRING,  /* free text (paths) */
+    OPT_UINT,    /* whole number within [min, max] */
+    OPT_ADDR,    /* listen address, checked by util_parse_addr */
+    OPT_LEVEL,   /* log level, checked by log_level_parse */
+    OPT_CHOICE,  /* one of a fixed list of names */
+};
+
+struct option_def {
+    const char *section;
+    const char *key;
+    const char *flag;            /* without the leading "--" */
+    enum opt_type type;
+    size_t offset, size;         /* the field in struct config */
+    unsigned min, max;           /* OPT_UINT: bounds; strings: min is the least length */
+    const char *def;             /* default, as text */
+    const char *const *choices;  /* OPT_CHOICE: accepted names, NULL-terminated */
+    const char *arg;             /* the value's name in --help */
+    const char *help;
+};
+
+#define FIELD(f) offsetof(struct config, f), sizeof(((struct config *)0)->f)
+
+static const char *const store_backends[] = {"memory", NULL};
+
+/* Indexed by enum log_level; the spelling config_print writes back. */
+static const char *const level_names[] = {"debug", "info", "warn", "error"};
+
+static const struct option_def options[] = {
+    {"server", "listen", "listen", OPT_ADDR, FIELD(listen), 0, 0, "127.0.0.1:8080", NULL, "ADDR",
+     "Address to listen on: IPv4:PORT, [IPv6]:PORT, or :PORT for every IPv4 address; "
+     "port 0 picks a free port."},
+    {"server", "data_dir", "data-dir", OPT_STRING, FIELD(data_dir), 1, 0, "./var", NULL, "DIR",
+     "Directory for nudged's files (the secret, unless secret_file says otherwise)."},
+    {"server", "secret_file", "secret-file", OPT_STRING, FIELD(secret_file), 0, 0, "", NULL,
+     "PATH", "File holding the secret that signs tokens; empty means <data_dir>/secret."},
+    {"server", "max_header_bytes", "max-header-bytes", OPT_UINT, FIELD(max_header_bytes), 1024,
+     1048576, "8192", NULL, "BYTES", "Largest request line plus headers accepted."},
+    {"server", "max_body_bytes", "max-body-bytes", OPT_UINT, FIELD(max_body_bytes), 0, 67108864,
+     "65536", NULL, "BYTES", "Largest request body accepted."},
+    {"server", "header_timeout", "header-timeout", OPT_UINT, FIELD(header_timeout), 1, 3600, "10",
+     NULL, "SECONDS", "Time a client has to send a whole request."},
+    {"server", "keepalive_timeout", "keepalive-timeout", OPT_UINT, FIELD(keepalive_timeout), 1,
+     86400, "75", NULL, "SECONDS", "An idle keep-alive connection is closed after this."},
+    {"server", "shutdown_retry_after", "shutdown-retry-after", OPT_UINT,
+     FIELD(shutdown_retry_after), 0, 3600, "5", NULL, "SECONDS",
+     "Retry-After sent with the 503 answers given while shutting down."},
+    {"server", "log_level", "log-level", OPT_LEVEL, FIELD(log_level), 0, 0, "info", NULL, "LEVEL",
+     "Least severe log lines written: debug, info, warn or error."},
+    {"heartbeat", "min", "heartbeat-min", OPT_UINT, FIELD(heartbeat_min), 1, 3540, "60", NULL,
+     "SECONDS", "Shortest heartbeat a client may ask for."},
+    {"heartbeat", "max", "heartbeat-max", OPT_UINT, FIELD(heartbeat_max), 1, 3540, "1680", NULL,
+     "SECONDS", "Longest heartbeat a client may ask for."},
+    {"ping", "max_folders", "ping-max-folders", OPT_UINT, FIELD(ping_max_folders), 1, 10000, "100",
+     NULL, "N", "Most folders one ping may list."},
+    {"store", "backend", "store-backend", OPT_CHOICE, FIELD(store_backend), 0, 0, "memory",
+     store_backends, "NAME", "Where folder states are kept: memory (lost on restart)."},
+};
+
+#define NOPTIONS (sizeof(options) / sizeof(options[0]))
+
+/*
+ * The longest line the file reader hands to inih (inih's buffer minus the
+ * NUL), after leading and trailing whitespace are stripped.
+ */
+#define LINE_MAX_CONTENT (INI_MAX_LINE - 1)
+
+/* Values quoted in error messages are cut to this many bytes. */
+#define SHOWN_MAX 60
+
+static void *field_of(struct config *c, const struct option_def *o)
+{
+    return (char *)c + o->offset;
+}
+
+static const void *cfield_of(const struct config *c, const struct option_def *o)
+{
+    return (const char *)c + o->offset;
+}
+
+/*
+ * The longest string value: what the field holds, and what fits on one file
+ * line as "key = value", so that config_print's output always loads back.
+ */
+static size_t string_max(const struct option_def *o)
+{
+    size_t line = LINE_MAX_CONTENT - strlen(o->key) - 3;
+
+    return o->size - 1 < line ? o->size - 1 : line;
+}
+
+/* Copies s into buf for an error message: cut to SHOWN_MAX, control bytes as '?'. */
+static const char *shown(char *buf, size_t n, const char *s)
+{
+    size_t i = 0, len = strlen(s);
+
+    for (; i < len && i < SHOWN_MAX && i + 4 < n; i++)
+        buf[i] = (unsigned char)s[i] < 0x20 || s[i] == 0x7f ? '?' : s[i];
+    if (i < len && i + 4 <= n) {
+        memcpy(buf + i, "...", 3);
+        i += 3;
+    }
+    buf[i] = '\0';
+    return buf;
+}
+
+/* Checks that a string value is within its length bounds and can be written to a file line. */
+static int check_string(const struct option_def *o, const char *v, char *why, size_t whylen)
+{
+    size_t len = strlen(v);
+
+    if (len < o->min) {
+        snprintf(why, whylen, "must not be empty");
+        return -1;
+    }
+    if (len > string_max(o)) {
+        snprintf(why, whylen, "%zu bytes long, the limit is %zu", len, string_max(o));
+        return -1;
+    }
+    if (len > 0 && (isspace((unsigned char)v[0]) || isspace((unsigned char)v[len - 1]))) {
+        snprintf(why, whylen, "must not begin or end with whitespace");
+        return -1;
+    }
+    for (size_t i = 0; i < len; i++) {
+        if ((unsigned char)v[i] < 0x20 || v[i] == 0x7f) {
+            snprintf(why, whylen, "must not contain control characters");
+            return -1;
+        }
+        if (v[i] == ';' && i > 0 && isspace((unsigned char)v[i - 1])) {
+            snprintf(why, whylen,
+                     "must not contain ';' after whitespace (it starts a comment in the file)");
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Parses a whole number: decimal digits only, within the option's bounds. */
+static int parse_uint(const struct option_def *o, const char *v, unsigned *out, char *why,
+                      size_t whylen)
+{
+    unsigned long long n = 0;
+    size_t i = 0;
+    char buf[SHOWN_MAX + 8];
+
+    for (; v[i] >= '0' && v[i] <= '9'; i++) {
+        n = n * 10 + (unsigned)(v[i] - '0');
+        if (n > o->max)
+            break; /* out of range already; stopping here also rules out overflow */
+    }
+    if (i == 0 || v[i] != '\0' || n < o->min || n > o->max) {
+        snprintf(why, whylen, "expected a whole number from %u to %u, got '%s'", o->min, o->max,
+                 shown(buf, sizeof(buf), v));
+        return -1;
+    }
+    *out = (unsigned)n;
+    return 0;
+}
+
+/* Writes a string into its field, clearing the rest so whole structs compare equal. */
+static void store_string(struct config *c, const struct option_def *o, const char *v)
+{
+    char *f = field_of(c, o);
+
+    memset(f, 0, o->size);
+    memcpy(f, v, strlen(v));
+}
+
+/*
+ * Checks 'v' for option 'o' and, when 'c' is not NULL, stores it. Returns 0,
+ * or -1 with the reason (without any source prefix) in 'why'. The field is
+ * left untouched on error.
+ */
+static int set_value(struct config *c, const struct option_def *o, const char *v, char *why,
+                     size_t whylen)
+{
+    char buf[SHOWN_MAX + 8];
+
+    switch (o->type) {
+    case OPT_UINT: {
+        unsigned n;
+        if (parse_uint(o, v, &n, why, whylen) != 0)
+            return -1;
+        if (c != NULL)
+            memcpy(field_of(c, o), &n, sizeof(n));
+        return 0;
+    }
+    case OPT_STRING:
+        if (check_string(o, v, why, whylen) != 0)
+            return -1;
+        break;
+    case OPT_ADDR: {
+        struct sockaddr_storage ss;
+        char e[160];
+        if (check_string(o, v, why, whylen) != 0)
+            return -1;
+        if (util_parse_addr(v, &ss, e, sizeof(e)) != 0) {
+            snprintf(why, whylen, "%s", e);
+            return -1;
+        }
+        break;
+    }
+    case OPT_LEVEL: {
+        enum log_level lv;
+        if (log_level_parse(v, &lv) != 0) {
+            snprintf(why, whylen, "expected one of debug, info, warn, error, got '%s'",
+                     shown(buf, sizeof(buf), v));
+            return -1;
+        }
+        v = level_names[lv];
+        break;
+    }
+    case OPT_CHOICE: {
+        size_t i = 0, n = 0;
+        char list[128];
+        for (; o->choices[i] != NULL; i++)
+            if (strcmp(v, o->choices[i]) == 0)
+                break;
+        if (o->choices[i] == NULL) {
+            list[0] = '\0';
+            for (i = 0; o->choices[i] != NULL && n < sizeof(list); i++)
+                n += (size_t)snprintf(list + n, sizeof(list) - n, "%s%s", i ? ", " : "",
+                                      o->choices[i]);
+            snprintf(why, whylen, "expected one of: %s, got '%s'", list,
+                     shown(buf, sizeof(buf), v));
+            return -1;
+        }
+        break;
+    }
+    }
+    if (c != NULL)
+        store_string(c, o, v);
+    return 0;
+}
+
+static const struct option_def *find_option(const char *section, const char *key)
+{
+    for (size_t i = 0; i < NOPTIONS; i++)
+        if (strcmp(options[i].section, section) == 0 && strcmp(options[i].key, key) == 0)
+            return &options[i];
+    return NULL;
+}
+
+/* The first option with this key in any section, for "did you mean" hints. */
+static const struct option_def *find_key_anywhere(const char *key)
+{
+    for (size_t i = 0; i < NOPTIONS; i++)
+        if (strcmp(options[i].key, key) == 0)
+            return &options[i];
+    return NULL;
+}
+
+static int section_known(const char *name, size_t len)
+{
+    for (size_t i = 0; i < NOPTIONS; i++)
+        if (strlen(options[i].section) == len && memcmp(options[i].section, name, len) == 0)
+            return 1;
+    return 0;
+}
+
+/* "server, heartbeat, ping, store": the sections in table order. */
+static void section_list(char *out, size_t outlen)
+{
+    size_t n = 0;
+
+    out[0] = '\0';
+    for (size_t i = 0; i < NOPTIONS && n < outlen; i++) {
+        if (i > 0 && strcmp(options[i].section, options[i - 1].section) == 0)
+            continue;
+        n += (size_t)snprintf(out + n, outlen - n, "%s%s", n ? ", " : "", options[i].section);
+    }
+}
+
+void config_defaults(struct config *c)
+{
+    char why[256];
+
+    memset(c, 0, sizeof(*c));
+    for (size_t i = 0; i < NOPTIONS; i++) {
+        if (set_value(c, &options[i], options[i].def, why, sizeof(why)) != 0) {
+            /* A broken table is a programming error, not a user's. */
+            fprintf(stderr, "config: default of [%s] %s is invalid: %s\n", options[i].section,
+                    options[i].key, why);
+            abort();
+        }
+    }
+}
+
+/* ---- the file ---------------------------------------------------------- */
+
+struct file_ctx {
+    struct config *cfg;
+    FILE *f;
+    const char *path;
+    char *buf;        /* getline's buffer */
+    size_t cap;
+    const char *text; /* the current line, stripped, inside buf */
+    int lineno;       /* the line last handed to inih */
+    int handled;      /* the last line inih passed to on_key */
+    int is_key_line;  /* the current line must reach on_key */
+    int failed;
+    char *err;
+    size_t errlen;
+};
+
+static void file_fail(struct file_ctx *x, int line, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Records the first error as "PATH:LINE: reason" (LINE 0: "PATH: reason"). */
+static void file_fail(struct file_ctx *x, int line, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    if (x->failed)
+        return;
+    x->failed = 1;
+    if (line > 0)
+        n = snprintf(x->err, x->errlen, "%s:%d: ", x->path, line);
+    else
+        n = snprintf(x->err, x->errlen, "%s: ", x->path);
+    if (n < 0 || (size_t)n >= x->errlen)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(x->err + n, x->errlen - (size_t)n, fmt, ap);
+    va_end(ap);
+}
+
+/*
+ * A key line that never reached on_key is one inih could not split at '='
+ * (for example "foo ; = bar", where the comment hides the '='). Called before
+ * reading the next line and once at the end.
+ */
+static void check_line_done(struct file_ctx *x)
+{
+    char buf[SHOWN_MAX + 8];
+
+    if (!x->failed && x->is_key_line && x->handled != x->lineno)
+        file_fail(x, x->lineno, "expected '[section]' or 'key = value', got '%s'",
+                  shown(buf, sizeof(buf), x->text));
+}
+
+/* Checks a "[section]" line: a known name, then nothing but a comment. */
+static void check_section_line(struct file_ctx *x, const char *s)
+{
+    const char *close = strchr(s, ']'), *rest;
+    char known[128], buf[SHOWN_MAX + 8];
+
+    if (close == NULL) {
+        file_fail(x, x->lineno, "section header has no closing ']'");
+        return;
+    }
+    rest = close + 1;
+    while (isspace((unsigned char)*rest))
+        rest++;
+    if (*rest != '\0' && !((*rest == ';' || *rest == '#') && rest > close + 1)) {
+        file_fail(x, x->lineno, "unexpected text after ']': '%s'", shown(buf, sizeof(buf), rest));
+        return;
+    }
+    if (!section_known(s + 1, (size_t)(close - s - 1))) {
+        section_list(known, sizeof(known));
+        file_fail(x, x->lineno, "unknown section [%.*s] (known sections: %s)",
+                  (int)(close - s - 1 < SHOWN_MAX ? close - s - 1 : SHOWN_MAX), s + 1, known);
+    }
+}
+
+/*
+ * inih's line reader (fgets-like). Reads a whole line of any length, counts
+ * it, strips it, checks its shape and hands it to inih. Returning NULL ends
+ * the parse: at the end of the file, or after the first error.
+ */
+static char *read_line(char *str, int num, void *stream)
+{
+    struct file_ctx *x = stream;
+    ssize_t got;
+    char *s, *e;
+    size_t len;
+
+    check_line_done(x);
+    if (x->failed)
+        return NULL;
+    x->is_key_line = 0;
+    errno = 0;
+    got = getline(&x->buf, &x->cap, x->f);
+    if (got < 0) {
+        if (ferror(x->f))
+            file_fail(x, 0, "cannot read: %s", strerror(errno ? errno : EIO));
+        return NULL;
+    }
+    x->lineno++;
+    if (memchr(x->buf, '\0', (size_t)got) != NULL) {
+        file_fail(x, x->lineno, "line contains a NUL byte");
+        return NULL;
+    }
+    s = x->buf;
+    if (x->lineno == 1 && got >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0)
+        s += 3; /* a UTF-8 byte order mark, as some editors write */
+    while (isspace((unsigned char)*s))
+        s++;
+    e = s + strlen(s);
+    while (e > s && isspace((unsigned char)e[-1]))
+        *--e = '\0';
+    len = (size_t)(e - s);
+    x->text = s;
+    if (len > (size_t)num - 1) {
+        file_fail(x, x->lineno, "line is %zu bytes long, the limit is %d", len, num - 1);
+        return NULL;
+    }
+    if (*s == '[') {
+        check_section_line(x, s);
+    } else if (*s != '\0' && *s != ';' && *s != '#') {
+        /* inih also splits at ':'; one spelling is enough, and ':' belongs to addresses. */
+        const char *sep = strpbrk(s, "=:");
+        if (sep != NULL && *sep == ':') {
+            char buf[SHOWN_MAX + 8];
+            file_fail(x, x->lineno, "expected 'key = value', got '%s'",
+                      shown(buf, sizeof(buf), s));
+        }
+        x->is_key_line = 1;
+    }
+    if (x->failed)
+        return NULL;
+    memcpy(str, s, len + 1);
+    return str;
+}
+
+/* inih's handler: one call per "key = value" line. Returns 1, or 0 on error. */
+static int on_key(void *user, const char *section, const char *key, const char *value)
+{
+    struct file_ctx *x = user;
+    const struct option_def *o;
+    char why[256], kbuf[SHOWN_MAX + 8];
+
+    x->handled = x->lineno;
+    if (x->failed)
+        return 0;
+    if (section[0] == '\0') {
+        o = find_key_anywhere(key);
+        if (o != NULL)
+            file_fail(x, x->lineno, "'%s' comes before any section header; it belongs under [%s]",
+                      key, o->section);
+        else
+            file_fail(x, x->lineno, "unknown key '%s' before any section header",
+                      shown(kbuf, sizeof(kbuf), key));
+        return 0;
+    }
+    o = find_option(section, key);
+    if (o == NULL) {
+        const struct option_def *other = find_key_anywhere(key);
+        if (other != NULL)
+            file_fail(x, x->lineno, "unknown key '%s' in [%s] (it belongs under [%s])", key,
+                      section, other->section);
+        else
+            file_fail(x, x->lineno, "unknown key '%s' in [%s]", shown(kbuf, sizeof(kbuf), key),
+                      section);
+        return 0;
+    }
+    if (set_value(x->cfg, o, value, why, sizeof(why)) != 0) {
+        file_fail(x, x->lineno, "[%s] %s: %s", o->section, o->key, why);
+        return 0;
+    }
+    return 1;
+}
+
+int config_load_file(struct config *c, const char *path, char *err, size_t errlen)
+{
+    struct file_ctx x;
+    int rc;
+
+    memset(&x, 0, sizeof(x));
+    x.cfg = c;
+    x.path = path;
+    x.err = err;
+    x.errlen = errlen;
+    x.f = fopen(path, "r");
+    if (x.f == NULL) {
+        snprintf(err, errlen, "%s: cannot read: %s", path, strerror(errno));
+        return -1;
+    }
+    rc = ini_parse_stream(read_line, &x, on_key, &x);
+    check_line_done(&x);
+    if (!x.failed && rc == -2)
+        file_fail(&x, 0, "out of memory");
+    else if (!x.failed && rc != 0)
+        file_fail(&x, rc, "syntax error"); /* inih saw what the reader did not: a bug */
+    free(x.buf);
+    fclose(x.f);
+    return x.failed ? -1 : 0;
+}
+
+/* ---- the command line -------------------------------------------------- */
+
+enum arg_kind { ARG_CONFIG, ARG_HELP, ARG_VERSION, ARG_PRINT, ARG_OPTION };
+
+struct arg {
+    enum arg_kind kind;
+    const struct option_def *opt; /* ARG_OPTION */
+    const char *name;             /* as written, without a "=VALUE" part */
+    int namelen;
+    const char *value;            /* ARG_CONFIG, ARG_OPTION */
+};
+
+/* Matches "--flag" or "--section.key" (name without "--", n bytes). */
+static const struct option_def *find_flag(const char *name, size_t n)
+{
+    for (size_t i = 0; i < NOPTIONS; i++) {
+        const struct option_def *o = &options[i];
+        size_t sl = strlen(o->section);
+        if (strlen(o->flag) == n && memcmp(o->flag, name, n) == 0)
+            return o;
+        if (n == sl + 1 + strlen(o->key) && memcmp(name, o->section, sl) == 0 && name[sl] == '.' &&
+            memcmp(name + sl + 1, o->key, n - sl - 1) == 0)
+            return o;
+    }
+    return NULL;
+}
+
+/*
+ * Decodes argv[*i] (and its value, advancing *i past it). A value is the part
+ * after '=' or the next argument; a next argument that begins with "--" is
+ * taken for a forgotten value rather than swallowed (write --flag=--x to mean
+ * it). Returns 0, or -1 with err set.
+ */
+static int next_arg(int argc, char **argv, int *i, struct arg *a, char *err, size_t errlen)
+{
+    const char *s = argv[*i], *eq;
+    int takes_value;
+
+    memset(a, 0, sizeof(*a));
+    a->name = s;
+    a->namelen = (int)strlen(s);
+    if (strcmp(s, "-h") == 0) {
+        a->kind = ARG_HELP;
+        return 0;
+    }
+    if (strcmp(s, "-c") == 0) {
+        a->kind = ARG_CONFIG;
+        takes_value = 1;
+        eq = NULL;
+    } else if (s[0] != '-') {
+        snprintf(err, errlen, "unexpected argument '%s' (see --help)", s);
+        return -1;
+    } else if (s[1] != '-' || s[2] == '\0') {
+        snprintf(err, errlen, "unknown option '%s' (see --help)", s);
+        return -1;
+    } else {
+        const char *name = s + 2;
+        size_t n;
+        eq = strchr(name, '=');
+        n = eq != NULL ? (size_t)(eq - name) : strlen(name);
+        a->namelen = (int)(n + 2);
+        takes_value = 1;
+        if (n == 4 && memcmp(name, "help", 4) == 0) {
+            a->kind = ARG_HELP;
+            takes_value = 0;
+        } else if (n == 7 && memcmp(name, "version", 7) == 0) {
+            a->kind = ARG_VERSION;
+            takes_value = 0;
+        } else if (n == 12 && memcmp(name, "print-config", 12) == 0) {
+            a->kind = ARG_PRINT;
+            takes_value = 0;
+        } else if (n == 6 && memcmp(name, "config", 6) == 0) {
+            a->kind = ARG_CONFIG;
+        } else if ((a->opt = find_flag(name, n)) != NULL) {
+            a->kind = ARG_OPTION;
+        } else {
+            snprintf(err, errlen, "unknown option '--%.*s' (see --help)", (int)n, name);
+            return -1;
+        }
+    }
+    if (!takes_value) {
+        if (eq != NULL) {
+            snprintf(err, errlen, "%.*s: takes no value", a->namelen, s);
+            return -1;
+        }
+        return 0;
+    }
+    if (eq != NULL) {
+        a->value = eq + 1;
+    } else if (*i + 1 < argc && strncmp(argv[*i + 1], "--", 2) != 0) {
+        a->value = argv[++*i];
+    } else {
+        snprintf(err, errlen, "%.*s: missing value", a->namelen, s);
+        return -1;
+    }
+    return 0;
+}
+
+int config_from_args(struct config *c, int argc, char **argv, enum config_action *action,
+                     char *err, size_t errlen)
+{
+    const char *file = NULL;
+    int help = 0, version = 0, print = 0;
+    struct arg a;
+    char why[256];
+
+    config_defaults(c);
+    *action = CONFIG_RUN;
+
+    /* Pass 1: the shape of the whole command line, and where the file is. */
+    for (int i = 1; i < argc; i++) {
+        if (next_arg(argc, argv, &i, &a, err, errlen) != 0)
+            return -1;
+        if (a.kind == ARG_CONFIG) {
+            if (file != NULL) {
+                snprintf(err, errlen, "%.*s: a config file was already given ('%s')",
+                         a.namelen, a.name, file);
+                return -1;
+            }
+            file = a.value;
+        }
+        help |= a.kind == ARG_HELP;
+        version |= a.kind == ARG_VERSION;
+        print |= a.kind == ARG_PRINT;
+    }
+    /* --help and --version answer even when the settings would not load. */
+    if (help) {
+        *action = CONFIG_HELP;
+        return 0;
+    }
+    if (version) {
+        *action = CONFIG_VERSION;
+        return 0;
+    }
+    if (file != NULL && config_load_file(c, file, err, errlen) != 0)
+        return -1;
+
+    /* Pass 2: the settings, in order, over the file. */
+    for (int i = 1; i < argc; i++) {
+        if (next_arg(argc, argv, &i, &a, err, errlen) != 0)
+            return -1;
+        if (a.kind != ARG_OPTION)
+            continue;
+        if (set_value(c, a.opt, a.value, why, sizeof(why)) != 0) {
+            snprintf(err, errlen, "%.*s: %s", a.namelen, a.name, why);
+            return -1;
+        }
+    }
+    if (config_check(c, err, errlen) != 0)
+        return -1;
+    if (print)
+        *action = CONFIG_PRINT;
+    return 0;
+}
+
+/*
+ * On top of config.h: every field is also checked against its own bounds, so
+ * a struct filled in by code (tests, a future reload) gets the same scrutiny
+ * as one read from a file.
+ */
+int config_check(const struct config *c, char *err, size_t errlen)
+{
+    char why[256], buf[32];
+
+    for (size_t i = 0; i < NOPTIONS; i++) {
+        const struct option_def *o = &options[i];
+        const void *f = cfield_of(c, o);
+        int bad;
+
+        if (o->type == OPT_UINT) {
+            unsigned v;
+            memcpy(&v, f, sizeof(v));
+            snprintf(buf, sizeof(buf), "%u", v);
+            bad = set_value(NULL, o, buf, why, sizeof(why));
+        } else if (memchr(f, '\0', o->size) == NULL) {
+            snprintf(why, sizeof(why), "not NUL-terminated");
+            bad = 1;
+        } else {
+            bad = set_value(NULL, o, f, why, sizeof(why));
+        }
+        if (bad) {
+            snprintf(err, errlen, "[%s] %s: %s", o->section, o->key, why);
+            return -1;
+        }
+    }
+    if (c->heartbeat_min > c->heartbeat_max) {
+        snprintf(err, errlen, "[heartbeat] min (%u) is greater than max (%u)", c->heartbeat_min,
+                 c->heartbeat_max);
+        return -1;
+    }
+    return 0;
+}
+
+void config_secret_path(const struct config *c, char *out, size_t outlen)
+{
+    size_t n = strlen(c->data_dir);
+
+    if (c->secret_file[0] != '\0')
+        snprintf(out, outlen, "%s", c->secret_file);
+    else if (n > 0 && c->data_dir[n - 1] == '/')
+        snprintf(out, outlen, "%ssecret", c->data_dir);
+    else
+        snprintf(out, outlen, "%s/secret", c->data_dir);
+}
+
+void config_usage(FILE *out, const char *argv0)
+{
+    fprintf(out,
+            "Usage: %s [-c FILE] [--OPTION VALUE]...\n"
+            "\n"
+            "  -c, --config FILE   read settings from FILE (INI) first; flags override it\n"
+            "  -h, --help          print this help and exit\n"
+            "      --version       print the version and exit\n"
+            "      --print-config  print the settings in effect as a config file and exit\n"
+            "\n"
+            "Settings: flag, then file section and key, default and bounds.\n"
+            "Each is also accepted as --SECTION.KEY VALUE (e.g. --heartbeat.min 60);\n"
+            "--NAME=VALUE works too. Numbers are decimal digits only; times are in seconds.\n",
+            argv0);
+    for (size_t i = 0; i < NOPTIONS; i++) {
+        const struct option_def *o = &options[i];
+        fprintf(out, "\n  --%s %s\n      [%s] %s, default ", o->flag, o->arg, o->section, o->key);
+        if (o->def[0] == '\0')
+            fprintf(out, "empty");
+        else
+            fprintf(out, "%s", o->def);
+        if (o->type == OPT_UINT)
+            fprintf(out, ", %u..%u", o->min, o->max);
+        fprintf(out, "\n      %s\n", o->help);
+    }
+}
+
+void config_print(const struct config *c, FILE *out)
+{
+    fprintf(out, "; nudged settings in effect (nudged --print-config)\n");
+    for (size_t i = 0; i < NOPTIONS; i++) {
+        const struct option_def *o = &options[i];
+        const void *f = cfield_of(c, o);
+
+        if (i == 0 || strcmp(o->section, options[i - 1].section) != 0)
+            fprintf(out, "\n[%s]\n", o->section);
+        fprintf(out, "; %s\n", o->help);
+        if (o->type == OPT_UINT) {
+            unsigned v;
+            memcpy(&v, f, sizeof(v));
+            fprintf(out, "%s = %u\n", o->key, v);
+        } else {
+            fprintf(out, "%s = %.*s\n", o->key, (int)o->size, (const char *)f);
+        }
+    }
+}

@@ -1,0 +1,23 @@
+/*
+ * response.h — formats an HTTP/1.1 response into one buffer, so it can be
+ * written with a single write() in the common case.
+ */
+#ifndef NUDGE_HTTP_RESPONSE_H
+#define NUDGE_HTTP_RESPONSE_H
+
+#include <stddef.h>
+
+/* "OK", "Not Found", ... ("Unknown" for codes nudge does not send). */
+const char *http_status_text(int status);
+
+/*
+ * Returns a malloc'd response: status line, Date, Content-Type (when 'ctype'
+ * is non-NULL), Content-Length, Connection (keep-alive or close), the
+ * caller's 'extra' header lines (each ending in "\r\n", may be NULL), a blank
+ * line and the body. *outlen gets its length. NULL when out of memory.
+ * 304 and 1xx answers carry no Content-Length or body.
+ */
+char *http_response_build(int status, const char *ctype, const char *extra, const char *body,
+                          size_t body_len, int keep_alive, size_t *outlen);
+
+#endif

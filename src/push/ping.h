@@ -1,0 +1,31 @@
+/*
+ * ping.h — POST /v1/ping, the long-poll ("Direct Push") channel, and the
+ * wake-up of held pings when a folder changes.
+ */
+#ifndef NUDGE_PING_H
+#define NUDGE_PING_H
+
+#include "server/metrics.h"
+
+struct conn;
+struct http_req;
+struct principal;
+struct server;
+struct user;
+
+/* The route handler. */
+void ping_handle(struct conn *c, struct http_req *r, const struct principal *who);
+
+/* The held ping on c reached its heartbeat: answer "expired". */
+void ping_expired(struct conn *c);
+
+/* c closes while holding a ping: forget the hold. */
+void ping_conn_closed(struct conn *c);
+
+/* Answers every held ping of u whose folders changed since the device's states. */
+void ping_wake_user(struct server *s, struct user *u);
+
+/* At shutdown: answers the held ping on c with 503 shutting-down. */
+void ping_shutdown(struct conn *c);
+
+#endif

@@ -1,0 +1,93 @@
+/*
+ * conn.h — one client connection: its life, its reads and writes, and the
+ * one request it handles at a time.
+ *
+ * A connection is in one of three situations:
+ *   idle     no request in progress: holds no buffer, no parser; its deadline
+ *            is the keep-alive timeout;
+ *   reading  a struct http_req collects the request; deadline: the request
+ *            timeout ([server] header_timeout), 408 when it passes;
+ *   held     a ping waits for a change: again no parser and no buffer, only
+ *            a pointer to its device; deadline: the heartbeat.
+ * Bytes that arrive while a request is being handled or held (pipelining)
+ * are kept in 'pending' and parsed once the answer is written.
+ *
+ * Closing is deferred: conn_close marks the connection and calls uv_close;
+ * the memory is freed in the close callback, never under another callback.
+ */
+#ifndef NUDGE_CONN_H
+#define NUDGE_CONN_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "server/deadline.h"
+
+struct server;
+struct http_req;
+struct device;
+
+enum conn_flag {
+    CONN_BUSY = 1 << 0,    /* a request is being handled (or held) */
+    CONN_HELD = 1 << 1,    /* a ping is held: 'held' is its device */
+    CONN_CLOSING = 1 << 2, /* uv_close called */
+    CONN_LINGER = 1 << 3,  /* answered and shut down; draining input until EOF */
+    CONN_RESUME = 1 << 4,  /* on the server's resume list */
+    CONN_WAITING = 1 << 5, /* handler waits for an async result (store commit) */
+};
+
+struct conn {
+    uv_tcp_t tcp;
+    struct server *srv;
+    struct http_req *req;   /* request being read or handled, else NULL */
+    char *pending;          /* bytes received behind the current request */
+    uint32_t pending_len;
+    uint16_t writes;        /* uv_write requests in flight */
+    uint8_t flags;
+    uint8_t keep_alive;     /* of the request being handled */
+    struct deadline_node deadline;
+    struct device *held;    /* with CONN_HELD */
+    struct conn *resume_next;
+    void *waiter;           /* with CONN_WAITING: the handler's job, told if we close */
+};
+
+/* Accepts one connection from the server's listener. */
+void conn_accept(struct server *s);
+
+/*
+ * Answers the current request: writes the response (JSON body; 'extra' are
+ * header lines ending in "\r\n", or NULL), ends the request, and moves on to
+ * the next pipelined request or to idle. Takes ownership of nothing.
+ */
+void conn_respond(struct conn *c, int status, const char *extra, const char *body, size_t len);
+
+/* As conn_respond, with a small JSON error body {"status":...,"error":...}. */
+void conn_respond_error(struct conn *c, int status, const char *word, const char *error);
+
+/* As conn_respond with an explicit Content-Type (e.g. Prometheus text). */
+void conn_respond_typed(struct conn *c, int status, const char *ctype, const char *extra,
+                        const char *body, size_t len);
+
+/*
+ * Holds the current request (a ping) until 'deadline_ms' (monotonic ms):
+ * frees the parser; conn_on_held_expired fires at the deadline unless the
+ * holder answers first with conn_respond.
+ */
+void conn_hold(struct conn *c, struct device *d, uint64_t deadline_ms);
+
+/* Marks the request as waiting for an async result; 'waiter' is told of a close. */
+void conn_wait(struct conn *c, void *waiter);
+
+/* Closes now; 'why' is logged at debug level. */
+void conn_close(struct conn *c, const char *why);
+
+/* Called by the server when a connection's deadline passes. */
+void conn_on_deadline(struct conn *c);
+
+/* Called by the server's resume timer for connections with pending bytes. */
+void conn_resume(struct conn *c);
+
+/* The peer address as "1.2.3.4:5678" (for logs). */
+const char *conn_peer(struct conn *c, char *buf, size_t len);
+
+#endif

@@ -1,0 +1,116 @@
+/*
+ * main.c — nudged: read the settings, prepare data_dir and the secret, run
+ * the server until a stop signal has drained it. Everything else lives in
+ * the modules; this file only wires them together.
+ */
+#include <errno.h>
+#include <openssl/rand.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <uv.h>
+
+#include "auth/secret.h"
+#include "common/config.h"
+#include "common/log.h"
+#include "common/strmap.h"
+#include "common/version.h"
+#include "server/server.h"
+
+/* mkdir -p with mode 0700: data_dir holds the secret. */
+static int make_dirs(const char *path, char *err, size_t errlen)
+{
+    char buf[PATH_MAX];
+    size_t n = strlen(path);
+
+    if (n == 0 || n >= sizeof(buf)) {
+        snprintf(err, errlen, "data_dir '%s' is empty or too long", path);
+        return -1;
+    }
+    memcpy(buf, path, n + 1);
+    for (char *p = buf + 1; ; p++) {
+        if (*p == '/' || *p == '\0') {
+            char saved = *p;
+            *p = '\0';
+            if (mkdir(buf, 0700) < 0 && errno != EEXIST) {
+                snprintf(err, errlen, "cannot create directory %s: %s", buf, strerror(errno));
+                return -1;
+            }
+            *p = saved;
+            if (saved == '\0')
+                break;
+        }
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    static struct config cfg; /* static: it outlives the server, and it is large */
+    static struct server srv;
+    enum config_action action;
+    struct secret secret;
+    enum log_level level = LOG_INFO;
+    char err[PATH_MAX + 256], q[PATH_MAX + 300], path[PATH_MAX];
+    uint64_t seed;
+    uv_loop_t loop;
+    int created = 0;
+
+    if (config_from_args(&cfg, argc, argv, &action, err, sizeof(err)) < 0) {
+        fprintf(stderr, "nudged: %s\n", err);
+        LOG(LOG_ERROR, config_error, "reason=%s", log_q(q, sizeof(q), err));
+        return 2;
+    }
+    switch (action) {
+    case CONFIG_HELP:
+        config_usage(stdout, argv[0]);
+        return 0;
+    case CONFIG_VERSION:
+        printf("nudged %s\n", NUDGE_VERSION);
+        return 0;
+    case CONFIG_PRINT:
+        config_print(&cfg, stdout);
+        return 0;
+    case CONFIG_RUN:
+        break;
+    }
+    log_level_parse(cfg.log_level, &level);
+    log_init(stderr, level);
+    /* A client that goes away mid-write must not kill the server. */
+    signal(SIGPIPE, SIG_IGN);
+
+    if (RAND_bytes((unsigned char *)&seed, sizeof(seed)) != 1) {
+        LOG(LOG_ERROR, startup_failed, "reason=\"no random bytes for the hash seed\"");
+        return 1;
+    }
+    strmap_seed(seed);
+
+    if (make_dirs(cfg.data_dir, err, sizeof(err)) < 0) {
+        LOG(LOG_ERROR, startup_failed, "reason=%s", log_q(q, sizeof(q), err));
+        return 1;
+    }
+    config_secret_path(&cfg, path, sizeof(path));
+    if (secret_load(path, 1, &created, &secret, err, sizeof(err)) < 0) {
+        LOG(LOG_ERROR, startup_failed, "reason=%s", log_q(q, sizeof(q), err));
+        fprintf(stderr, "nudged: %s\n", err);
+        return 1;
+    }
+    if (created)
+        LOG(LOG_INFO, secret_created, "path=%s", log_q(q, sizeof(q), path));
+
+    uv_loop_init(&loop);
+    if (server_init(&srv, &loop, &cfg, &secret) < 0) {
+        uv_run(&loop, UV_RUN_NOWAIT); /* let closed handles finish */
+        uv_loop_close(&loop);
+        return 1;
+    }
+    LOG(LOG_INFO, started, "version=%s store=%s heartbeat_min=%u heartbeat_max=%u", NUDGE_VERSION,
+        cfg.store_backend, cfg.heartbeat_min, cfg.heartbeat_max);
+    server_run(&srv);
+    server_free(&srv);
+    if (uv_loop_close(&loop) != 0)
+        LOG(LOG_WARN, stopped, "note=\"handles still open at exit\"");
+    LOG(LOG_INFO, stopped, "exit=0");
+    return 0;
+}

@@ -1,0 +1,235 @@
+/*
+ * server.c — the listener, the shared timers and the orderly stop.
+ *
+ * Timers: one uv_timer for all connection deadlines (see deadline.h), one
+ * zero-delay timer that runs connections whose pipelined requests can go on
+ * (deferred so that answering one connection from another's callback never
+ * recurses into a third), one that bounds the drain at shutdown.
+ *
+ * Stop (SIGTERM/SIGINT): close the listener, answer every held ping 503
+ * shutting-down (Retry-After), close idle connections, let requests in
+ * progress finish with Connection: close, and leave the loop when the last
+ * connection is gone or after STOP_GRACE_MS, whichever is first.
+ */
+#include "server/server.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+#include "common/util.h"
+#include "push/ping.h"
+#include "server/conn.h"
+
+/* Longest drain at shutdown: answers are small, so this is only for stuck peers. */
+#define STOP_GRACE_MS 2000
+/* Backlog for listen(): bursts of reconnecting devices after a network blip. */
+#define LISTEN_BACKLOG 4096
+
+static void on_deadline_timer(uv_timer_t *t)
+{
+    struct server *s = t->data;
+    uint64_t now = util_now_ms();
+    struct deadline_node *n;
+
+    s->deadline_armed = 0;
+    while ((n = deadline_peek(&s->deadlines)) != NULL && n->at <= now) {
+        struct conn *c = (struct conn *)((char *)n - offsetof(struct conn, deadline));
+        deadline_clear(&s->deadlines, n);
+        conn_on_deadline(c);
+    }
+    server_deadlines_changed(s);
+}
+
+void server_deadlines_changed(struct server *s)
+{
+    struct deadline_node *n = deadline_peek(&s->deadlines);
+    uint64_t now;
+
+    if (n == NULL) {
+        if (s->deadline_armed) {
+            uv_timer_stop(&s->deadline_timer);
+            s->deadline_armed = 0;
+        }
+        return;
+    }
+    if (s->deadline_armed == n->at)
+        return;
+    now = util_now_ms();
+    s->deadline_armed = n->at;
+    uv_timer_start(&s->deadline_timer, on_deadline_timer, n->at > now ? n->at - now : 0, 0);
+}
+
+static void on_resume_timer(uv_timer_t *t)
+{
+    struct server *s = t->data;
+
+    while (s->resume_head) {
+        struct conn *c = s->resume_head;
+        s->resume_head = c->resume_next;
+        c->resume_next = NULL;
+        conn_resume(c);
+    }
+}
+
+void server_resume_soon(struct server *s)
+{
+    uv_timer_start(&s->resume_timer, on_resume_timer, 0, 0);
+}
+
+static void on_connection(uv_stream_t *listener, int status)
+{
+    struct server *s = listener->data;
+
+    if (status < 0) {
+        LOG(LOG_WARN, accept_error, "error=%s", uv_strerror(status));
+        return;
+    }
+    conn_accept(s);
+}
+
+static void close_handle(uv_handle_t *h)
+{
+    if (!uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+/* Leaves the loop: closes the server's own handles so uv_run returns. */
+static void finish_stop(struct server *s)
+{
+    close_handle((uv_handle_t *)&s->deadline_timer);
+    close_handle((uv_handle_t *)&s->resume_timer);
+    close_handle((uv_handle_t *)&s->stop_timer);
+    close_handle((uv_handle_t *)&s->sig_term);
+    close_handle((uv_handle_t *)&s->sig_int);
+    close_handle((uv_handle_t *)&s->listener);
+}
+
+static void walk_stop(uv_handle_t *h, void *arg)
+{
+    struct server *s = arg;
+    struct conn *c;
+
+    if (h->type != UV_TCP || (uv_tcp_t *)h == &s->listener || uv_is_closing(h))
+        return;
+    c = h->data;
+    if (c->flags & CONN_HELD)
+        ping_shutdown(c);
+    else if (!(c->flags & CONN_BUSY) && c->req == NULL && !(c->flags & CONN_LINGER))
+        conn_close(c, "shutdown");
+}
+
+static void walk_close(uv_handle_t *h, void *arg)
+{
+    struct server *s = arg;
+
+    if (h->type == UV_TCP && (uv_tcp_t *)h != &s->listener && !uv_is_closing(h))
+        conn_close(h->data, "shutdown");
+}
+
+static void on_stop_tick(uv_timer_t *t)
+{
+    struct server *s = t->data;
+
+    if (s->metrics.connections > 0 && uv_now(s->loop) - s->stop_started < STOP_GRACE_MS)
+        return;
+    uv_walk(s->loop, walk_close, s);
+    finish_stop(s);
+}
+
+static void on_signal(uv_signal_t *sig, int signum)
+{
+    struct server *s = sig->data;
+
+    if (s->stopping)
+        return;
+    s->stopping = 1;
+    LOG(LOG_INFO, stopping, "signal=%s held=%llu connections=%llu", strsignal(signum),
+        (unsigned long long)s->metrics.pings_held, (unsigned long long)s->metrics.connections);
+    uv_close((uv_handle_t *)&s->listener, NULL);
+    uv_walk(s->loop, walk_stop, s);
+    s->stop_started = uv_now(s->loop);
+    /* Check every 50 ms whether the drain is over. */
+    uv_timer_start(&s->stop_timer, on_stop_tick, 50, 50);
+}
+
+int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
+                const struct secret *secret)
+{
+    const struct store_backend *be;
+    struct sockaddr_storage addr;
+    struct sockaddr_storage bound;
+    int len = sizeof(bound);
+    char err[512];
+    int rc;
+
+    memset(s, 0, sizeof(*s));
+    s->loop = loop;
+    s->cfg = cfg;
+    s->secret = *secret;
+    s->limits.max_header_bytes = cfg->max_header_bytes;
+    s->limits.max_body_bytes = cfg->max_body_bytes;
+    deadline_heap_init(&s->deadlines);
+    shard_init(&s->shard);
+
+    be = store_backend_find(cfg->store_backend);
+    if (be == NULL) {
+        LOG(LOG_ERROR, startup_failed, "reason=\"unknown store backend\" backend=%s",
+            cfg->store_backend);
+        return -1;
+    }
+    if (be->open(&s->store, cfg, err, sizeof(err)) < 0) {
+        char q[600];
+        LOG(LOG_ERROR, startup_failed, "reason=%s", log_q(q, sizeof(q), err));
+        return -1;
+    }
+
+    if (util_parse_addr(cfg->listen, &addr, err, sizeof(err)) < 0) {
+        LOG(LOG_ERROR, startup_failed, "reason=\"bad listen address\" detail=%s", cfg->listen);
+        return -1;
+    }
+    uv_tcp_init(loop, &s->listener);
+    s->listener.data = s;
+    rc = uv_tcp_bind(&s->listener, (struct sockaddr *)&addr, 0);
+    if (rc == 0)
+        rc = uv_listen((uv_stream_t *)&s->listener, LISTEN_BACKLOG, on_connection);
+    if (rc < 0) {
+        LOG(LOG_ERROR, startup_failed, "reason=\"cannot listen\" addr=%s error=%s", cfg->listen,
+            log_q(err, sizeof(err), uv_strerror(rc)));
+        uv_close((uv_handle_t *)&s->listener, NULL);
+        return -1;
+    }
+    uv_tcp_getsockname(&s->listener, (struct sockaddr *)&bound, &len);
+    util_format_addr((struct sockaddr *)&bound, s->addr, sizeof(s->addr));
+
+    uv_timer_init(loop, &s->deadline_timer);
+    s->deadline_timer.data = s;
+    uv_timer_init(loop, &s->resume_timer);
+    s->resume_timer.data = s;
+    uv_timer_init(loop, &s->stop_timer);
+    s->stop_timer.data = s;
+    uv_signal_init(loop, &s->sig_term);
+    s->sig_term.data = s;
+    uv_signal_init(loop, &s->sig_int);
+    s->sig_int.data = s;
+    uv_signal_start(&s->sig_term, on_signal, SIGTERM);
+    uv_signal_start(&s->sig_int, on_signal, SIGINT);
+    LOG(LOG_INFO, listening, "addr=%s", s->addr);
+    return 0;
+}
+
+int server_run(struct server *s)
+{
+    uv_run(s->loop, UV_RUN_DEFAULT);
+    return 0;
+}
+
+void server_free(struct server *s)
+{
+    shard_free(&s->shard);
+    store_close(s->store);
+    s->store = NULL;
+    deadline_heap_free(&s->deadlines);
+}

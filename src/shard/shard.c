@@ -1,0 +1,89 @@
+/* shard.c — users and devices in memory; see shard.h. */
+#include "shard/shard.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/xalloc.h"
+
+void shard_init(struct shard *sh)
+{
+    strmap_init(&sh->users);
+}
+
+static void device_free(struct device *d)
+{
+    for (uint32_t i = 0; i < d->nfolders; i++)
+        free(d->folders[i].name);
+    free(d->folders);
+    free(d);
+}
+
+void shard_free(struct shard *sh)
+{
+    uint32_t upos = 0, dpos;
+    const char *key;
+    void *uval, *dval;
+
+    while (strmap_next(&sh->users, &upos, &key, &uval)) {
+        struct user *u = uval;
+        dpos = 0;
+        while (strmap_next(&u->devices, &dpos, &key, &dval))
+            device_free(dval);
+        strmap_free(&u->devices);
+        free(u);
+    }
+    strmap_free(&sh->users);
+}
+
+struct user *shard_user(struct shard *sh, const char *id, int create)
+{
+    size_t n = strlen(id);
+    struct user *u = strmap_get(&sh->users, id, n);
+
+    if (u == NULL && create) {
+        u = xcalloc(1, sizeof(*u) + n + 1);
+        memcpy(u->id, id, n + 1);
+        strmap_init(&u->devices);
+        strmap_put(&sh->users, u->id, n, u);
+    }
+    return u;
+}
+
+struct device *user_device(struct user *u, const char *id, int create)
+{
+    size_t n = strlen(id);
+    struct device *d = strmap_get(&u->devices, id, n);
+
+    if (d == NULL && create) {
+        d = xcalloc(1, sizeof(*d) + n + 1);
+        memcpy(d->id, id, n + 1);
+        d->user = u;
+        strmap_put(&u->devices, d->id, n, d);
+    }
+    return d;
+}
+
+void device_set_folders(struct device *d, const char *const *names, const uint64_t *states,
+                        size_t n)
+{
+    struct device_folder *f = xcalloc(n, sizeof(*f));
+
+    for (size_t i = 0; i < n; i++) {
+        f[i].name = xstrdup(names[i]);
+        f[i].state = states[i];
+    }
+    for (uint32_t i = 0; i < d->nfolders; i++)
+        free(d->folders[i].name);
+    free(d->folders);
+    d->folders = f;
+    d->nfolders = (uint32_t)n;
+}
+
+struct device_folder *device_folder(struct device *d, const char *name)
+{
+    for (uint32_t i = 0; i < d->nfolders; i++)
+        if (strcmp(d->folders[i].name, name) == 0)
+            return &d->folders[i];
+    return NULL;
+}

@@ -1,0 +1,67 @@
+/*
+ * shard.h — every piece of per-user state nudge keeps in memory besides
+ * folder states (which are the store's): users, their devices, each
+ * device's last ping parameters and its held ping.
+ *
+ * A shard is reached only through user ids, and nothing outside it keeps
+ * per-user state, so a later issue can run one shard per worker process
+ * with users partitioned by a hash of their id.
+ *
+ * Memory: a user is its id plus a small map; a device is ~48 bytes plus its
+ * id and its folder list (names and states of its last ping).
+ */
+#ifndef NUDGE_SHARD_H
+#define NUDGE_SHARD_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/strmap.h"
+
+struct conn;
+
+struct device_folder {
+    char *name;
+    uint64_t state; /* the state the device holds, as far as the server knows */
+};
+
+struct user;
+
+struct device {
+    struct user *user;
+    struct conn *held;              /* the connection holding this device's ping */
+    struct device_folder *folders;  /* last ping's folders */
+    uint32_t nfolders;
+    uint32_t heartbeat;             /* last ping's heartbeat in s; 0: none yet */
+    uint32_t heartbeat_hint;        /* what the device was last advised */
+    char id[];
+};
+
+struct user {
+    struct strmap devices;
+    uint32_t held;                  /* devices with a held ping */
+    char id[];
+};
+
+struct shard {
+    struct strmap users;
+};
+
+void shard_init(struct shard *sh);
+/* Frees users and devices (held connections must be gone already). */
+void shard_free(struct shard *sh);
+
+/* The user with this id; created when 'create' (else NULL when unknown). */
+struct user *shard_user(struct shard *sh, const char *id, int create);
+
+/* The device of u with this id; created when 'create'. */
+struct device *user_device(struct user *u, const char *id, int create);
+
+/* Replaces d's folder list with n entries copied from names/states. */
+void device_set_folders(struct device *d, const char *const *names, const uint64_t *states,
+                        size_t n);
+
+/* The folder entry named 'name' in d's list, or NULL. */
+struct device_folder *device_folder(struct device *d, const char *name);
+
+#endif

@@ -1,0 +1,83 @@
+/*
+ * store.h — where folder states live: a struct of function pointers chosen
+ * by name ([store] backend), like OpenSMTPD's scheduler backends.
+ *
+ * Reads are synchronous and must be served from memory (they sit on the ping
+ * path). A bump is asynchronous: the backend assigns the new states and
+ * calls 'done' once they are durable (at once for the memory backend; after
+ * the group commit for SQLite). Callers wake held pings and acknowledge a
+ * publish only in 'done', so no client ever learns a state that a crash
+ * could take back, and get() returns the new states only from 'done' on.
+ */
+#ifndef NUDGE_STORE_H
+#define NUDGE_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct config;
+struct store;
+
+struct store_event {
+    const char *user;   /* borrowed for the duration of the bump */
+    const char *folder;
+    uint64_t state;     /* out: the folder's new state */
+};
+
+/* status: 0, or a negative errno when the bump could not be made durable. */
+typedef void (*store_done_cb)(void *arg, struct store_event *ev, size_t n, int status);
+typedef void (*store_list_cb)(void *arg, const char *folder, uint64_t state);
+
+struct store_backend {
+    const char *name;
+    /* Opens the store from the config. 0, or -1 with err set. */
+    int (*open)(struct store **out, const struct config *c, char *err, size_t errlen);
+    /* Frees everything; no callback fires afterwards. */
+    void (*close)(struct store *s);
+    /* The committed state of (user, folder); 0 when none. */
+    uint64_t (*get)(struct store *s, const char *user, const char *folder);
+    /* Calls cb for each folder of the user with a state; returns the count. */
+    size_t (*list)(struct store *s, const char *user, store_list_cb cb, void *arg);
+    /*
+     * Bumps each event's folder by one (events may repeat a folder: each counts).
+     * ev[] must stay valid until done() runs. Returns 0 when done() will be
+     * called (perhaps before bump returns), or a negative errno (no call).
+     */
+    int (*bump)(struct store *s, struct store_event *ev, size_t n, store_done_cb done, void *arg);
+};
+
+/* The backend registered under 'name', or NULL. */
+const struct store_backend *store_backend_find(const char *name);
+
+/* "memory" (and later "sqlite", "redis"): for messages listing the choices. */
+const char *store_backend_names(void);
+
+struct store {
+    const struct store_backend *be;
+};
+
+static inline uint64_t store_get(struct store *s, const char *user, const char *folder)
+{
+    return s->be->get(s, user, folder);
+}
+
+static inline size_t store_list(struct store *s, const char *user, store_list_cb cb, void *arg)
+{
+    return s->be->list(s, user, cb, arg);
+}
+
+static inline int store_bump(struct store *s, struct store_event *ev, size_t n, store_done_cb done,
+                             void *arg)
+{
+    return s->be->bump(s, ev, n, done, arg);
+}
+
+static inline void store_close(struct store *s)
+{
+    if (s)
+        s->be->close(s);
+}
+
+extern const struct store_backend store_mem_backend;
+
+#endif

@@ -120,7 +120,7 @@ $(LLHTTP_LIB): $(LLHTTP_OBJ)
 
 $(BUILD)/tests/test_%: tests/unit/test_%.c $(NUDGED_LIB_OBJ) $(COMMON_OBJ) $(LLHTTP_LIB)
 	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LIBS) -lcmocka
+	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $(filter %.c %.o %.a,$^) $(LIBS) -lcmocka
 
 deps:
 	@scripts/deps.sh build

@@ -117,9 +117,10 @@ static int read_secret(int fd, const char *path, struct secret *out, char *err, 
     }
     if (!(n == SECRET_HEX || (n == SECRET_HEX + 1 && buf[SECRET_HEX] == '\n'))) {
         snprintf(err, errlen,
-                 "%s: expected 64 hexadecimal characters and an optional newline, found %s%zu "
-                 "bytes",
-                 path, n == sizeof(buf) ? "more than " : "", n == sizeof(buf) ? n - 1 : n);
+                 "%s: expected 64 hexadecimal characters and an optional newline, got %s%zu "
+                 "byte%s",
+                 path, n == sizeof(buf) ? "more than " : "", n == sizeof(buf) ? n - 1 : n,
+                 n == 1 ? "" : "s");
         goto out;
     }
     for (size_t i = 0; i < SECRET_HEX; i++) {

@@ -65,8 +65,12 @@ void conn_close(struct conn *c, const char *why)
     c->flags |= CONN_CLOSING;
     LOG(LOG_DEBUG, conn_error, "peer=%s why=%s", conn_peer(c, peer, sizeof(peer)), why);
     deadline_clear(&c->srv->deadlines, &c->deadline);
-    if (c->flags & CONN_HELD)
+    if (c->flags & CONN_HELD) {
         ping_conn_closed(c);
+        c->flags &= (uint8_t)~CONN_HELD;
+        c->held = NULL;
+        c->srv->metrics.pings_held--;
+    }
     if (c->waiter) {
         /* The async job outlives us: tell it there is nobody to answer. */
         *(struct conn **)c->waiter = NULL;

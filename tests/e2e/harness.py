@@ -488,12 +488,13 @@ class Nudged:
         exe = nudged_path()
         assert os.access(exe, os.X_OK), f"nudged binary {exe} missing (set NUDGED)"
         self._log = open(self.log_path, "ab")
+        offset = self.log_path.stat().st_size  # a restart appends; read only the new lines
         self.proc = subprocess.Popen([exe, "-c", str(self.conf)], stdin=subprocess.DEVNULL,
                                      stdout=self._log, stderr=self._log, cwd=str(self.dir))
         deadline = time.monotonic() + timeout
         pat = re.compile(r"event=1001 name=listening addr=127\.0\.0\.1:(\d+)")
         while True:
-            m = pat.search(self.log_text())
+            m = pat.search(self.log_path.read_bytes()[offset:].decode("utf-8", "replace"))
             if m:
                 self.port = int(m.group(1))
                 return self
@@ -509,7 +510,7 @@ class Nudged:
     def running(self):
         return self.proc is not None and self.proc.poll() is None
 
-    def signal(self, sig):
+    def send_signal(self, sig):
         self.proc.send_signal(sig)
 
     def wait(self, timeout=WAIT):

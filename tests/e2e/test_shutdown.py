@@ -21,7 +21,7 @@ def test_stop_answers_held_pings_and_exits_0(make_nudged, sig):
     try:
         assert idle.request("GET", "/healthz").status == 200
 
-        srv.signal(sig)
+        srv.send_signal(sig)
         for p in pings:
             r = p.result()
             expect_error(r, 503, "shutting-down")

@@ -1,0 +1,71 @@
+"""Start-up: the secret file, refused configurations (src/common/config.h,
+src/auth/secret.h, src/common/events.h)."""
+import os
+import stat
+import subprocess
+
+import harness
+from harness import WAIT
+
+
+def run_nudged_expecting_refusal(tmp_path, conf_text):
+    conf = tmp_path / "bad.conf"
+    conf.write_text(conf_text)
+    (tmp_path / "var").mkdir(exist_ok=True)
+    p = subprocess.run([harness.nudged_path(), "-c", str(conf)], capture_output=True, text=True,
+                       timeout=WAIT, stdin=subprocess.DEVNULL)
+    if harness.SAN:
+        found = [m for m in harness.SANITIZER_MARKERS if m in p.stderr]
+        assert not found, p.stderr
+    return conf, p
+
+
+def test_first_start_creates_a_private_secret(make_nudged):
+    srv = make_nudged()
+    path = srv.secret_path()
+    mode = stat.S_IMODE(os.stat(path).st_mode)
+    assert mode & 0o077 == 0, oct(mode)
+    text = path.read_text()
+    assert len(text.strip()) == 64 and text.endswith("\n"), text
+    srv.secret()  # 64 hex characters
+    srv.wait_log(r"event=1005 name=secret_created")
+
+
+def test_secret_survives_restart(make_nudged):
+    srv = make_nudged()
+    tok = srv.token("alice")
+    secret = srv.secret()
+    assert srv.stop() == 0
+    srv.start()
+    assert srv.secret() == secret
+    assert srv.request("GET", "/v1/state", token=tok).status == 200
+    assert "event=1005" not in srv.log_text().split("event=1003 name=stopped", 1)[-1]
+
+
+def test_readable_secret_is_refused(tmp_path):
+    (tmp_path / "var").mkdir()
+    secret = tmp_path / "var" / "secret"
+    secret.write_text("ab" * 32 + "\n")
+    os.chmod(secret, 0o644)
+    conf, p = run_nudged_expecting_refusal(
+        tmp_path, f"[server]\nlisten = 127.0.0.1:0\ndata_dir = {tmp_path / 'var'}\n")
+    assert p.returncode != 0, p
+    assert "chmod" in p.stderr, p.stderr
+    assert "event=1001" not in p.stderr
+
+
+def test_unknown_key_is_refused_with_file_and_line(tmp_path):
+    conf, p = run_nudged_expecting_refusal(
+        tmp_path, f"[server]\nlisten = 127.0.0.1:0\ndata_dir = {tmp_path / 'var'}\nno_such_key = 1\n")
+    assert p.returncode != 0, p
+    assert f"{conf}:4" in p.stderr, p.stderr
+    assert "event=1001" not in p.stderr
+
+
+def test_out_of_range_value_is_refused(tmp_path):
+    conf, p = run_nudged_expecting_refusal(
+        tmp_path, f"[server]\nlisten = 127.0.0.1:0\ndata_dir = {tmp_path / 'var'}\n"
+                  "[heartbeat]\nmin = 100\nmax = 50\n")
+    assert p.returncode != 0, p
+    assert "event=1001" not in p.stderr, p.stderr
+    assert "heartbeat" in p.stderr, p.stderr

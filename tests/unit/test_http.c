@@ -1,0 +1,192 @@
+/* test_http.c — request reading (llhttp glue, limits) and response building. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "http/request.h"
+#include "http/response.h"
+
+static const struct http_limits lim = {.max_header_bytes = 1024, .max_body_bytes = 64};
+
+static enum http_feed feed_all(struct http_req *r, const char *s, size_t *used)
+{
+    return http_req_feed(r, s, strlen(s), used);
+}
+
+static void test_simple_get(void **state)
+{
+    const char *req = "GET /v1/state?folders=INBOX,Sent HTTP/1.1\r\nHost: x\r\n"
+                      "Authorization: Bearer abc\r\n\r\n";
+    struct http_req *r = http_req_new(&lim);
+    size_t used;
+
+    (void)state;
+    assert_int_equal(feed_all(r, req, &used), HTTP_DONE);
+    assert_int_equal(used, strlen(req));
+    assert_int_equal(r->method, HTTP_GET);
+    assert_int_equal(r->path_len, strlen("/v1/state"));
+    assert_memory_equal(r->path, "/v1/state", r->path_len);
+    assert_int_equal(r->query_len, strlen("folders=INBOX,Sent"));
+    assert_string_equal(http_req_header(r, HDR_AUTHORIZATION), "Bearer abc");
+    assert_null(http_req_header(r, HDR_IF_NONE_MATCH));
+    assert_true(r->keep_alive);
+    assert_int_equal(r->body_len, 0);
+    http_req_free(r);
+}
+
+static void test_body_and_pipelining(void **state)
+{
+    const char *two = "POST /v1/ping HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello"
+                      "GET /healthz HTTP/1.1\r\n\r\n";
+    struct http_req *r = http_req_new(&lim);
+    size_t used, first = strlen("POST /v1/ping HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello");
+
+    (void)state;
+    assert_int_equal(feed_all(r, two, &used), HTTP_DONE);
+    assert_int_equal(used, first);
+    assert_int_equal(r->body_len, 5);
+    assert_string_equal(r->body, "hello");
+    http_req_free(r);
+    r = http_req_new(&lim);
+    assert_int_equal(http_req_feed(r, two + used, strlen(two) - used, &used), HTTP_DONE);
+    assert_memory_equal(r->path, "/healthz", r->path_len);
+    http_req_free(r);
+}
+
+static void test_byte_by_byte(void **state)
+{
+    const char *req = "POST /v1/events HTTP/1.1\r\nContent-Length: 2\r\nIf-None-Match: \"a\"\r\n"
+                      "If-None-Match: \"b\"\r\n\r\n{}";
+    struct http_req *r = http_req_new(&lim);
+    size_t used, n = strlen(req);
+
+    (void)state;
+    for (size_t i = 0; i < n - 1; i++) {
+        assert_int_equal(http_req_feed(r, req + i, 1, &used), HTTP_NEED_MORE);
+        assert_int_equal(used, 1);
+    }
+    assert_int_equal(http_req_feed(r, req + n - 1, 1, &used), HTTP_DONE);
+    assert_string_equal(r->body, "{}");
+    /* Repeated If-None-Match headers join into one list. */
+    assert_string_equal(http_req_header(r, HDR_IF_NONE_MATCH), "\"a\",\"b\"");
+    http_req_free(r);
+}
+
+static void expect_error(const char *req, int status)
+{
+    struct http_req *r = http_req_new(&lim);
+    size_t used;
+
+    assert_int_equal(http_req_feed(r, req, strlen(req), &used), HTTP_ERROR);
+    assert_int_equal(r->err_status, status);
+    assert_true(strlen(r->err_reason) > 0);
+    http_req_free(r);
+}
+
+static void test_errors(void **state)
+{
+    char big[2048];
+
+    (void)state;
+    expect_error("GARBAGE\r\n\r\n", 400);
+    expect_error("GET / HTTP/9.9\r\n\r\n", 400);
+    expect_error("GET / HTTP/1.1\r\nNoColonHere\r\n\r\n", 400);
+    expect_error("GET / HTTP/1.1\r\nAuthorization: a\r\nAuthorization: b\r\n\r\n", 400);
+    expect_error("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 411);
+    expect_error("POST / HTTP/1.1\r\nContent-Length: 65\r\n\r\n", 413);
+    expect_error("POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab", 400);
+    /* Headers over the limit: 431 even when no single header is long. */
+    memset(big, 0, sizeof(big));
+    strcpy(big, "GET / HTTP/1.1\r\n");
+    while (strlen(big) < 1500)
+        strcat(big, "X-Filler: 0123456789\r\n");
+    strcat(big, "\r\n");
+    expect_error(big, 431);
+}
+
+static void test_header_limit_exact(void **state)
+{
+    /* A head of exactly the limit is fine; the body after it does not count. */
+    char req[1100];
+    struct http_req *r = http_req_new(&lim);
+    size_t used;
+    int n = snprintf(req, sizeof(req), "POST / HTTP/1.1\r\nContent-Length: 3\r\nX: ");
+
+    (void)state;
+    while (n < 1024 - 4)
+        req[n++] = 'a';
+    memcpy(req + n, "\r\n\r\nabc", 8);
+    assert_int_equal(http_req_feed(r, req, strlen(req), &used), HTTP_DONE);
+    assert_string_equal(r->body, "abc");
+    http_req_free(r);
+}
+
+static void test_keep_alive_rules(void **state)
+{
+    struct http_req *r = http_req_new(&lim);
+    size_t used;
+
+    (void)state;
+    assert_int_equal(feed_all(r, "GET / HTTP/1.0\r\n\r\n", &used), HTTP_DONE);
+    assert_false(r->keep_alive);
+    http_req_free(r);
+    r = http_req_new(&lim);
+    assert_int_equal(feed_all(r, "GET / HTTP/1.1\r\nConnection: close\r\n\r\n", &used), HTTP_DONE);
+    assert_false(r->keep_alive);
+    http_req_free(r);
+}
+
+static void test_expect_continue(void **state)
+{
+    struct http_req *r = http_req_new(&lim);
+    size_t used;
+
+    (void)state;
+    assert_int_equal(feed_all(r, "POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n",
+                              &used),
+                     HTTP_NEED_MORE);
+    assert_true(r->send_continue);
+    assert_int_equal(feed_all(r, "body", &used), HTTP_DONE);
+    http_req_free(r);
+}
+
+static void test_response(void **state)
+{
+    size_t len;
+    char *out = http_response_build(200, "application/json", "ETag: \"x\"\r\n", "{}", 2, 1, &len);
+
+    (void)state;
+    assert_non_null(out);
+    assert_true(len > 2);
+    assert_memory_equal(out, "HTTP/1.1 200 OK\r\n", 17);
+    assert_non_null(memmem(out, len, "Content-Length: 2\r\n", 19));
+    assert_non_null(memmem(out, len, "Connection: keep-alive\r\n", 24));
+    assert_non_null(memmem(out, len, "ETag: \"x\"\r\n\r\n{}", 15));
+    assert_memory_equal(out + len - 6, "\r\n\r\n{}", 6);
+    free(out);
+    out = http_response_build(304, "application/json", NULL, "{}", 2, 0, &len);
+    assert_null(memmem(out, len, "Content-Length", 14));
+    assert_non_null(memmem(out, len, "Connection: close\r\n", 19));
+    assert_memory_equal(out + len - 4, "\r\n\r\n", 4);
+    free(out);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_simple_get),
+        cmocka_unit_test(test_body_and_pipelining),
+        cmocka_unit_test(test_byte_by_byte),
+        cmocka_unit_test(test_errors),
+        cmocka_unit_test(test_header_limit_exact),
+        cmocka_unit_test(test_keep_alive_rules),
+        cmocka_unit_test(test_expect_continue),
+        cmocka_unit_test(test_response),
+    };
+    return cmocka_run_group_tests_name("http", tests, NULL, NULL);
+}

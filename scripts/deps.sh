@@ -4,8 +4,8 @@
 # Runs as root on a fresh Debian 12 machine; as another user it only reports.
 set -eu
 
-build_pkgs="gcc make pkg-config libuv1-dev node-llhttp libjansson-dev libinih-dev libssl-dev"
-test_pkgs="libcmocka-dev python3 python3-pytest curl"
+build_pkgs="gcc make pkg-config curl libuv1-dev node-llhttp libjansson-dev libinih-dev libssl-dev"
+test_pkgs="libcmocka-dev python3 python3-pytest"
 
 want="$build_pkgs"
 [ "${1:-build}" = test ] && want="$want $test_pkgs"

@@ -78,8 +78,8 @@ static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
 static const struct option_def options[] = {
     {"server", "listen", "listen", OPT_ADDR, FIELD(listen), 0, 0, "127.0.0.1:8080", NULL, "ADDR",
-     "Address to listen on: IPv4:PORT, [IPv6]:PORT, or :PORT for every IPv4 address; "
-     "port 0 picks a free port."},
+     "Address to listen on: IPv4:PORT, [IPv6]:PORT or :PORT (every IPv4 address); "
+     "port 0: any free port."},
     {"server", "data_dir", "data-dir", OPT_STRING, FIELD(data_dir), 1, 0, "./var", NULL, "DIR",
      "Directory for nudged's files (the secret, unless secret_file says otherwise)."},
     {"server", "secret_file", "secret-file", OPT_STRING, FIELD(secret_file), 0, 0, "", NULL,
@@ -785,7 +785,9 @@ void config_print(const struct config *c, FILE *out)
             memcpy(&v, f, sizeof(v));
             fprintf(out, "%s = %u\n", o->key, v);
         } else {
-            fprintf(out, "%s = %.*s\n", o->key, (int)o->size, (const char *)f);
+            const char *v = f;
+            /* "key =" rather than "key = " for an empty value: no trailing space. */
+            fprintf(out, "%s =%s%.*s\n", o->key, v[0] != '\0' ? " " : "", (int)o->size, v);
         }
     }
 }

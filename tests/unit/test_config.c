@@ -280,6 +280,8 @@ static void test_file_bad_numbers(void **state)
     load_fails("[heartbeat]\nmin =\n", 2, "got ''");
     load_fails("[heartbeat]\nmin = 99999999999999999999999999\n", 2,
                "got '99999999999999999999999999'");
+    /* 2^64 + 60: must not wrap around to 60. */
+    load_fails("[heartbeat]\nmin = 18446744073709551676\n", 2, "got '18446744073709551676'");
     load_fails("[server]\nmax_header_bytes = 1023\n", 2,
                "[server] max_header_bytes: expected a whole number from 1024 to 1048576");
     load_fails("[server]\nmax_body_bytes = 67108865\n", 2, "from 0 to 67108864");

@@ -16,10 +16,7 @@
 
 #include "auth/secret.h"
 #include "auth/token.h"
-
-#ifndef NUDGE_VERSION
-#define NUDGE_VERSION "0.1.0"
-#endif
+#include "common/version.h"
 
 #define CLI_EXIT_OK 0
 #define CLI_EXIT_FAIL 1
@@ -72,7 +69,7 @@ void cli_server_init(struct cli_server *srv);
 int cli_server_opt(struct cli_server *srv, int opt, const char *arg);
 
 /*
- * Picks the credential: --token wins, then a token minted from -c /
+ * Picks the credential (cmd_token.c): --token wins, then a token minted from -c /
  * --secret-file (kind and subject given by the caller, 'mint_subject' NULL
  * meaning the caller cannot mint), then $NUDGE_TOKEN. Writes the token
  * into out[TOKEN_MAX]. Returns CLI_EXIT_OK, or CLI_EXIT_USAGE / CLI_EXIT_FAIL

@@ -210,6 +210,20 @@ static void print_value(const json_t *v)
     }
 }
 
+/* Prints the start of a body that is not the JSON expected, on one line. */
+static void print_body_line(const struct httpc_response *resp)
+{
+    /* Enough to recognise a proxy's error page without flooding a log. */
+    const size_t max = 200;
+
+    for (size_t i = 0; i < resp->body_len && i < max; i++) {
+        unsigned char ch = (unsigned char)resp->body[i];
+        putchar(ch < ' ' || ch == 0x7f ? ' ' : ch);
+    }
+    if (resp->body_len > max)
+        fputs("...", stdout);
+}
+
 /* "error HTTP 400 heartbeat-out-of-range min=60 max=1680", or the body on one line. */
 static void print_http_error(struct ping *p, const struct httpc_response *resp)
 {
@@ -230,10 +244,7 @@ static void print_http_error(struct ping *p, const struct httpc_response *resp)
         }
     } else if (resp->body_len > 0) {
         putchar(' ');
-        for (size_t i = 0; i < resp->body_len && i < 200; i++) {
-            unsigned char ch = (unsigned char)resp->body[i];
-            putchar(ch < ' ' || ch == 0x7f ? ' ' : ch);
-        }
+        print_body_line(resp);
     }
     json_decref(root);
     say(p, 1, "%s", "");
@@ -300,7 +311,9 @@ static enum outcome on_answer(struct ping *p, const struct httpc_response *resp)
         say(p, 1, "superseded%s", hint_s);
         out = OUT_SUPERSEDED;
     } else {
-        say(p, 1, "error unexpected answer: %.200s", resp->body);
+        printf("error unexpected answer: ");
+        print_body_line(resp);
+        say(p, 1, "%s", "");
         out = OUT_FATAL;
     }
     json_decref(root);
@@ -325,9 +338,8 @@ static int run(struct ping *p, struct httpc *http, const char *token, int loop)
     unsigned backoff = 0;
 
     if (p->empty) {
-        if (httpc_query_escape(p->device, query, sizeof(query)) < 0) {
+        if (httpc_query_escape(p->device, query, sizeof(query)) < 0)
             return cli_usage_error("ping", "--device: too long for a query string");
-        }
         snprintf(path, sizeof(path), "/v1/ping?device=%s", query);
     } else {
         snprintf(path, sizeof(path), "/v1/ping");

@@ -243,9 +243,10 @@ int cmd_publish(int argc, char **argv)
         goto done;
     }
     if (user == NULL || nfolders == 0) {
-        cli_usage_error(cmd, "%s", user == NULL && nfolders == 0 ? "--user and --folder are required"
-                                   : user == NULL                ? "--user is required"
-                                                                 : "--folder is required");
+        cli_usage_error(cmd, "missing %s",
+                        user != NULL   ? "--folder"
+                        : nfolders > 0 ? "--user"
+                                       : "--user and --folder");
         goto done;
     }
 

@@ -27,10 +27,7 @@
 #include <llhttp.h>
 
 #include "common/util.h"
-
-#ifndef NUDGE_VERSION
-#define NUDGE_VERSION "0.1.0"
-#endif
+#include "common/version.h"
 
 /* What one recv() may take; answers are small, so one read usually holds all of it. */
 #define READ_CHUNK 16384
@@ -95,8 +92,9 @@ int httpc_init(struct httpc *c, const char *url, unsigned read_timeout_ms, char 
     }
 
     if (*rest != '\0' && *rest != '/') {
-        snprintf(err, errlen, "URL '%s': unexpected '%c' after the host (user info is not supported)",
-                 url, *rest);
+        snprintf(err, errlen,
+                 "URL '%s': unexpected '%c' after the host (user info is not supported)", url,
+                 *rest);
         return -EINVAL;
     }
     blen = strlen(rest);
@@ -227,7 +225,11 @@ static int httpc_connect(struct httpc *c, char *err, size_t errlen)
     memset(&hints, 0, sizeof(hints));
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_ADDRCONFIG;
+    /*
+     * No AI_ADDRCONFIG: glibc does not count loopback addresses for it, so in
+     * a network namespace with only lo it would refuse even "127.0.0.1".
+     */
+    hints.ai_flags = AI_NUMERICSERV;
     rc = getaddrinfo(c->host, c->port, &hints, &res);
     if (rc != 0) {
         snprintf(err, errlen, "cannot resolve %s: %s", c->host,
@@ -463,34 +465,33 @@ static int read_answer(struct httpc *c, struct httpc_response *resp, int *keep_a
     }
 }
 
-/* Request line and headers: method, base, path, Host, version, Authorization (3 parts), body headers. */
+/* Request line, Host, User-Agent, then the optional Authorization and body headers. */
 #define REQUEST_HEAD "%s %s%s HTTP/1.1\r\nHost: %s\r\nUser-Agent: nudge/%s\r\n%s%s%s%s\r\n"
 
 /* Builds the request's bytes in one buffer so they leave in one write. */
 static char *build_request(const struct httpc *c, const char *method, const char *path,
                            const char *token, const char *body, size_t body_len, size_t *outlen)
 {
+    const char *auth = token ? "Authorization: Bearer " : "", *auth_end = token ? "\r\n" : "";
     char clen[96] = ""; /* the two body headers; the length has at most 20 digits */
     char *req;
     int hlen;
-    int has_body = body_len > 0 || strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0;
 
-    if (has_body)
+    if (token == NULL)
+        token = "";
+    /* A POST without a body still says Content-Length: 0, as the API asks of every body. */
+    if (body_len > 0 || strcmp(method, "POST") == 0)
         snprintf(clen, sizeof(clen), "Content-Type: application/json\r\nContent-Length: %zu\r\n",
                  body_len);
-    hlen = snprintf(NULL, 0,
-                    REQUEST_HEAD, method,
-                    c->base, path, c->authority, NUDGE_VERSION, token ? "Authorization: Bearer " : "",
-                    token ? token : "", token ? "\r\n" : "", clen);
+    hlen = snprintf(NULL, 0, REQUEST_HEAD, method, c->base, path, c->authority, NUDGE_VERSION,
+                    auth, token, auth_end, clen);
     if (hlen < 0)
         return NULL;
     req = malloc((size_t)hlen + 1 + body_len);
     if (req == NULL)
         return NULL;
-    snprintf(req, (size_t)hlen + 1,
-             REQUEST_HEAD, method,
-             c->base, path, c->authority, NUDGE_VERSION, token ? "Authorization: Bearer " : "",
-             token ? token : "", token ? "\r\n" : "", clen);
+    snprintf(req, (size_t)hlen + 1, REQUEST_HEAD, method, c->base, path, c->authority,
+             NUDGE_VERSION, auth, token, auth_end, clen);
     if (body_len > 0)
         memcpy(req + hlen, body, body_len);
     *outlen = (size_t)hlen + body_len;

@@ -61,9 +61,21 @@ static int on_url(llhttp_t *p, const char *at, size_t n)
     return 0;
 }
 
+/* RFC 9110 5.6.2 tchar: what a header name may contain. */
+static int is_tchar(unsigned char ch)
+{
+    return (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') ||
+           (ch != 0 && strchr("!#$%&'*+-.^_`|~", ch) != NULL);
+}
+
 static int on_header_field(llhttp_t *p, const char *at, size_t n)
 {
     struct http_req *r = req_of(p);
+
+    /* llhttp lets a space inside a name through; a name is a token, nothing else. */
+    for (size_t i = 0; i < n; i++)
+        if (!is_tchar((unsigned char)at[i]))
+            return fail(r, 400, "malformed request: invalid character in a header name");
 
     if (r->field_len + n >= sizeof(r->field)) {
         r->field_long = 1;
@@ -130,6 +142,10 @@ static int on_headers_complete(llhttp_t *p)
 
     r->headers_done = 1;
     r->method = (uint8_t)p->method;
+    if (p->http_major != 1 || p->http_minor > 1) {
+        fail(r, 400, "malformed request: only HTTP/1.0 and HTTP/1.1 are spoken here");
+        return -1;
+    }
     if (p->flags & (F_CHUNKED | F_TRANSFER_ENCODING)) {
         fail(r, 411, "chunked request bodies are not supported: send Content-Length");
         return -1;

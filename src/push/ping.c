@@ -129,7 +129,7 @@ void ping_shutdown(struct conn *c)
     c->srv->metrics.pings_answered[PING_SHUTTING_DOWN]++;
     c->keep_alive = 0;
     snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", c->srv->cfg->shutdown_retry_after);
-    conn_respond(c, 503, extra, "{\"status\":\"shutting-down\"}", 26);
+    CONN_RESPOND_LITERAL(c, 503, extra, "{\"status\":\"shutting-down\"}");
 }
 
 void ping_wake_user(struct server *s, struct user *u)
@@ -317,7 +317,7 @@ void ping_handle(struct conn *c, struct http_req *r, const struct principal *who
     d = user_device(u, p.device, 0);
     heartbeat = p.heartbeat ? (unsigned)p.heartbeat : (d ? d->heartbeat : 0);
     if (heartbeat == 0 || (p.nfolders == 0 && (d == NULL || d->nfolders == 0))) {
-        conn_respond(c, 400, NULL, "{\"status\":\"missing-parameters\"}", 32);
+        CONN_RESPOND_LITERAL(c, 400, NULL, "{\"status\":\"missing-parameters\"}");
         goto done;
     }
     /* A saved heartbeat is checked against today's bounds, which may have changed. */

@@ -14,7 +14,7 @@ void admin_healthz(struct conn *c, struct http_req *r, const struct principal *w
 {
     (void)r;
     (void)who;
-    conn_respond(c, 200, NULL, "{\"status\":\"ok\"}", 15);
+    CONN_RESPOND_LITERAL(c, 200, NULL, "{\"status\":\"ok\"}");
 }
 
 struct text {

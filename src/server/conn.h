@@ -61,6 +61,10 @@ void conn_accept(struct server *s);
  */
 void conn_respond(struct conn *c, int status, const char *extra, const char *body, size_t len);
 
+/* conn_respond with a string literal body: its length is counted by the compiler. */
+#define CONN_RESPOND_LITERAL(c, status, extra, lit) \
+    conn_respond((c), (status), (extra), "" lit, sizeof(lit) - 1)
+
 /* As conn_respond, with a small JSON error body {"status":...,"error":...}. */
 void conn_respond_error(struct conn *c, int status, const char *word, const char *error);
 

@@ -130,7 +130,7 @@ void router_dispatch(struct conn *c, struct http_req *r)
     if (c->srv->stopping) {
         char extra[64];
         snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", c->srv->cfg->shutdown_retry_after);
-        conn_respond(c, 503, extra, "{\"status\":\"shutting-down\"}", 26);
+        CONN_RESPOND_LITERAL(c, 503, extra, "{\"status\":\"shutting-down\"}");
         return;
     }
     for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
@@ -147,8 +147,8 @@ void router_dispatch(struct conn *c, struct http_req *r)
     }
     if (path_match) {
         snprintf(allow, sizeof(allow), "Allow: %s\r\n", http_method_str(path_match->method));
-        conn_respond(c, 405, allow, "{\"status\":\"method-not-allowed\"}", 31);
+        CONN_RESPOND_LITERAL(c, 405, allow, "{\"status\":\"method-not-allowed\"}");
         return;
     }
-    conn_respond(c, 404, NULL, "{\"status\":\"not-found\"}", 22);
+    CONN_RESPOND_LITERAL(c, 404, NULL, "{\"status\":\"not-found\"}");
 }

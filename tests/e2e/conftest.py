@@ -79,8 +79,8 @@ def srv(request, tmp_path_factory):
 def make_nudged(request, tmp_path):
     made = []
 
-    def make(settings=None, start=True):
-        n = harness.Nudged(tmp_path / f"nudged{len(made)}", settings)
+    def make(settings=None, start=True, create_data_dir=True):
+        n = harness.Nudged(tmp_path / f"nudged{len(made)}", settings, create_data_dir)
         made.append(n)
         if start:
             n.start()

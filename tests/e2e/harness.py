@@ -443,16 +443,17 @@ class Nudged:
         "heartbeat": {"min": 1, "max": 900},
     }
 
-    def __init__(self, workdir: Path, settings=None):
+    def __init__(self, workdir: Path, settings=None, create_data_dir=True):
         self.dir = Path(workdir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.conf = self.dir / "nudged.conf"
         self.log_path = self.dir / "nudged.log"
-        self.data_dir = self.dir / "var"
         self.settings = {s: dict(kv) for s, kv in self.DEFAULTS.items()}
-        self.settings["server"]["data_dir"] = str(self.data_dir)
+        self.settings["server"]["data_dir"] = str(self.dir / "var")
         for section, kv in (settings or {}).items():
             self.settings.setdefault(section, {}).update(kv)
+        self.data_dir = Path(self.settings["server"]["data_dir"])
+        self.create_data_dir = create_data_dir
         self.proc = None
         self.port = None
         self.returncode = None
@@ -484,7 +485,8 @@ class Nudged:
     def start(self, timeout=WAIT):
         """Starts nudged and waits for its listening line; fails with the log."""
         self.write_config()
-        self.data_dir.mkdir(mode=0o700, exist_ok=True)
+        if self.create_data_dir:
+            self.data_dir.mkdir(mode=0o700, exist_ok=True)
         exe = nudged_path()
         assert os.access(exe, os.X_OK), f"nudged binary {exe} missing (set NUDGED)"
         self._log = open(self.log_path, "ab")

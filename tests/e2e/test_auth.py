@@ -172,3 +172,34 @@ def test_publisher_token_can_publish_for_any_user(srv):
     r = srv.publish_raw([{"user": a.name, "folder": "INBOX"}, {"user": b.name, "folder": "INBOX"}])
     assert r.status == 200, r
     assert a.states(["INBOX"]) == {"INBOX": "1"} and b.states(["INBOX"]) == {"INBOX": "1"}
+
+
+def test_nonzero_padding_bits_in_mac_are_refused(srv):
+    # 32 bytes take 43 base64url characters; the last one carries 4 data bits
+    # and 2 unused ones, which must be zero. Setting them would give a second
+    # spelling of a valid token: refused as malformed (docs/auth.md).
+    tok = srv.sign("u", "alice", 0)
+    assert srv.request("GET", "/v1/state", token=tok).status == 200
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    head, last = tok[:-1], tok[-1]
+    twin = head + alphabet[alphabet.index(last) | 1]
+    assert twin != tok
+    r = srv.request("GET", "/v1/state", token=twin)
+    body = expect_error(r, 401, "unauthorized")
+    assert body.get("error") == "malformed token", r
+
+
+def test_longest_user_id_works_end_to_end(srv):
+    name = srv.user("long").name
+    name = name + "x" * (255 - len(name))
+    tok = srv.sign("u", name, 0)
+    srv.publish(name, "INBOX")
+    r = srv.request("GET", "/v1/state?folders=INBOX", token=tok)
+    assert r.status == 200 and r.json() == {"folders": {"INBOX": "1"}}, r
+
+
+def test_oversized_token_is_401_not_a_crash(srv):
+    r = srv.request("GET", "/v1/state", token="v1.u." + "A" * 2000 + ".0.AAAA")
+    body = expect_error(r, 401, "unauthorized")
+    assert body.get("error") == "malformed token", r
+    assert srv.healthy()

@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from harness import Conn, build_request, expect_error
+from harness import SLOW, Conn, build_request, expect_error
 
 # Small limits so the tests stay small (and all data of an oversized request
 # fits one read, so the server's close never races our unread bytes).
@@ -14,7 +14,8 @@ NUDGED_SETTINGS = {"server": {"max_body_bytes": 4096, "max_header_bytes": 4096}}
 
 def one_answer_then_close(srv, data):
     """Sends raw bytes; the server must answer once and close. Returns the answer."""
-    out, closed = srv.raw(data)
+    # A correct server closes right after its answer; 5 s (x SLOW) is slack.
+    out, closed = srv.raw(data, timeout=5 * SLOW)
     assert closed, f"connection still open after {data[:80]!r}; got {out[:300]!r}"
     answers = Conn.from_bytes(out).read_all_responses()
     assert len(answers) == 1, f"expected one answer to {data[:80]!r}, got {out[:500]!r}"
@@ -131,6 +132,12 @@ GARBAGE = {
     "bad-content-length": b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: abc\r\n\r\n",
     "space-in-header-name": b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Name: v\r\n\r\n",
     "bare-lf-garbage": b"\n\n\n\xff\xfe GARBAGE \xff\r\n\r\n",
+    # RFC 9112 5.1: whitespace between a field name and its colon MUST be
+    # refused with 400 (a request-smuggling vector behind proxies).
+    "space-before-colon": b"GET /healthz HTTP/1.1\r\nHost : x\r\n\r\n",
+    "control-in-header-value": b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\x01b\r\n\r\n",
+    "duplicate-content-length": (b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                                 b"Content-Length: 6\r\n\r\nabcdef"),
 }
 
 

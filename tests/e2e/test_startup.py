@@ -31,6 +31,25 @@ def test_first_start_creates_a_private_secret(make_nudged):
     srv.wait_log(r"event=1005 name=secret_created")
 
 
+def test_nudged_creates_its_data_dir(make_nudged, tmp_path):
+    data_dir = tmp_path / "fresh-data-dir"
+    srv = make_nudged({"server": {"data_dir": str(data_dir)}}, create_data_dir=False)
+    assert data_dir.is_dir()
+    assert srv.secret_path() == data_dir / "secret"
+    srv.secret()
+    assert srv.request("GET", "/v1/state", token=srv.token("alice")).status == 200
+
+
+def test_secret_file_setting_is_used(make_nudged, tmp_path):
+    secret = tmp_path / "elsewhere.secret"
+    srv = make_nudged({"server": {"secret_file": str(secret)}})
+    assert secret.exists() and not (srv.data_dir / "secret").exists()
+    # Tokens minted by nudge -c (which reads secret_file) and by hand agree.
+    tok = srv.token("alice")
+    assert srv.request("GET", "/v1/state", token=tok).status == 200
+    assert srv.request("GET", "/v1/state", token=srv.sign("u", "alice")).status == 200
+
+
 def test_secret_survives_restart(make_nudged):
     srv = make_nudged()
     tok = srv.token("alice")

@@ -155,7 +155,8 @@ void state_handle(struct conn *c, struct http_req *r, const struct principal *wh
     } else {
         store_list(st, who->subject, on_listed, &l);
     }
-    qsort(l.v, l.n, sizeof(*l.v), by_name);
+    if (l.n > 1)
+        qsort(l.v, l.n, sizeof(*l.v), by_name);
     jw_init(&w);
     jw_obj_begin(&w);
     jw_key(&w, "folders");

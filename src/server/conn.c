@@ -58,12 +58,13 @@ const char *conn_peer(struct conn *c, char *buf, size_t len)
 
 void conn_close(struct conn *c, const char *why)
 {
-    char peer[64];
+    char peer[64], q[128];
 
     if (c->flags & CONN_CLOSING)
         return;
     c->flags |= CONN_CLOSING;
-    LOG(LOG_DEBUG, conn_error, "peer=%s why=%s", conn_peer(c, peer, sizeof(peer)), why);
+    LOG(LOG_DEBUG, conn_error, "peer=%s why=%s", conn_peer(c, peer, sizeof(peer)),
+        log_q(q, sizeof(q), why));
     deadline_clear(&c->srv->deadlines, &c->deadline);
     if (c->flags & CONN_HELD) {
         ping_conn_closed(c);
@@ -293,7 +294,7 @@ static void refuse_request(struct conn *c, int status, const char *reason)
     for (size_t i = 0; i < sizeof(words) / sizeof(words[0]); i++)
         if (words[i].status == status)
             word = words[i].word;
-    LOG(status == 408 ? LOG_INFO : LOG_INFO, bad_request, "peer=%s status=%d reason=%s",
+    LOG(LOG_INFO, bad_request, "peer=%s status=%d reason=%s",
         conn_peer(c, peer, sizeof(peer)), status, log_q(q, sizeof(q), reason));
     c->flags |= CONN_BUSY;
     c->keep_alive = 0;
@@ -429,10 +430,11 @@ void conn_on_deadline(struct conn *c)
 void conn_accept(struct server *s)
 {
     struct conn *c = calloc(1, sizeof(*c));
+    char q[128];
     int err;
 
     if (c == NULL) {
-        LOG(LOG_ERROR, accept_error, "error=%s", "out of memory");
+        LOG(LOG_ERROR, accept_error, "error=\"out of memory\"");
         return;
     }
     c->srv = s;
@@ -441,7 +443,7 @@ void conn_accept(struct server *s)
     err = uv_accept((uv_stream_t *)&s->listener, (uv_stream_t *)&c->tcp);
     s->metrics.connections++;
     if (err < 0) {
-        LOG(LOG_WARN, accept_error, "error=%s", uv_strerror(err));
+        LOG(LOG_WARN, accept_error, "error=%s", log_q(q, sizeof(q), uv_strerror(err)));
         c->flags |= CONN_CLOSING;
         uv_close((uv_handle_t *)&c->tcp, on_close);
         return;

@@ -102,6 +102,7 @@ int main(int argc, char **argv)
     uv_loop_init(&loop);
     if (server_init(&srv, &loop, &cfg, &secret) < 0) {
         uv_run(&loop, UV_RUN_NOWAIT); /* let closed handles finish */
+        server_free(&srv);
         uv_loop_close(&loop);
         return 1;
     }

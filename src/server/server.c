@@ -82,9 +82,10 @@ void server_resume_soon(struct server *s)
 static void on_connection(uv_stream_t *listener, int status)
 {
     struct server *s = listener->data;
+    char q[128];
 
     if (status < 0) {
-        LOG(LOG_WARN, accept_error, "error=%s", uv_strerror(status));
+        LOG(LOG_WARN, accept_error, "error=%s", log_q(q, sizeof(q), uv_strerror(status)));
         return;
     }
     conn_accept(s);
@@ -142,11 +143,13 @@ static void on_stop_tick(uv_timer_t *t)
 static void on_signal(uv_signal_t *sig, int signum)
 {
     struct server *s = sig->data;
+    char q[64];
 
     if (s->stopping)
         return;
     s->stopping = 1;
-    LOG(LOG_INFO, stopping, "signal=%s held=%llu connections=%llu", strsignal(signum),
+    LOG(LOG_INFO, stopping, "signal=%s held=%llu connections=%llu",
+        log_q(q, sizeof(q), strsignal(signum)),
         (unsigned long long)s->metrics.pings_held, (unsigned long long)s->metrics.connections);
     uv_close((uv_handle_t *)&s->listener, NULL);
     uv_walk(s->loop, walk_stop, s);
@@ -177,7 +180,7 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
     be = store_backend_find(cfg->store_backend);
     if (be == NULL) {
         LOG(LOG_ERROR, startup_failed, "reason=\"unknown store backend\" backend=%s",
-            cfg->store_backend);
+            log_q(err, sizeof(err), cfg->store_backend));
         return -1;
     }
     if (be->open(&s->store, cfg, err, sizeof(err)) < 0) {
@@ -187,7 +190,8 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
     }
 
     if (util_parse_addr(cfg->listen, &addr, err, sizeof(err)) < 0) {
-        LOG(LOG_ERROR, startup_failed, "reason=\"bad listen address\" detail=%s", cfg->listen);
+        LOG(LOG_ERROR, startup_failed, "reason=\"bad listen address\" detail=%s",
+            log_q(err, sizeof(err), cfg->listen));
         return -1;
     }
     uv_tcp_init(loop, &s->listener);

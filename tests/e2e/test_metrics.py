@@ -61,7 +61,7 @@ def test_pings_answered_by_status(srv):
 
 def test_held_gauge_follows_pings(srv):
     alice = srv.user("alice")
-    assert srv.held() == 0
+    srv.wait_held(0)
     pings = [alice.ping_async(f"dev{i}", {"INBOX": "0"}, 300) for i in range(3)]
     srv.wait_held(3, watch=pings)
     alice.publish("INBOX")

@@ -182,3 +182,30 @@ def test_folder_names_are_opaque_bytes(srv):
     srv.wait_held(1, watch=[p])
     alice.publish("Entw\u00fcrfe")
     srv.check_ping(p.result(), "changed", {"Entw\u00fcrfe": "1"})
+
+
+def test_ping_without_any_body_reuses_like_an_empty_body(srv):
+    # POST without Content-Length carries no body (RFC 9112 6.3): the same as
+    # an empty body, so the device's saved parameters apply.
+    alice = srv.user("alice")
+    srv.check_ping(alice.ping("phone1", {"INBOX": "0"}, 1), "expired")
+    r = srv.request("POST", "/v1/ping?device=phone1", None, token=alice.token)
+    srv.check_ping(r, "expired")
+
+
+def test_device_in_query_is_url_decoded(srv):
+    alice = srv.user("alice")
+    srv.check_ping(alice.ping("my phone/1", {"INBOX": "0"}, 1), "expired")
+    p = alice.empty_ping_async("my phone/1")  # sent as my%20phone%2F1
+    srv.check_ping(p.result(), "expired")
+
+
+def test_one_publish_wakes_many_held_pings(srv):
+    alice = srv.user("alice")
+    n = 50
+    pings = [alice.ping_async(f"device{i}", {"INBOX": "0", f"Own{i}": "0"}, HOLD) for i in range(n)]
+    srv.wait_held(n, watch=pings)
+    alice.publish("INBOX")
+    for p in pings:
+        srv.check_ping(p.result(), "changed", {"INBOX": "1"})
+    srv.wait_held(0)

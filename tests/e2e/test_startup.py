@@ -5,7 +5,7 @@ import stat
 import subprocess
 
 import harness
-from harness import WAIT
+from harness import WAIT, expect_error
 
 
 def run_nudged_expecting_refusal(tmp_path, conf_text):
@@ -88,3 +88,30 @@ def test_out_of_range_value_is_refused(tmp_path):
     assert p.returncode != 0, p
     assert "event=1001" not in p.stderr, p.stderr
     assert "heartbeat" in p.stderr, p.stderr
+
+
+def test_flags_override_the_file(make_nudged):
+    srv = make_nudged({"heartbeat": {"min": 1, "max": 900}}, start=False)
+    srv.extra_args = ["--heartbeat-max", "77", "--ping.max_folders=3"]
+    srv.start()
+    alice = srv.user("alice")
+    body = expect_error(alice.ping("phone1", {"INBOX": "0"}, 78), 400, "heartbeat-out-of-range")
+    assert (body.get("min"), body.get("max")) == (1, 77), body
+    body = expect_error(alice.ping("phone1", {f"F{i}": "0" for i in range(4)}, 60), 400, "too-many-folders")
+    assert body.get("max") == 3, body
+
+
+def test_print_config_is_accepted_back(make_nudged, tmp_path):
+    srv = make_nudged({"heartbeat": {"min": 3, "max": 444}, "ping": {"max_folders": 9}}, start=False)
+    srv.write_config()
+    p = subprocess.run([harness.nudged_path(), "-c", str(srv.conf), "--print-config"], capture_output=True,
+                       text=True, timeout=WAIT, stdin=subprocess.DEVNULL)
+    assert p.returncode == 0, p
+    printed = p.stdout
+    assert "444" in printed and "max_folders" in printed, printed
+    # Start a server from the printed file alone: same bounds.
+    srv.conf.write_text(printed)
+    srv.write_config = lambda: None
+    srv.start()
+    body = expect_error(srv.user("alice").ping("phone1", {"INBOX": "0"}, 445), 400, "heartbeat-out-of-range")
+    assert (body.get("min"), body.get("max")) == (3, 444), body

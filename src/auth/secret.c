@@ -19,6 +19,7 @@
  * (nudge).
  */
 #include "auth/secret.h"
+#include "common/util.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -34,17 +35,6 @@
 
 /* 64 hexadecimal characters; one more byte for the optional newline. */
 #define SECRET_HEX (2 * SECRET_BYTES)
-
-static int hex_value(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
 
 static void hex_encode(const unsigned char *in, size_t n, char *out)
 {
@@ -125,7 +115,7 @@ static int read_secret(int fd, const char *path, struct secret *out, char *err, 
     }
     for (size_t i = 0; i < SECRET_HEX; i++) {
         /* The offending byte is not echoed: the file is secret. */
-        if (hex_value(buf[i]) < 0) {
+        if (util_hex_value(buf[i]) < 0) {
             snprintf(err, errlen,
                      "%s: byte %zu is not a hexadecimal digit; expected 64 hexadecimal "
                      "characters and an optional newline",
@@ -134,7 +124,7 @@ static int read_secret(int fd, const char *path, struct secret *out, char *err, 
         }
     }
     for (size_t i = 0; i < SECRET_BYTES; i++)
-        out->key[i] = (unsigned char)(hex_value(buf[2 * i]) << 4 | hex_value(buf[2 * i + 1]));
+        out->key[i] = (unsigned char)(util_hex_value(buf[2 * i]) << 4 | util_hex_value(buf[2 * i + 1]));
     rc = 0;
 out:
     OPENSSL_cleanse(buf, sizeof(buf));

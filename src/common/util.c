@@ -106,7 +106,7 @@ int util_parse_u64(const char *s, size_t len, uint64_t *out)
     return 0;
 }
 
-static int hexval(char c)
+int util_hex_value(char c)
 {
     if (c >= '0' && c <= '9')
         return c - '0';
@@ -126,8 +126,8 @@ long util_url_decode(char *s, size_t len)
             int hi, lo;
             if (i + 2 >= len)
                 return -EINVAL;
-            hi = hexval(s[i + 1]);
-            lo = hexval(s[i + 2]);
+            hi = util_hex_value(s[i + 1]);
+            lo = util_hex_value(s[i + 2]);
             if (hi < 0 || lo < 0 || (hi == 0 && lo == 0))
                 return -EINVAL; /* %00 would truncate a C string */
             s[o++] = (char)(hi * 16 + lo);

@@ -26,6 +26,9 @@ char *util_format_addr(const struct sockaddr *sa, char *out, size_t outlen);
  */
 int util_parse_u64(const char *s, size_t len, uint64_t *out);
 
+/* The value of one hexadecimal digit, or -1. */
+int util_hex_value(char c);
+
 /* Decodes %XX and '+' (as space) in place; returns the new length, or -EINVAL on a bad escape. */
 long util_url_decode(char *s, size_t len);
 

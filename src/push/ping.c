@@ -47,6 +47,20 @@ static void unhold(struct device *d)
     }
 }
 
+/* Hands d's record to the store (write-behind) so it outlives a restart. */
+static void persist(struct server *s, const struct device *d)
+{
+    struct store_device sd = {
+        .user = d->user->id,
+        .device = d->id,
+        .heartbeat = d->heartbeat,
+        .heartbeat_hint = d->heartbeat_hint,
+        .nfolders = d->nfolders,
+        .folders = d->folders,
+    };
+    store_device_save(s->store, &sd);
+}
+
 static void answer_status(struct conn *c, struct device *d, enum ping_outcome o)
 {
     struct jsonw w;
@@ -97,6 +111,7 @@ static int answer_if_changed(struct conn *c, struct device *d)
     }
     if (changed == 0)
         return 0;
+    persist(c->srv, d);
     jw_obj_end(&w);
     jw_key(&w, "heartbeat_hint");
     jw_u64(&w, d->heartbeat_hint);
@@ -181,8 +196,7 @@ struct ping_params {
     const char *device;
     long long heartbeat;   /* 0: not given */
     size_t nfolders;       /* 0: not given */
-    const char **names;
-    uint64_t *states;
+    struct store_folder *folders;
     char device_q[DEVICE_ID_MAX * 3 + 1]; /* ?device=, decoded */
 };
 
@@ -210,8 +224,7 @@ static int parse_folders(struct conn *c, json_t *folders, struct ping_params *p)
         bad_request(c, "folders must name at least one folder");
         return -1;
     }
-    p->names = xcalloc(n, sizeof(*p->names));
-    p->states = xcalloc(n, sizeof(*p->states));
+    p->folders = xcalloc(n, sizeof(*p->folders));
     json_object_foreach(folders, name, val) {
         const char *why = check_folder_name(name, strlen(name));
         char q[80];
@@ -220,12 +233,12 @@ static int parse_folders(struct conn *c, json_t *folders, struct ping_params *p)
             return -1;
         }
         if (!json_is_string(val) ||
-            util_parse_u64(json_string_value(val), json_string_length(val), &p->states[i]) < 0) {
+            util_parse_u64(json_string_value(val), json_string_length(val), &p->folders[i].state) < 0) {
             bad_request(c, "folders.%s: state must be a decimal string such as \"17\"",
                         log_q(q, sizeof(q), name));
             return -1;
         }
-        p->names[i++] = name;
+        p->folders[i++].name = name;
     }
     p->nfolders = n;
     return 0;
@@ -336,16 +349,16 @@ void ping_handle(struct conn *c, struct http_req *r, const struct principal *who
         answer_status(old, d, PING_SUPERSEDED);
     }
     if (p.nfolders)
-        device_set_folders(d, p.names, p.states, p.nfolders);
+        device_set_folders(d, p.folders, p.nfolders);
     d->heartbeat = heartbeat;
     d->heartbeat_hint = heartbeat;
     if (answer_if_changed(c, d) > 0)
         goto done;
+    persist(s, d);
     d->held = c;
     u->held++;
     conn_hold(c, d, util_now_ms() + (uint64_t)heartbeat * 1000);
 done:
-    free(p.names);
-    free(p.states);
+    free(p.folders);
     json_decref(root);
 }

@@ -63,7 +63,7 @@ void conn_close(struct conn *c, const char *why)
     if (c->flags & CONN_CLOSING)
         return;
     c->flags |= CONN_CLOSING;
-    LOG(LOG_DEBUG, conn_error, "peer=%s why=%s", conn_peer(c, peer, sizeof(peer)),
+    LOG(LOG_DEBUG, conn_closed, "peer=%s why=%s", conn_peer(c, peer, sizeof(peer)),
         log_q(q, sizeof(q), why));
     deadline_clear(&c->srv->deadlines, &c->deadline);
     if (c->flags & CONN_HELD) {

@@ -158,6 +158,18 @@ static void on_signal(uv_signal_t *sig, int signum)
     uv_timer_start(&s->stop_timer, on_stop_tick, 50, 50);
 }
 
+/* Start-up: rebuild the device records the store kept (last ping parameters). */
+static void on_device_loaded(void *arg, const struct store_device *sd)
+{
+    struct server *s = arg;
+    struct user *u = shard_user(&s->shard, sd->user, 1);
+    struct device *d = user_device(u, sd->device, 1);
+
+    device_set_folders(d, sd->folders, sd->nfolders);
+    d->heartbeat = sd->heartbeat;
+    d->heartbeat_hint = sd->heartbeat_hint;
+}
+
 int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
                 const struct secret *secret)
 {
@@ -188,6 +200,8 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
         LOG(LOG_ERROR, startup_failed, "reason=%s", log_q(q, sizeof(q), err));
         return -1;
     }
+
+    store_device_load(s->store, on_device_loaded, s);
 
     if (util_parse_addr(cfg->listen, &addr, err, sizeof(err)) < 0) {
         LOG(LOG_ERROR, startup_failed, "reason=\"bad listen address\" detail=%s",

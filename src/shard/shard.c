@@ -14,7 +14,7 @@ void shard_init(struct shard *sh)
 static void device_free(struct device *d)
 {
     for (uint32_t i = 0; i < d->nfolders; i++)
-        free(d->folders[i].name);
+        free((char *)d->folders[i].name);
     free(d->folders);
     free(d);
 }
@@ -64,26 +64,17 @@ struct device *user_device(struct user *u, const char *id, int create)
     return d;
 }
 
-void device_set_folders(struct device *d, const char *const *names, const uint64_t *states,
-                        size_t n)
+void device_set_folders(struct device *d, const struct store_folder *src, size_t n)
 {
-    struct device_folder *f = xcalloc(n, sizeof(*f));
+    struct store_folder *f = xcalloc(n, sizeof(*f));
 
     for (size_t i = 0; i < n; i++) {
-        f[i].name = xstrdup(names[i]);
-        f[i].state = states[i];
+        f[i].name = xstrdup(src[i].name);
+        f[i].state = src[i].state;
     }
     for (uint32_t i = 0; i < d->nfolders; i++)
-        free(d->folders[i].name);
+        free((char *)d->folders[i].name);
     free(d->folders);
     d->folders = f;
     d->nfolders = (uint32_t)n;
-}
-
-struct device_folder *device_folder(struct device *d, const char *name)
-{
-    for (uint32_t i = 0; i < d->nfolders; i++)
-        if (strcmp(d->folders[i].name, name) == 0)
-            return &d->folders[i];
-    return NULL;
 }

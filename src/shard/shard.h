@@ -17,20 +17,16 @@
 #include <stdint.h>
 
 #include "common/strmap.h"
+#include "store/store.h"
 
 struct conn;
-
-struct device_folder {
-    char *name;
-    uint64_t state; /* the state the device holds, as far as the server knows */
-};
 
 struct user;
 
 struct device {
     struct user *user;
     struct conn *held;              /* the connection holding this device's ping */
-    struct device_folder *folders;  /* last ping's folders */
+    struct store_folder *folders;   /* last ping's folders; names owned here */
     uint32_t nfolders;
     uint32_t heartbeat;             /* last ping's heartbeat in s; 0: none yet */
     uint32_t heartbeat_hint;        /* what the device was last advised */
@@ -57,11 +53,7 @@ struct user *shard_user(struct shard *sh, const char *id, int create);
 /* The device of u with this id; created when 'create'. */
 struct device *user_device(struct user *u, const char *id, int create);
 
-/* Replaces d's folder list with n entries copied from names/states. */
-void device_set_folders(struct device *d, const char *const *names, const uint64_t *states,
-                        size_t n);
-
-/* The folder entry named 'name' in d's list, or NULL. */
-struct device_folder *device_folder(struct device *d, const char *name);
+/* Replaces d's folder list with n entries copied from f. */
+void device_set_folders(struct device *d, const struct store_folder *f, size_t n);
 
 #endif

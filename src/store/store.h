@@ -24,6 +24,27 @@ struct store_event {
     uint64_t state;     /* out: the folder's new state */
 };
 
+/*
+ * A device's record: what must survive a restart so that an empty-body ping
+ * after it still works (and, in later issues, the learned heartbeat and the
+ * UDP registration). All pointers are borrowed for the duration of the call.
+ */
+struct store_folder {
+    const char *name;
+    uint64_t state;               /* the state the device holds */
+};
+
+struct store_device {
+    const char *user;
+    const char *device;
+    uint32_t heartbeat;           /* last ping's heartbeat, s */
+    uint32_t heartbeat_hint;      /* last advised heartbeat, s */
+    uint32_t nfolders;
+    const struct store_folder *folders; /* the last ping's folders */
+};
+
+typedef void (*store_device_cb)(void *arg, const struct store_device *d);
+
 /* status: 0, or a negative errno when the bump could not be made durable. */
 typedef void (*store_done_cb)(void *arg, struct store_event *ev, size_t n, int status);
 typedef void (*store_list_cb)(void *arg, const char *folder, uint64_t state);
@@ -44,6 +65,14 @@ struct store_backend {
      * called (perhaps before bump returns), or a negative errno (no call).
      */
     int (*bump)(struct store *s, struct store_event *ev, size_t n, store_done_cb done, void *arg);
+    /*
+     * Saves a device record, replacing the previous one (write-behind: not
+     * waited for; a crash may lose the last few, which costs a client one
+     * full-body ping, never a notification). The record is copied.
+     */
+    void (*device_save)(struct store *s, const struct store_device *d);
+    /* Calls cb for every saved device record (at start-up). Returns the count. */
+    size_t (*device_load)(struct store *s, store_device_cb cb, void *arg);
 };
 
 /* The backend registered under 'name', or NULL. */
@@ -70,6 +99,16 @@ static inline int store_bump(struct store *s, struct store_event *ev, size_t n, 
                              void *arg)
 {
     return s->be->bump(s, ev, n, done, arg);
+}
+
+static inline void store_device_save(struct store *s, const struct store_device *d)
+{
+    s->be->device_save(s, d);
+}
+
+static inline size_t store_device_load(struct store *s, store_device_cb cb, void *arg)
+{
+    return s->be->device_load(s, cb, arg);
 }
 
 static inline void store_close(struct store *s)

@@ -119,6 +119,21 @@ static int mem_bump(struct store *s, struct store_event *ev, size_t n, store_don
     return 0;
 }
 
+/* The shard keeps device records in memory already; nothing to add here. */
+static void mem_device_save(struct store *s, const struct store_device *d)
+{
+    (void)s;
+    (void)d;
+}
+
+static size_t mem_device_load(struct store *s, store_device_cb cb, void *arg)
+{
+    (void)s;
+    (void)cb;
+    (void)arg;
+    return 0;
+}
+
 const struct store_backend store_mem_backend = {
     .name = "memory",
     .open = mem_open,
@@ -126,4 +141,6 @@ const struct store_backend store_mem_backend = {
     .get = mem_get,
     .list = mem_list,
     .bump = mem_bump,
+    .device_save = mem_device_save,
+    .device_load = mem_device_load,
 };

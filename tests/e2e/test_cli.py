@@ -1,4 +1,6 @@
 """The nudge client: publish, ping (one-shot and --loop), token, usage errors."""
+import hashlib
+import hmac
 import os
 import queue
 import re
@@ -242,8 +244,6 @@ def split_token(tok):
 
 
 def test_token_is_signed_with_the_server_secret(srv):
-    import hashlib
-    import hmac
     tok = srv.token("alice@example.com")
     v, kind, subj, exp, mac = split_token(tok)
     assert kind == "u"

@@ -195,7 +195,7 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
             log_q(err, sizeof(err), cfg->store_backend));
         return -1;
     }
-    if (be->open(&s->store, cfg, err, sizeof(err)) < 0) {
+    if (be->open(&s->store, cfg, loop, err, sizeof(err)) < 0) {
         char q[600];
         LOG(LOG_ERROR, startup_failed, "reason=%s", log_q(q, sizeof(q), err));
         return -1;

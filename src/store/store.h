@@ -17,6 +17,7 @@
 
 struct config;
 struct store;
+struct uv_loop_s;
 
 struct store_event {
     const char *user;   /* borrowed for the duration of the bump */
@@ -51,8 +52,12 @@ typedef void (*store_list_cb)(void *arg, const char *folder, uint64_t state);
 
 struct store_backend {
     const char *name;
-    /* Opens the store from the config. 0, or -1 with err set. */
-    int (*open)(struct store **out, const struct config *c, char *err, size_t errlen);
+    /*
+     * Opens the store from the config; callbacks (done) will run on 'loop'.
+     * 0, or -1 with err set to one line: what failed, where, what to do.
+     */
+    int (*open)(struct store **out, const struct config *c, struct uv_loop_s *loop, char *err,
+                size_t errlen);
     /* Frees everything; no callback fires afterwards. */
     void (*close)(struct store *s);
     /* The committed state of (user, folder); 0 when none. */

@@ -29,11 +29,13 @@ struct mem_store {
     struct strmap users;
 };
 
-static int mem_open(struct store **out, const struct config *c, char *err, size_t errlen)
+static int mem_open(struct store **out, const struct config *c, struct uv_loop_s *loop, char *err,
+                    size_t errlen)
 {
     struct mem_store *m = xcalloc(1, sizeof(*m));
 
     (void)c;
+    (void)loop;
     (void)err;
     (void)errlen;
     m->base.be = &store_mem_backend;

@@ -33,7 +33,7 @@ static struct store *open_mem(void)
     config_defaults(&c);
     assert_non_null(store_backend_find("memory"));
     assert_null(store_backend_find("nope"));
-    assert_int_equal(store_backend_find("memory")->open(&s, &c, err, sizeof(err)), 0);
+    assert_int_equal(store_backend_find("memory")->open(&s, &c, NULL, err, sizeof(err)), 0);
     return s;
 }
 

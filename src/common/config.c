@@ -95,12 +95,33 @@ static const struct option_def options[] = {
     {"server", "shutdown_retry_after", "shutdown-retry-after", OPT_UINT,
      FIELD(shutdown_retry_after), 0, 3600, "5", NULL, "SECONDS",
      "Retry-After sent with the 503 answers given while shutting down."},
+    {"server", "max_connections", "max-connections", OPT_UINT, FIELD(max_connections), 1,
+     10000000, "16000", NULL, "N",
+     "Most client connections at once; at the limit nudged stops accepting until one ends "
+     "(also capped by the descriptor limit, RLIMIT_NOFILE, less a reserve)."},
+    {"server", "max_per_ip", "max-per-ip", OPT_UINT, FIELD(max_per_ip), 0, 10000000, "0", NULL,
+     "N", "Most connections from one client address; 0: no limit (carrier NAT puts many "
+     "devices behind one address)."},
     {"server", "log_level", "log-level", OPT_LEVEL, FIELD(log_level), 0, 0, "info", NULL, "LEVEL",
      "Least severe log lines written: debug, info, warn or error."},
     {"heartbeat", "min", "heartbeat-min", OPT_UINT, FIELD(heartbeat_min), 1, 3540, "60", NULL,
      "SECONDS", "Shortest heartbeat a client may ask for."},
     {"heartbeat", "max", "heartbeat-max", OPT_UINT, FIELD(heartbeat_max), 1, 3540, "1680", NULL,
      "SECONDS", "Longest heartbeat a client may ask for."},
+    {"sessions", "per_user_limit", "sessions-per-user-limit", OPT_UINT,
+     FIELD(sessions_per_user_limit), 1, 100000, "32", NULL, "N",
+     "Most sessions (held pings, later streams and UDP registrations) one user may have; "
+     "dead ones are reaped before a new one is refused."},
+    {"network", "keepalive_idle", "keepalive-idle", OPT_UINT, FIELD(keepalive_idle), 1, 32767,
+     "300", NULL, "SECONDS", "TCP keepalive: idle time before the first probe (TCP_KEEPIDLE)."},
+    {"network", "keepalive_interval", "keepalive-interval", OPT_UINT, FIELD(keepalive_interval), 1,
+     32767, "15", NULL, "SECONDS", "TCP keepalive: time between probes (TCP_KEEPINTVL)."},
+    {"network", "keepalive_count", "keepalive-count", OPT_UINT, FIELD(keepalive_count), 1, 127,
+     "4", NULL, "N", "TCP keepalive: unanswered probes before the peer is declared dead "
+     "(TCP_KEEPCNT)."},
+    {"network", "user_timeout", "user-timeout", OPT_UINT, FIELD(user_timeout), 0, 86400, "360",
+     NULL, "SECONDS", "TCP_USER_TIMEOUT: unacknowledged data older than this closes the "
+     "connection; 0 leaves the kernel default."},
     {"ping", "max_folders", "ping-max-folders", OPT_UINT, FIELD(ping_max_folders), 1, 10000, "100",
      NULL, "N", "Most folders one ping may list."},
     {"store", "backend", "store-backend", OPT_CHOICE, FIELD(store_backend), 0, 0, "memory",

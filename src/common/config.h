@@ -28,10 +28,19 @@ struct config {
     unsigned header_timeout;          /* s, 10: whole request must arrive within it */
     unsigned keepalive_timeout;       /* s, 75: idle keep-alive connection closed after it */
     unsigned shutdown_retry_after;    /* s, 5: Retry-After sent with 503 shutting-down */
+    unsigned max_connections;         /* 16000 */
+    unsigned max_per_ip;              /* 0: no limit */
     char log_level[16];               /* "info" */
     /* [heartbeat] */
     unsigned heartbeat_min;           /* s, 60 */
     unsigned heartbeat_max;           /* s, 1680 */
+    /* [sessions] */
+    unsigned sessions_per_user_limit; /* 32 */
+    /* [network] */
+    unsigned keepalive_idle;          /* s, 300 */
+    unsigned keepalive_interval;      /* s, 15 */
+    unsigned keepalive_count;         /* 4 */
+    unsigned user_timeout;            /* s, 360; 0: kernel default */
     /* [ping] */
     unsigned ping_max_folders;        /* 100 */
     /* [store] */

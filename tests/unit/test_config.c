@@ -134,6 +134,13 @@ static void test_defaults(void **state)
     assert_int_equal(c.heartbeat_min, 60);
     assert_int_equal(c.heartbeat_max, 1680);
     assert_int_equal(c.ping_max_folders, 100);
+    assert_int_equal(c.max_connections, 16000);
+    assert_int_equal(c.max_per_ip, 0);
+    assert_int_equal(c.sessions_per_user_limit, 32);
+    assert_int_equal(c.keepalive_idle, 300);
+    assert_int_equal(c.keepalive_interval, 15);
+    assert_int_equal(c.keepalive_count, 4);
+    assert_int_equal(c.user_timeout, 360);
     assert_string_equal(c.store_backend, "memory");
     assert_int_equal(config_check(&c, err, sizeof(err)), 0);
     config_secret_path(&c, path, sizeof(path));
@@ -324,7 +331,7 @@ static void test_file_unknown_names(void **state)
 {
     (void)state;
     load_fails("[server]\nlisten = 127.0.0.1:1\n[srever]\nlisten = 1\n", 3,
-               "unknown section [srever] (known sections: server, heartbeat, ping, store)");
+               "unknown section [srever] (known sections: server, heartbeat, sessions, network, ping, store)");
     load_fails("[nothing]\n", 1, "unknown section [nothing]");
     load_fails("[server]\nfoo = 1\n", 2, "unknown key 'foo' in [server]");
     load_fails("[server]\nmin = 60\n", 2, "unknown key 'min' in [server] (it belongs under [heartbeat])");

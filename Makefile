@@ -45,6 +45,7 @@ NUDGED_SRC := \
 	src/server/main.c \
 	src/server/server.c \
 	src/server/conn.c \
+	src/server/listen.c \
 	src/server/deadline.c \
 	src/server/router.c \
 	src/server/admin.c \
@@ -53,6 +54,7 @@ NUDGED_SRC := \
 	src/push/events.c \
 	src/push/validate.c \
 	src/shard/shard.c \
+	src/net/sockopt.c \
 	src/store/store.c \
 	src/store/store_mem.c
 

@@ -71,7 +71,8 @@ struct option_def {
 
 #define FIELD(f) offsetof(struct config, f), sizeof(((struct config *)0)->f)
 
-static const char *const store_backends[] = {"memory", NULL};
+static const char *const store_backends[] = {"sqlite", "memory", NULL};
+static const char *const store_syncs[] = {"full", "normal", NULL};
 
 /* Indexed by enum log_level; the spelling config_print writes back. */
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
@@ -124,8 +125,15 @@ static const struct option_def options[] = {
      "connection; 0 leaves the kernel default."},
     {"ping", "max_folders", "ping-max-folders", OPT_UINT, FIELD(ping_max_folders), 1, 10000, "100",
      NULL, "N", "Most folders one ping may list."},
-    {"store", "backend", "store-backend", OPT_CHOICE, FIELD(store_backend), 0, 0, "memory",
-     store_backends, "NAME", "Where folder states are kept: memory (lost on restart)."},
+    {"store", "backend", "store-backend", OPT_CHOICE, FIELD(store_backend), 0, 0, "sqlite",
+     store_backends, "NAME",
+     "Where folder states and device records are kept: sqlite (one database file, survives "
+     "restarts and crashes) or memory (lost on restart; for tests and benchmarks)."},
+    {"store", "sync", "store-sync", OPT_CHOICE, FIELD(store_sync), 0, 0, "full", store_syncs,
+     "MODE", "sqlite: full waits for the disk (fsync) before a publish is answered; normal "
+     "survives a crash of nudged but a power loss may take back the last answered publishes."},
+    {"store", "path", "store-path", OPT_STRING, FIELD(store_path), 0, 0, "", NULL, "PATH",
+     "sqlite: the database file; empty means <data_dir>/nudge.db."},
 };
 
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
@@ -762,6 +770,18 @@ void config_secret_path(const struct config *c, char *out, size_t outlen)
         snprintf(out, outlen, "%ssecret", c->data_dir);
     else
         snprintf(out, outlen, "%s/secret", c->data_dir);
+}
+
+void config_store_path(const struct config *c, char *out, size_t outlen)
+{
+    size_t n = strlen(c->data_dir);
+
+    if (c->store_path[0] != '\0')
+        snprintf(out, outlen, "%s", c->store_path);
+    else if (n > 0 && c->data_dir[n - 1] == '/')
+        snprintf(out, outlen, "%snudge.db", c->data_dir);
+    else
+        snprintf(out, outlen, "%s/nudge.db", c->data_dir);
 }
 
 void config_usage(FILE *out, const char *argv0)

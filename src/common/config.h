@@ -44,7 +44,9 @@ struct config {
     /* [ping] */
     unsigned ping_max_folders;        /* 100 */
     /* [store] */
-    char store_backend[32];           /* "memory" */
+    char store_backend[32];           /* "sqlite" or "memory" */
+    char store_sync[16];              /* "full" or "normal" (sqlite) */
+    char store_path[PATH_MAX];        /* "" = <data_dir>/nudge.db (sqlite) */
 };
 
 /* What the command line asked for besides settings. */
@@ -80,6 +82,9 @@ int config_check(const struct config *c, char *err, size_t errlen);
 
 /* The secret file path in effect: secret_file, or <data_dir>/secret. */
 void config_secret_path(const struct config *c, char *out, size_t outlen);
+
+/* The SQLite database path in effect: store_path, or <data_dir>/nudge.db. */
+void config_store_path(const struct config *c, char *out, size_t outlen);
 
 /* Prints nudged's usage with every option, its default and its help. */
 void config_usage(FILE *out, const char *argv0);

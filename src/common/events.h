@@ -23,10 +23,17 @@
     EVENT(1101, bad_request, "a request was refused as malformed (HTTP 4xx)")      \
     EVENT(1102, request_timeout, "a client did not send a complete request in time") \
     EVENT(1103, accept_error, "accept() failed")                                    \
+    EVENT(1104, listen_paused, "accepting paused: max_connections or out of descriptors") \
+    EVENT(1105, listen_resumed, "accepting resumed after a pause")                 \
+    EVENT(1106, conn_refused, "a connection was refused: over max_per_ip")         \
     EVENT(1200, auth_failed, "a request carried a missing, invalid or expired credential") \
     EVENT(1201, auth_forbidden, "a valid credential was used for an endpoint it may not use") \
     EVENT(1300, ping_superseded, "a device's held ping was answered because it sent a newer one") \
-    EVENT(1400, publish_rejected, "a publish batch was refused; nothing of it applied")
+    EVENT(1400, publish_rejected, "a publish batch was refused; nothing of it applied") \
+    EVENT(1500, store_opened, "the store is open and its states are loaded")     \
+    EVENT(1501, store_write_failed, "a group commit failed; its publishes were answered 503") \
+    EVENT(1502, store_record_skipped, "a stored device record could not be read; it was skipped") \
+    EVENT(1503, store_closed, "the store wrote everything queued and closed")
 
 enum event_id {
 #define EVENT_ENUM(id, name, desc) EV_##name = id,

@@ -63,6 +63,13 @@ void admin_metrics(struct conn *c, struct http_req *r, const struct principal *w
     metric(&t, "nudge_connections", "gauge", "Open client connections.", m->connections);
     metric(&t, "nudge_connections_accepted_total", "counter", "Connections accepted.",
            m->connections_total);
+    metric(&t, "nudge_connections_refused_total", "counter",
+           "Connections refused for [server] max_per_ip.", m->connections_refused);
+    metric(&t, "nudge_sessions", "gauge", "Sessions now (held pings).", m->pings_held);
+    metric(&t, "nudge_sessions_refused_total", "counter",
+           "Sessions refused at [sessions] per_user_limit (429).", m->sessions_refused);
+    metric(&t, "nudge_sessions_reaped_total", "counter",
+           "Dead sessions closed to make room under the per-user limit.", m->sessions_reaped);
     metric(&t, "nudge_requests_total", "counter", "HTTP requests received.", m->requests_total);
     metric(&t, "nudge_responses_4xx_total", "counter", "Answers with a 4xx status.",
            m->responses_4xx);

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "common/jsonw.h"
 #include "common/log.h"
@@ -24,6 +25,8 @@
 #include "http/request.h"
 #include "http/response.h"
 #include "push/ping.h"
+#include "net/sockopt.h"
+#include "server/listen.h"
 #include "server/router.h"
 #include "server/server.h"
 
@@ -98,6 +101,7 @@ static void on_close(uv_handle_t *h)
     if (c->flags & CONN_RESUME)
         unlink_resume(c);
     c->srv->metrics.connections--;
+    listen_conn_closed(c->srv, c->ip);
     http_req_free(c->req);
     free(c->pending);
     free(c);
@@ -427,23 +431,27 @@ void conn_on_deadline(struct conn *c)
     }
 }
 
-void conn_accept(struct server *s)
+void conn_accept_fd(struct server *s, int fd, struct ip_count *ip, int over_ip_limit)
 {
     struct conn *c = calloc(1, sizeof(*c));
-    char q[128];
+    char q[128], peer[64];
     int err;
 
     if (c == NULL) {
         LOG(LOG_ERROR, accept_error, "error=\"out of memory\"");
+        close(fd);
+        listen_conn_closed(s, ip);
         return;
     }
     c->srv = s;
+    c->ip = ip;
     uv_tcp_init(s->loop, &c->tcp);
     c->tcp.data = c;
-    err = uv_accept((uv_stream_t *)&s->listener, (uv_stream_t *)&c->tcp);
     s->metrics.connections++;
+    err = uv_tcp_open(&c->tcp, fd);
     if (err < 0) {
         LOG(LOG_WARN, accept_error, "error=%s", log_q(q, sizeof(q), uv_strerror(err)));
+        close(fd);
         c->flags |= CONN_CLOSING;
         uv_close((uv_handle_t *)&c->tcp, on_close);
         return;
@@ -451,10 +459,27 @@ void conn_accept(struct server *s)
     s->metrics.connections_total++;
     /* Answers are single small writes: send them now, not after Nagle's delay. */
     uv_tcp_nodelay(&c->tcp, 1);
+    err = net_set_keepalive(fd, s->cfg);
+    if (err < 0)
+        LOG(LOG_WARN, accept_error, "error=%s", log_q(q, sizeof(q), strerror(-err)));
     c->keep_alive = 1;
     err = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
     if (err < 0) {
         conn_close(c, uv_strerror(err));
+        return;
+    }
+    if (over_ip_limit) {
+        char extra[32], body[96];
+        int n = snprintf(body, sizeof(body), "{\"status\":\"too-many-connections\",\"limit\":%u}",
+                         s->cfg->max_per_ip);
+        s->metrics.connections_refused++;
+        if (ip->n == s->cfg->max_per_ip + 1) /* once per address going over, not per client */
+            LOG(LOG_INFO, conn_refused, "peer=%s limit=%u", conn_peer(c, peer, sizeof(peer)),
+                s->cfg->max_per_ip);
+        snprintf(extra, sizeof(extra), "Retry-After: 30\r\n");
+        c->flags |= CONN_BUSY;
+        c->keep_alive = 0;
+        conn_respond(c, 429, extra, body, (size_t)n);
         return;
     }
     /* The first request must arrive within the request timeout. */

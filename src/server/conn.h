@@ -26,6 +26,7 @@
 struct server;
 struct http_req;
 struct device;
+struct ip_count;
 
 enum conn_flag {
     CONN_BUSY = 1 << 0,    /* a request is being handled (or held) */
@@ -49,10 +50,15 @@ struct conn {
     struct device *held;    /* with CONN_HELD */
     struct conn *resume_next;
     void *waiter;           /* with CONN_WAITING: the handler's job, told if we close */
+    struct ip_count *ip;    /* its address's count, with [server] max_per_ip */
 };
 
-/* Accepts one connection from the server's listener. */
-void conn_accept(struct server *s);
+/*
+ * Takes over an accepted socket: sets keepalive options, starts reading.
+ * 'ip' is its address's count (or NULL); 'over_ip_limit' answers it 429
+ * too-many-connections and closes it.
+ */
+void conn_accept_fd(struct server *s, int fd, struct ip_count *ip, int over_ip_limit);
 
 /*
  * Answers the current request: writes the response (JSON body; 'extra' are

@@ -19,6 +19,9 @@ enum ping_outcome {
 struct metrics {
     uint64_t connections;          /* gauge */
     uint64_t connections_total;
+    uint64_t connections_refused;  /* over max_per_ip */
+    uint64_t sessions_refused;     /* 429 session-limit */
+    uint64_t sessions_reaped;      /* dead sessions closed to make room */
     uint64_t requests_total;
     uint64_t responses_4xx;
     uint64_t responses_5xx;

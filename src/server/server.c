@@ -22,11 +22,10 @@
 #include "common/util.h"
 #include "push/ping.h"
 #include "server/conn.h"
+#include "server/listen.h"
 
 /* Longest drain at shutdown: answers are small, so this is only for stuck peers. */
 #define STOP_GRACE_MS 2000
-/* Backlog for listen(): bursts of reconnecting devices after a network blip. */
-#define LISTEN_BACKLOG 4096
 
 static void on_deadline_timer(uv_timer_t *t)
 {
@@ -79,18 +78,6 @@ void server_resume_soon(struct server *s)
     uv_timer_start(&s->resume_timer, on_resume_timer, 0, 0);
 }
 
-static void on_connection(uv_stream_t *listener, int status)
-{
-    struct server *s = listener->data;
-    char q[128];
-
-    if (status < 0) {
-        LOG(LOG_WARN, accept_error, "error=%s", log_q(q, sizeof(q), uv_strerror(status)));
-        return;
-    }
-    conn_accept(s);
-}
-
 static void close_handle(uv_handle_t *h)
 {
     if (!uv_is_closing(h))
@@ -105,7 +92,7 @@ static void finish_stop(struct server *s)
     close_handle((uv_handle_t *)&s->stop_timer);
     close_handle((uv_handle_t *)&s->sig_term);
     close_handle((uv_handle_t *)&s->sig_int);
-    close_handle((uv_handle_t *)&s->listener);
+    listen_stop(s);
 }
 
 static void walk_stop(uv_handle_t *h, void *arg)
@@ -113,7 +100,8 @@ static void walk_stop(uv_handle_t *h, void *arg)
     struct server *s = arg;
     struct conn *c;
 
-    if (h->type != UV_TCP || (uv_tcp_t *)h == &s->listener || uv_is_closing(h))
+    (void)s;
+    if (h->type != UV_TCP || uv_is_closing(h))
         return;
     c = h->data;
     if (c->flags & CONN_HELD)
@@ -124,9 +112,8 @@ static void walk_stop(uv_handle_t *h, void *arg)
 
 static void walk_close(uv_handle_t *h, void *arg)
 {
-    struct server *s = arg;
-
-    if (h->type == UV_TCP && (uv_tcp_t *)h != &s->listener && !uv_is_closing(h))
+    (void)arg;
+    if (h->type == UV_TCP && !uv_is_closing(h))
         conn_close(h->data, "shutdown");
 }
 
@@ -151,7 +138,7 @@ static void on_signal(uv_signal_t *sig, int signum)
     LOG(LOG_INFO, stopping, "signal=%s held=%llu connections=%llu",
         log_q(q, sizeof(q), strsignal(signum)),
         (unsigned long long)s->metrics.pings_held, (unsigned long long)s->metrics.connections);
-    uv_close((uv_handle_t *)&s->listener, NULL);
+    listen_stop(s);
     uv_walk(s->loop, walk_stop, s);
     s->stop_started = uv_now(s->loop);
     /* Check every 50 ms whether the drain is over. */
@@ -174,13 +161,10 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
                 const struct secret *secret)
 {
     const struct store_backend *be;
-    struct sockaddr_storage addr;
-    struct sockaddr_storage bound;
-    int len = sizeof(bound);
     char err[512];
-    int rc;
 
     memset(s, 0, sizeof(*s));
+    s->listen_fd = -1;
     s->loop = loop;
     s->cfg = cfg;
     s->secret = *secret;
@@ -203,25 +187,11 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
 
     store_device_load(s->store, on_device_loaded, s);
 
-    if (util_parse_addr(cfg->listen, &addr, err, sizeof(err)) < 0) {
-        LOG(LOG_ERROR, startup_failed, "reason=\"bad listen address\" detail=%s",
-            log_q(err, sizeof(err), cfg->listen));
+    if (listen_start(s, err, sizeof(err)) < 0) {
+        char q[600];
+        LOG(LOG_ERROR, startup_failed, "reason=%s", log_q(q, sizeof(q), err));
         return -1;
     }
-    uv_tcp_init(loop, &s->listener);
-    s->listener.data = s;
-    rc = uv_tcp_bind(&s->listener, (struct sockaddr *)&addr, 0);
-    if (rc == 0)
-        rc = uv_listen((uv_stream_t *)&s->listener, LISTEN_BACKLOG, on_connection);
-    if (rc < 0) {
-        LOG(LOG_ERROR, startup_failed, "reason=\"cannot listen\" addr=%s error=%s", cfg->listen,
-            log_q(err, sizeof(err), uv_strerror(rc)));
-        uv_close((uv_handle_t *)&s->listener, NULL);
-        return -1;
-    }
-    uv_tcp_getsockname(&s->listener, (struct sockaddr *)&bound, &len);
-    util_format_addr((struct sockaddr *)&bound, s->addr, sizeof(s->addr));
-
     uv_timer_init(loop, &s->deadline_timer);
     s->deadline_timer.data = s;
     uv_timer_init(loop, &s->resume_timer);
@@ -250,4 +220,5 @@ void server_free(struct server *s)
     store_close(s->store);
     s->store = NULL;
     deadline_heap_free(&s->deadlines);
+    strmap_free(&s->per_ip);
 }

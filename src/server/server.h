@@ -30,7 +30,12 @@ struct server {
     struct shard shard;
     struct metrics metrics;
 
-    uv_tcp_t listener;
+    int listen_fd;             /* see listen.h */
+    uv_poll_t listen_poll;
+    uv_timer_t listen_retry;   /* resumes accepting after EMFILE */
+    int listen_paused;
+    unsigned max_conns;        /* max_connections within the descriptor limit */
+    struct strmap per_ip;      /* raw address -> struct ip_count, with max_per_ip */
     uv_timer_t deadline_timer; /* armed for the earliest connection deadline */
     uint64_t deadline_armed;   /* when it is armed for, 0: not armed */
     uv_timer_t resume_timer;   /* runs connections with pipelined requests waiting */

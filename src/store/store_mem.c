@@ -4,29 +4,19 @@
  * restart (a client presenting states the server no longer knows is answered
  * "changed" at once only when they differ, so a restart to zero is seen).
  *
- * Two-level map: user id -> struct mem_user -> folder name -> struct
- * mem_folder. Each name is stored once, inside its own node.
+ * A thin backend over the shared statemap (statemap.h): a bump is "durable"
+ * as soon as it is made, so 'assigned' and 'committed' move together and
+ * done() runs before bump returns. Device records live in the shard only.
  */
 #include <stdlib.h>
-#include <string.h>
 
-#include "common/strmap.h"
 #include "common/xalloc.h"
+#include "store/statemap.h"
 #include "store/store.h"
-
-struct mem_folder {
-    uint64_t state;
-    char name[];
-};
-
-struct mem_user {
-    struct strmap folders;
-    char id[];
-};
 
 struct mem_store {
     struct store base;
-    struct strmap users;
+    struct statemap states;
 };
 
 static int mem_open(struct store **out, const struct config *c, struct uv_loop_s *loop, char *err,
@@ -39,7 +29,7 @@ static int mem_open(struct store **out, const struct config *c, struct uv_loop_s
     (void)err;
     (void)errlen;
     m->base.be = &store_mem_backend;
-    strmap_init(&m->users);
+    statemap_init(&m->states);
     *out = &m->base;
     return 0;
 }
@@ -47,50 +37,19 @@ static int mem_open(struct store **out, const struct config *c, struct uv_loop_s
 static void mem_close(struct store *s)
 {
     struct mem_store *m = (struct mem_store *)s;
-    uint32_t pos = 0, fpos;
-    const char *key;
-    void *val;
 
-    while (strmap_next(&m->users, &pos, &key, &val)) {
-        struct mem_user *u = val;
-        fpos = 0;
-        while (strmap_next(&u->folders, &fpos, &key, &val))
-            free(val);
-        strmap_free(&u->folders);
-        free(u);
-    }
-    strmap_free(&m->users);
+    statemap_free(&m->states);
     free(m);
-}
-
-static struct mem_folder *find_folder(struct mem_store *m, const char *user, const char *folder)
-{
-    struct mem_user *u = strmap_get(&m->users, user, strlen(user));
-    return u ? strmap_get(&u->folders, folder, strlen(folder)) : NULL;
 }
 
 static uint64_t mem_get(struct store *s, const char *user, const char *folder)
 {
-    struct mem_folder *f = find_folder((struct mem_store *)s, user, folder);
-    return f ? f->state : 0;
+    return statemap_get(&((struct mem_store *)s)->states, user, folder);
 }
 
 static size_t mem_list(struct store *s, const char *user, store_list_cb cb, void *arg)
 {
-    struct mem_store *m = (struct mem_store *)s;
-    struct mem_user *u = strmap_get(&m->users, user, strlen(user));
-    uint32_t pos = 0;
-    const char *key;
-    void *val;
-    size_t n = 0;
-
-    if (u == NULL)
-        return 0;
-    while (strmap_next(&u->folders, &pos, &key, &val)) {
-        cb(arg, key, ((struct mem_folder *)val)->state);
-        n++;
-    }
-    return n;
+    return statemap_list(&((struct mem_store *)s)->states, user, cb, arg);
 }
 
 static int mem_bump(struct store *s, struct store_event *ev, size_t n, store_done_cb done, void *arg)
@@ -98,24 +57,8 @@ static int mem_bump(struct store *s, struct store_event *ev, size_t n, store_don
     struct mem_store *m = (struct mem_store *)s;
 
     for (size_t i = 0; i < n; i++) {
-        size_t ulen = strlen(ev[i].user), flen = strlen(ev[i].folder);
-        struct mem_user *u = strmap_get(&m->users, ev[i].user, ulen);
-        struct mem_folder *f;
-
-        if (u == NULL) {
-            u = xmalloc(sizeof(*u) + ulen + 1);
-            memcpy(u->id, ev[i].user, ulen + 1);
-            strmap_init(&u->folders);
-            strmap_put(&m->users, u->id, ulen, u);
-        }
-        f = strmap_get(&u->folders, ev[i].folder, flen);
-        if (f == NULL) {
-            f = xmalloc(sizeof(*f) + flen + 1);
-            f->state = 0;
-            memcpy(f->name, ev[i].folder, flen + 1);
-            strmap_put(&u->folders, f->name, flen, f);
-        }
-        ev[i].state = ++f->state;
+        struct statemap_folder *f = statemap_add(&m->states, ev[i].user, ev[i].folder);
+        ev[i].state = f->committed = ++f->assigned;
     }
     done(arg, ev, n, 0);
     return 0;

@@ -141,10 +141,14 @@ static void test_defaults(void **state)
     assert_int_equal(c.keepalive_interval, 15);
     assert_int_equal(c.keepalive_count, 4);
     assert_int_equal(c.user_timeout, 360);
-    assert_string_equal(c.store_backend, "memory");
+    assert_string_equal(c.store_backend, "sqlite");
+    assert_string_equal(c.store_sync, "full");
+    assert_string_equal(c.store_path, "");
     assert_int_equal(config_check(&c, err, sizeof(err)), 0);
     config_secret_path(&c, path, sizeof(path));
     assert_string_equal(path, "./var/secret");
+    config_store_path(&c, path, sizeof(path));
+    assert_string_equal(path, "./var/nudge.db");
 }
 
 static void test_defaults_from_empty_args_and_file(void **state)
@@ -179,6 +183,24 @@ static void test_secret_path(void **state)
     assert_string_equal(path, "/etc/nudge/secret");
 }
 
+static void test_store_path(void **state)
+{
+    struct config c;
+    char path[PATH_MAX];
+
+    (void)state;
+    config_defaults(&c);
+    strcpy(c.data_dir, "/srv/nudge/");
+    config_store_path(&c, path, sizeof(path));
+    assert_string_equal(path, "/srv/nudge/nudge.db");
+    strcpy(c.data_dir, "/srv/nudge");
+    config_store_path(&c, path, sizeof(path));
+    assert_string_equal(path, "/srv/nudge/nudge.db");
+    strcpy(c.store_path, "/var/lib/nudge/states.db");
+    config_store_path(&c, path, sizeof(path));
+    assert_string_equal(path, "/var/lib/nudge/states.db");
+}
+
 /* ---- the file ---------------------------------------------------------- */
 
 static void test_file_sets_every_option(void **state)
@@ -203,7 +225,9 @@ static void test_file_sets_every_option(void **state)
                 "[ping]\n"
                 "max_folders = 10000\n"
                 "[store]\n"
-                "backend = memory\n");
+                "backend = memory\n"
+                "sync = normal\n"
+                "path = /srv/nudge/states.db\n");
     assert_string_equal(c.listen, "[::1]:9000");
     assert_string_equal(c.data_dir, "/srv/nudge");
     assert_string_equal(c.secret_file, "/etc/nudge/secret");
@@ -217,6 +241,11 @@ static void test_file_sets_every_option(void **state)
     assert_int_equal(c.heartbeat_max, 3540);
     assert_int_equal(c.ping_max_folders, 10000);
     assert_string_equal(c.store_backend, "memory");
+    assert_string_equal(c.store_sync, "normal");
+    assert_string_equal(c.store_path, "/srv/nudge/states.db");
+    load_ok(&c, "[store]\nbackend = sqlite\nsync = full\n");
+    assert_string_equal(c.store_backend, "sqlite");
+    assert_string_equal(c.store_sync, "full");
 }
 
 static void test_file_bounds_inclusive(void **state)
@@ -312,8 +341,9 @@ static void test_file_bad_strings(void **state)
     load_fails("[server]\nlisten = [::1:80\n", 2, "[server] listen:");
     load_fails("[server]\nlog_level = loud\n", 2,
                "[server] log_level: expected one of debug, info, warn, error, got 'loud'");
-    load_fails("[store]\nbackend = sqlite\n", 2,
-               "[store] backend: expected one of: memory, got 'sqlite'");
+    load_fails("[store]\nbackend = redis\n", 2,
+               "[store] backend: expected one of: sqlite, memory, got 'redis'");
+    load_fails("[store]\nsync = off\n", 2, "[store] sync: expected one of: full, normal, got 'off'");
     load_fails("[server]\ndata_dir =\n", 2, "[server] data_dir: must not be empty");
     /* data_dir may be as long as fits one line: "data_dir=" + 190 bytes is 199, value too long. */
     memset(longval, 'd', 190);
@@ -457,7 +487,8 @@ static void test_flags_every_option(void **state)
                                "--max-body-bytes", "1", "--header-timeout", "2",
                                "--keepalive-timeout", "3", "--shutdown-retry-after", "4",
                                "--log-level", "warn", "--heartbeat-min", "5", "--heartbeat-max",
-                               "6", "--ping-max-folders", "8", "--store-backend", "memory", NULL),
+                               "6", "--ping-max-folders", "8", "--store-backend", "memory",
+                               "--store-sync", "normal", "--store-path", "/p.db", NULL),
                      0);
     assert_string_equal(c.listen, ":8081");
     assert_string_equal(c.data_dir, "/v");
@@ -471,6 +502,9 @@ static void test_flags_every_option(void **state)
     assert_int_equal(c.heartbeat_min, 5);
     assert_int_equal(c.heartbeat_max, 6);
     assert_int_equal(c.ping_max_folders, 8);
+    assert_string_equal(c.store_backend, "memory");
+    assert_string_equal(c.store_sync, "normal");
+    assert_string_equal(c.store_path, "/p.db");
 }
 
 static void test_flag_errors(void **state)
@@ -497,7 +531,9 @@ static void test_flag_errors(void **state)
         {{"--help=yes"}, "--help: takes no value"},
         {{"--print-config=1"}, "--print-config: takes no value"},
         {{"--log-level", "loud"}, "--log-level: expected one of debug, info, warn, error, got 'loud'"},
-        {{"--store-backend", "redis"}, "--store-backend: expected one of: memory, got 'redis'"},
+        {{"--store-backend", "redis"},
+         "--store-backend: expected one of: sqlite, memory, got 'redis'"},
+        {{"--store-sync", "fast"}, "--store-sync: expected one of: full, normal, got 'fast'"},
         {{"--data-dir="}, "--data-dir: must not be empty"},
         {{"--data-dir", " /x"}, "--data-dir: must not begin or end with whitespace"},
         {{"--data-dir", "/x "}, "--data-dir: must not begin or end with whitespace"},
@@ -653,7 +689,9 @@ static void test_usage_lists_every_option(void **state)
         "--heartbeat-min SECONDS", "[heartbeat] min, default 60, 1..3540",
         "--heartbeat-max SECONDS", "[heartbeat] max, default 1680, 1..3540",
         "--ping-max-folders N", "[ping] max_folders, default 100, 1..10000",
-        "--store-backend NAME", "[store] backend, default memory",
+        "--store-backend NAME", "[store] backend, default sqlite",
+        "--store-sync MODE", "[store] sync, default full",
+        "--store-path PATH", "[store] path, default empty",
     };
     char *text = capture(NULL, NULL, "nudged");
 
@@ -695,7 +733,9 @@ static void test_print_round_trip(void **state)
                                "--max-body-bytes", "0", "--header-timeout", "1",
                                "--keepalive-timeout", "86400", "--shutdown-retry-after", "0",
                                "--log-level", "ERROR", "--heartbeat-min", "1",
-                               "--heartbeat-max", "3540", "--ping-max-folders", "10000", NULL),
+                               "--heartbeat-max", "3540", "--ping-max-folders", "10000",
+                               "--store-backend", "memory", "--store-sync", "normal",
+                               "--store-path", "/var/lib/nudge/s t.db", NULL),
                      0);
     round_trip(&c);
 
@@ -716,6 +756,7 @@ int main(void)
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_defaults_from_empty_args_and_file),
         cmocka_unit_test(test_secret_path),
+        cmocka_unit_test(test_store_path),
         cmocka_unit_test(test_file_sets_every_option),
         cmocka_unit_test(test_file_bounds_inclusive),
         cmocka_unit_test(test_file_syntax_variants),

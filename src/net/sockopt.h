@@ -1,0 +1,30 @@
+/*
+ * sockopt.h — TCP socket options nudge sets on every accepted connection,
+ * and the liveness check the session reaper uses.
+ *
+ * Why not uv_tcp_keepalive: Debian's libuv 1.44 sets only the idle time and
+ * leaves the probe interval and count at the kernel's defaults (75 s x 9),
+ * so a dead peer would hold its session for idle + 11 minutes. We set all
+ * three, and TCP_USER_TIMEOUT so unacknowledged data (an answer written to
+ * a vanished client) gives up as fast as keepalive does.
+ */
+#ifndef NUDGE_SOCKOPT_H
+#define NUDGE_SOCKOPT_H
+
+#include <stddef.h>
+
+struct config;
+
+/* Sets SO_KEEPALIVE, TCP_KEEPIDLE/INTVL/CNT and TCP_USER_TIMEOUT. 0 or -errno. */
+int net_set_keepalive(int fd, const struct config *c);
+
+/*
+ * Asks the kernel (TCP_INFO) whether the connection on fd still looks alive.
+ * Returns 1 alive; 0 dead, with the reason in why[] ("state CLOSE_WAIT",
+ * "2 keepalive probes unanswered", "data unacknowledged for 31 s");
+ * -errno when the kernel would not say.
+ * 'stale_ms': unacknowledged data older than this counts as dead.
+ */
+int net_tcp_alive(int fd, unsigned stale_ms, char *why, size_t whylen);
+
+#endif

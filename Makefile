@@ -55,7 +55,9 @@ NUDGED_SRC := \
 	src/push/validate.c \
 	src/shard/shard.c \
 	src/net/sockopt.c \
+	src/session/session.c \
 	src/store/store.c \
+	src/store/statemap.c \
 	src/store/store_mem.c
 
 NUDGE_SRC := \

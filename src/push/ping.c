@@ -29,6 +29,7 @@
 #include "push/handlers.h"
 #include "server/conn.h"
 #include "server/router.h"
+#include "session/session.h"
 #include "server/server.h"
 
 const char *const ping_outcome_names[PING_OUTCOME_COUNT] = {
@@ -352,9 +353,13 @@ void ping_handle(struct conn *c, struct http_req *r, const struct principal *who
         device_set_folders(d, p.folders, p.nfolders);
     d->heartbeat = heartbeat;
     d->heartbeat_hint = heartbeat;
+    d->last_request = util_now_ms();
     if (answer_if_changed(c, d) > 0)
         goto done;
+    if (session_admit(s, c, u, d) < 0)
+        goto done;
     persist(s, d);
+    d->held_since = d->last_request;
     d->held = c;
     u->held++;
     conn_hold(c, d, util_now_ms() + (uint64_t)heartbeat * 1000);

@@ -28,6 +28,7 @@
 #include "net/sockopt.h"
 #include "server/listen.h"
 #include "server/router.h"
+#include "session/session.h"
 #include "server/server.h"
 
 /* How long a closing connection waits for the client's FIN before closing anyway. */
@@ -70,6 +71,8 @@ void conn_close(struct conn *c, const char *why)
         log_q(q, sizeof(q), why));
     deadline_clear(&c->srv->deadlines, &c->deadline);
     if (c->flags & CONN_HELD) {
+        if (!c->srv->stopping)
+            session_closed(c->held, why);
         ping_conn_closed(c);
         c->flags &= (uint8_t)~CONN_HELD;
         c->held = NULL;

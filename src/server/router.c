@@ -20,20 +20,24 @@
 #include "push/ping.h"
 #include "server/conn.h"
 #include "server/server.h"
+#include "session/session.h"
 
 struct route {
     const char *path;
+    int prefix;            /* path is a prefix (the rest is the handler's) */
     unsigned method;       /* llhttp_method_t */
     enum token_kind need;  /* 0: no credential */
     route_handler fn;
 };
 
 static const struct route routes[] = {
-    {"/v1/ping", HTTP_POST, TOKEN_USER, ping_handle},
-    {"/v1/state", HTTP_GET, TOKEN_USER, state_handle},
-    {"/v1/events", HTTP_POST, TOKEN_PUBLISHER, events_handle},
-    {"/healthz", HTTP_GET, 0, admin_healthz},
-    {"/metrics", HTTP_GET, TOKEN_ADMIN, admin_metrics},
+    {"/v1/ping", 0, HTTP_POST, TOKEN_USER, ping_handle},
+    {"/v1/state", 0, HTTP_GET, TOKEN_USER, state_handle},
+    {"/v1/events", 0, HTTP_POST, TOKEN_PUBLISHER, events_handle},
+    {"/v1/admin/sessions", 0, HTTP_GET, TOKEN_ADMIN, sessions_list_handle},
+    {"/v1/admin/sessions/", 1, HTTP_DELETE, TOKEN_ADMIN, sessions_end_handle},
+    {"/healthz", 0, HTTP_GET, 0, admin_healthz},
+    {"/metrics", 0, HTTP_GET, TOKEN_ADMIN, admin_metrics},
 };
 
 static const char *kind_name(enum token_kind k)
@@ -135,7 +139,9 @@ void router_dispatch(struct conn *c, struct http_req *r)
     }
     for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
         const struct route *rt = &routes[i];
-        if (strlen(rt->path) != r->path_len || memcmp(rt->path, r->path, r->path_len) != 0)
+        size_t plen = strlen(rt->path);
+        if (rt->prefix ? r->path_len <= plen || memcmp(rt->path, r->path, plen) != 0
+                       : plen != r->path_len || memcmp(rt->path, r->path, plen) != 0)
             continue;
         path_match = rt;
         if (rt->method != r->method)

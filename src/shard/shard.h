@@ -30,6 +30,8 @@ struct device {
     uint32_t nfolders;
     uint32_t heartbeat;             /* last ping's heartbeat in s; 0: none yet */
     uint32_t heartbeat_hint;        /* what the device was last advised */
+    uint64_t held_since;            /* ms (monotonic): when the held ping began */
+    uint64_t last_request;          /* ms (monotonic): the device's last ping */
     char id[];
 };
 

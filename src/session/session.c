@@ -1,0 +1,250 @@
+/*
+ * session.c — the per-user cap with its reaper, and the sessions admin API;
+ * see session.h for the rules.
+ *
+ * Cost: nothing per tick. The reaper runs only when a user hits the cap,
+ * and then asks the kernel about that user's sessions alone (one
+ * getsockopt(TCP_INFO) each, at most per_user_limit of them).
+ */
+#include "session/session.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/jsonw.h"
+#include "common/log.h"
+#include "common/util.h"
+#include "http/request.h"
+#include "net/sockopt.h"
+#include "server/conn.h"
+#include "server/router.h"
+#include "server/server.h"
+#include "push/handlers.h"
+#include "shard/shard.h"
+
+/* A URL-encoded id may take three bytes per byte. */
+#define USER_ID_BUF (3 * USER_ID_MAX + 1)
+
+/* Closes u's held connections that the kernel reports dead. Returns how many. */
+static unsigned reap_dead(struct server *s, struct user *u)
+{
+    /* Unacknowledged data older than one probe interval past idle is not coming back. */
+    unsigned stale_ms = (s->cfg->keepalive_interval * s->cfg->keepalive_count) * 1000;
+    uint32_t pos = 0;
+    const char *key;
+    void *val;
+    unsigned reaped = 0;
+
+    while (strmap_next(&u->devices, &pos, &key, &val)) {
+        struct device *d = val;
+        char why[96], reason[128];
+        uv_os_fd_t fd;
+
+        if (d->held == NULL || uv_fileno((uv_handle_t *)&d->held->tcp, &fd) != 0)
+            continue;
+        if (net_tcp_alive(fd, stale_ms, why, sizeof(why)) != 0)
+            continue;
+        snprintf(reason, sizeof(reason), "reaped: %s", why);
+        s->metrics.sessions_reaped++;
+        reaped++;
+        conn_close(d->held, reason);
+    }
+    return reaped;
+}
+
+/* "phone1 age=12s idle=3s, tablet age=..." for the session-limit event. */
+static void describe_sessions(struct user *u, uint64_t now, char *out, size_t outlen)
+{
+    uint32_t pos = 0;
+    const char *key;
+    void *val;
+    size_t n = 0;
+
+    out[0] = '\0';
+    while (strmap_next(&u->devices, &pos, &key, &val) && n + 1 < outlen) {
+        struct device *d = val;
+        if (d->held == NULL)
+            continue;
+        n += (size_t)snprintf(out + n, outlen - n, "%s%s age=%llus idle=%llus", n ? ", " : "",
+                              d->id, (unsigned long long)((now - d->held_since) / 1000),
+                              (unsigned long long)((now - d->last_request) / 1000));
+    }
+}
+
+/* Seconds until the first of u's sessions ends by itself (its heartbeat). */
+static unsigned first_end_s(struct user *u, uint64_t now)
+{
+    uint32_t pos = 0;
+    const char *key;
+    void *val;
+    uint64_t first = UINT64_MAX;
+
+    while (strmap_next(&u->devices, &pos, &key, &val)) {
+        struct device *d = val;
+        if (d->held && d->held->deadline.idx && d->held->deadline.at < first)
+            first = d->held->deadline.at;
+    }
+    if (first == UINT64_MAX || first <= now)
+        return 1;
+    return (unsigned)((first - now + 999) / 1000);
+}
+
+int session_admit(struct server *s, struct conn *c, struct user *u, struct device *d)
+{
+    unsigned limit = s->cfg->sessions_per_user_limit;
+    uint64_t now = util_now_ms();
+    char extra[48], body[96], list[1200], q1[300], q2[1300];
+    int n;
+
+    if (d->held || u->held < limit)
+        return 0;
+    reap_dead(s, u);
+    if (u->held < limit)
+        return 0;
+    s->metrics.sessions_refused++;
+    describe_sessions(u, now, list, sizeof(list));
+    LOG(LOG_WARN, session_limit, "user=%s device=%s limit=%u sessions=%s",
+        log_q(q1, sizeof(q1), u->id), log_q(q2, sizeof(q2), d->id), limit,
+        log_q(q2, sizeof(q2), list));
+    snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", first_end_s(u, now));
+    n = snprintf(body, sizeof(body), "{\"status\":\"session-limit\",\"limit\":%u}", limit);
+    conn_respond(c, 429, extra, body, (size_t)n);
+    return -1;
+}
+
+void session_closed(struct device *d, const char *why)
+{
+    char q1[300], q2[300], q3[200];
+
+    LOG(LOG_INFO, session_closed, "user=%s device=%s why=%s", log_q(q1, sizeof(q1), d->user->id),
+        log_q(q2, sizeof(q2), d->id), log_q(q3, sizeof(q3), why));
+}
+
+static void add_session(struct jsonw *w, struct device *d, uint64_t now)
+{
+    char peer[64];
+
+    jw_obj_begin(w);
+    jw_key(w, "user");
+    jw_str(w, d->user->id);
+    jw_key(w, "device");
+    jw_str(w, d->id);
+    jw_key(w, "remote");
+    jw_str(w, conn_peer(d->held, peer, sizeof(peer)));
+    jw_key(w, "kind");
+    jw_str(w, "ping");
+    jw_key(w, "age");
+    jw_u64(w, (now - d->held_since) / 1000);
+    jw_key(w, "last_activity");
+    jw_u64(w, (now - d->last_request) / 1000);
+    jw_key(w, "heartbeat");
+    jw_u64(w, d->heartbeat);
+    jw_obj_end(w);
+}
+
+static void add_user_sessions(struct jsonw *w, struct user *u, uint64_t now, size_t *count)
+{
+    uint32_t pos = 0;
+    const char *key;
+    void *val;
+
+    while (u->held && strmap_next(&u->devices, &pos, &key, &val)) {
+        struct device *d = val;
+        if (d->held) {
+            add_session(w, d, now);
+            (*count)++;
+        }
+    }
+}
+
+void sessions_list_handle(struct conn *c, struct http_req *r, const struct principal *who)
+{
+    struct server *s = c->srv;
+    uint64_t now = util_now_ms();
+    char user[USER_ID_BUF];
+    struct jsonw w;
+    size_t count = 0, len;
+    long ulen = util_query_param(r->query, r->query_len, "user", user, sizeof(user));
+    char *body;
+
+    (void)who;
+    if (ulen == -EINVAL) {
+        conn_respond_error(c, 400, "bad-request", "query parameter user is badly encoded or too long");
+        return;
+    }
+    jw_init(&w);
+    jw_obj_begin(&w);
+    jw_key(&w, "sessions");
+    jw_arr_begin(&w);
+    if (ulen >= 0) {
+        struct user *u = shard_user(&s->shard, user, 0);
+        if (u)
+            add_user_sessions(&w, u, now, &count);
+    } else {
+        uint32_t pos = 0;
+        const char *key;
+        void *val;
+        while (strmap_next(&s->shard.users, &pos, &key, &val))
+            add_user_sessions(&w, val, now, &count);
+    }
+    jw_arr_end(&w);
+    jw_key(&w, "count");
+    jw_u64(&w, count);
+    jw_obj_end(&w);
+    body = jw_take(&w, &len);
+    conn_respond(c, 200, NULL, body, len);
+    free(body);
+}
+
+void sessions_end_handle(struct conn *c, struct http_req *r, const struct principal *who)
+{
+    static const char prefix[] = "/v1/admin/sessions/";
+    const char *rest = r->path + sizeof(prefix) - 1;
+    size_t restlen = r->path_len - (sizeof(prefix) - 1);
+    const char *slash = memchr(rest, '/', restlen);
+    char user[USER_ID_BUF], device[USER_ID_BUF];
+    long ulen, dlen;
+    struct user *u;
+    struct device *d;
+    struct jsonw w;
+    size_t len;
+    char *body;
+
+    (void)who;
+    if (slash == NULL || memchr(slash + 1, '/', restlen - (size_t)(slash + 1 - rest)) != NULL ||
+        (size_t)(slash - rest) >= sizeof(user) || restlen - (size_t)(slash - rest) > sizeof(device)) {
+        conn_respond_error(c, 400, "bad-request",
+                           "expected /v1/admin/sessions/USER/DEVICE (encode a '/' inside as %2F)");
+        return;
+    }
+    memcpy(user, rest, (size_t)(slash - rest));
+    ulen = util_url_decode(user, (size_t)(slash - rest));
+    dlen = (long)(restlen - (size_t)(slash - rest) - 1);
+    memcpy(device, slash + 1, (size_t)dlen);
+    dlen = util_url_decode(device, (size_t)dlen);
+    if (ulen <= 0 || dlen <= 0) {
+        conn_respond_error(c, 400, "bad-request", "user and device must be non-empty and URL-encoded");
+        return;
+    }
+    u = shard_user(&c->srv->shard, user, 0);
+    d = u ? user_device(u, device, 0) : NULL;
+    if (d == NULL || d->held == NULL) {
+        conn_respond_error(c, 404, "no-session", "that user and device hold no session");
+        return;
+    }
+    conn_close(d->held, "ended by an admin");
+    jw_init(&w);
+    jw_obj_begin(&w);
+    jw_key(&w, "status");
+    jw_str(&w, "ended");
+    jw_key(&w, "user");
+    jw_str(&w, user);
+    jw_key(&w, "device");
+    jw_str(&w, device);
+    jw_obj_end(&w);
+    body = jw_take(&w, &len);
+    conn_respond(c, 200, NULL, body, len);
+    free(body);
+}

@@ -120,9 +120,10 @@ static const struct option_def options[] = {
     {"network", "keepalive_count", "keepalive-count", OPT_UINT, FIELD(keepalive_count), 1, 127,
      "4", NULL, "N", "TCP keepalive: unanswered probes before the peer is declared dead "
      "(TCP_KEEPCNT)."},
-    {"network", "user_timeout", "user-timeout", OPT_UINT, FIELD(user_timeout), 0, 86400, "360",
+    {"network", "user_timeout", "user-timeout", OPT_UINT, FIELD(user_timeout), 0, 86400, "0",
      NULL, "SECONDS", "TCP_USER_TIMEOUT: unacknowledged data older than this closes the "
-     "connection; 0 leaves the kernel default."},
+     "connection; 0: keepalive_idle + keepalive_interval * keepalive_count, so an answer "
+     "written to a dead peer is given up as fast as keepalive finds it."},
     {"ping", "max_folders", "ping-max-folders", OPT_UINT, FIELD(ping_max_folders), 1, 10000, "100",
      NULL, "N", "Most folders one ping may list."},
     {"store", "backend", "store-backend", OPT_CHOICE, FIELD(store_backend), 0, 0, "sqlite",
@@ -811,6 +812,27 @@ void config_usage(FILE *out, const char *argv0)
     }
 }
 
+/* Writes help text as "; " comment lines of at most 78 columns (the reader's line limit is 199). */
+static void print_comment(FILE *out, const char *text)
+{
+    const char *p = text;
+
+    while (*p) {
+        size_t n = strlen(p);
+        if (n > 76) {
+            n = 76;
+            while (n > 0 && p[n] != ' ')
+                n--;
+            if (n == 0)
+                n = 76;
+        }
+        fprintf(out, "; %.*s\n", (int)n, p);
+        p += n;
+        while (*p == ' ')
+            p++;
+    }
+}
+
 void config_print(const struct config *c, FILE *out)
 {
     fprintf(out, "; nudged settings in effect (nudged --print-config)\n");
@@ -820,7 +842,7 @@ void config_print(const struct config *c, FILE *out)
 
         if (i == 0 || strcmp(o->section, options[i - 1].section) != 0)
             fprintf(out, "\n[%s]\n", o->section);
-        fprintf(out, "; %s\n", o->help);
+        print_comment(out, o->help);
         if (o->type == OPT_UINT) {
             unsigned v;
             memcpy(&v, f, sizeof(v));

@@ -40,7 +40,7 @@ struct config {
     unsigned keepalive_idle;          /* s, 300 */
     unsigned keepalive_interval;      /* s, 15 */
     unsigned keepalive_count;         /* 4 */
-    unsigned user_timeout;            /* s, 360; 0: kernel default */
+    unsigned user_timeout;            /* s; 0: idle + interval * count */
     /* [ping] */
     unsigned ping_max_folders;        /* 100 */
     /* [store] */

@@ -23,10 +23,19 @@ int net_set_keepalive(int fd, const struct config *c)
         (rc = set_int(fd, IPPROTO_TCP, TCP_KEEPINTVL, (int)c->keepalive_interval)) < 0 ||
         (rc = set_int(fd, IPPROTO_TCP, TCP_KEEPCNT, (int)c->keepalive_count)) < 0)
         return rc;
-    /* Milliseconds; 0 keeps the kernel's behaviour (retransmit for ~15 minutes). */
+    /*
+     * TCP_USER_TIMEOUT (ms) also overrides keepalive's own count when both are
+     * set (tcp(7)), so it must not be longer than the keepalive budget, or a
+     * dead peer would outlive keepalive_count. Unset, it matches that budget.
+     */
+    return set_int(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, (int)(net_user_timeout(c) * 1000));
+}
+
+unsigned net_user_timeout(const struct config *c)
+{
     if (c->user_timeout)
-        return set_int(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, (int)(c->user_timeout * 1000));
-    return 0;
+        return c->user_timeout;
+    return c->keepalive_idle + c->keepalive_interval * c->keepalive_count;
 }
 
 static const char *state_name(unsigned st)

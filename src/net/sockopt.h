@@ -15,6 +15,9 @@
 
 struct config;
 
+/* The TCP_USER_TIMEOUT in force, s: [network] user_timeout, or the keepalive budget. */
+unsigned net_user_timeout(const struct config *c);
+
 /* Sets SO_KEEPALIVE, TCP_KEEPIDLE/INTVL/CNT and TCP_USER_TIMEOUT. 0 or -errno. */
 int net_set_keepalive(int fd, const struct config *c);
 

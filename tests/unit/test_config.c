@@ -140,7 +140,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.keepalive_idle, 300);
     assert_int_equal(c.keepalive_interval, 15);
     assert_int_equal(c.keepalive_count, 4);
-    assert_int_equal(c.user_timeout, 360);
+    assert_int_equal(c.user_timeout, 0);
     assert_string_equal(c.store_backend, "sqlite");
     assert_string_equal(c.store_sync, "full");
     assert_string_equal(c.store_path, "");

@@ -26,7 +26,7 @@ LLHTTP_INC_DIR := /usr/share/include/llhttp
 CPPFLAGS := -Isrc -I$(LLHTTP_INC_DIR) -D_GNU_SOURCE
 CFLAGS   := -std=c11 $(OPT) -g -Wall -Wextra -Werror -MMD -MP $(SANFLAGS)
 LDFLAGS  := $(SANFLAGS)
-LIBS     := -luv -ljansson -linih -lcrypto -lpthread
+LIBS     := -luv -ljansson -linih -lcrypto -lsqlite3 -lpthread
 
 # Code shared by the server, the client and the unit tests.
 COMMON_SRC := \
@@ -58,20 +58,24 @@ NUDGED_SRC := \
 	src/session/session.c \
 	src/store/store.c \
 	src/store/statemap.c \
-	src/store/store_mem.c
+	src/store/store_mem.c \
+	src/store/store_sqlite.c \
+	src/store/sqlite_writer.c
 
 NUDGE_SRC := \
 	src/cli/main.c \
 	src/cli/httpc.c \
 	src/cli/cmd_token.c \
 	src/cli/cmd_publish.c \
-	src/cli/cmd_ping.c
+	src/cli/cmd_ping.c \
+	src/cli/cmd_sessions.c
 
 UNIT_TESTS := \
 	tests/unit/test_token \
 	tests/unit/test_config \
 	tests/unit/test_http \
 	tests/unit/test_store \
+	tests/unit/test_store_sqlite \
 	tests/unit/test_deadline \
 	tests/unit/test_events \
 	tests/unit/test_net

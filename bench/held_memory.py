@@ -1,21 +1,32 @@
 #!/usr/bin/env python3
-"""Memory per held ping: user-space RSS of nudged before and after N held pings.
+"""Memory per held ping, and publish throughput per store backend.
 
-Starts bin/nudged (memory store) on a free loopback port, opens N connections
-that each hold a ping for their own user and device (the worst case: every
-held ping also creates a user and a device record), waits until /metrics
-shows all N held, reads VmRSS from /proc, then publishes one event per user
-and checks that every held ping is answered (so the run also proves nothing
-was dropped) and how long the whole fan-out took.
+Part 1, memory per held ping: starts bin/nudged on a free loopback port
+(store: --store, nudged's default sqlite unless told otherwise), opens N
+connections that each hold a ping for their own user and device (the worst
+case: every held ping also creates a user and a device record), waits until
+/metrics shows all N held, reads VmRSS from /proc, then publishes one event
+per user and checks that every held ping is answered (so the run also proves
+nothing was dropped) and how long the whole fan-out took.
 
-Usage: bench/held_memory.py [--count N] [--nudged PATH] [--nudge PATH]
+Part 2, publish throughput: for the memory store, SQLite with sync=full and
+SQLite with sync=normal, a fresh nudged each, C publisher processes (one
+keep-alive connection each, so the Python client is not one GIL-bound
+thread) publish single events, each for its own user out of many, until
+--events are answered. Prints events/s and, for SQLite, how many publishes
+shared one commit (group commit), from nudged's store_closed log line.
+
+Usage: bench/held_memory.py [--count N] [--events N] [--publishers C]
+                            [--store NAME] [--skip-held] [--nudged PATH] [--nudge PATH]
 Bounded in count and time, loopback only.
 """
 import argparse
 import json
+import multiprocessing
 import os
 import re
 import selectors
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,6 +34,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# No part of a run may take longer than this; the whole script stays bounded.
+PHASE_LIMIT_S = 120
 
 
 def rss_kib(pid):
@@ -55,47 +68,64 @@ def metric(port, admin, name):
     return int(m.group(1))
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--count", type=int, default=10000)
-    ap.add_argument("--nudged", default=os.path.join(ROOT, "bin/nudged"))
-    ap.add_argument("--nudge", default=os.path.join(ROOT, "bin/nudge"))
-    args = ap.parse_args()
-    n = args.count
+class Server:
+    """One nudged in its own temporary directory, with the given [store] lines."""
 
-    tmp = tempfile.mkdtemp(prefix="nudge-bench-")
-    conf = os.path.join(tmp, "nudged.conf")
-    with open(conf, "w") as f:
-        f.write(f"[server]\nlisten = 127.0.0.1:0\ndata_dir = {tmp}/var\nlog_level = warn\n"
-                "header_timeout = 60\n[heartbeat]\nmin = 1\nmax = 3540\n")
-    log = open(os.path.join(tmp, "nudged.log"), "w+")
-    # log_level=warn hides the listening line; ask for info just for the port.
-    proc = subprocess.Popen([args.nudged, "-c", conf, "--log-level", "info"],
-                            stderr=log, stdout=log)
-    port = None
-    deadline = time.time() + 10
-    while port is None and time.time() < deadline:
-        log.seek(0)
-        m = re.search(r"name=listening addr=127\.0\.0\.1:(\d+)", log.read())
-        port = int(m.group(1)) if m else None
-        time.sleep(0.05)
-    if port is None:
-        sys.exit("nudged did not start")
+    def __init__(self, args, store):
+        self.args = args
+        self.tmp = tempfile.mkdtemp(prefix="nudge-bench-")
+        self.conf = os.path.join(self.tmp, "nudged.conf")
+        with open(self.conf, "w") as f:
+            f.write(f"[server]\nlisten = 127.0.0.1:0\ndata_dir = {self.tmp}/var\nlog_level = warn\n"
+                    "header_timeout = 60\n[heartbeat]\nmin = 1\nmax = 3540\n"
+                    "[store]\n" + "".join(f"{k} = {v}\n" for k, v in store.items()))
+        self.log = open(os.path.join(self.tmp, "nudged.log"), "w+")
+        # log_level=warn hides the listening line; ask for info just for the port.
+        self.proc = subprocess.Popen([args.nudged, "-c", self.conf, "--log-level", "info"],
+                                     stderr=self.log, stdout=self.log)
+        self.port = None
+        deadline = time.time() + 10
+        while self.port is None and time.time() < deadline:
+            self.log.seek(0)
+            m = re.search(r"name=listening addr=127\.0\.0\.1:(\d+)", self.log.read())
+            self.port = int(m.group(1)) if m else None
+            time.sleep(0.05)
+        if self.port is None:
+            self.stop()
+            sys.exit("nudged did not start:\n" + self.log_text())
+
+    def token(self, *args):
+        return subprocess.run([self.args.nudge, "token", "-c", self.conf, *args], check=True,
+                              capture_output=True, text=True).stdout.split()
+
+    def log_text(self):
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self):
+        """SIGTERM, wait; returns the log (with the store_closed line)."""
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+        text = self.log_text()
+        self.log.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return text
+
+
+def held_memory(args):
+    n = args.count
+    srv = Server(args, {"backend": args.store})
     try:
-        tokens = subprocess.run([args.nudge, "token", "-c", conf, "--user-prefix", "u",
-                                 "--count", str(n)], check=True, capture_output=True,
-                                text=True).stdout.split()
-        admin = subprocess.run([args.nudge, "token", "-c", conf, "--admin"], check=True,
-                               capture_output=True, text=True).stdout.strip()
-        publisher = subprocess.run([args.nudge, "token", "-c", conf, "--publisher"], check=True,
-                                   capture_output=True, text=True).stdout.strip()
+        tokens = srv.token("--user-prefix", "u", "--count", str(n))
+        admin = srv.token("--admin")[0]
+        publisher = srv.token("--publisher")[0]
         time.sleep(0.2)
-        before = rss_kib(proc.pid)
+        before = rss_kib(srv.proc.pid)
 
         sel = selectors.DefaultSelector()
         socks = []
         for i in range(n):
-            s = socket.create_connection(("127.0.0.1", port))
+            s = socket.create_connection(("127.0.0.1", srv.port))
             body = json.dumps({"device": f"d{i}", "heartbeat": 3000,
                                "folders": {"INBOX": "0"}}).encode()
             s.sendall((f"POST /v1/ping HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {tokens[i]}\r\n"
@@ -104,18 +134,18 @@ def main():
             sel.register(s, selectors.EVENT_READ, i)
             socks.append(s)
         deadline = time.time() + 60
-        while metric(port, admin, "nudge_pings_held") < n:
+        while metric(srv.port, admin, "nudge_pings_held") < n:
             if time.time() > deadline:
                 sys.exit("not all pings were held within 60 s")
             time.sleep(0.2)
         time.sleep(0.5)
-        after = rss_kib(proc.pid)
+        after = rss_kib(srv.proc.pid)
 
         # Fan-out: one event per user in batches of 1000; every ping must answer.
         t0 = time.time()
         for b in range(0, n, 1000):
             events = [{"user": f"u{i}", "folder": "INBOX"} for i in range(b, min(n, b + 1000))]
-            status, _ = http(port, "POST", "/v1/events", publisher, json.dumps(events).encode())
+            status, _ = http(srv.port, "POST", "/v1/events", publisher, json.dumps(events).encode())
             assert status == 200, status
         answered = 0
         deadline = time.time() + 60
@@ -128,21 +158,110 @@ def main():
         elapsed = time.time() - t0
         for s in socks:
             s.close()
-
-        per = (after - before) * 1024 / n
-        print("| measure | value |")
-        print("|---|---|")
-        print(f"| held pings | {n} |")
-        print(f"| nudged RSS before | {before} KiB |")
-        print(f"| nudged RSS with all held | {after} KiB |")
-        print(f"| user-space memory per held ping | {per:.0f} bytes |")
-        print(f"| pings answered after one publish per user | {answered} of {n} |")
-        print(f"| publish-all to last answer | {elapsed * 1000:.0f} ms |")
-        if answered != n:
-            sys.exit(f"lost {n - answered} answers")
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+        srv.stop()
+
+    per = (after - before) * 1024 / n
+    print(f"Memory per held ping ({args.store} store):\n")
+    print("| measure | value |")
+    print("|---|---|")
+    print(f"| held pings | {n} |")
+    print(f"| nudged RSS before | {before} KiB |")
+    print(f"| nudged RSS with all held | {after} KiB |")
+    print(f"| user-space memory per held ping | {per:.0f} bytes |")
+    print(f"| pings answered after one publish per user | {answered} of {n} |")
+    print(f"| publish-all to last answer | {elapsed * 1000:.0f} ms |")
+    print()
+    if answered != n:
+        sys.exit(f"lost {n - answered} answers")
+
+
+def publisher(port, token, first, count, users, deadline, out):
+    """One keep-alive connection publishing single events for users first,
+    first+1, ... (mod users); puts (answered, error or None) on 'out'."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=30)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    done = 0
+    buf = b""
+    try:
+        for i in range(count):
+            if time.time() > deadline:
+                out.put((done, "time limit"))
+                return
+            body = b'{"user":"p%d","folder":"INBOX"}' % ((first + i) % users)
+            s.sendall(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                      + token + b"\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            while True:
+                head_end = buf.find(b"\r\n\r\n")
+                if head_end >= 0:
+                    m = re.search(rb"\r\nContent-Length: (\d+)", buf[:head_end], re.I)
+                    total = head_end + 4 + int(m.group(1))
+                    if len(buf) >= total:
+                        break
+                chunk = s.recv(65536)
+                if not chunk:
+                    out.put((done, "connection closed"))
+                    return
+                buf += chunk
+            if not buf.startswith(b"HTTP/1.1 200"):
+                out.put((done, buf[:200].decode("latin-1")))
+                return
+            buf = buf[total:]
+            done += 1
+        out.put((done, None))
+    finally:
+        s.close()
+
+
+def throughput(args, label, store):
+    srv = Server(args, store)
+    try:
+        token = srv.token("--publisher")[0].encode()
+        c, total = args.publishers, args.events
+        per = total // c
+        out = multiprocessing.Queue()
+        deadline = time.time() + PHASE_LIMIT_S
+        procs = [multiprocessing.Process(target=publisher,
+                                         args=(srv.port, token, i * per, per, 10000, deadline, out))
+                 for i in range(c)]
+        t0 = time.time()
+        for p in procs:
+            p.start()
+        results = [out.get(timeout=PHASE_LIMIT_S + 10) for _ in procs]
+        elapsed = time.time() - t0
+        for p in procs:
+            p.join()
+    finally:
+        log = srv.stop()
+    errors = [e for _, e in results if e]
+    if errors:
+        sys.exit(f"{label}: publishers failed: {errors[:3]}")
+    answered = sum(d for d, _ in results)
+    m = re.search(r"name=store_closed .*commits=(\d+) batches=(\d+)", log)
+    shared = f"{int(m.group(2)) / max(1, int(m.group(1))):.1f}" if m else "-"
+    print(f"| {label} | {c} | {answered} | {elapsed:.2f} s | {answered / elapsed:,.0f} | {shared} |")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--count", type=int, default=10000, help="held pings (part 1)")
+    ap.add_argument("--store", default="sqlite", choices=["sqlite", "memory"],
+                    help="store for part 1")
+    ap.add_argument("--skip-held", action="store_true", help="run part 2 only")
+    ap.add_argument("--events", type=int, default=20000, help="events published (part 2)")
+    ap.add_argument("--publishers", type=int, default=8, help="concurrent connections (part 2)")
+    ap.add_argument("--nudged", default=os.path.join(ROOT, "bin/nudged"))
+    ap.add_argument("--nudge", default=os.path.join(ROOT, "bin/nudge"))
+    args = ap.parse_args()
+
+    if not args.skip_held:
+        held_memory(args)
+    print(f"Publish throughput, {args.publishers} keep-alive publishers, single events:\n")
+    print("| store | publishers | events | time | events/s | publishes per commit |")
+    print("|---|---|---|---|---|---|")
+    throughput(args, "memory", {"backend": "memory"})
+    throughput(args, "sqlite, sync=full", {"backend": "sqlite", "sync": "full"})
+    throughput(args, "sqlite, sync=normal", {"backend": "sqlite", "sync": "normal"})
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 # Runs as root on a fresh Debian 12 machine; as another user it only reports.
 set -eu
 
-build_pkgs="gcc make pkg-config curl libuv1-dev node-llhttp libjansson-dev libinih-dev libssl-dev"
+build_pkgs="gcc make pkg-config curl libuv1-dev node-llhttp libjansson-dev libinih-dev libssl-dev libsqlite3-dev"
 test_pkgs="libcmocka-dev python3 python3-pytest iproute2 nftables"
 
 want="$build_pkgs"

@@ -112,10 +112,12 @@ int cli_secret_load(const char *config_file, const char *secret_file, struct sec
 int cmd_token(int argc, char **argv);
 int cmd_publish(int argc, char **argv);
 int cmd_ping(int argc, char **argv);
+int cmd_sessions(int argc, char **argv);
 
 /* Their --help texts, also printed by `nudge help CMD`. */
 void cmd_token_usage(FILE *out);
 void cmd_publish_usage(FILE *out);
 void cmd_ping_usage(FILE *out);
+void cmd_sessions_usage(FILE *out);
 
 #endif

@@ -82,7 +82,8 @@ static const struct option_def options[] = {
      "Address to listen on: IPv4:PORT, [IPv6]:PORT or :PORT (every IPv4 address); "
      "port 0: any free port."},
     {"server", "data_dir", "data-dir", OPT_STRING, FIELD(data_dir), 1, 0, "./var", NULL, "DIR",
-     "Directory for nudged's files (the secret, unless secret_file says otherwise)."},
+     "Directory for nudged's files: the secret and the SQLite database, unless secret_file or "
+     "[store] path say otherwise."},
     {"server", "secret_file", "secret-file", OPT_STRING, FIELD(secret_file), 0, 0, "", NULL,
      "PATH", "File holding the secret that signs tokens; empty means <data_dir>/secret."},
     {"server", "max_header_bytes", "max-header-bytes", OPT_UINT, FIELD(max_header_bytes), 1024,

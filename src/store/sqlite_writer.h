@@ -46,7 +46,8 @@ struct sqlite_device_rec {
 
 struct sqlite_writer {
     sqlite3 *db;                 /* the writer thread's own connection */
-    sqlite3_stmt *put_state, *put_device;
+    /* Prepared once: a round runs no SQL text through the parser. */
+    sqlite3_stmt *put_state, *put_device, *begin, *commit, *rollback, *sync_set[2];
     int sync_full;               /* [store] sync for commits that hold publishes */
     int cur_full;                /* the connection's setting now (-1: unknown) */
     const char *path;            /* for log lines; outlives the writer */
@@ -85,8 +86,9 @@ struct sqlite_batch *sqlite_writer_take_done(struct sqlite_writer *w);
 
 /*
  * Writes everything still queued, stops the thread and closes its
- * connection. Batches it finished are left for sqlite_writer_take_done.
+ * connection. Returns the finished batches nobody took yet (oldest first),
+ * which are the caller's again. Safe on a writer that never started.
  */
-void sqlite_writer_stop(struct sqlite_writer *w);
+struct sqlite_batch *sqlite_writer_stop(struct sqlite_writer *w);
 
 #endif

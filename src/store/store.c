@@ -4,6 +4,7 @@
 #include <string.h>
 
 static const struct store_backend *const backends[] = {
+    &store_sqlite_backend,
     &store_mem_backend,
 };
 
@@ -17,5 +18,5 @@ const struct store_backend *store_backend_find(const char *name)
 
 const char *store_backend_names(void)
 {
-    return "memory";
+    return "sqlite, memory";
 }

@@ -83,7 +83,7 @@ struct store_backend {
 /* The backend registered under 'name', or NULL. */
 const struct store_backend *store_backend_find(const char *name);
 
-/* "memory" (and later "sqlite", "redis"): for messages listing the choices. */
+/* "sqlite, memory" (later also "redis"): for messages listing the choices. */
 const char *store_backend_names(void);
 
 struct store {
@@ -123,5 +123,6 @@ static inline void store_close(struct store *s)
 }
 
 extern const struct store_backend store_mem_backend;
+extern const struct store_backend store_sqlite_backend;
 
 #endif

@@ -455,6 +455,7 @@ class Nudged:
         self.data_dir = Path(self.settings["server"]["data_dir"])
         self.create_data_dir = create_data_dir
         self.extra_args = []  # command-line flags after "-c conf"
+        self.command_prefix = []  # run nudged through this, e.g. ["ip", "netns", "exec", NS]
         self.proc = None
         self.port = None
         self.returncode = None
@@ -492,7 +493,8 @@ class Nudged:
         assert os.access(exe, os.X_OK), f"nudged binary {exe} missing (set NUDGED)"
         self._log = open(self.log_path, "ab")
         offset = self.log_path.stat().st_size  # a restart appends; read only the new lines
-        self.proc = subprocess.Popen([exe, "-c", str(self.conf), *self.extra_args], stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen([*self.command_prefix, exe, "-c", str(self.conf), *self.extra_args],
+                                     stdin=subprocess.DEVNULL,
                                      stdout=self._log, stderr=self._log, cwd=str(self.dir))
         deadline = time.monotonic() + timeout
         pat = re.compile(r"event=1001 name=listening addr=127\.0\.0\.1:(\d+)")

@@ -10,7 +10,7 @@
  * no id can forge a row or move the terminal's cursor.
  *
  * Naming one session on the command line: user and device ids may both hold
- * '/', so USER/DEVICE is split at its FIRST '/' (user ids are mail
+ * '/', so USER/DEVICE is split at its first '/' (user ids are mail
  * addresses far more often than device ids hold a '/'); --end-user and
  * --end-device name a session whose user id holds a '/'. Each part is
  * percent-encoded into the path, so '/', '@', '%' and spaces all arrive
@@ -74,8 +74,8 @@ void cmd_sessions_usage(FILE *out)
             "\n"
             "Lists the sessions nudged holds (GET /v1/admin/sessions), one per line, sorted\n"
             "by user and device, then how many:\n"
-            "  USER   DEVICE  REMOTE           KIND  AGE    LAST-ACTIVITY  HEARTBEAT\n"
-            "  alice  phone1  10.0.0.7:51234   ping  4m12s  4m12s          480s\n"
+            "  USER   DEVICE  REMOTE          KIND  AGE    LAST-ACTIVITY  HEARTBEAT\n"
+            "  alice  phone1  10.0.0.7:51234  ping  4m12s  4m12s          480s\n"
             "  1 session\n"
             "AGE is how long the session has been held, LAST-ACTIVITY how long ago the\n"
             "device last sent a request; ids with spaces or control characters are\n"
@@ -216,7 +216,7 @@ static int print_sessions(const struct httpc_response *resp)
 {
     json_t *root = json_loadb(resp->body, resp->body_len, 0, NULL);
     json_t *sessions = json_object_get(root, "sessions"), *s;
-    size_t n, i, w[NCOLS];
+    size_t n = 0, i, w[NCOLS];
     struct row *rows = NULL;
     int rc = CLI_EXIT_FAIL;
 

@@ -202,7 +202,7 @@ def test_device_in_query_is_url_decoded(srv):
 
 def test_one_publish_wakes_many_held_pings(srv):
     alice = srv.user("alice")
-    n = 50
+    n = 32  # every session a user may hold at the default [sessions] per_user_limit
     pings = [alice.ping_async(f"device{i}", {"INBOX": "0", f"Own{i}": "0"}, HOLD) for i in range(n)]
     srv.wait_held(n, watch=pings)
     alice.publish("INBOX")

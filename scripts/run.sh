@@ -1,6 +1,6 @@
 #!/bin/sh
 # `make run`: starts bin/nudged on its embedded defaults (127.0.0.1:8080,
-# data in ./var, memory store), then prints a user token, a publisher token
+# data and the SQLite store in ./var), then prints a user token, a publisher token
 # and the commands to try it. Ctrl-C stops nudged (it answers held pings first).
 set -eu
 cd "$(dirname "$0")/.."

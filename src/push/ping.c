@@ -316,6 +316,17 @@ static int parse_ping(struct conn *c, struct http_req *r, json_t **root, struct 
     return 0;
 }
 
+/* Does d's saved folder list equal f[0..n) (names and states, in order)? */
+static int same_folders(const struct device *d, const struct store_folder *f, size_t n)
+{
+    if (d->nfolders != n)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (d->folders[i].state != f[i].state || strcmp(d->folders[i].name, f[i].name) != 0)
+            return 0;
+    return 1;
+}
+
 void ping_handle(struct conn *c, struct http_req *r, const struct principal *who)
 {
     struct server *s = c->srv;
@@ -324,6 +335,7 @@ void ping_handle(struct conn *c, struct http_req *r, const struct principal *who
     struct user *u;
     struct device *d;
     unsigned heartbeat;
+    int dirty;
 
     if (parse_ping(c, r, &root, &p) < 0)
         goto done;
@@ -339,6 +351,8 @@ void ping_handle(struct conn *c, struct http_req *r, const struct principal *who
         out_of_range(c);
         goto done;
     }
+    dirty = d == NULL || d->heartbeat != heartbeat ||
+            (p.nfolders && !same_folders(d, p.folders, p.nfolders));
     if (d == NULL)
         d = user_device(u, p.device, 1);
     if (d->held) {
@@ -358,7 +372,9 @@ void ping_handle(struct conn *c, struct http_req *r, const struct principal *who
         goto done;
     if (session_admit(s, c, u, d) < 0)
         goto done;
-    persist(s, d);
+    /* Most pings repeat the last one: write the record only when it changed. */
+    if (dirty)
+        persist(s, d);
     d->held_since = d->last_request;
     d->held = c;
     u->held++;

@@ -95,7 +95,7 @@ int session_admit(struct server *s, struct conn *c, struct user *u, struct devic
 {
     unsigned limit = s->cfg->sessions_per_user_limit;
     uint64_t now = util_now_ms();
-    char extra[48], body[96], list[1200], q1[300], q2[1300];
+    char extra[48], body[96], list[1200], q1[300], q2[300], q3[1300];
     int n;
 
     if (d->held || u->held < limit)
@@ -107,7 +107,7 @@ int session_admit(struct server *s, struct conn *c, struct user *u, struct devic
     describe_sessions(u, now, list, sizeof(list));
     LOG(LOG_WARN, session_limit, "user=%s device=%s limit=%u sessions=%s",
         log_q(q1, sizeof(q1), u->id), log_q(q2, sizeof(q2), d->id), limit,
-        log_q(q2, sizeof(q2), list));
+        log_q(q3, sizeof(q3), list));
     snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", first_end_s(u, now));
     n = snprintf(body, sizeof(body), "{\"status\":\"session-limit\",\"limit\":%u}", limit);
     conn_respond(c, 429, extra, body, (size_t)n);

@@ -54,7 +54,7 @@ void cmd_token_usage(FILE *out)
             "\n"
             "  --user ID             a user token for user ID (1 to 255 bytes): ping, state\n"
             "  --publisher           a publisher token: POST /v1/events\n"
-            "  --admin               an admin token: GET /metrics\n"
+            "  --admin               an admin token: GET /metrics, the sessions admin API\n"
             "  --name NAME           label of a publisher or admin token (default: publisher,\n"
             "                        admin)\n"
             "  --ttl DURATION        lifetime: 3600, 90s, 15m, 12h, 30d, 1w, or never;\n"

@@ -47,7 +47,7 @@ static const char *state_name(unsigned st)
     return st < sizeof(names) / sizeof(names[0]) ? names[st] : "?";
 }
 
-int net_tcp_alive(int fd, unsigned stale_ms, char *why, size_t whylen)
+int net_tcp_alive(int fd, unsigned probe_ms, unsigned stale_ms, char *why, size_t whylen)
 {
     struct tcp_info ti;
     socklen_t len = sizeof(ti);
@@ -58,9 +58,14 @@ int net_tcp_alive(int fd, unsigned stale_ms, char *why, size_t whylen)
         snprintf(why, whylen, "socket state %s", state_name(ti.tcpi_state));
         return 0;
     }
-    /* Keepalive probes go out only after keepalive_idle of silence; one unanswered is a sign. */
-    if (ti.tcpi_probes > 0) {
-        snprintf(why, whylen, "%u keepalive probes unanswered", (unsigned)ti.tcpi_probes);
+    /*
+     * A probe is "out" for one round trip even on a healthy path, so a probe
+     * counts only when the peer has also been silent past probe_ms (the
+     * caller passes keepalive idle + interval: one whole interval unanswered).
+     */
+    if (ti.tcpi_probes > 0 && ti.tcpi_last_ack_recv > probe_ms) {
+        snprintf(why, whylen, "%u keepalive probe%s unanswered", (unsigned)ti.tcpi_probes,
+                 ti.tcpi_probes == 1 ? "" : "s");
         return 0;
     }
     /* Data in flight that the peer has not acknowledged for a long time: it is gone. */

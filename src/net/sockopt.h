@@ -26,8 +26,9 @@ int net_set_keepalive(int fd, const struct config *c);
  * Returns 1 alive; 0 dead, with the reason in why[] ("state CLOSE_WAIT",
  * "2 keepalive probes unanswered", "data unacknowledged for 31 s");
  * -errno when the kernel would not say.
- * 'stale_ms': unacknowledged data older than this counts as dead.
+ * 'probe_ms': keepalive probes out and nothing heard for longer than this
+ * counts as dead; 'stale_ms': unacknowledged data older than this does too.
  */
-int net_tcp_alive(int fd, unsigned stale_ms, char *why, size_t whylen);
+int net_tcp_alive(int fd, unsigned probe_ms, unsigned stale_ms, char *why, size_t whylen);
 
 #endif

@@ -335,7 +335,7 @@ void ping_handle(struct conn *c, struct http_req *r, const struct principal *who
     struct user *u;
     struct device *d;
     unsigned heartbeat;
-    int dirty;
+    int dirty, created;
 
     if (parse_ping(c, r, &root, &p) < 0)
         goto done;
@@ -353,7 +353,8 @@ void ping_handle(struct conn *c, struct http_req *r, const struct principal *who
     }
     dirty = d == NULL || d->heartbeat != heartbeat ||
             (p.nfolders && !same_folders(d, p.folders, p.nfolders));
-    if (d == NULL)
+    created = d == NULL;
+    if (created)
         d = user_device(u, p.device, 1);
     if (d->held) {
         struct conn *old = d->held;
@@ -370,8 +371,15 @@ void ping_handle(struct conn *c, struct http_req *r, const struct principal *who
     d->last_request = util_now_ms();
     if (answer_if_changed(c, d) > 0)
         goto done;
-    if (session_admit(s, c, u, d) < 0)
+    if (session_admit(s, c, u, d) < 0) {
+        /*
+         * Refused: a device this ping created is forgotten again, or a client
+         * inventing a new id per retry would grow memory without bound.
+         */
+        if (created)
+            user_device_remove(u, d);
         goto done;
+    }
     /* Most pings repeat the last one: write the record only when it changed. */
     if (dirty)
         persist(s, d);

@@ -30,8 +30,11 @@
 /* Closes u's held connections that the kernel reports dead. Returns how many. */
 static unsigned reap_dead(struct server *s, struct user *u)
 {
-    /* Unacknowledged data older than one probe interval past idle is not coming back. */
-    unsigned stale_ms = (s->cfg->keepalive_interval * s->cfg->keepalive_count) * 1000;
+    const struct config *cfg = s->cfg;
+    /* Silent through the idle time and one whole probe interval: a probe went unanswered. */
+    unsigned probe_ms = (cfg->keepalive_idle + cfg->keepalive_interval) * 1000;
+    /* Written data unacknowledged for as long as keepalive would wait: not coming back. */
+    unsigned stale_ms = cfg->keepalive_interval * cfg->keepalive_count * 1000;
     uint32_t pos = 0;
     const char *key;
     void *val;
@@ -44,7 +47,7 @@ static unsigned reap_dead(struct server *s, struct user *u)
 
         if (d->held == NULL || uv_fileno((uv_handle_t *)&d->held->tcp, &fd) != 0)
             continue;
-        if (net_tcp_alive(fd, stale_ms, why, sizeof(why)) != 0)
+        if (net_tcp_alive(fd, probe_ms, stale_ms, why, sizeof(why)) != 0)
             continue;
         snprintf(reason, sizeof(reason), "reaped: %s", why);
         s->metrics.sessions_reaped++;

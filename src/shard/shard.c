@@ -64,6 +64,12 @@ struct device *user_device(struct user *u, const char *id, int create)
     return d;
 }
 
+void user_device_remove(struct user *u, struct device *d)
+{
+    strmap_del(&u->devices, d->id, strlen(d->id));
+    device_free(d);
+}
+
 void device_set_folders(struct device *d, const struct store_folder *src, size_t n)
 {
     struct store_folder *f = xcalloc(n, sizeof(*f));

@@ -55,6 +55,9 @@ struct user *shard_user(struct shard *sh, const char *id, int create);
 /* The device of u with this id; created when 'create'. */
 struct device *user_device(struct user *u, const char *id, int create);
 
+/* Removes and frees d (it must hold no ping). */
+void user_device_remove(struct user *u, struct device *d);
+
 /* Replaces d's folder list with n entries copied from f. */
 void device_set_folders(struct device *d, const struct store_folder *f, size_t n);
 

@@ -117,7 +117,7 @@ def wait_event(srv, event, pred, what, timeout=WAIT):
         time.sleep(0.05)
 
 
-def closed_for(srv, user, device):
+def closed_for(user, device):
     return lambda e: e.get("user") == user and e.get("device") == device
 
 
@@ -231,7 +231,7 @@ def test_admin_delete_ends_a_session_named_with_encoded_ids(srv):
     assert r.json() == {"status": "ended", "user": user.name, "device": device}, r
     # The held connection is closed without an answer.
     assert c.wait_closed() == b""
-    ev = wait_event(srv, 1302, closed_for(srv, user.name, device), f"for {device!r}")
+    ev = wait_event(srv, 1302, closed_for(user.name, device), f"for {device!r}")
     assert ev["why"] == "ended by an admin", ev
     wait_devices(srv, user.name, ["other"])
 
@@ -345,7 +345,7 @@ def test_cli_sessions_end(srv):
     assert p.returncode == 0, p
     assert odd.wait_closed() == b""
     wait_devices(srv, slashed.name, [])
-    ev = wait_event(srv, 1302, closed_for(srv, slashed.name, "x/y z"), "for x/y z")
+    ev = wait_event(srv, 1302, closed_for(slashed.name, "x/y z"), "for x/y z")
     assert ev["why"] == "ended by an admin", ev
 
 
@@ -539,14 +539,11 @@ def test_vanished_client_is_closed_by_keepalive_and_frees_its_slot(ns_nudged):
     wait_devices(n, user.name, ["phone"])
 
     vanish(ns, c)
-    start = time.monotonic()
-    # The kernel gives up after idle + interval * count without an answer.
-    budget = idle + interval * count
-    wait_devices(n, user.name, [], timeout=budget + WAIT)
-    took = time.monotonic() - start
-    ev = wait_event(n, 1302, closed_for(n, user.name, "phone"), "for the vanished phone")
+    # The kernel gives up after idle + interval * count (3 s) without an
+    # answer; the bound adds the harness's generous margin.
+    wait_devices(n, user.name, [], timeout=idle + interval * count + WAIT)
+    ev = wait_event(n, 1302, closed_for(user.name, "phone"), "for the vanished phone")
     assert ev["why"] == "connection timed out", ev
-    assert took <= budget + WAIT, took
 
     # Its slot (the only one) is free: another device is held, not refused.
     other = hold(n, user.token, "tablet")
@@ -588,7 +585,7 @@ def test_at_the_cap_a_dead_session_is_reaped_for_a_new_device(ns_nudged):
         assert time.monotonic() < deadline, f"new device refused {refusals} times\n{n.log_tail()}"
         time.sleep(0.2)
 
-    ev = wait_event(n, 1302, closed_for(n, user.name, "dead"), "for the dead session")
+    ev = wait_event(n, 1302, closed_for(user.name, "dead"), "for the dead session")
     assert ev["why"].startswith("reaped: ") or ev["why"] == "connection timed out", ev
     assert not [e for e in log_events(n, 1302) if e.get("device") == "live"], n.log_tail()
     assert live.poll_bytes(0.05) == b"" and not live.eof
@@ -620,3 +617,19 @@ def test_device_records_survive_a_restart(make_nudged):
     p = user.empty_ping_async("phone")
     body = n.check_ping(p.result(timeout=WAIT + 2), "expired")
     assert body["heartbeat_hint"] == 2, body
+
+
+def test_a_refused_device_is_not_remembered(make_nudged):
+    """A 429 leaves no device record behind: a client that invents a new device
+    id on every retry at the cap must not grow the server's memory."""
+    n = make_nudged({"sessions": {"per_user_limit": 1}})
+    user = n.user("full")
+    held = user.ping_async("d0", {"INBOX": "0"}, HB)
+    wait_devices(n, user.name, ["d0"])
+    r = user.ping("d1", {"INBOX": "0"}, HB)
+    assert r.status == 429, r
+    # Had d1 been remembered, its empty-body ping would reuse its parameters and
+    # (at the cap) be refused 429 again; forgotten, it has nothing to reuse.
+    r = user.empty_ping_async("d1").result()
+    assert r.status == 400 and r.json() == {"status": "missing-parameters"}, r
+    assert not held.done()

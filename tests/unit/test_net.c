@@ -78,15 +78,15 @@ static void test_alive_until_peer_closes(void **state)
 
     (void)state;
     tcp_pair(&cl, &sv);
-    assert_int_equal(net_tcp_alive(sv, 10000, why, sizeof(why)), 1);
+    assert_int_equal(net_tcp_alive(sv, 10000, 10000, why, sizeof(why)), 1);
     close(cl);
     /* The FIN arrives at once on loopback; allow the kernel a moment anyway. */
-    for (int i = 0; i < 100 && net_tcp_alive(sv, 10000, why, sizeof(why)) == 1; i++)
+    for (int i = 0; i < 100 && net_tcp_alive(sv, 10000, 10000, why, sizeof(why)) == 1; i++)
         usleep(10000);
-    assert_int_equal(net_tcp_alive(sv, 10000, why, sizeof(why)), 0);
+    assert_int_equal(net_tcp_alive(sv, 10000, 10000, why, sizeof(why)), 0);
     assert_string_equal(why, "socket state CLOSE_WAIT");
     close(sv);
-    assert_true(net_tcp_alive(sv, 10000, why, sizeof(why)) < 0);
+    assert_true(net_tcp_alive(sv, 10000, 10000, why, sizeof(why)) < 0);
 }
 
 int main(void)

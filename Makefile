@@ -53,6 +53,7 @@ NUDGED_SRC := \
 	src/push/state.c \
 	src/push/events.c \
 	src/push/validate.c \
+	src/push/probe.c \
 	src/shard/shard.c \
 	src/net/sockopt.c \
 	src/session/session.c \

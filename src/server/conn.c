@@ -25,6 +25,7 @@
 #include "http/request.h"
 #include "http/response.h"
 #include "push/ping.h"
+#include "push/probe.h"
 #include "net/sockopt.h"
 #include "server/listen.h"
 #include "server/router.h"
@@ -77,6 +78,11 @@ void conn_close(struct conn *c, const char *why)
         c->flags &= (uint8_t)~CONN_HELD;
         c->held = NULL;
         c->srv->metrics.pings_held--;
+    }
+    if (c->flags & CONN_PROBE) {
+        c->flags &= (uint8_t)~CONN_PROBE;
+        probe_end(c->probe);
+        c->probe = NULL;
     }
     if (c->waiter) {
         /* The async job outlives us: tell it there is nobody to answer. */
@@ -210,6 +216,11 @@ static void end_request(struct conn *c)
         c->held = NULL;
         s->metrics.pings_held--;
     }
+    if (c->flags & CONN_PROBE) {
+        c->flags &= (uint8_t)~CONN_PROBE;
+        probe_end(c->probe);
+        c->probe = NULL;
+    }
     c->flags &= (uint8_t)~(CONN_BUSY | CONN_WAITING);
     c->waiter = NULL;
     if (!c->keep_alive) {
@@ -276,6 +287,15 @@ void conn_hold(struct conn *c, struct device *d, uint64_t deadline_ms)
     c->flags |= CONN_HELD;
     c->held = d;
     c->srv->metrics.pings_held++;
+    set_deadline(c, deadline_ms);
+}
+
+void conn_hold_probe(struct conn *c, struct probe *p, uint64_t deadline_ms)
+{
+    http_req_free(c->req);
+    c->req = NULL;
+    c->flags |= CONN_PROBE;
+    c->probe = p;
     set_deadline(c, deadline_ms);
 }
 
@@ -423,6 +443,8 @@ void conn_on_deadline(struct conn *c)
         conn_close(c, "linger done");
     } else if (c->flags & CONN_HELD) {
         ping_expired(c);
+    } else if (c->flags & CONN_PROBE) {
+        probe_expired(c);
     } else if (c->flags & CONN_BUSY) {
         /* Waiting on the store: it always answers; look again shortly. */
         set_deadline(c, util_now_ms() + 1000);

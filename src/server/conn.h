@@ -35,7 +35,10 @@ enum conn_flag {
     CONN_LINGER = 1 << 3,  /* answered and shut down; draining input until EOF */
     CONN_RESUME = 1 << 4,  /* on the server's resume list */
     CONN_WAITING = 1 << 5, /* handler waits for an async result (store commit) */
+    CONN_PROBE = 1 << 6,   /* a probe is held: 'probe' is its record */
 };
+
+struct probe;
 
 struct conn {
     uv_tcp_t tcp;
@@ -47,7 +50,10 @@ struct conn {
     uint8_t flags;
     uint8_t keep_alive;     /* of the request being handled */
     struct deadline_node deadline;
-    struct device *held;    /* with CONN_HELD */
+    union {
+        struct device *held;  /* with CONN_HELD */
+        struct probe *probe;  /* with CONN_PROBE */
+    };
     struct conn *resume_next;
     void *waiter;           /* with CONN_WAITING: the handler's job, told if we close */
     struct ip_count *ip;    /* its address's count, with [server] max_per_ip */
@@ -84,6 +90,12 @@ void conn_respond_typed(struct conn *c, int status, const char *ctype, const cha
  * holder answers first with conn_respond.
  */
 void conn_hold(struct conn *c, struct device *d, uint64_t deadline_ms);
+
+/*
+ * Holds the current request (a probe) until 'deadline_ms'; probe_expired
+ * fires then. The connection owns 'p' from here (freed with probe_end).
+ */
+void conn_hold_probe(struct conn *c, struct probe *p, uint64_t deadline_ms);
 
 /* Marks the request as waiting for an async result; 'waiter' is told of a close. */
 void conn_wait(struct conn *c, void *waiter);

@@ -18,6 +18,7 @@
 #include "http/request.h"
 #include "push/handlers.h"
 #include "push/ping.h"
+#include "push/probe.h"
 #include "server/conn.h"
 #include "server/server.h"
 #include "session/session.h"
@@ -33,6 +34,7 @@ struct route {
 static const struct route routes[] = {
     {"/v1/ping", 0, HTTP_POST, TOKEN_USER, ping_handle},
     {"/v1/state", 0, HTTP_GET, TOKEN_USER, state_handle},
+    {"/v1/probe", 0, HTTP_GET, TOKEN_USER, probe_handle},
     {"/v1/events", 0, HTTP_POST, TOKEN_PUBLISHER, events_handle},
     {"/v1/admin/sessions", 0, HTTP_GET, TOKEN_ADMIN, sessions_list_handle},
     {"/v1/admin/sessions/", 1, HTTP_DELETE, TOKEN_ADMIN, sessions_end_handle},

@@ -38,6 +38,7 @@ struct device {
 struct user {
     struct strmap devices;
     uint32_t held;                  /* devices with a held ping */
+    uint32_t probes;                /* probes held now (push/probe.c) */
     char id[];
 };
 

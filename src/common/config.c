@@ -108,19 +108,42 @@ static const struct option_def options[] = {
      "Least severe log lines written: debug, info, warn or error."},
     {"heartbeat", "min", "heartbeat-min", OPT_UINT, FIELD(heartbeat_min), 1, 3540, "60", NULL,
      "SECONDS", "Shortest heartbeat a client may ask for."},
-    {"heartbeat", "max", "heartbeat-max", OPT_UINT, FIELD(heartbeat_max), 1, 3540, "1680", NULL,
-     "SECONDS", "Longest heartbeat a client may ask for."},
+    {"heartbeat", "max", "heartbeat-max", OPT_UINT, FIELD(heartbeat_max), 0, 3540, "0", NULL,
+     "SECONDS", "Longest heartbeat a client may ask for (and the most the adaptive hint "
+     "offers); 0: idle_timeout less a margin (120 s, or 10% when smaller)."},
+    {"heartbeat", "increment", "heartbeat-increment", OPT_UINT, FIELD(heartbeat_increment), 1,
+     3540, "60", NULL, "SECONDS", "Adaptive heartbeat: seconds added to a device's hint when "
+     "its path has proven the current one."},
+    {"heartbeat", "sample_size", "heartbeat-sample-size", OPT_UINT, FIELD(heartbeat_sample_size),
+     1, 1000, "3", NULL, "N", "Adaptive heartbeat: expiries answered and followed in time by "
+     "the device's next ping needed before its hint is raised."},
+    {"heartbeat", "grace", "heartbeat-grace", OPT_UINT, FIELD(heartbeat_grace), 1, 3600, "30",
+     NULL, "SECONDS", "Adaptive heartbeat: a device's next ping within this long of an expiry "
+     "answer proves the answer arrived; later, that the path ate it."},
+    {"heartbeat", "ceiling_retry", "heartbeat-ceiling-retry", OPT_UINT,
+     FIELD(heartbeat_ceiling_retry), 1, 31536000, "86400", NULL, "SECONDS",
+     "Adaptive heartbeat: a heartbeat that failed on a device's path is not offered again for "
+     "this long (networks change)."},
+    {"heartbeat", "alert_average", "heartbeat-alert-average", OPT_UINT,
+     FIELD(heartbeat_alert_average), 0, 3540, "540", NULL, "SECONDS",
+     "Log event 1311 when the learned heartbeats of a client network average this or less "
+     "(a middlebox with a short idle timeout); 0: never."},
     {"sessions", "per_user_limit", "sessions-per-user-limit", OPT_UINT,
      FIELD(sessions_per_user_limit), 1, 100000, "32", NULL, "N",
      "Most sessions (held pings, later streams and UDP registrations) one user may have; "
      "dead ones are reaped before a new one is refused."},
-    {"network", "keepalive_idle", "keepalive-idle", OPT_UINT, FIELD(keepalive_idle), 1, 32767,
-     "300", NULL, "SECONDS", "TCP keepalive: idle time before the first probe (TCP_KEEPIDLE)."},
-    {"network", "keepalive_interval", "keepalive-interval", OPT_UINT, FIELD(keepalive_interval), 1,
-     32767, "15", NULL, "SECONDS", "TCP keepalive: time between probes (TCP_KEEPINTVL)."},
-    {"network", "keepalive_count", "keepalive-count", OPT_UINT, FIELD(keepalive_count), 1, 127,
-     "4", NULL, "N", "TCP keepalive: unanswered probes before the peer is declared dead "
-     "(TCP_KEEPCNT)."},
+    {"network", "idle_timeout", "idle-timeout", OPT_UINT, FIELD(idle_timeout), 2, 86400, "1800",
+     NULL, "SECONDS", "The shortest idle timeout of any firewall, NAT or load balancer on the "
+     "clients' paths; heartbeat max and keepalive are derived from it unless set."},
+    {"network", "keepalive_idle", "keepalive-idle", OPT_UINT, FIELD(keepalive_idle), 0, 32767,
+     "0", NULL, "SECONDS", "TCP keepalive: idle time before the first probe (TCP_KEEPIDLE); "
+     "0: min(300, idle_timeout / 2)."},
+    {"network", "keepalive_interval", "keepalive-interval", OPT_UINT, FIELD(keepalive_interval), 0,
+     32767, "0", NULL, "SECONDS", "TCP keepalive: time between probes (TCP_KEEPINTVL); "
+     "0: idle_timeout / 120, from 1 to 15."},
+    {"network", "keepalive_count", "keepalive-count", OPT_UINT, FIELD(keepalive_count), 0, 127,
+     "0", NULL, "N", "TCP keepalive: unanswered probes before the peer is declared dead "
+     "(TCP_KEEPCNT); 0: 4."},
     {"network", "user_timeout", "user-timeout", OPT_UINT, FIELD(user_timeout), 0, 86400, "0",
      NULL, "SECONDS", "TCP_USER_TIMEOUT: unacknowledged data older than this closes the "
      "connection; 0: keepalive_idle + keepalive_interval * keepalive_count, so an answer "
@@ -717,11 +740,61 @@ int config_from_args(struct config *c, int argc, char **argv, enum config_action
             return -1;
         }
     }
+    config_derive(c);
     if (config_check(c, err, errlen) != 0)
         return -1;
     if (print)
         *action = CONFIG_PRINT;
     return 0;
+}
+
+void config_derive(struct config *c)
+{
+    unsigned idle = c->idle_timeout;
+    /* Exchange's advice: the firewall 2 minutes above the heartbeat; 10% on short timeouts. */
+    unsigned margin = idle / 10 < 120 ? idle / 10 : 120;
+
+    c->derived = 0;
+    if (margin == 0)
+        margin = 1;
+    if (c->heartbeat_max == 0) {
+        c->heartbeat_max = idle - margin > 3540 ? 3540 : idle - margin;
+        c->derived |= CONFIG_DERIVED_HEARTBEAT_MAX;
+    }
+    if (c->keepalive_idle == 0) {
+        /* 5 minutes (against the kernel's 2 hours), and always well inside the idle timeout. */
+        c->keepalive_idle = idle / 2 < 300 ? idle / 2 : 300;
+        c->derived |= CONFIG_DERIVED_KEEPALIVE_IDLE;
+    }
+    if (c->keepalive_interval == 0) {
+        /* 4 probes 15 s apart: a dead peer is declared about a minute after the first probe. */
+        unsigned iv = idle / 120;
+        c->keepalive_interval = iv < 1 ? 1 : iv > 15 ? 15 : iv;
+        c->derived |= CONFIG_DERIVED_KEEPALIVE_INTERVAL;
+    }
+    if (c->keepalive_count == 0) {
+        c->keepalive_count = 4;
+        c->derived |= CONFIG_DERIVED_KEEPALIVE_COUNT;
+    }
+    if (c->user_timeout == 0) {
+        c->user_timeout = c->keepalive_idle + c->keepalive_interval * c->keepalive_count;
+        c->derived |= CONFIG_DERIVED_USER_TIMEOUT;
+    }
+}
+
+void config_describe_derived(const struct config *c, char *out, size_t outlen)
+{
+    snprintf(out, outlen,
+             "idle_timeout=%u heartbeat_max=%u%s keepalive_idle=%u%s keepalive_interval=%u%s "
+             "keepalive_count=%u%s user_timeout=%u%s dead_peer_within=%u",
+             c->idle_timeout, c->heartbeat_max,
+             (c->derived & CONFIG_DERIVED_HEARTBEAT_MAX) ? "(derived)" : "(set)",
+             c->keepalive_idle, (c->derived & CONFIG_DERIVED_KEEPALIVE_IDLE) ? "(derived)" : "(set)",
+             c->keepalive_interval,
+             (c->derived & CONFIG_DERIVED_KEEPALIVE_INTERVAL) ? "(derived)" : "(set)",
+             c->keepalive_count, (c->derived & CONFIG_DERIVED_KEEPALIVE_COUNT) ? "(derived)" : "(set)",
+             c->user_timeout, (c->derived & CONFIG_DERIVED_USER_TIMEOUT) ? "(derived)" : "(set)",
+             c->keepalive_idle + c->keepalive_interval * c->keepalive_count);
 }
 
 /*
@@ -754,9 +827,15 @@ int config_check(const struct config *c, char *err, size_t errlen)
             return -1;
         }
     }
-    if (c->heartbeat_min > c->heartbeat_max) {
-        snprintf(err, errlen, "[heartbeat] min (%u) is greater than max (%u)", c->heartbeat_min,
-                 c->heartbeat_max);
+    if (c->heartbeat_max != 0 && c->heartbeat_min > c->heartbeat_max) {
+        if (c->derived & CONFIG_DERIVED_HEARTBEAT_MAX)
+            snprintf(err, errlen,
+                     "[heartbeat] min (%u) is greater than max (%u, derived from [network] "
+                     "idle_timeout %u): lower heartbeat.min or raise idle_timeout",
+                     c->heartbeat_min, c->heartbeat_max, c->idle_timeout);
+        else
+            snprintf(err, errlen, "[heartbeat] min (%u) is greater than max (%u)",
+                     c->heartbeat_min, c->heartbeat_max);
         return -1;
     }
     return 0;
@@ -834,9 +913,26 @@ static void print_comment(FILE *out, const char *text)
     }
 }
 
+/* Was this field filled in by config_derive (so it is printed as 0, "derive it")? */
+static int was_derived(const struct config *c, const void *f)
+{
+    return ((c->derived & CONFIG_DERIVED_HEARTBEAT_MAX) && f == &c->heartbeat_max) ||
+           ((c->derived & CONFIG_DERIVED_KEEPALIVE_IDLE) && f == &c->keepalive_idle) ||
+           ((c->derived & CONFIG_DERIVED_KEEPALIVE_INTERVAL) && f == &c->keepalive_interval) ||
+           ((c->derived & CONFIG_DERIVED_KEEPALIVE_COUNT) && f == &c->keepalive_count) ||
+           ((c->derived & CONFIG_DERIVED_USER_TIMEOUT) && f == &c->user_timeout);
+}
+
 void config_print(const struct config *c, FILE *out)
 {
+    char line[512];
+
     fprintf(out, "; nudged settings in effect (nudged --print-config)\n");
+    if (c->derived) {
+        config_describe_derived(c, line, sizeof(line));
+        fprintf(out, "; derived from [network] idle_timeout:\n");
+        print_comment(out, line);
+    }
     for (size_t i = 0; i < NOPTIONS; i++) {
         const struct option_def *o = &options[i];
         const void *f = cfield_of(c, o);
@@ -844,7 +940,11 @@ void config_print(const struct config *c, FILE *out)
         if (i == 0 || strcmp(o->section, options[i - 1].section) != 0)
             fprintf(out, "\n[%s]\n", o->section);
         print_comment(out, o->help);
-        if (o->type == OPT_UINT) {
+        if (o->type == OPT_UINT && was_derived(c, f)) {
+            unsigned v;
+            memcpy(&v, f, sizeof(v));
+            fprintf(out, "; in effect: %u, derived\n%s = 0\n", v, o->key);
+        } else if (o->type == OPT_UINT) {
             unsigned v;
             memcpy(&v, f, sizeof(v));
             fprintf(out, "%s = %u\n", o->key, v);

@@ -33,13 +33,19 @@ struct config {
     char log_level[16];               /* "info" */
     /* [heartbeat] */
     unsigned heartbeat_min;           /* s, 60 */
-    unsigned heartbeat_max;           /* s, 1680 */
+    unsigned heartbeat_max;           /* s; 0: derived (1680 at idle_timeout 1800) */
+    unsigned heartbeat_increment;     /* s, 60: adaptive hint step */
+    unsigned heartbeat_sample_size;   /* 3: successes before a raise */
+    unsigned heartbeat_grace;         /* s, 30: next ping within it proves the answer arrived */
+    unsigned heartbeat_ceiling_retry; /* s, 86400: a failed heartbeat is retried after it */
+    unsigned heartbeat_alert_average; /* s, 540: event 1311 at or below it; 0: off */
     /* [sessions] */
     unsigned sessions_per_user_limit; /* 32 */
     /* [network] */
-    unsigned keepalive_idle;          /* s, 300 */
-    unsigned keepalive_interval;      /* s, 15 */
-    unsigned keepalive_count;         /* 4 */
+    unsigned idle_timeout;            /* s, 1800: the paths' shortest middlebox idle timeout */
+    unsigned keepalive_idle;          /* s; 0: derived, min(300, idle_timeout / 2) */
+    unsigned keepalive_interval;      /* s; 0: derived, idle_timeout / 120 within 1..15 */
+    unsigned keepalive_count;         /* 0: derived, 4 */
     unsigned user_timeout;            /* s; 0: idle + interval * count */
     /* [ping] */
     unsigned ping_max_folders;        /* 100 */
@@ -47,6 +53,8 @@ struct config {
     char store_backend[32];           /* "sqlite" or "memory" */
     char store_sync[16];              /* "full" or "normal" (sqlite) */
     char store_path[PATH_MAX];        /* "" = <data_dir>/nudge.db (sqlite) */
+    /* Not an option: which of the above config_derive filled in (CONFIG_DERIVED_*). */
+    unsigned derived;
 };
 
 /* What the command line asked for besides settings. */
@@ -76,6 +84,25 @@ int config_load_file(struct config *c, const char *path, char *err, size_t errle
  */
 int config_from_args(struct config *c, int argc, char **argv, enum config_action *action,
                      char *err, size_t errlen);
+
+/* Bits of struct config 'derived'. */
+#define CONFIG_DERIVED_HEARTBEAT_MAX (1u << 0)
+#define CONFIG_DERIVED_KEEPALIVE_IDLE (1u << 1)
+#define CONFIG_DERIVED_KEEPALIVE_INTERVAL (1u << 2)
+#define CONFIG_DERIVED_KEEPALIVE_COUNT (1u << 3)
+#define CONFIG_DERIVED_USER_TIMEOUT (1u << 4)
+
+/*
+ * Fills the settings left at 0 from [network] idle_timeout: heartbeat max
+ * = idle_timeout - margin (120 s, or 10% when smaller), at most 3540;
+ * keepalive idle = min(300, idle_timeout / 2); interval = idle_timeout / 120
+ * within 1..15; count 4; user_timeout = idle + interval * count. Marks each
+ * in c->derived. config_from_args calls it; call it yourself otherwise.
+ */
+void config_derive(struct config *c);
+
+/* One line "idle_timeout=1800 heartbeat_max=1680(derived) ..." for logs and --print-config. */
+void config_describe_derived(const struct config *c, char *out, size_t outlen);
 
 /* Cross-option checks (heartbeat.min <= heartbeat.max, ...). 0 or -1 + err. */
 int config_check(const struct config *c, char *err, size_t errlen);

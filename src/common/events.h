@@ -19,6 +19,7 @@
     EVENT(1004, config_error, "the configuration was refused at start-up")         \
     EVENT(1005, secret_created, "a new server secret file was created")            \
     EVENT(1006, startup_failed, "nudged could not start (bind, secret, store)")     \
+    EVENT(1007, network_settings, "heartbeat max and keepalive in force, derived from idle_timeout or set") \
     EVENT(1100, conn_closed, "a connection closed; why tells eof, idle, a socket error, ...")               \
     EVENT(1101, bad_request, "a request was refused as malformed (HTTP 4xx)")      \
     EVENT(1102, request_timeout, "a client did not send a complete request in time") \

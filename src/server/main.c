@@ -108,6 +108,8 @@ int main(int argc, char **argv)
     }
     LOG(LOG_INFO, started, "version=%s store=%s heartbeat_min=%u heartbeat_max=%u", NUDGE_VERSION,
         cfg.store_backend, cfg.heartbeat_min, cfg.heartbeat_max);
+    config_describe_derived(&cfg, err, sizeof(err));
+    LOG(LOG_INFO, network_settings, "%s", err);
     server_run(&srv);
     server_free(&srv);
     if (uv_loop_close(&loop) != 0)

@@ -132,15 +132,22 @@ static void test_defaults(void **state)
     assert_int_equal(c.shutdown_retry_after, 5);
     assert_string_equal(c.log_level, "info");
     assert_int_equal(c.heartbeat_min, 60);
-    assert_int_equal(c.heartbeat_max, 1680);
+    assert_int_equal(c.heartbeat_max, 0); /* derived */
+    assert_int_equal(c.heartbeat_increment, 60);
+    assert_int_equal(c.heartbeat_sample_size, 3);
+    assert_int_equal(c.heartbeat_grace, 30);
+    assert_int_equal(c.heartbeat_ceiling_retry, 86400);
+    assert_int_equal(c.heartbeat_alert_average, 540);
+    assert_int_equal(c.idle_timeout, 1800);
     assert_int_equal(c.ping_max_folders, 100);
     assert_int_equal(c.max_connections, 16000);
     assert_int_equal(c.max_per_ip, 0);
     assert_int_equal(c.sessions_per_user_limit, 32);
-    assert_int_equal(c.keepalive_idle, 300);
-    assert_int_equal(c.keepalive_interval, 15);
-    assert_int_equal(c.keepalive_count, 4);
+    assert_int_equal(c.keepalive_idle, 0);
+    assert_int_equal(c.keepalive_interval, 0);
+    assert_int_equal(c.keepalive_count, 0);
     assert_int_equal(c.user_timeout, 0);
+    assert_int_equal(c.derived, 0);
     assert_string_equal(c.store_backend, "sqlite");
     assert_string_equal(c.store_sync, "full");
     assert_string_equal(c.store_path, "");
@@ -161,11 +168,59 @@ static void test_defaults_from_empty_args_and_file(void **state)
     config_defaults(&d);
     assert_int_equal(from_args(&a, &action, err, sizeof(err), NULL), 0);
     assert_int_equal(action, CONFIG_RUN);
+    /* The command line derives what is left at 0; the file loader alone does not. */
+    config_derive(&d);
     assert_memory_equal(&a, &d, sizeof(d));
+    config_defaults(&d);
     load_ok(&b, "");
     assert_memory_equal(&b, &d, sizeof(d));
     load_ok(&b, "; only comments\n# here\n\n   \n[server]\n");
     assert_memory_equal(&b, &d, sizeof(d));
+}
+
+static void test_derivation(void **state)
+{
+    struct config c;
+    enum config_action action;
+    char err[256], line[512];
+
+    (void)state;
+    /* The defaults: Exchange's 28 minutes below a 30-minute firewall, keepalive at 5 min. */
+    assert_int_equal(from_args(&c, &action, err, sizeof(err), NULL), 0);
+    assert_int_equal(c.heartbeat_max, 1680);
+    assert_int_equal(c.keepalive_idle, 300);
+    assert_int_equal(c.keepalive_interval, 15);
+    assert_int_equal(c.keepalive_count, 4);
+    assert_int_equal(c.user_timeout, 360);
+    assert_int_equal(c.derived, 0x1f);
+    /* A 10-minute middlebox: the 10% margin, keepalive at half the timeout. */
+    assert_int_equal(from_args(&c, &action, err, sizeof(err), "--idle-timeout", "600", NULL), 0);
+    assert_int_equal(c.heartbeat_max, 540);
+    assert_int_equal(c.keepalive_idle, 300);
+    assert_int_equal(c.keepalive_interval, 5);
+    assert_int_equal(c.user_timeout, 320);
+    /* Far past an hour: the 3540 s ceiling holds. */
+    assert_int_equal(from_args(&c, &action, err, sizeof(err), "--idle-timeout", "7200", NULL), 0);
+    assert_int_equal(c.heartbeat_max, 3540);
+    /* Second scale (the lab): still sane. */
+    assert_int_equal(from_args(&c, &action, err, sizeof(err), "--idle-timeout", "10",
+                               "--heartbeat-min", "1", NULL),
+                     0);
+    assert_int_equal(c.heartbeat_max, 9);
+    assert_int_equal(c.keepalive_idle, 5);
+    assert_int_equal(c.keepalive_interval, 1);
+    /* What is set stays set, and is said to be. */
+    assert_int_equal(from_args(&c, &action, err, sizeof(err), "--keepalive-idle", "42",
+                               "--heartbeat-max", "900", NULL),
+                     0);
+    assert_int_equal(c.keepalive_idle, 42);
+    assert_int_equal(c.heartbeat_max, 900);
+    assert_int_equal(c.user_timeout, 42 + 15 * 4);
+    config_describe_derived(&c, line, sizeof(line));
+    assert_non_null(strstr(line, "heartbeat_max=900(set)"));
+    assert_non_null(strstr(line, "keepalive_idle=42(set)"));
+    assert_non_null(strstr(line, "keepalive_interval=15(derived)"));
+    assert_non_null(strstr(line, "dead_peer_within=102"));
 }
 
 static void test_secret_path(void **state)
@@ -589,7 +644,9 @@ static void test_flag_config_file_errors(void **state)
     assert_non_null(strstr(err, "-c: a config file was already given"));
     /* The file's min 2000 > default max 1680 fails the cross check, unless a flag fixes it. */
     assert_int_equal(from_args(&c, &action, err, sizeof(err), "-c", path, NULL), -1);
-    assert_string_equal(err, "[heartbeat] min (2000) is greater than max (1680)");
+    assert_string_equal(err, "[heartbeat] min (2000) is greater than max (1680, derived from "
+                             "[network] idle_timeout 1800): lower heartbeat.min or raise "
+                             "idle_timeout");
     assert_int_equal(from_args(&c, &action, err, sizeof(err), "-c", path, "--heartbeat-max",
                                "2000", NULL),
                      0);
@@ -687,7 +744,9 @@ static void test_usage_lists_every_option(void **state)
         "--shutdown-retry-after SECONDS", "[server] shutdown_retry_after, default 5, 0..3600",
         "--log-level LEVEL", "[server] log_level, default info",
         "--heartbeat-min SECONDS", "[heartbeat] min, default 60, 1..3540",
-        "--heartbeat-max SECONDS", "[heartbeat] max, default 1680, 1..3540",
+        "--heartbeat-max SECONDS", "[heartbeat] max, default 0, 0..3540",
+        "--idle-timeout SECONDS", "[network] idle_timeout, default 1800, 2..86400",
+        "--heartbeat-grace SECONDS", "[heartbeat] grace, default 30, 1..3600",
         "--ping-max-folders N", "[ping] max_folders, default 100, 1..10000",
         "--store-backend NAME", "[store] backend, default sqlite",
         "--store-sync MODE", "[store] sync, default full",
@@ -713,6 +772,9 @@ static void round_trip(const struct config *c)
     config_defaults(&back);
     if (config_load_file(&back, path, err, sizeof(err)) != 0)
         fail_msg("printed config does not load: %s\n%s", err, text);
+    /* Derived values print as 0 ("derive it"): deriving again gives them back. */
+    if (c->derived)
+        config_derive(&back);
     assert_memory_equal(&back, c, sizeof(back));
     free(text);
 }
@@ -755,6 +817,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_defaults_from_empty_args_and_file),
+        cmocka_unit_test(test_derivation),
         cmocka_unit_test(test_secret_path),
         cmocka_unit_test(test_store_path),
         cmocka_unit_test(test_file_sets_every_option),

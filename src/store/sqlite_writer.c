@@ -44,10 +44,12 @@ static const char SQL_PUT_STATE[] =
     "ON CONFLICT (user, folder) DO UPDATE SET state = max(state, excluded.state)";
 
 static const char SQL_PUT_DEVICE[] =
-    "INSERT INTO devices (user, device, heartbeat, heartbeat_hint, folders) "
-    "VALUES (?1, ?2, ?3, ?4, ?5) "
+    "INSERT INTO devices (user, device, heartbeat, heartbeat_hint, folders, heartbeat_good, "
+    "heartbeat_ceiling, ceiling_since) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) "
     "ON CONFLICT (user, device) DO UPDATE SET heartbeat = excluded.heartbeat, "
-    "heartbeat_hint = excluded.heartbeat_hint, folders = excluded.folders";
+    "heartbeat_hint = excluded.heartbeat_hint, folders = excluded.folders, "
+    "heartbeat_good = excluded.heartbeat_good, heartbeat_ceiling = excluded.heartbeat_ceiling, "
+    "ceiling_since = excluded.ceiling_since";
 
 static void free_devices(struct sqlite_device_rec *d)
 {
@@ -130,6 +132,9 @@ static int write_round(struct sqlite_writer *w, struct sqlite_batch *todo,
         sqlite3_bind_int64(w->put_device, 3, d->heartbeat);
         sqlite3_bind_int64(w->put_device, 4, d->heartbeat_hint);
         sqlite3_bind_text(w->put_device, 5, d->folders, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(w->put_device, 6, d->heartbeat_good);
+        sqlite3_bind_int64(w->put_device, 7, d->heartbeat_ceiling);
+        sqlite3_bind_int64(w->put_device, 8, d->ceiling_since);
         rc = step_done(w->put_device);
     }
     if (rc == SQLITE_OK)

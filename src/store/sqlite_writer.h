@@ -39,6 +39,9 @@ struct sqlite_device_rec {
     struct sqlite_device_rec *next;
     uint32_t heartbeat;
     uint32_t heartbeat_hint;
+    uint32_t heartbeat_good;
+    uint32_t heartbeat_ceiling;
+    int64_t ceiling_since;
     char *folders;      /* {"INBOX":"17",...}, malloc'd, freed by the writer */
     const char *device; /* points into user[] */
     char user[];        /* user id, NUL, device id, NUL */

@@ -40,6 +40,9 @@ struct store_device {
     const char *device;
     uint32_t heartbeat;           /* last ping's heartbeat, s */
     uint32_t heartbeat_hint;      /* last advised heartbeat, s */
+    uint32_t heartbeat_good;      /* longest heartbeat proven on the device's path, s; 0: none */
+    uint32_t heartbeat_ceiling;   /* a heartbeat that failed on its path, s; 0: none */
+    int64_t ceiling_since;        /* Unix time the ceiling was learned */
     uint32_t nfolders;
     const struct store_folder *folders; /* the last ping's folders */
 };

@@ -69,8 +69,8 @@
 
 /* PRAGMA application_id marks the file as nudge's: "nudg" in ASCII. */
 #define NUDGE_APPLICATION_ID 0x6e756467
-/* PRAGMA user_version: the schema below. A later issue that adds columns migrates from it. */
-#define SCHEMA_VERSION 1
+/* PRAGMA user_version: the schema below; older files are migrated at open (SQL_MIGRATE). */
+#define SCHEMA_VERSION 2
 /*
  * How long a statement waits for a lock another process holds (a sqlite3
  * shell running .backup, say) before failing. Longer than any backup step,
@@ -101,11 +101,25 @@ static const char SQL_SCHEMA[] =
     "  heartbeat INTEGER NOT NULL,"
     "  heartbeat_hint INTEGER NOT NULL,"
     "  folders TEXT NOT NULL,"
+    /* The adaptive heartbeat: what the device's path has proven and refused (version 2). */
+    "  heartbeat_good INTEGER NOT NULL DEFAULT 0,"
+    "  heartbeat_ceiling INTEGER NOT NULL DEFAULT 0,"
+    "  ceiling_since INTEGER NOT NULL DEFAULT 0,"
     "  PRIMARY KEY (user, device)"
     ") STRICT, WITHOUT ROWID;"
     "PRAGMA application_id = 1853187175;" /* NUDGE_APPLICATION_ID in decimal */
-    "PRAGMA user_version = 1;"            /* SCHEMA_VERSION */
+    "PRAGMA user_version = 2;"            /* SCHEMA_VERSION */
     "COMMIT;";
+
+/* Each step takes a file from version N (the index + 1) to N + 1, in one transaction. */
+static const char *const SQL_MIGRATE[] = {
+    "BEGIN IMMEDIATE;"
+    "ALTER TABLE devices ADD COLUMN heartbeat_good INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE devices ADD COLUMN heartbeat_ceiling INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE devices ADD COLUMN ceiling_since INTEGER NOT NULL DEFAULT 0;"
+    "PRAGMA user_version = 2;"
+    "COMMIT;",
+};
 
 /* A bump on its way through the writer; w first so the writer's pointer is ours. */
 struct sq_batch {
@@ -324,6 +338,22 @@ static int prepare_db(struct sq_store *s, int fresh, char *err, size_t errlen)
                  "file system ([store] path)",
                  s->path, mode);
         return -1;
+    }
+    if (!fresh) {
+        sqlite3_int64 version;
+        rc = query_int(s->rdb, "PRAGMA user_version", &version);
+        while (rc == SQLITE_OK && version >= 1 && version < SCHEMA_VERSION) {
+            rc = sqlite3_exec(s->rdb, SQL_MIGRATE[version - 1], NULL, NULL, NULL);
+            if (rc != SQLITE_OK) {
+                db_error(err, errlen, s->path, s->rdb, rc, "cannot migrate the schema");
+                if (!sqlite3_get_autocommit(s->rdb))
+                    sqlite3_exec(s->rdb, "ROLLBACK", NULL, NULL, NULL);
+                return -1;
+            }
+            LOG(LOG_INFO, store_opened, "path=%s migrated_from=%lld migrated_to=%lld",
+                s->path, (long long)version, (long long)version + 1);
+            version++;
+        }
     }
     if (fresh) {
         rc = sqlite3_exec(s->rdb, SQL_SCHEMA, NULL, NULL, NULL);
@@ -557,6 +587,9 @@ static void sq_device_save(struct store *st, const struct store_device *d)
         return; /* write-behind: a lost record costs the device one full ping */
     r->heartbeat = d->heartbeat;
     r->heartbeat_hint = d->heartbeat_hint;
+    r->heartbeat_good = d->heartbeat_good;
+    r->heartbeat_ceiling = d->heartbeat_ceiling;
+    r->ceiling_since = d->ceiling_since;
     memcpy(r->user, d->user, ulen + 1);
     memcpy(r->user + ulen + 1, d->device, dlen + 1);
     r->device = r->user + ulen + 1;
@@ -577,6 +610,7 @@ static int load_device(sqlite3_stmt *st, store_device_cb cb, void *arg, const ch
     struct store_device d = {0};
     struct store_folder *folders = NULL;
     sqlite3_int64 hb = sqlite3_column_int64(st, 2), hint = sqlite3_column_int64(st, 3);
+    sqlite3_int64 good = sqlite3_column_int64(st, 5), ceiling = sqlite3_column_int64(st, 6);
     const char *text = (const char *)sqlite3_column_text(st, 4);
     json_t *root = NULL, *v;
     const char *name;
@@ -588,7 +622,8 @@ static int load_device(sqlite3_stmt *st, store_device_cb cb, void *arg, const ch
         *why = "out of memory";
         goto fail;
     }
-    if (hb < 0 || hb > UINT32_MAX || hint < 0 || hint > UINT32_MAX) {
+    if (hb < 0 || hb > UINT32_MAX || hint < 0 || hint > UINT32_MAX || good < 0 ||
+        good > UINT32_MAX || ceiling < 0 || ceiling > UINT32_MAX) {
         *why = "heartbeat out of range";
         goto fail;
     }
@@ -612,6 +647,9 @@ static int load_device(sqlite3_stmt *st, store_device_cb cb, void *arg, const ch
     }
     d.heartbeat = (uint32_t)hb;
     d.heartbeat_hint = (uint32_t)hint;
+    d.heartbeat_good = (uint32_t)good;
+    d.heartbeat_ceiling = (uint32_t)ceiling;
+    d.ceiling_since = sqlite3_column_int64(st, 7);
     d.nfolders = (uint32_t)i;
     d.folders = folders;
     cb(arg, &d);
@@ -633,7 +671,8 @@ static size_t sq_device_load(struct store *store, store_device_cb cb, void *arg)
     int rc;
 
     rc = sqlite3_prepare_v2(s->rdb,
-                            "SELECT user, device, heartbeat, heartbeat_hint, folders FROM devices",
+                            "SELECT user, device, heartbeat, heartbeat_hint, folders, "
+                            "heartbeat_good, heartbeat_ceiling, ceiling_since FROM devices",
                             -1, &st, NULL);
     while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         const char *why = NULL;

@@ -296,6 +296,8 @@ struct loaded {
     int n;
     char user[64], device[64];
     uint32_t heartbeat, hint, nfolders;
+    uint32_t max_ceiling, good;
+    int64_t ceiling_since;
     char names[4][32];
     uint64_t states[4];
 };
@@ -310,6 +312,11 @@ static void on_device(void *arg, const struct store_device *d)
     l->heartbeat = d->heartbeat;
     l->hint = d->heartbeat_hint;
     l->nfolders = d->nfolders;
+    if (d->heartbeat_ceiling > l->max_ceiling) {
+        l->max_ceiling = d->heartbeat_ceiling;
+        l->good = d->heartbeat_good;
+        l->ceiling_since = d->ceiling_since;
+    }
     for (uint32_t i = 0; i < d->nfolders && i < 4; i++) {
         snprintf(l->names[i], sizeof(l->names[i]), "%s", d->folders[i].name);
         l->states[i] = d->folders[i].state;
@@ -363,10 +370,45 @@ static void test_bad_device_record_is_skipped(void **state)
 
     store_device_save(s, &d);
     store_close(s);
-    sql(f->db, "INSERT INTO devices VALUES ('u', 'bad', 60, 60, 'not json')");
+    sql(f->db, "INSERT INTO devices (user, device, heartbeat, heartbeat_hint, folders) "
+               "VALUES ('u', 'bad', 60, 60, 'not json')");
     s = open_ok(f);
     assert_int_equal(store_device_load(s, on_device, &l), 1);
     assert_string_equal(l.device, "good");
+    store_close(s);
+}
+
+/* A version-1 file (before the adaptive heartbeat) opens, migrated, with its records. */
+static void test_version_1_file_is_migrated(void **state)
+{
+    struct fixture *f = *state;
+    struct store *s = open_ok(f);
+    struct loaded l = {0};
+    const struct store_folder folders[1] = {{"INBOX", 3}};
+    struct store_device d = {.user = "u", .device = "new", .heartbeat = 60, .heartbeat_hint = 120,
+                             .heartbeat_good = 120, .heartbeat_ceiling = 300,
+                             .ceiling_since = 1795000000, .nfolders = 1, .folders = folders};
+
+    store_close(s);
+    /* Rebuild the devices table as version 1 had it, with one old record. */
+    sql(f->db, "DROP TABLE devices;"
+               "CREATE TABLE devices (user TEXT NOT NULL, device TEXT NOT NULL, heartbeat INTEGER "
+               "NOT NULL, heartbeat_hint INTEGER NOT NULL, folders TEXT NOT NULL, PRIMARY KEY "
+               "(user, device)) STRICT, WITHOUT ROWID;"
+               "INSERT INTO devices VALUES ('u', 'old', 90, 90, '{\"INBOX\":\"2\"}');"
+               "PRAGMA user_version = 1;");
+    s = open_ok(f);
+    assert_int_equal(store_device_load(s, on_device, &l), 1);
+    assert_string_equal(l.device, "old");
+    /* New columns work after the migration, and survive a reopen. */
+    store_device_save(s, &d);
+    store_close(s);
+    s = open_ok(f);
+    memset(&l, 0, sizeof(l));
+    assert_int_equal(store_device_load(s, on_device, &l), 2);
+    assert_int_equal(l.max_ceiling, 300);
+    assert_int_equal(l.good, 120);
+    assert_int_equal(l.ceiling_since, 1795000000);
     store_close(s);
 }
 
@@ -535,6 +577,7 @@ int main(void)
         T(test_many_concurrent_batches_get_distinct_increasing_states),
         T(test_device_records_round_trip),
         T(test_bad_device_record_is_skipped),
+        T(test_version_1_file_is_migrated),
         T(test_corrupt_file_is_refused_and_left_alone),
         T(test_damaged_page_is_found_at_open),
         T(test_another_programs_database_is_refused),

@@ -57,6 +57,7 @@ NUDGED_SRC := \
 	src/shard/shard.c \
 	src/net/sockopt.c \
 	src/session/session.c \
+	src/session/heartbeat.c \
 	src/store/store.c \
 	src/store/statemap.c \
 	src/store/store_mem.c \
@@ -69,7 +70,8 @@ NUDGE_SRC := \
 	src/cli/cmd_token.c \
 	src/cli/cmd_publish.c \
 	src/cli/cmd_ping.c \
-	src/cli/cmd_sessions.c
+	src/cli/cmd_sessions.c \
+	src/cli/cmd_probe.c
 
 UNIT_TESTS := \
 	tests/unit/test_token \

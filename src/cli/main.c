@@ -28,6 +28,7 @@ static const struct command commands[] = {
     {"publish", cmd_publish, cmd_publish_usage, "report a folder change (POST /v1/events)"},
     {"ping", cmd_ping, cmd_ping_usage, "act as a device: long-poll POST /v1/ping"},
     {"sessions", cmd_sessions, cmd_sessions_usage, "list the held sessions, or end one (admin)"},
+    {"probe", cmd_probe, cmd_probe_usage, "measure the network path's idle timeout (GET /v1/probe)"},
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 
@@ -48,7 +49,7 @@ static void usage(FILE *out)
                  "\n"
                  "Environment:\n"
                  "  NUDGE_URL     server URL (default " CLI_DEFAULT_URL ")\n"
-                 "  NUDGE_TOKEN   bearer token for publish, ping and sessions\n"
+                 "  NUDGE_TOKEN   bearer token for publish, ping, sessions and probe\n"
                  "\n"
                  "Exit status: 0 success, 1 the server refused or the network failed,\n"
                  "2 the command line is wrong.\n");

@@ -31,6 +31,8 @@
     EVENT(1201, auth_forbidden, "a valid credential was used for an endpoint it may not use") \
     EVENT(1300, ping_superseded, "a device's held ping was answered because it sent a newer one") \
     EVENT(1301, session_limit, "a user at the session cap was refused a new session (429)") \
+    EVENT(1310, heartbeat_learned, "a device's heartbeat hint moved on new evidence (debug)") \
+    EVENT(1311, heartbeat_alert, "a client network's learned heartbeats average alert_average or less") \
     EVENT(1302, session_closed, "a session's connection closed without an answer (gone, dead, reaped, ended)") \
     EVENT(1400, publish_rejected, "a publish batch was refused; nothing of it applied") \
     EVENT(1500, store_opened, "the store is open and its states are loaded")     \

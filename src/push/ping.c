@@ -29,6 +29,7 @@
 #include "push/handlers.h"
 #include "server/conn.h"
 #include "server/router.h"
+#include "session/heartbeat.h"
 #include "session/session.h"
 #include "server/server.h"
 
@@ -48,20 +49,6 @@ static void unhold(struct device *d)
     }
 }
 
-/* Hands d's record to the store (write-behind) so it outlives a restart. */
-static void persist(struct server *s, const struct device *d)
-{
-    struct store_device sd = {
-        .user = d->user->id,
-        .device = d->id,
-        .heartbeat = d->heartbeat,
-        .heartbeat_hint = d->heartbeat_hint,
-        .nfolders = d->nfolders,
-        .folders = d->folders,
-    };
-    store_device_save(s->store, &sd);
-}
-
 static void answer_status(struct conn *c, struct device *d, enum ping_outcome o)
 {
     struct jsonw w;
@@ -73,7 +60,7 @@ static void answer_status(struct conn *c, struct device *d, enum ping_outcome o)
     jw_key(&w, "status");
     jw_str(&w, ping_outcome_names[o]);
     jw_key(&w, "heartbeat_hint");
-    jw_u64(&w, d->heartbeat_hint);
+    jw_u64(&w, hb_hint(c->srv, d));
     jw_obj_end(&w);
     body = jw_take(&w, &len);
     c->srv->metrics.pings_answered[o]++;
@@ -112,10 +99,10 @@ static int answer_if_changed(struct conn *c, struct device *d)
     }
     if (changed == 0)
         return 0;
-    persist(c->srv, d);
+    device_persist(c->srv->store, d);
     jw_obj_end(&w);
     jw_key(&w, "heartbeat_hint");
-    jw_u64(&w, d->heartbeat_hint);
+    jw_u64(&w, hb_hint(c->srv, d));
     jw_obj_end(&w);
     body = jw_take(&w, &len);
     c->srv->metrics.pings_answered[PING_CHANGED]++;
@@ -129,6 +116,7 @@ void ping_expired(struct conn *c)
     struct device *d = c->held;
 
     unhold(d);
+    hb_on_expired(d, d->heartbeat);
     answer_status(c, d, PING_EXPIRED);
 }
 
@@ -354,8 +342,19 @@ void ping_handle(struct conn *c, struct http_req *r, const struct principal *who
     dirty = d == NULL || d->heartbeat != heartbeat ||
             (p.nfolders && !same_folders(d, p.folders, p.nfolders));
     created = d == NULL;
-    if (created)
+    if (created) {
         d = user_device(u, p.device, 1);
+        hb_init(s, d, heartbeat);
+    }
+    /* Judge what this ping proves about the path before it replaces the last one. */
+    {
+        struct sockaddr_storage peer;
+        int len = sizeof(peer);
+        if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&peer, &len) != 0)
+            peer.ss_family = AF_UNSPEC;
+        if (hb_on_ping(s, d, (struct sockaddr *)&peer, d->held != NULL))
+            dirty = 1;
+    }
     if (d->held) {
         struct conn *old = d->held;
         char q1[300], q2[300];
@@ -367,7 +366,6 @@ void ping_handle(struct conn *c, struct http_req *r, const struct principal *who
     if (p.nfolders)
         device_set_folders(d, p.folders, p.nfolders);
     d->heartbeat = heartbeat;
-    d->heartbeat_hint = heartbeat;
     d->last_request = util_now_ms();
     if (answer_if_changed(c, d) > 0)
         goto done;
@@ -376,13 +374,15 @@ void ping_handle(struct conn *c, struct http_req *r, const struct principal *who
          * Refused: a device this ping created is forgotten again, or a client
          * inventing a new id per retry would grow memory without bound.
          */
-        if (created)
+        if (created) {
+            hb_forget(s, d);
             user_device_remove(u, d);
+        }
         goto done;
     }
     /* Most pings repeat the last one: write the record only when it changed. */
     if (dirty)
-        persist(s, d);
+        device_persist(s->store, d);
     d->held_since = d->last_request;
     d->held = c;
     u->held++;

@@ -73,7 +73,7 @@ void conn_close(struct conn *c, const char *why)
     deadline_clear(&c->srv->deadlines, &c->deadline);
     if (c->flags & CONN_HELD) {
         if (!c->srv->stopping)
-            session_closed(c->held, why);
+            session_closed(c->srv, c->held, why);
         ping_conn_closed(c);
         c->flags &= (uint8_t)~CONN_HELD;
         c->held = NULL;

@@ -23,6 +23,7 @@
 #include "push/ping.h"
 #include "server/conn.h"
 #include "server/listen.h"
+#include "session/heartbeat.h"
 
 /* Longest drain at shutdown: answers are small, so this is only for stuck peers. */
 #define STOP_GRACE_MS 2000
@@ -155,6 +156,9 @@ static void on_device_loaded(void *arg, const struct store_device *sd)
     device_set_folders(d, sd->folders, sd->nfolders);
     d->heartbeat = sd->heartbeat;
     d->heartbeat_hint = sd->heartbeat_hint;
+    d->heartbeat_good = sd->heartbeat_good;
+    d->heartbeat_ceiling = sd->heartbeat_ceiling;
+    d->ceiling_since = sd->ceiling_since;
 }
 
 int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
@@ -221,4 +225,5 @@ void server_free(struct server *s)
     s->store = NULL;
     deadline_heap_free(&s->deadlines);
     strmap_free(&s->per_ip);
+    hb_free_nets(s);
 }

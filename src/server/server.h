@@ -36,6 +36,7 @@ struct server {
     int listen_paused;
     unsigned max_conns;        /* max_connections within the descriptor limit */
     struct strmap per_ip;      /* raw address -> struct ip_count, with max_per_ip */
+    struct strmap nets;        /* client network prefix -> struct hbnet (heartbeat.h) */
     uv_timer_t deadline_timer; /* armed for the earliest connection deadline */
     uint64_t deadline_armed;   /* when it is armed for, 0: not armed */
     uv_timer_t resume_timer;   /* runs connections with pipelined requests waiting */

@@ -22,6 +22,7 @@
 #include "server/router.h"
 #include "server/server.h"
 #include "push/handlers.h"
+#include "session/heartbeat.h"
 #include "shard/shard.h"
 
 /* A URL-encoded id may take three bytes per byte. */
@@ -117,9 +118,13 @@ int session_admit(struct server *s, struct conn *c, struct user *u, struct devic
     return -1;
 }
 
-void session_closed(struct device *d, const char *why)
+void session_closed(struct server *s, struct device *d, const char *why)
 {
     char q1[300], q2[300], q3[200];
+
+    /* The path or the peer failed before the heartbeat ended; an admin's end proves nothing. */
+    if (strcmp(why, SESSION_ENDED_BY_ADMIN) != 0)
+        hb_on_lost(s, d);
 
     LOG(LOG_INFO, session_closed, "user=%s device=%s why=%s", log_q(q1, sizeof(q1), d->user->id),
         log_q(q2, sizeof(q2), d->id), log_q(q3, sizeof(q3), why));
@@ -237,7 +242,7 @@ void sessions_end_handle(struct conn *c, struct http_req *r, const struct princi
         conn_respond_error(c, 404, "no-session", "that user and device hold no session");
         return;
     }
-    conn_close(d->held, "ended by an admin");
+    conn_close(d->held, SESSION_ENDED_BY_ADMIN);
     jw_init(&w);
     jw_obj_begin(&w);
     jw_key(&w, "status");

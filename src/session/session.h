@@ -30,8 +30,11 @@ struct user;
  */
 int session_admit(struct server *s, struct conn *c, struct user *u, struct device *d);
 
-/* The held connection of d is closing for 'why' (not an answer): log it. */
-void session_closed(struct device *d, const char *why);
+/* The reason an admin's DELETE gives (it does not count against the device's path). */
+#define SESSION_ENDED_BY_ADMIN "ended by an admin"
+
+/* The held connection of d is closing for 'why' (not an answer): learn from it, log it. */
+void session_closed(struct server *s, struct device *d, const char *why);
 
 /* GET /v1/admin/sessions[?user=U] */
 void sessions_list_handle(struct conn *c, struct http_req *r, const struct principal *who);

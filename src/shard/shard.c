@@ -64,6 +64,22 @@ struct device *user_device(struct user *u, const char *id, int create)
     return d;
 }
 
+void device_persist(struct store *s, const struct device *d)
+{
+    struct store_device sd = {
+        .user = d->user->id,
+        .device = d->id,
+        .heartbeat = d->heartbeat,
+        .heartbeat_hint = d->heartbeat_hint,
+        .heartbeat_good = d->heartbeat_good,
+        .heartbeat_ceiling = d->heartbeat_ceiling,
+        .ceiling_since = d->ceiling_since,
+        .nfolders = d->nfolders,
+        .folders = d->folders,
+    };
+    store_device_save(s, &sd);
+}
+
 void user_device_remove(struct user *u, struct device *d)
 {
     strmap_del(&u->devices, d->id, strlen(d->id));

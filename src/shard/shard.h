@@ -29,7 +29,16 @@ struct device {
     struct store_folder *folders;   /* last ping's folders; names owned here */
     uint32_t nfolders;
     uint32_t heartbeat;             /* last ping's heartbeat in s; 0: none yet */
-    uint32_t heartbeat_hint;        /* what the device was last advised */
+    uint32_t heartbeat_hint;        /* what the device is advised (session/heartbeat.c) */
+    uint32_t heartbeat_good;        /* longest heartbeat proven on its path; 0: none */
+    uint32_t heartbeat_ceiling;     /* a heartbeat that failed on its path; 0: none */
+    uint32_t heartbeat_successes;   /* proofs at the hint since it last changed */
+    uint32_t expired_heartbeat;     /* the expiry answered last, awaiting its proof; 0: none */
+    uint32_t asked_under;           /* the hint the device knew when it sent its last ping */
+    uint32_t expired_under;         /* the same, for the expired ping awaiting proof */
+    int64_t ceiling_since;          /* Unix time the ceiling was learned */
+    uint64_t expired_at;            /* ms (monotonic) of that expiry answer */
+    struct hbnet *net;              /* the client network it last pinged from */
     uint64_t held_since;            /* ms (monotonic): when the held ping began */
     uint64_t last_request;          /* ms (monotonic): the device's last ping */
     char id[];
@@ -55,6 +64,9 @@ struct user *shard_user(struct shard *sh, const char *id, int create);
 
 /* The device of u with this id; created when 'create'. */
 struct device *user_device(struct user *u, const char *id, int create);
+
+/* Hands d's record to the store (write-behind) so it outlives a restart. */
+void device_persist(struct store *s, const struct device *d);
 
 /* Removes and frees d (it must hold no ping). */
 void user_device_remove(struct user *u, struct device *d);

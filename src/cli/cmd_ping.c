@@ -15,6 +15,7 @@
  * Output is line-buffered and flushed per line: tests and scripts read it
  * through a pipe while the process keeps running.
  */
+#include <errno.h>
 #include <getopt.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -36,6 +37,8 @@ enum {
     OPT_LOOP,
     OPT_COUNT,
     OPT_EMPTY,
+    OPT_ADAPTIVE,
+    OPT_SLACK,
     OPT_USER,
 };
 
@@ -70,6 +73,8 @@ struct ping {
     int empty;               /* this ping goes with an empty body and ?device= */
     unsigned long count;     /* stop after this many outcome lines; 0 = no limit */
     unsigned long outcomes;  /* outcome lines printed so far */
+    int adaptive;            /* follow the server's heartbeat_hint */
+    unsigned slack;          /* an answer may come this long after the heartbeat */
 };
 
 /* What an answer means for the loop. */
@@ -79,13 +84,15 @@ enum outcome {
     OUT_WAIT,       /* 503: wait Retry-After, then ping again */
     OUT_BACKOFF,    /* network error or other 5xx: back off, then ping again */
     OUT_FATAL,      /* a 4xx or an answer that makes no sense: stop, failure */
+    OUT_LOST,       /* no answer within heartbeat + slack: the path ate it; ping again */
 };
 
 void cmd_ping_usage(FILE *out)
 {
     fprintf(out,
             "Usage: nudge ping --device ID [--heartbeat SECONDS] [--folder NAME[=STATE] ...]\n"
-            "                  [--loop] [--count N] [--empty] [SERVER OPTIONS]\n"
+            "                  [--loop] [--count N] [--empty] [--adaptive] [--slack SECONDS]\n"
+            "                  [SERVER OPTIONS]\n"
             "\n"
             "Acts as a device: long-polls nudged (POST /v1/ping) and prints one line per\n"
             "outcome, flushed at once:\n"
@@ -108,6 +115,13 @@ void cmd_ping_usage(FILE *out)
             "                        wait its Retry-After; after network errors back off 1, 2,\n"
             "                        4 .. %d s. Waits print 'waiting N s'\n"
             "  --count N             with --loop, stop after N outcome lines\n"
+            "  --adaptive            with --loop, use each answer's heartbeat_hint as the next\n"
+            "                        heartbeat, as a real device would; lines then show the\n"
+            "                        heartbeat used: 'expired heartbeat=240 heartbeat_hint=300'.\n"
+            "                        An answer that does not come within heartbeat + slack is\n"
+            "                        reported 'lost heartbeat=N' and the ping sent again at once\n"
+            "  --slack SECONDS       how long after the heartbeat an answer may still come\n"
+            "                        (default %d)\n"
             "  --user ID             the user to mint a token for with -c or --secret-file\n"
             "  -h, --help            show this help\n"
             "\n"
@@ -116,7 +130,7 @@ void cmd_ping_usage(FILE *out)
             "Without --token, -c or --secret-file with --user mint a user token from the\n"
             "server secret (handy on the server's own machine).\n"
             "\n"
-            "An answer must arrive within the heartbeat + %d s (%d s without --heartbeat).\n"
+            "An answer must arrive within the heartbeat + slack (%d s without --heartbeat).\n"
             "Exit status: 0 the last outcome was a 200 answer (changed, expired,\n"
             "superseded); 1 an error; 2 usage.\n",
             PING_BACKOFF_MAX_S, PING_MARGIN_S, PING_UNKNOWN_HEARTBEAT_S + PING_MARGIN_S);
@@ -251,7 +265,7 @@ static void print_http_error(struct ping *p, const struct httpc_response *resp)
 }
 
 /* Takes the answered states of a changed answer and prints its line. */
-static enum outcome on_changed(struct ping *p, json_t *root, long hint)
+static enum outcome on_changed(struct ping *p, json_t *root, const char *hint_s)
 {
     json_t *folders = json_object_get(root, "folders"), *v;
     const char *name;
@@ -272,10 +286,7 @@ static enum outcome on_changed(struct ping *p, json_t *root, long hint)
             if (strcmp(p->folders[i].name, name) == 0)
                 memcpy(p->folders[i].state, state, strlen(state) + 1);
     }
-    if (hint >= 0)
-        say(p, 1, " heartbeat_hint=%ld", hint);
-    else
-        say(p, 1, "%s", "");
+    say(p, 1, "%s", hint_s);
     return OUT_AGAIN;
 }
 
@@ -300,10 +311,14 @@ static enum outcome on_answer(struct ping *p, const struct httpc_response *resp)
     hint_v = json_object_get(root, "heartbeat_hint");
     if (json_is_integer(hint_v)) {
         hint = (long)json_integer_value(hint_v);
-        snprintf(hint_s, sizeof(hint_s), " heartbeat_hint=%ld", hint);
+        if (p->adaptive)
+            snprintf(hint_s, sizeof(hint_s), " heartbeat=%ld heartbeat_hint=%ld", p->heartbeat,
+                     hint);
+        else
+            snprintf(hint_s, sizeof(hint_s), " heartbeat_hint=%ld", hint);
     }
     if (status != NULL && strcmp(status, "changed") == 0) {
-        out = on_changed(p, root, hint);
+        out = on_changed(p, root, hint_s);
     } else if (status != NULL && strcmp(status, "expired") == 0) {
         say(p, 1, "expired%s", hint_s);
         out = OUT_AGAIN;
@@ -316,6 +331,9 @@ static enum outcome on_answer(struct ping *p, const struct httpc_response *resp)
         say(p, 1, "%s", "");
         out = OUT_FATAL;
     }
+    /* A device that follows the hint pings next with it (the server keeps it in bounds). */
+    if (p->adaptive && hint > 0)
+        p->heartbeat = hint;
     json_decref(root);
     return out;
 }
@@ -360,11 +378,19 @@ static int run(struct ping *p, struct httpc *http, const char *token, int loop)
                 return CLI_EXIT_FAIL;
             }
         }
+        /* The answer may take the whole heartbeat: wait that long plus the slack. */
+        http->read_timeout_ms =
+            ((p->heartbeat >= 0 ? (unsigned)p->heartbeat : PING_UNKNOWN_HEARTBEAT_S) + p->slack) *
+            1000u;
         rc = httpc_request(http, "POST", path, token, body, body ? strlen(body) : 0, &resp, err,
                            sizeof(err));
         free(body);
         body = NULL;
-        if (rc < 0) {
+        if (rc == -ETIMEDOUT && strncmp(err, "no answer", 9) == 0 && p->adaptive) {
+            /* What a phone behind a firewall that dropped the idle flow sees. */
+            say(p, 1, "lost heartbeat=%ld: %s", p->heartbeat, err);
+            out = OUT_LOST;
+        } else if (rc < 0) {
             say(p, 1, "error %s", err);
             out = OUT_BACKOFF;
         } else {
@@ -377,7 +403,7 @@ static int run(struct ping *p, struct httpc *http, const char *token, int loop)
             }
             httpc_response_free(&resp);
         }
-        last_ok = out == OUT_AGAIN || out == OUT_SUPERSEDED;
+        last_ok = out == OUT_AGAIN || out == OUT_SUPERSEDED || out == OUT_LOST;
         if (!loop || out == OUT_SUPERSEDED || out == OUT_FATAL)
             break;
         if (p->count > 0 && p->outcomes >= p->count)
@@ -394,7 +420,7 @@ static int run(struct ping *p, struct httpc *http, const char *token, int loop)
                 p->empty = 1;
             }
         }
-        if (out == OUT_AGAIN) {
+        if (out == OUT_AGAIN || out == OUT_LOST) {
             backoff = 0;
         } else if (out == OUT_WAIT) {
             wait_seconds(p, backoff);
@@ -417,6 +443,8 @@ int cmd_ping(int argc, char **argv)
         {"loop", no_argument, NULL, OPT_LOOP},
         {"count", required_argument, NULL, OPT_COUNT},
         {"empty", no_argument, NULL, OPT_EMPTY},
+        {"adaptive", no_argument, NULL, OPT_ADAPTIVE},
+        {"slack", required_argument, NULL, OPT_SLACK},
         {"user", required_argument, NULL, OPT_USER},
         {"help", no_argument, NULL, 'h'},
         CLI_SERVER_LONGOPTS,
@@ -424,7 +452,7 @@ int cmd_ping(int argc, char **argv)
     };
     const char *cmd = "ping";
     const char *user = NULL;
-    struct ping p = {.heartbeat = -1};
+    struct ping p = {.heartbeat = -1, .slack = PING_MARGIN_S};
     struct cli_server srv;
     struct httpc http;
     char token[TOKEN_MAX], err[512];
@@ -470,6 +498,14 @@ int cmd_ping(int argc, char **argv)
         case OPT_EMPTY:
             p.empty = 1;
             break;
+        case OPT_ADAPTIVE:
+            p.adaptive = 1;
+            break;
+        case OPT_SLACK:
+            if (cli_parse_number(cmd, "--slack", optarg, 1, 86400, &v) != 0)
+                goto done;
+            p.slack = (unsigned)v;
+            break;
         case OPT_USER:
             user = optarg;
             break;
@@ -488,6 +524,10 @@ int cmd_ping(int argc, char **argv)
     }
     if (p.device == NULL) {
         cli_usage_error(cmd, "--device is required");
+        goto done;
+    }
+    if (p.adaptive && (!loop || p.heartbeat < 0 || p.empty)) {
+        cli_usage_error(cmd, "--adaptive needs --loop and a first --heartbeat (and a body)");
         goto done;
     }
     if (p.empty && (p.nfolders > 0 || p.heartbeat >= 0)) {

@@ -119,3 +119,24 @@ def test_a_network_of_short_heartbeats_is_named(make_nudged):
     assert ev["network"] == "127.0.0.0/24", ev
     assert int(ev["average"]) <= 10 and ev["name"] == "heartbeat_alert", ev
     assert "middlebox idle timeout is short" in ev["advice"], ev
+
+
+def test_nudge_ping_adaptive_follows_the_hint(make_nudged):
+    import subprocess
+
+    import harness
+
+    n = make_nudged(SETTINGS)
+    user = n.user("gina")
+    out = subprocess.run(
+        [harness.nudge_path(), "ping", "--url", n.url, "--token", user.token, "--device", "phone",
+         "--heartbeat", "1", "--folder", "INBOX", "--loop", "--adaptive", "--slack", "5",
+         "--count", "4"],
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out
+    lines = out.stdout.splitlines()
+    # Each ping uses the hint of the answer before it, and the hint climbs.
+    assert lines == ["expired heartbeat=1 heartbeat_hint=1",
+                     "expired heartbeat=1 heartbeat_hint=2",
+                     "expired heartbeat=2 heartbeat_hint=3",
+                     "expired heartbeat=3 heartbeat_hint=4"], out.stdout

@@ -81,7 +81,8 @@ UNIT_TESTS := \
 	tests/unit/test_store_sqlite \
 	tests/unit/test_deadline \
 	tests/unit/test_events \
-	tests/unit/test_net
+	tests/unit/test_net \
+	tests/unit/test_heartbeat
 
 # Server objects the unit tests link against (everything but main.c).
 NUDGED_LIB_SRC := $(filter-out src/server/main.c,$(NUDGED_SRC))

@@ -161,7 +161,8 @@ static void success(struct server *s, struct device *d, unsigned hb, unsigned un
 
     if (hb > d->heartbeat_good)
         d->heartbeat_good = hb;
-    if (hb < under || hb < d->heartbeat_good)
+    /* Followed the advice: at least the hint it knew, or the hint now if that fell since. */
+    if (hb < (under < d->heartbeat_hint ? under : d->heartbeat_hint) || hb < d->heartbeat_good)
         return; /* proves less than what is known already */
     if (++d->heartbeat_successes < cfg->heartbeat_sample_size)
         return;

@@ -1,0 +1,184 @@
+/*
+ * test_heartbeat.c — the adaptive heartbeat's rules, step by step, on a real
+ * server object (memory store): raises after sample_size proofs, the fall
+ * back to the proven heartbeat with the failed one as a ceiling, closing in
+ * on a ceiling without reaching it, ceilings that expire, halving when
+ * nothing was proven, and the per-network average.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/config.h"
+#include "common/log.h"
+#include "server/server.h"
+#include "session/heartbeat.h"
+#include "shard/shard.h"
+
+static struct server srv;
+static struct config cfg;
+
+static int setup(void **state)
+{
+    char err[128];
+
+    (void)state;
+    log_init(NULL, LOG_ERROR);
+    memset(&srv, 0, sizeof(srv));
+    config_defaults(&cfg);
+    cfg.heartbeat_min = 60;
+    cfg.heartbeat_max = 1680;
+    cfg.heartbeat_increment = 60;
+    cfg.heartbeat_sample_size = 2;
+    cfg.heartbeat_grace = 30;
+    cfg.heartbeat_ceiling_retry = 86400;
+    cfg.heartbeat_alert_average = 540;
+    srv.cfg = &cfg;
+    shard_init(&srv.shard);
+    assert_int_equal(store_mem_backend.open(&srv.store, &cfg, NULL, err, sizeof(err)), 0);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    shard_free(&srv.shard);
+    store_close(srv.store);
+    hb_free_nets(&srv);
+    return 0;
+}
+
+static struct sockaddr_in peer(const char *ip)
+{
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    inet_pton(AF_INET, ip, &a.sin_addr);
+    return a;
+}
+
+/* The device pings with heartbeat hb, it expires, and (after 'gap_ms') it pings again. */
+static void cycle(struct device *d, unsigned hb, uint64_t gap_ms, const char *ip)
+{
+    struct sockaddr_in a = peer(ip);
+
+    d->heartbeat = hb;
+    hb_on_expired(d, hb);
+    d->expired_at -= gap_ms; /* as if the next ping came gap_ms after the answer */
+    hb_on_ping(&srv, d, (struct sockaddr *)&a, 0);
+}
+
+static struct device *new_device(const char *user, const char *id, unsigned hb, const char *ip)
+{
+    struct user *u = shard_user(&srv.shard, user, 1);
+    struct device *d = user_device(u, id, 1);
+    struct sockaddr_in a = peer(ip);
+
+    hb_init(&srv, d, hb);
+    hb_on_ping(&srv, d, (struct sockaddr *)&a, 0);
+    return d;
+}
+
+static void test_raise_after_sample_then_fall_back(void **state)
+{
+    struct device *d = new_device("u1", "phone", 60, "10.0.0.5");
+
+    (void)state;
+    assert_int_equal(hb_hint(&srv, d), 60);
+    cycle(d, 60, 100, "10.0.0.5");
+    assert_int_equal(d->heartbeat_hint, 60); /* one proof of two */
+    cycle(d, 60, 100, "10.0.0.5");
+    assert_int_equal(d->heartbeat_hint, 120);
+    cycle(d, 120, 100, "10.0.0.5");
+    cycle(d, 120, 100, "10.0.0.5");
+    assert_int_equal(d->heartbeat_hint, 180);
+    /* 180 is eaten: the next ping comes 90 s after the answer (> grace 30). */
+    cycle(d, 180, 90000, "10.0.0.5");
+    assert_int_equal(d->heartbeat_hint, 120);
+    assert_int_equal(d->heartbeat_ceiling, 180);
+    assert_int_equal(d->heartbeat_good, 120);
+    /* Closing in: halfway to the ceiling, never on it. */
+    cycle(d, 120, 100, "10.0.0.5");
+    cycle(d, 120, 100, "10.0.0.5");
+    assert_int_equal(d->heartbeat_hint, 150);
+    for (int i = 0; i < 20; i++)
+        cycle(d, d->heartbeat_hint, 100, "10.0.0.5");
+    assert_true(d->heartbeat_hint < 180 && d->heartbeat_hint >= 170);
+}
+
+static void test_ceiling_expires(void **state)
+{
+    struct device *d = new_device("u2", "phone", 300, "10.0.1.5");
+
+    (void)state;
+    cycle(d, 300, 90000, "10.0.1.5"); /* fails with nothing proven: half */
+    assert_int_equal(d->heartbeat_hint, 150);
+    assert_int_equal(d->heartbeat_ceiling, 300);
+    d->ceiling_since = (int64_t)time(NULL) - 86401; /* a day later */
+    cycle(d, 150, 100, "10.0.1.5");
+    cycle(d, 150, 100, "10.0.1.5");
+    assert_int_equal(d->heartbeat_ceiling, 0);
+    assert_int_equal(d->heartbeat_hint, 210);
+}
+
+static void test_away_device_is_no_evidence_and_supersede_is(void **state)
+{
+    struct device *d = new_device("u3", "phone", 600, "10.0.2.5");
+    struct sockaddr_in a = peer("10.0.2.5");
+
+    (void)state;
+    /* Back after two hours: it was away, not failed. */
+    cycle(d, 600, 7200 * 1000ull, "10.0.2.5");
+    assert_int_equal(d->heartbeat_hint, 600);
+    assert_int_equal(d->heartbeat_ceiling, 0);
+    /* A new ping while the 600 s one is held: the path ate something. */
+    d->heartbeat = 600;
+    hb_on_ping(&srv, d, (struct sockaddr *)&a, 1);
+    assert_int_equal(d->heartbeat_ceiling, 600);
+    assert_int_equal(d->heartbeat_hint, 300);
+}
+
+static void test_network_average(void **state)
+{
+    struct device *a = new_device("n1", "a", 600, "192.0.2.10");
+    struct device *b = new_device("n2", "b", 600, "192.0.2.20");
+    struct device *c = new_device("n3", "c", 600, "198.51.100.7");
+    struct hbnet *net = a->net;
+
+    (void)state;
+    assert_ptr_equal(a->net, b->net);
+    assert_ptr_not_equal(a->net, c->net);
+    assert_string_equal(net->name, "192.0.2.0/24");
+    assert_int_equal(net->devices, 2);
+    assert_int_equal(net->counted, 0); /* nobody has hit a middlebox yet */
+    cycle(a, 600, 90000, "192.0.2.10");
+    cycle(b, 600, 90000, "192.0.2.20");
+    assert_int_equal(net->counted, 2);
+    assert_int_equal(net->hint_sum, 600);
+    assert_true(net->alerted);
+    assert_false(c->net->alerted);
+    /* A device moving to another network takes its hint along. */
+    cycle(b, 300, 100, "198.51.100.9");
+    assert_int_equal(net->devices, 1);
+    assert_int_equal(net->counted, 1);
+    assert_int_equal(net->hint_sum, 300);
+    hb_forget(&srv, a);
+    assert_int_equal(net->devices, 0);
+    assert_int_equal(net->counted, 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_raise_after_sample_then_fall_back, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_ceiling_expires, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_away_device_is_no_evidence_and_supersede_is, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_network_average, setup, teardown),
+    };
+    return cmocka_run_group_tests_name("heartbeat", tests, NULL, NULL);
+}

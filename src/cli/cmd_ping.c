@@ -74,6 +74,7 @@ struct ping {
     unsigned long count;     /* stop after this many outcome lines; 0 = no limit */
     unsigned long outcomes;  /* outcome lines printed so far */
     int adaptive;            /* follow the server's heartbeat_hint */
+    long answered_hb;        /* the last heartbeat whose answer arrived (-1: none) */
     unsigned slack;          /* an answer may come this long after the heartbeat */
 };
 
@@ -120,6 +121,7 @@ void cmd_ping_usage(FILE *out)
             "                        heartbeat used: 'expired heartbeat=240 heartbeat_hint=300'.\n"
             "                        An answer that does not come within heartbeat + slack is\n"
             "                        reported 'lost heartbeat=N' and the ping sent again at once\n"
+            "                        with the last heartbeat that was answered\n"
             "  --slack SECONDS       how long after the heartbeat an answer may still come\n"
             "                        (default %d)\n"
             "  --user ID             the user to mint a token for with -c or --secret-file\n"
@@ -332,6 +334,8 @@ static enum outcome on_answer(struct ping *p, const struct httpc_response *resp)
         out = OUT_FATAL;
     }
     /* A device that follows the hint pings next with it (the server keeps it in bounds). */
+    if (p->heartbeat >= 0)
+        p->answered_hb = p->heartbeat;
     if (p->adaptive && hint > 0)
         p->heartbeat = hint;
     json_decref(root);
@@ -390,6 +394,14 @@ static int run(struct ping *p, struct httpc *http, const char *token, int loop)
             /* What a phone behind a firewall that dropped the idle flow sees. */
             say(p, 1, "lost heartbeat=%ld: %s", p->heartbeat, err);
             out = OUT_LOST;
+            /*
+             * Its hint died with the answer: go back to the last heartbeat
+             * that got through (or half), and learn the new hint from the
+             * next answer, which the server judges a failure of this one.
+             */
+            p->heartbeat = p->answered_hb > 0 && p->answered_hb < p->heartbeat
+                               ? p->answered_hb
+                               : (p->heartbeat / 2 > 0 ? p->heartbeat / 2 : 1);
         } else if (rc < 0) {
             say(p, 1, "error %s", err);
             out = OUT_BACKOFF;
@@ -452,7 +464,7 @@ int cmd_ping(int argc, char **argv)
     };
     const char *cmd = "ping";
     const char *user = NULL;
-    struct ping p = {.heartbeat = -1, .slack = PING_MARGIN_S};
+    struct ping p = {.heartbeat = -1, .slack = PING_MARGIN_S, .answered_hb = -1};
     struct cli_server srv;
     struct httpc http;
     char token[TOKEN_MAX], err[512];

@@ -156,7 +156,7 @@ test-unit: $(UNIT_BIN)
 
 test-e2e: all
 	NUDGED=$(abspath $(BIN)/nudged) NUDGE=$(abspath $(BIN)/nudge) \
-		$(PYTHON) -m pytest -q tests/e2e
+		$(PYTHON) -m pytest -q tests/e2e tests/netlab
 
 # The sanitizer pass: same unit and end-to-end tests against the ASan+UBSan build.
 # ASAN_OPTIONS makes any report fatal; the e2e fixture fails a test whose
@@ -166,7 +166,7 @@ test-san: all $(UNIT_BIN)
 		ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 $$t; done
 	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 		NUDGED=$(abspath $(BIN)/nudged) NUDGE=$(abspath $(BIN)/nudge) NUDGE_SAN=1 \
-		$(PYTHON) -m pytest -q tests/e2e
+		$(PYTHON) -m pytest -q tests/e2e tests/netlab
 
 bench: deps-test
 	@$(MAKE) --no-print-directory all

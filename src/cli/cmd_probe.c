@@ -30,19 +30,20 @@
  *     waiting for its read timeout; only the final bracket waits for lost
  *     probes to be certain. The ladder's first lost rung D <= 1.5 T is
  *     suspected at about 1.13 D, the bisection's shortest lost probe is
- *     certain about 1.2 T + 2 s later: 2.9 T + 2 s at worst, 2.6 T typically.
+ *     certain about 1.2 T + 2 s later: 2.9 T + 2 s at worst. Measured in
+ *     tests/netlab: 2.5 T at T = 40 s, 2.8 T at 240 s.
  *
  * Server slots: the server counts a probe until it has answered it or seen
- * the client close. Closing a probe whose flow may
- * already be dead tells the server nothing (the FIN is dropped too), so its
- * slot stays taken until its hold ends; closing one younger than the
- * longest surviving hold is safe. The slot table below models this, so the
+ * the client close. Closing a probe whose flow may already be dead tells
+ * the server nothing (the FIN is dropped too), so its slot stays taken
+ * until its hold ends; closing one younger than the longest surviving hold
+ * is safe. The slot table below models this, so the
  * client never asks for more than the server will hold, and a 429 (another
  * probe of the same user running) only delays it.
  *
  * Cost: one thread, poll() over at most 16 sockets, each with a 96-byte
- * llhttp parser and a small bounded answer buffer; nothing grows with the
- * run's length but the list of lost holds (bounded by PROBE_MAX_PROBES).
+ * llhttp parser and a small bounded answer buffer, all in one allocation of
+ * about 45 KiB made at start; a run makes at most PROBE_MAX_PROBES probes.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -178,18 +179,18 @@ void cmd_probe_usage(FILE *out)
             "its own connection with keepalive off, at most %d at once): a ladder from\n"
             "--min growing by half, then bisection. A probe whose answer does not arrive\n"
             "within its hold * 1.2 + 2 s is lost. One line per result, then a summary:\n"
-            "  probe 160 s: survived\n"
-            "  probe 360 s: lost (no answer within 434 s)\n"
-            "  bracket: flows idle for 240 s survive; 250 s do not\n"
-            "  heartbeat: 216 s recommended (240 s less a 24 s margin)\n"
-            "  keepalive: idle 120 s recommended\n"
-            "  nudged.conf: [network] idle_timeout = 240\n"
-            "  took 712 s, 24 probes\n"
+            "  probe 211 s: survived\n"
+            "  probe 316 s: lost (no answer within 382 s)\n"
+            "  bracket: flows idle for 237 s survive; 246 s do not\n"
+            "  heartbeat: 214 s recommended (237 s less a 23 s margin)\n"
+            "  keepalive: idle 118 s recommended\n"
+            "  nudged.conf: [network] idle_timeout = 237\n"
+            "  took 678 s, 30 probes\n"
             "A run takes about 3 times the timeout it finds (--max when there is none).\n"
             "\n"
             "  --min SECONDS         the shortest hold tried (default 1)\n"
-            "  --max SECONDS         the longest hold tried (default %d; holds stop at %d s,\n"
-            "                        the server's ceiling)\n"
+            "  --max SECONDS         the longest hold tried (default %d; holds stop at\n"
+            "                        %d s, the server's ceiling)\n"
             "  --precision P%%        stop when (lost - survived) / lost <= P (default %g%%;\n"
             "                        holds are whole seconds, so 1 s apart also stops)\n"
             "  --user ID             the user to mint a token for with -c or --secret-file\n"
@@ -418,7 +419,8 @@ static int slot_pending(const struct slot *s)
 /* A waiting probe past its hold + grace without an answer: probably lost. */
 static int slot_suspect(const struct slot *s, uint64_t now)
 {
-    return s->state == SLOT_WAITING && now >= s->sent_ms + s->hold * 1000ull + SUSPECT_GRACE_MS(s->hold);
+    return s->state == SLOT_WAITING &&
+           now >= s->sent_ms + s->hold * 1000ull + SUSPECT_GRACE_MS(s->hold);
 }
 
 /*
@@ -897,7 +899,7 @@ int cmd_probe(int argc, char **argv)
     int opt, rc = CLI_EXIT_USAGE, minting;
     uint64_t v;
 
-    /* About 25 KiB of slots: on the heap, not on a small thread stack. */
+    /* About 45 KiB, mostly the slots: on the heap rather than the stack. */
     r = calloc(1, sizeof(*r));
     if (r == NULL) {
         fprintf(stderr, "nudge probe: out of memory\n");

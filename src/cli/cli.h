@@ -78,6 +78,11 @@ int cli_server_opt(struct cli_server *srv, int opt, const char *arg);
 int cli_server_token(const struct cli_server *srv, const char *cmd, enum token_kind kind,
                      const char *mint_subject, int64_t mint_ttl, char *out);
 
+struct httpc_response;
+
+/* Prints "nudge CMD: HTTP 403: <the answer's error field, else its body on one line>". */
+void cli_print_http_error(const char *cmd, const struct httpc_response *resp);
+
 /*
  * Prints "nudge CMD: <message>; see 'nudge CMD --help'" to stderr (main.c).
  * Returns CLI_EXIT_USAGE so callers can `return cli_usage_error(...)`.

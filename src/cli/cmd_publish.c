@@ -28,8 +28,6 @@ enum {
 #define PUBLISH_TIMEOUT_MS 30000
 /* A token minted for one request only needs to outlive it; an hour forgives clock skew. */
 #define PUBLISH_MINT_TTL 3600
-/* Errors are one line: a long body is cut there. */
-#define ERROR_BODY_MAX 300
 
 void cmd_publish_usage(FILE *out)
 {
@@ -101,29 +99,6 @@ fail:
     return NULL;
 }
 
-/* Prints "nudge publish: HTTP 400: <error field, else the body on one line>". */
-static void print_http_error(const struct httpc_response *resp)
-{
-    json_t *root = json_loadb(resp->body, resp->body_len, 0, NULL);
-    const char *msg = json_string_value(json_object_get(root, "error"));
-    char line[ERROR_BODY_MAX + 4];
-    size_t n = 0;
-
-    if (msg == NULL) {
-        for (size_t i = 0; i < resp->body_len && n < ERROR_BODY_MAX; i++) {
-            unsigned char ch = (unsigned char)resp->body[i];
-            line[n++] = ch < ' ' || ch == 0x7f ? ' ' : (char)ch;
-        }
-        while (n > 0 && line[n - 1] == ' ')
-            n--;
-        if (resp->body_len > ERROR_BODY_MAX)
-            line[n++] = '.', line[n++] = '.', line[n++] = '.';
-        line[n] = '\0';
-        msg = n ? line : "(no body)";
-    }
-    fprintf(stderr, "nudge publish: HTTP %d: %s\n", resp->status, msg);
-    json_decref(root);
-}
 
 /* Prints the answer's states. Returns an exit code. */
 static int print_states(const struct httpc_response *resp)
@@ -295,7 +270,7 @@ int cmd_publish(int argc, char **argv)
     if (resp.status == 200) {
         rc = print_states(&resp);
     } else {
-        print_http_error(&resp);
+        cli_print_http_error("publish", &resp);
         rc = CLI_EXIT_FAIL;
     }
     httpc_response_free(&resp);

@@ -51,8 +51,6 @@ enum {
 #define ID_ESCAPED_MAX (3 * ID_MAX + 1)
 /* A cell is an id quoted by log_q: escapes take up to 4 bytes per byte, plus quotes. */
 #define CELL_MAX (4 * ID_MAX + 3)
-/* Errors are one line: a long body is cut there. */
-#define ERROR_BODY_MAX 300
 
 enum col { COL_USER, COL_DEVICE, COL_REMOTE, COL_KIND, COL_AGE, COL_LAST, COL_HEARTBEAT, NCOLS };
 
@@ -103,29 +101,6 @@ void cmd_sessions_usage(FILE *out)
             "not be reached; 2 usage.\n");
 }
 
-/* Prints "nudge sessions: HTTP 403: <error field, else the body on one line>". */
-static void print_http_error(const struct httpc_response *resp)
-{
-    json_t *root = json_loadb(resp->body, resp->body_len, 0, NULL);
-    const char *msg = json_string_value(json_object_get(root, "error"));
-    char line[ERROR_BODY_MAX + 4];
-    size_t n = 0;
-
-    if (msg == NULL) {
-        for (size_t i = 0; i < resp->body_len && n < ERROR_BODY_MAX; i++) {
-            unsigned char ch = (unsigned char)resp->body[i];
-            line[n++] = ch < ' ' || ch == 0x7f ? ' ' : (char)ch;
-        }
-        while (n > 0 && line[n - 1] == ' ')
-            n--;
-        if (resp->body_len > ERROR_BODY_MAX)
-            line[n++] = '.', line[n++] = '.', line[n++] = '.';
-        line[n] = '\0';
-        msg = n ? line : "(no body)";
-    }
-    fprintf(stderr, "nudge sessions: HTTP %d: %s\n", resp->status, msg);
-    json_decref(root);
-}
 
 /* "45s", "12m05s", "3h02m", "2d04h": two units are enough to read at a glance. */
 static void format_duration(json_t *v, char *out, size_t outlen)
@@ -304,7 +279,7 @@ static int end_session(struct httpc *http, const char *token, const char *user,
         fprintf(stderr, "nudge sessions: no session %s/%s\n", user, device);
         rc = CLI_EXIT_FAIL;
     } else {
-        print_http_error(&resp);
+        cli_print_http_error("sessions", &resp);
         rc = CLI_EXIT_FAIL;
     }
     json_decref(root);
@@ -333,7 +308,7 @@ static int list_sessions(struct httpc *http, const char *token, const char *user
     if (resp.status == 200) {
         rc = print_sessions(&resp);
     } else {
-        print_http_error(&resp);
+        cli_print_http_error("sessions", &resp);
         rc = CLI_EXIT_FAIL;
     }
     httpc_response_free(&resp);

@@ -10,11 +10,13 @@
 #include <errno.h>
 #include <getopt.h>
 #include <stdarg.h>
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cli/cli.h"
+#include "cli/httpc.h"
 
 struct command {
     const char *name;
@@ -61,6 +63,32 @@ static const struct command *find_command(const char *name)
         if (strcmp(commands[i].name, name) == 0)
             return &commands[i];
     return NULL;
+}
+
+/* Error bodies are one line from nudged; anything longer is cut here. */
+#define ERROR_BODY_MAX 300
+
+void cli_print_http_error(const char *cmd, const struct httpc_response *resp)
+{
+    json_t *root = json_loadb(resp->body, resp->body_len, 0, NULL);
+    const char *msg = json_string_value(json_object_get(root, "error"));
+    char line[ERROR_BODY_MAX + 4];
+    size_t n = 0;
+
+    if (msg == NULL) {
+        for (size_t i = 0; i < resp->body_len && n < ERROR_BODY_MAX; i++) {
+            unsigned char ch = (unsigned char)resp->body[i];
+            line[n++] = ch < ' ' || ch == 0x7f ? ' ' : (char)ch;
+        }
+        while (n > 0 && line[n - 1] == ' ')
+            n--;
+        if (resp->body_len > ERROR_BODY_MAX)
+            line[n++] = '.', line[n++] = '.', line[n++] = '.';
+        line[n] = '\0';
+        msg = n ? line : "(no body)";
+    }
+    fprintf(stderr, "nudge %s: HTTP %d: %s\n", cmd, resp->status, msg);
+    json_decref(root);
 }
 
 int cli_usage_error(const char *cmd, const char *fmt, ...)

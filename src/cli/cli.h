@@ -80,6 +80,13 @@ int cli_server_token(const struct cli_server *srv, const char *cmd, enum token_k
 
 struct httpc_response;
 
+/*
+ * For commands acting as a user (ping, probe): --user is needed exactly when
+ * a token is minted from -c/--secret-file, and must be a valid user id.
+ * 0, or CLI_EXIT_USAGE after saying why.
+ */
+int cli_check_mint_user(const struct cli_server *srv, const char *cmd, const char *user);
+
 /* Prints "nudge CMD: HTTP 403: <the answer's error field, else its body on one line>". */
 void cli_print_http_error(const char *cmd, const struct httpc_response *resp);
 

@@ -468,7 +468,7 @@ int cmd_ping(int argc, char **argv)
     struct cli_server srv;
     struct httpc http;
     char token[TOKEN_MAX], err[512];
-    int opt, loop = 0, rc = CLI_EXIT_USAGE, minting;
+    int opt, loop = 0, rc = CLI_EXIT_USAGE;
     uint64_t v;
     unsigned timeout_s;
 
@@ -546,20 +546,8 @@ int cmd_ping(int argc, char **argv)
         cli_usage_error(cmd, "--empty sends no body: it cannot carry --folder or --heartbeat");
         goto done;
     }
-    minting = srv.token_flag == NULL && (srv.config_file != NULL || srv.secret_file != NULL);
-    if (minting && user == NULL) {
-        cli_usage_error(cmd, "minting a token with -c or --secret-file needs --user ID");
+    if (cli_check_mint_user(&srv, cmd, user) != 0)
         goto done;
-    }
-    if (!minting && user != NULL) {
-        cli_usage_error(cmd, "--user only names the user to mint a token for with -c or "
-                             "--secret-file; otherwise the token names the user");
-        goto done;
-    }
-    if (user != NULL && (user[0] == '\0' || strlen(user) > TOKEN_SUBJECT_MAX)) {
-        cli_usage_error(cmd, "--user: a user id is 1 to %d bytes", TOKEN_SUBJECT_MAX);
-        goto done;
-    }
 
     timeout_s = (p.heartbeat >= 0 ? (unsigned)p.heartbeat : PING_UNKNOWN_HEARTBEAT_S) +
                 PING_MARGIN_S;

@@ -896,7 +896,7 @@ int cmd_probe(int argc, char **argv)
     struct cli_server srv;
     struct probe_run *r;
     char token[TOKEN_MAX], err[512];
-    int opt, rc = CLI_EXIT_USAGE, minting;
+    int opt, rc = CLI_EXIT_USAGE;
     uint64_t v;
 
     /* About 45 KiB, mostly the slots: on the heap rather than the stack. */
@@ -952,20 +952,8 @@ int cmd_probe(int argc, char **argv)
         goto done;
     }
     r->top = r->max_asked > PROBE_HOLD_CEILING ? PROBE_HOLD_CEILING : r->max_asked;
-    minting = srv.token_flag == NULL && (srv.config_file != NULL || srv.secret_file != NULL);
-    if (minting && user == NULL) {
-        cli_usage_error(cmd, "minting a token with -c or --secret-file needs --user ID");
+    if (cli_check_mint_user(&srv, cmd, user) != 0)
         goto done;
-    }
-    if (!minting && user != NULL) {
-        cli_usage_error(cmd, "--user only names the user to mint a token for with -c or "
-                             "--secret-file; otherwise the token names the user");
-        goto done;
-    }
-    if (user != NULL && (user[0] == '\0' || strlen(user) > TOKEN_SUBJECT_MAX)) {
-        cli_usage_error(cmd, "--user: a user id is 1 to %d bytes", TOKEN_SUBJECT_MAX);
-        goto done;
-    }
     if (httpc_init(&r->http, srv.url, 0, err, sizeof(err)) < 0) {
         cli_usage_error(cmd, "%s", err);
         goto done;

@@ -91,6 +91,20 @@ void cli_print_http_error(const char *cmd, const struct httpc_response *resp)
     json_decref(root);
 }
 
+int cli_check_mint_user(const struct cli_server *srv, const char *cmd, const char *user)
+{
+    int minting = srv->token_flag == NULL && (srv->config_file != NULL || srv->secret_file != NULL);
+
+    if (minting && user == NULL)
+        return cli_usage_error(cmd, "minting a token with -c or --secret-file needs --user ID");
+    if (!minting && user != NULL)
+        return cli_usage_error(cmd, "--user only names the user to mint a token for with -c or "
+                                    "--secret-file; otherwise the token names the user");
+    if (user != NULL && (user[0] == '\0' || strlen(user) > TOKEN_SUBJECT_MAX))
+        return cli_usage_error(cmd, "--user: a user id is 1 to %d bytes", TOKEN_SUBJECT_MAX);
+    return 0;
+}
+
 int cli_usage_error(const char *cmd, const char *fmt, ...)
 {
     va_list ap;

@@ -107,6 +107,8 @@ static void walk_stop(uv_handle_t *h, void *arg)
     c = h->data;
     if (c->flags & CONN_HELD)
         ping_shutdown(c);
+    else if (c->flags & CONN_PROBE)
+        conn_close(c, "shutdown"); /* a probe measures the path; there is nothing to answer */
     else if (!(c->flags & CONN_BUSY) && c->req == NULL && !(c->flags & CONN_LINGER))
         conn_close(c, "shutdown");
 }

@@ -11,7 +11,7 @@ The real middlebox behaviour (answers eaten by a firewall) is in tests/netlab.
 import socket
 import time
 
-from test_sessions import log_events, wait_event
+from harness import log_events, wait_event
 
 SETTINGS = {
     "heartbeat": {"min": 1, "max": 20, "increment": 1, "sample_size": 1, "grace": 2,

@@ -23,7 +23,7 @@ import pytest
 import harness
 import netns
 from conftest import finish
-from harness import SLOW, WAIT, expect_error
+from harness import SLOW, WAIT, expect_error, log_events, wait_event
 
 # Heartbeat of the pings the tests hold: far longer than any test runs.
 HB = 600
@@ -83,38 +83,6 @@ def hold(srv, token, device, heartbeat=HB, folders=None):
 
 def client_port(c):
     return c.sock.getsockname()[1]
-
-
-_FIELD = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
-
-
-def _unquote(v):
-    if not v.startswith('"'):
-        return v
-    return re.sub(r'\\(x[0-9a-f]{2}|.)',
-                  lambda m: chr(int(m.group(1)[1:], 16)) if len(m.group(1)) == 3 else m.group(1),
-                  v[1:-1])
-
-
-def log_events(srv, event):
-    """Every logged event 'event' as a dict of its fields (values unquoted)."""
-    out = []
-    for line in srv.log_text().splitlines():
-        if f" event={event} " in line:
-            out.append({k: _unquote(v) for k, v in _FIELD.findall(line)})
-    return out
-
-
-def wait_event(srv, event, pred, what, timeout=WAIT):
-    """Polls the log until an event 'event' satisfies pred; returns it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        found = [e for e in log_events(srv, event) if pred(e)]
-        if found:
-            return found[0]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no event {event} {what} within {timeout}s\n{srv.log_tail()}")
-        time.sleep(0.05)
 
 
 def closed_for(user, device):

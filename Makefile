@@ -39,7 +39,8 @@ COMMON_SRC := \
 	src/auth/token.c \
 	src/auth/secret.c \
 	src/http/request.c \
-	src/http/response.c
+	src/http/response.c \
+	src/push/datagram.c
 
 NUDGED_SRC := \
 	src/server/main.c \

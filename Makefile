@@ -55,6 +55,8 @@ NUDGED_SRC := \
 	src/push/events.c \
 	src/push/validate.c \
 	src/push/probe.c \
+	src/push/udp.c \
+	src/push/udp_api.c \
 	src/shard/shard.c \
 	src/net/sockopt.c \
 	src/session/session.c \

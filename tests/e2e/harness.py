@@ -94,6 +94,12 @@ def flip_mac_char(token: str) -> str:
 # HTTP
 
 
+def udp_port_in(log_text):
+    """The UDP port of the last udp_listening line (event 1600), or None."""
+    found = re.findall(r"event=1600 name=udp_listening addr=\S*:(\d+)", log_text)
+    return int(found[-1]) if found else None
+
+
 class ConnectionClosed(Exception):
     pass
 
@@ -441,6 +447,7 @@ class Nudged:
     DEFAULTS = {
         "server": {"listen": "127.0.0.1:0", "log_level": "info"},
         "heartbeat": {"min": 1, "max": 900},
+        "udp": {"listen": "127.0.0.1:0"},
     }
 
     def __init__(self, workdir: Path, settings=None, create_data_dir=True):
@@ -458,6 +465,7 @@ class Nudged:
         self.command_prefix = []  # run nudged through this, e.g. ["ip", "netns", "exec", NS]
         self.proc = None
         self.port = None
+        self.udp_port = None  # from the udp_listening line; None when UDP is off
         self.returncode = None
         self._log = None
         self._tokens = {}
@@ -499,9 +507,11 @@ class Nudged:
         deadline = time.monotonic() + timeout
         pat = re.compile(r"event=1001 name=listening addr=127\.0\.0\.1:(\d+)")
         while True:
-            m = pat.search(self.log_path.read_bytes()[offset:].decode("utf-8", "replace"))
+            text = self.log_path.read_bytes()[offset:].decode("utf-8", "replace")
+            m = pat.search(text)
             if m:
                 self.port = int(m.group(1))
+                self.udp_port = udp_port_in(text)
                 return self
             if self.proc.poll() is not None:
                 self.returncode = self.proc.returncode

@@ -164,6 +164,9 @@ static void add_session(struct jsonw *w, struct device *d, uint64_t now)
         jw_key(w, "heartbeat");
         jw_u64(w, d->heartbeat);
     } else {
+        /* A registration alone: its remote is where its datagrams go. */
+        jw_key(w, "remote");
+        jw_str(w, util_format_addr(&d->udp->addr.sa, peer, sizeof(peer)));
         jw_key(w, "age");
         jw_u64(w, (now - d->udp->created_ms) / 1000);
     }

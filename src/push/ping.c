@@ -323,7 +323,7 @@ void ping_handle(struct conn *c, struct http_req *r, const struct principal *who
     struct ping_params p = {0};
     json_t *root = NULL;
     struct user *u;
-    struct device *d;
+    struct device *d = NULL;
     unsigned heartbeat;
     int dirty, created;
 
@@ -369,12 +369,9 @@ void ping_handle(struct conn *c, struct http_req *r, const struct principal *who
         device_set_folders(d, p.folders, p.nfolders);
     d->heartbeat = heartbeat;
     d->last_request = util_now_ms();
-    if (d->udp) {
-        /* A ping proves the device present, and says which states it holds. */
-        udp_device_present(s, d);
-        for (uint32_t i = 0; i < d->nfolders; i++)
-            udp_knows(s, d, d->folders[i].name, d->folders[i].state);
-    }
+    /* The states a ping presents are the states its device holds. */
+    for (uint32_t i = 0; d->udp && i < d->nfolders; i++)
+        udp_knows(s, d, d->folders[i].name, d->folders[i].state);
     if (answer_if_changed(c, d) > 0)
         goto done;
     if (session_admit(s, c, u, d) < 0) {
@@ -396,6 +393,13 @@ void ping_handle(struct conn *c, struct http_req *r, const struct principal *who
     u->held++;
     conn_hold(c, d, util_now_ms() + (uint64_t)heartbeat * 1000);
 done:
+    /*
+     * A ping proves its device present: its registration is renewed (and
+     * revived). Last, so that a revived one is sent only what the answer
+     * did not tell.
+     */
+    if (d && d->udp)
+        udp_device_present(s, d);
     free(p.folders);
     json_decref(root);
 }

@@ -222,13 +222,16 @@ static void rng_fill(uint8_t *p, size_t n)
         p[i] = (uint8_t)(rng() >> 32);
 }
 
-/* A folder name of n bytes, every byte allowed, cycling through 0x20..0xff minus 0x7f. */
+/*
+ * A folder name of n bytes, every byte allowed: 0x20..0xff minus 0x7f,
+ * cycling from 'A' (not from ' ', so a codec that blanked a byte would show).
+ */
 static void legal_folder(char *out, size_t n)
 {
     static const size_t span = 0x100 - 0x20 - 1;
 
     for (size_t i = 0; i < n; i++) {
-        unsigned v = 0x20 + (unsigned)(i % span);
+        unsigned v = 0x20 + (unsigned)((i + 'A' - 0x20) % span);
         out[i] = (char)(v >= 0x7f ? v + 1 : v);
     }
 }
@@ -404,6 +407,28 @@ static void test_tag_verifies_with_its_key_only(void **state)
     len = dgram_encode(&d, dgram_test_key, out);
     assert_int_equal(check_exact(out, len, dgram_test_key).verified, 1);
     assert_int_equal(check_exact(out, len, key_a).verified, 0);
+}
+
+/*
+ * dgram_verify is meant for datagrams dgram_parse accepted, but a buffer
+ * shorter than the smallest datagram must still be a plain "no", not a read
+ * before or past it (len - 16 would wrap around below 16 bytes).
+ */
+static void test_verify_refuses_buffers_shorter_than_a_datagram(void **state)
+{
+    uint8_t out[DGRAM_MAX];
+    size_t len;
+    struct dgram d = make(DGRAM_NOTIFY, 1, 1, 1, "I", 1);
+
+    (void)state;
+    len = dgram_encode(&d, key_a, out);
+    assert_int_equal(len, DGRAM_MIN);
+    for (size_t cut = 0; cut < DGRAM_MIN; cut++) {
+        uint8_t *copy = dup_exact(out, cut);
+
+        assert_int_equal(dgram_verify(copy, cut, key_a), 0);
+        free(copy);
+    }
 }
 
 /* Flipping any one bit anywhere is caught by dgram_parse or by dgram_verify. */
@@ -1077,6 +1102,7 @@ int main(void)
         cmocka_unit_test(test_encode_refuses_unknown_type),
         cmocka_unit_test(test_encode_refuses_zero_id_or_seq_outside_test),
         cmocka_unit_test(test_tag_verifies_with_its_key_only),
+        cmocka_unit_test(test_verify_refuses_buffers_shorter_than_a_datagram),
         cmocka_unit_test(test_every_bit_flip_fails),
         cmocka_unit_test(test_replay_accepts_increasing),
         cmocka_unit_test(test_replay_refuses_equal_and_lower_and_keeps_last),

@@ -85,7 +85,8 @@ UNIT_TESTS := \
 	tests/unit/test_deadline \
 	tests/unit/test_events \
 	tests/unit/test_net \
-	tests/unit/test_heartbeat
+	tests/unit/test_heartbeat \
+	tests/unit/test_datagram
 
 # Server objects the unit tests link against (everything but main.c).
 NUDGED_LIB_SRC := $(filter-out src/server/main.c,$(NUDGED_SRC))

@@ -60,6 +60,12 @@ size_t dgram_encode(const struct dgram *d, const uint8_t key[DGRAM_KEY_LEN],
         return 0;
     if (d->type != DGRAM_TEST && (d->reg_id == 0 || d->seq == 0))
         return 0;
+    /* Never build what dgram_parse would refuse. */
+    if (d->type == DGRAM_TEST && d->reg_id != 0)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if ((uint8_t)d->folder[i] < 0x20 || d->folder[i] == 0x7f)
+            return 0;
     out[0] = 'n';
     out[1] = 'd';
     out[2] = DGRAM_VERSION;

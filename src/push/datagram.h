@@ -68,8 +68,9 @@ extern const uint8_t dgram_test_key[DGRAM_KEY_LEN];
 /*
  * Encodes d, tagged with 'key', into out. Returns the datagram's length, or
  * 0 when d cannot be encoded (unknown type, folder empty or longer than 255
- * bytes, a zero registration id or sequence number outside a test) or when
- * computing the tag failed.
+ * bytes or holding a control byte, a zero registration id or sequence number
+ * outside a test, a non-zero id in a test: whatever dgram_parse refuses) or
+ * when computing the tag failed.
  */
 size_t dgram_encode(const struct dgram *d, const uint8_t key[DGRAM_KEY_LEN],
                     uint8_t out[DGRAM_MAX]);

@@ -67,6 +67,15 @@ const char *const udp_reject_names[UDP_REJECT_COUNT] = {
 #define READ_BURST 64
 /* One line per this long for rejected datagrams: a flood must not flood the log. */
 #define REJECT_LOG_MS 10000
+/*
+ * Sequence numbers must keep growing across a restart, or every client would
+ * take the datagrams after it for replays. Saving the number at every send
+ * would write a record per datagram, so blocks are reserved instead: the
+ * record holds a ceiling no datagram has passed, raised by SEQ_BLOCK (and
+ * saved) whenever the sends reach it; after a restart numbering resumes at
+ * the ceiling. At one resend a minute a block lasts 17 hours.
+ */
+#define SEQ_BLOCK 1024
 /* A renewed expiry is saved only when it moved this far (a ping per minute must not write). */
 #define EXPIRY_SAVE_SLACK_S 60
 
@@ -169,6 +178,8 @@ static int send_to(struct server *s, const uint8_t *buf, size_t len, const struc
     return -1;
 }
 
+static void save(struct server *s, struct udp_reg *r);
+
 static void send_notify(struct server *s, struct udp_reg *r, uint32_t i, uint64_t state,
                         enum udp_sent_kind kind)
 {
@@ -181,8 +192,13 @@ static void send_notify(struct server *s, struct udp_reg *r, uint32_t i, uint64_
         .folder = r->folders[i].name,
         .folder_len = strlen(r->folders[i].name),
     };
-    size_t n = dgram_encode(&d, r->key, buf);
+    size_t n;
 
+    if (r->seq > r->seq_reserved) {
+        r->seq_reserved += SEQ_BLOCK;
+        save(s, r);
+    }
+    n = dgram_encode(&d, r->key, buf);
     r->notified[i] = state;
     if (n == 0 || send_to(s, buf, n, &r->addr.sa) < 0)
         return;
@@ -379,6 +395,7 @@ struct udp_reg *udp_register(struct server *s, struct device *d, const struct so
     if (r == NULL)
         return NULL;
     set_expiry(s, r);
+    r->seq_reserved = SEQ_BLOCK;
     save(s, r);
     LOG(LOG_INFO, udp_registered, "user=%s device=%s id=%llu address=%s folders=%u ttl=%u",
         log_q(q1, sizeof(q1), d->user->id), log_q(q2, sizeof(q2), d->id),
@@ -413,8 +430,11 @@ void udp_restore(struct server *s, struct device *d, const struct store_udp *sr)
         return;
     r->suspended = (uint8_t)(sr->suspended != 0);
     r->expires_at = sr->expires;
-    r->saved_expires = sr->expires;
     r->expires_ms = util_now_ms() + (uint64_t)left * 1000;
+    /* Numbering resumes above anything sent before the stop; older acks are stale. */
+    r->seq = r->acked_seq = sr->seq;
+    r->seq_reserved = sr->seq + SEQ_BLOCK;
+    save(s, r);
     schedule(u, r);
     /* Changes the device had not caught up with when nudged stopped go out again. */
     notify_pending(s, r, 1);
@@ -885,6 +905,7 @@ void udp_record(const struct udp_reg *r, struct store_udp *out, char *addrbuf, s
     out->key = r->key;
     out->address = reg_addr(r, addrbuf, addrlen);
     out->expires = r->expires_at;
+    out->seq = r->seq_reserved;
     out->suspended = r->suspended;
     out->nfolders = r->nfolders;
     out->folders = r->folders;

@@ -38,6 +38,7 @@ struct udp_reg {
     uint8_t suspended;             /* an ICMP error said the address is unreachable */
     uint32_t resends;              /* resends of the pending change so far */
     uint64_t seq;                  /* the last sequence number sent */
+    uint64_t seq_reserved;         /* saved: no sequence number above it was used */
     uint64_t acked_seq;            /* the highest sequence number acked */
     uint64_t resend_at;            /* ms (monotonic); 0: nothing to resend */
     uint64_t expires_ms;           /* ms (monotonic) */

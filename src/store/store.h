@@ -44,6 +44,7 @@ struct store_udp {
     const uint8_t *key;           /* 32 bytes */
     const char *address;          /* where datagrams go: "192.0.2.7:40001", "[::1]:40001" */
     int64_t expires;              /* Unix time, s */
+    uint64_t seq;                 /* no datagram of it was sent with a higher sequence number */
     int suspended;                /* an ICMP error said the address is unreachable */
     uint32_t nfolders;
     const struct store_folder *folders;

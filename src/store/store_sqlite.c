@@ -584,7 +584,8 @@ static int sq_bump(struct store *st, struct store_event *ev, size_t n, store_don
 
 /*
  * The registration as {"id":"...","key":"<64 hex digits>","address":"...",
- * "expires":N,"suspended":0,"folders":{"INBOX":"17"}}, or "" for none.
+ * "expires":N,"seq":"1024","suspended":0,"folders":{"INBOX":"17"}}, or ""
+ * for none.
  * The id is a string: JSON numbers beyond 2^53 are not safe everywhere.
  */
 static char *udp_json(const struct store_udp *u)
@@ -611,6 +612,8 @@ static char *udp_json(const struct store_udp *u)
     jw_str(&w, u->address);
     jw_key(&w, "expires");
     jw_u64(&w, u->expires > 0 ? (uint64_t)u->expires : 0);
+    jw_key(&w, "seq");
+    jw_u64_str(&w, u->seq);
     jw_key(&w, "suspended");
     jw_u64(&w, u->suspended ? 1 : 0);
     jw_key(&w, "folders");
@@ -691,8 +694,8 @@ static struct store_folder *read_folders(json_t *o, uint32_t *n, const char **wh
 static int read_udp(const char *text, json_t **root, struct store_udp *u, uint8_t key[32],
                     struct store_folder **folders, const char **why)
 {
-    json_t *id, *k, *addr, *exp, *susp;
-    uint64_t idv;
+    json_t *id, *k, *addr, *exp, *susp, *seq;
+    uint64_t idv, seqv;
 
     if (text == NULL || text[0] == '\0')
         return 0;
@@ -702,7 +705,9 @@ static int read_udp(const char *text, json_t **root, struct store_udp *u, uint8_
     addr = json_object_get(*root, "address");
     exp = json_object_get(*root, "expires");
     susp = json_object_get(*root, "suspended");
-    if (!json_is_string(id) || !json_is_string(k) || !json_is_string(addr) ||
+    seq = json_object_get(*root, "seq");
+    if (!json_is_string(seq) ||
+        util_parse_u64(json_string_value(seq), json_string_length(seq), &seqv) < 0 ||!json_is_string(id) || !json_is_string(k) || !json_is_string(addr) ||
         !json_is_integer(exp) || !json_is_integer(susp) ||
         util_parse_u64(json_string_value(id), json_string_length(id), &idv) < 0 || idv == 0 ||
         json_string_length(k) != 64) {
@@ -725,6 +730,7 @@ static int read_udp(const char *text, json_t **root, struct store_udp *u, uint8_
     u->key = key;
     u->address = json_string_value(addr);
     u->expires = json_integer_value(exp);
+    u->seq = seqv;
     u->suspended = json_integer_value(susp) != 0;
     u->folders = *folders;
     return 1;

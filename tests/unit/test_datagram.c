@@ -379,6 +379,21 @@ static void test_encode_refuses_zero_id_or_seq_outside_test(void **state)
     assert_int_equal(dgram_encode(&d, key_a, out), 50);
 }
 
+/* What dgram_parse refuses is never built: a test with an id, a control byte in the folder. */
+static void test_encode_refuses_what_parse_refuses(void **state)
+{
+    uint8_t out[DGRAM_MAX];
+    struct dgram d;
+
+    (void)state;
+    d = make(DGRAM_TEST, 9, 0, 0, "nonce", 5);
+    assert_int_equal(dgram_encode(&d, key_a, out), 0);
+    d = make(DGRAM_NOTIFY, 1, 1, 1, "IN\nBOX", 6);
+    assert_int_equal(dgram_encode(&d, key_a, out), 0);
+    d = make(DGRAM_NOTIFY, 1, 1, 1, "IN\x7f", 3);
+    assert_int_equal(dgram_encode(&d, key_a, out), 0);
+}
+
 /* ---- the tag -------------------------------------------------------------- */
 
 static void test_tag_verifies_with_its_key_only(void **state)
@@ -1101,6 +1116,7 @@ int main(void)
         cmocka_unit_test(test_encode_refuses_folder_length_0_and_256),
         cmocka_unit_test(test_encode_refuses_unknown_type),
         cmocka_unit_test(test_encode_refuses_zero_id_or_seq_outside_test),
+        cmocka_unit_test(test_encode_refuses_what_parse_refuses),
         cmocka_unit_test(test_tag_verifies_with_its_key_only),
         cmocka_unit_test(test_verify_refuses_buffers_shorter_than_a_datagram),
         cmocka_unit_test(test_every_bit_flip_fails),

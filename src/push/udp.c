@@ -829,6 +829,8 @@ void udp_free(struct server *s)
 
     if (u == NULL)
         return;
+    /* The heap points into the registrations: let go of it first. */
+    deadline_heap_free(&u->heap);
     while (strmap_next(&u->regs, &pos, &key, &val)) {
         struct udp_reg *r = val;
         r->device->udp = NULL;
@@ -836,7 +838,6 @@ void udp_free(struct server *s)
         reg_free(r);
     }
     strmap_free(&u->regs);
-    deadline_heap_free(&u->heap);
     if (u->fd >= 0)
         close(u->fd);
     free(u);

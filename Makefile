@@ -57,6 +57,7 @@ NUDGED_SRC := \
 	src/push/probe.c \
 	src/push/udp.c \
 	src/push/udp_api.c \
+	src/push/ingest.c \
 	src/shard/shard.c \
 	src/net/sockopt.c \
 	src/session/session.c \

@@ -176,6 +176,7 @@ test-san: all $(UNIT_BIN)
 bench: deps-test
 	@$(MAKE) --no-print-directory all
 	$(PYTHON) bench/held_memory.py
+	$(PYTHON) bench/udp_fanout.py
 
 clean:
 	rm -rf build build-san bin

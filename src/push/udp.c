@@ -474,6 +474,19 @@ void udp_knows(struct server *s, struct device *d, const char *folder, uint64_t 
     }
 }
 
+void udp_caught_up(struct server *s, struct user *u, const char *folder, uint64_t state)
+{
+    uint32_t pos = 0;
+    const char *key;
+    void *val;
+
+    if (s->udp == NULL || u->udp == 0)
+        return;
+    while (strmap_next(&u->devices, &pos, &key, &val))
+        if (((struct device *)val)->udp)
+            udp_knows(s, val, folder, state);
+}
+
 static void revive(struct server *s, struct udp_reg *r, const char *why)
 {
     char q1[300], q2[300], a[64];

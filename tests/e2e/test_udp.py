@@ -546,3 +546,35 @@ def test_garbage_datagrams_do_not_hurt_the_server(srv):
         assert srv.healthy()
     finally:
         s.close()
+
+
+# ---------------------------------------------------------------------------
+# Mail read elsewhere
+
+def test_a_read_event_stops_the_resends_of_its_folder(srv):
+    u = srv.user()
+    dev = UdpDevice(srv, u)
+    dev.register(["INBOX"])
+    srv.publish(u.name, "INBOX", type="new")
+    d = dev.recv()
+    assert d["state"] == 1
+    # The user read the message on another device: nothing left to announce.
+    srv.publish(u.name, "INBOX", type="read")
+    dev.drain()
+    count = sent_to(srv, dev)
+    dev.quiet(QUIET)
+    assert sent_to(srv, dev) == count
+
+
+def test_mail_read_in_the_same_batch_is_not_announced(srv):
+    u = srv.user()
+    dev = UdpDevice(srv, u)
+    dev.register(["INBOX"])
+    r = srv.publish_raw([{"user": u.name, "folder": "INBOX", "type": "new"},
+                         {"user": u.name, "folder": "INBOX", "type": "expunge"}])
+    assert r.status == 200, r
+    dev.quiet(QUIET)
+    assert sent_to(srv, dev) == 0
+    # New mail after the expunge is announced again.
+    srv.publish(u.name, "INBOX", type="new")
+    assert dev.recv()["state"] == 3

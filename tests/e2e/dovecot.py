@@ -160,9 +160,13 @@ class Dovecot:
         return self.homes / user
 
     def write_config(self):
-        plugins = "notify push_notification"
+        # As docs/dovecot.md has it: the OX driver only acts on deliveries,
+        # so it is loaded for LMTP and LDA; the Lua driver everywhere.
         if self.driver == "lua":
-            plugins += " mail_lua push_notification_lua"
+            plugins = "mail_plugins = $mail_plugins notify push_notification mail_lua push_notification_lua"
+        else:
+            plugins = "\n".join(f"protocol {p} {{\n  mail_plugins = $mail_plugins notify push_notification\n}}"
+                                for p in ("lmtp", "lda"))
         plugin_lines = "\n".join(f"  {k} = {v}" for k, v in self.plugin.items())
         self.conf.write_text(f"""\
 # Written by tests/e2e/dovecot.py: a self-contained Dovecot for one test module.
@@ -183,7 +187,7 @@ mail_uid = {MAIL_USER}
 mail_gid = {MAIL_GROUP}
 mail_location = maildir:~/Maildir
 mail_attribute_dict = file:%h/dovecot-attributes
-mail_plugins = $mail_plugins {plugins}
+{plugins}
 passdb {{
   driver = passwd-file
   args = scheme=PLAIN username_format=%u {self.users_dir}/%u

@@ -337,6 +337,43 @@ def test_lua_mailbox_events_bump_the_folders_they_name(srv, lua):
         m.logout()
 
 
+def test_lua_one_command_on_many_messages_is_one_bump_per_kind(srv, lua):
+    """A STORE or EXPUNGE of many messages is one event per (folder, type);
+    a COPY keeps 16 new messages with their own event and folds the rest."""
+    u, s = lua_user(srv, lua, "luamany")
+    m = lua.imap(u.name)
+    try:
+        for i in range(20):
+            assert m.append("INBOX", None, None, f"Subject: bulk {i}\r\n\r\nbody\r\n".encode())[0] == "OK"
+        s += 20  # one transaction each
+        assert state(u, "INBOX") == s
+        assert m.select("INBOX")[0] == "OK"
+        assert m.create("Copies")[0] == "OK"
+        p = hold(srv, u, {"INBOX": str(s)})
+        typ, data = m.store("1:*", "+FLAGS", r"(\Flagged)")
+        assert typ == "OK", data
+        changed(srv, p, {"INBOX": str(s + 1)})
+        assert m.copy("1:*", "Copies")[0] == "OK"
+        assert u.states(["Copies"]) == {"Copies": str(1 + 16 + 1)}
+        typ, data = m.store("1:*", "+FLAGS", r"(\Deleted)")
+        assert typ == "OK", data
+        assert m.expunge()[0] == "OK"
+        assert state(u, "INBOX") == s + 3  # flags, trash, expunge
+    finally:
+        m.logout()
+
+
+def test_lua_nudge_user_setting_maps_the_login(srv, make_dovecot):
+    """nudge_user names the nudge user, with Dovecot's variables expanded."""
+    dv = make_dovecot("lua", {"nudge_url": srv.url, "nudge_token": srv.publisher_token(),
+                              "nudge_user": "%n@example.org"})
+    login = dv.add_user(harness.unique("login"))
+    u = harness.User(srv, f"{login}@example.org")
+    assert dv.deliver(login)[0] == 250
+    # INBOX created by the delivery, then the mail: two bumps.
+    assert u.states(["INBOX"]) == {"INBOX": "2"}
+
+
 def test_lua_encoded_and_raw_8bit_headers_do_not_break_the_batch(srv, lua):
     u, s = lua_user(srv, lua, "lua8bit")
     mark = lua.log_size()

@@ -444,30 +444,37 @@ function dovecot_lua_notify_end_txn(ctx, success)
     local claimed, missed = nil, {}
     if mpath then
         claimed, missed = claim_missed(mpath)
+        if claimed and #missed == 0 then
+            os.remove(claimed)
+            claimed = nil
+        end
     end
     if #events == 0 and #missed == 0 then
         return
     end
 
+    -- A setting missing or wrong: nothing can be sent, and what was missed
+    -- before goes back into the file for when it is fixed.
+    local function give_up(msg)
+        log_error(msg .. "; nothing sent")
+        if claimed then
+            remember_missed(mpath, missed)
+            os.remove(claimed)
+        end
+    end
     local url_text = setting(user, "nudge_url")
     local token = setting(user, "nudge_token")
     if not url_text or not token then
-        log_error("nudge_url and nudge_token must be set in the plugin { } settings; nothing sent")
-        if claimed then os.remove(claimed) end
-        return
+        return give_up("nudge_url and nudge_token must be set in the plugin { } settings")
     end
     local url, why = parse_url(url_text)
     if not url then
-        log_error("nudge_url " .. url_text .. " " .. why .. "; nothing sent")
-        if claimed then os.remove(claimed) end
-        return
+        return give_up("nudge_url " .. url_text .. " " .. why)
     end
     local timeout = tonumber(setting(user, "nudge_timeout_msecs") or "") or DEFAULT_TIMEOUT_MSECS
     local nuser = setting(user, "nudge_user") or user.username
     if not valid_name(nuser) then
-        log_error("user " .. string.format("%q", tostring(nuser)) .. " is not accepted by nudge; nothing sent")
-        if claimed then os.remove(claimed) end
-        return
+        return give_up("user " .. string.format("%q", tostring(nuser)) .. " is not accepted by nudge")
     end
 
     -- Missed changes first (coalesced, without metadata), then this

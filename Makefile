@@ -72,7 +72,8 @@ NUDGE_SRC := \
 	src/cli/cmd_publish.c \
 	src/cli/cmd_ping.c \
 	src/cli/cmd_sessions.c \
-	src/cli/cmd_probe.c
+	src/cli/cmd_probe.c \
+	src/cli/cmd_listen.c
 
 UNIT_TESTS := \
 	tests/unit/test_token \

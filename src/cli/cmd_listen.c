@@ -879,8 +879,12 @@ static int run(struct listener *l)
 
         if (end_at != 0 && now >= end_at)
             break;
-        if (l->registered && now >= l->reg.expires_at_ms)
-            l->registered = 0; /* expired while renewals failed: the retry timer takes over */
+        if (l->registered && now >= l->reg.expires_at_ms) {
+            /* Expired (renewals failed, or a wait outlasted a short TTL): register anew. */
+            l->registered = 0;
+            l->replaced_id = l->reg.id;
+            l->next_register_ms = now;
+        }
         if (l->registered && now >= l->reg.renew_at_ms)
             do_register(l);
         else if (!l->registered && l->next_register_ms != 0 && now >= l->next_register_ms)

@@ -55,6 +55,8 @@ NUDGED_SRC := \
 	src/push/events.c \
 	src/push/validate.c \
 	src/push/probe.c \
+	src/push/udp.c \
+	src/push/udp_api.c \
 	src/shard/shard.c \
 	src/net/sockopt.c \
 	src/session/session.c \
@@ -84,7 +86,8 @@ UNIT_TESTS := \
 	tests/unit/test_deadline \
 	tests/unit/test_events \
 	tests/unit/test_net \
-	tests/unit/test_heartbeat
+	tests/unit/test_heartbeat \
+	tests/unit/test_datagram
 
 # Server objects the unit tests link against (everything but main.c).
 NUDGED_LIB_SRC := $(filter-out src/server/main.c,$(NUDGED_SRC))

@@ -54,6 +54,7 @@ enum opt_type {
     OPT_ADDR,    /* listen address, checked by util_parse_addr */
     OPT_LEVEL,   /* log level, checked by log_level_parse */
     OPT_CHOICE,  /* one of a fixed list of names */
+    OPT_PREFIXES, /* comma-separated address prefixes, checked by util_prefix_list_check */
 };
 
 struct option_def {
@@ -78,7 +79,7 @@ static const char *const store_syncs[] = {"full", "normal", NULL};
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
 static const struct option_def options[] = {
-    {"server", "listen", "listen", OPT_ADDR, FIELD(listen), 0, 0, "127.0.0.1:8080", NULL, "ADDR",
+    {"server", "listen", "listen", OPT_ADDR, FIELD(listen), 1, 0, "127.0.0.1:8080", NULL, "ADDR",
      "Address to listen on: IPv4:PORT, [IPv6]:PORT or :PORT (every IPv4 address); "
      "port 0: any free port."},
     {"server", "data_dir", "data-dir", OPT_STRING, FIELD(data_dir), 1, 0, "./var", NULL, "DIR",
@@ -150,6 +151,20 @@ static const struct option_def options[] = {
      "written to a dead peer is given up as fast as keepalive finds it."},
     {"ping", "max_folders", "ping-max-folders", OPT_UINT, FIELD(ping_max_folders), 1, 10000, "100",
      NULL, "N", "Most folders one ping may list."},
+    {"udp", "listen", "udp-listen", OPT_ADDR, FIELD(udp_listen), 0, 0, "127.0.0.1:8080", NULL,
+     "ADDR", "UDP socket for new-mail datagrams and their acks: IPv4:PORT, [IPv6]:PORT or :PORT; "
+     "port 0: any free port; empty: UDP notifications off."},
+    {"udp", "resend_interval", "udp-resend-interval", OPT_UINT, FIELD(udp_resend_interval), 1,
+     86400, "60", NULL, "SECONDS", "A change the device has not caught up with is sent again "
+     "this often (Exchange's cadence: every minute)."},
+    {"udp", "max_resends", "udp-max-resends", OPT_UINT, FIELD(udp_max_resends), 0, 100000, "60",
+     NULL, "N", "Most resends of one change; then the device learns it from its next poll."},
+    {"udp", "ttl", "udp-ttl", OPT_UINT, FIELD(udp_ttl), 1, 31536000, "3600", NULL, "SECONDS",
+     "A registration ends this long after it was made or renewed (registering again, or any "
+     "ping of the device, renews it)."},
+    {"udp", "allowed_hosts", "udp-allowed-hosts", OPT_PREFIXES, FIELD(udp_allowed_hosts), 0, 0,
+     "", NULL, "PREFIXES", "Address prefixes (10.0.0.0/8,fd00::/8) a registration may name as "
+     "its host; empty: datagrams go only to the address that registered."},
     {"store", "backend", "store-backend", OPT_CHOICE, FIELD(store_backend), 0, 0, "sqlite",
      store_backends, "NAME",
      "Where folder states and device records are kept: sqlite (one database file, survives "
@@ -298,7 +313,19 @@ static int set_value(struct config *c, const struct option_def *o, const char *v
         char e[160];
         if (check_string(o, v, why, whylen) != 0)
             return -1;
+        if (v[0] == '\0') /* only where min is 0: the feature is off */
+            break;
         if (util_parse_addr(v, &ss, e, sizeof(e)) != 0) {
+            snprintf(why, whylen, "%s", e);
+            return -1;
+        }
+        break;
+    }
+    case OPT_PREFIXES: {
+        char e[160];
+        if (check_string(o, v, why, whylen) != 0)
+            return -1;
+        if (util_prefix_list_check(v, e, sizeof(e)) != 0) {
             snprintf(why, whylen, "%s", e);
             return -1;
         }

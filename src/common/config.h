@@ -49,6 +49,12 @@ struct config {
     unsigned user_timeout;            /* s; 0: idle + interval * count */
     /* [ping] */
     unsigned ping_max_folders;        /* 100 */
+    /* [udp] */
+    char udp_listen[CONFIG_STR_MAX];  /* "127.0.0.1:8080"; "": UDP off */
+    unsigned udp_resend_interval;     /* s, 60 */
+    unsigned udp_max_resends;         /* 60 */
+    unsigned udp_ttl;                 /* s, 3600 */
+    char udp_allowed_hosts[CONFIG_STR_MAX]; /* prefixes a registration may name as host */
     /* [store] */
     char store_backend[32];           /* "sqlite" or "memory" */
     char store_sync[16];              /* "full" or "normal" (sqlite) */

@@ -38,7 +38,15 @@
     EVENT(1500, store_opened, "the store is open and its states are loaded")     \
     EVENT(1501, store_write_failed, "a group commit failed; its publishes were answered 503") \
     EVENT(1502, store_record_skipped, "a stored device record could not be read; it was skipped") \
-    EVENT(1503, store_closed, "the store wrote everything queued and closed")
+    EVENT(1503, store_closed, "the store wrote everything queued and closed") \
+    EVENT(1600, udp_listening, "the UDP socket is bound; addr is the real address") \
+    EVENT(1601, udp_registered, "a device registered for UDP datagrams (or replaced its registration)") \
+    EVENT(1602, udp_suspended, "an ICMP error said a registration's address is unreachable; its resends stopped") \
+    EVENT(1603, udp_ended, "a UDP registration ended: expired, deleted, replaced, ended by an admin, reaped") \
+    EVENT(1604, udp_revived, "a suspended registration came back (the device pinged or acked)") \
+    EVENT(1605, udp_resends_exhausted, "a change was resent max_resends times without the device catching up") \
+    EVENT(1606, udp_datagram_rejected, "a datagram received was dropped (malformed, forged, replayed); at most one line per 10 s") \
+    EVENT(1607, udp_send_failed, "a datagram could not be sent (the socket refused it)")
 
 enum event_id {
 #define EVENT_ENUM(id, name, desc) EV_##name = id,

@@ -131,6 +131,15 @@ void jw_u64(struct jsonw *w, uint64_t v)
     put(w, num, (size_t)n);
 }
 
+void jw_bool(struct jsonw *w, int v)
+{
+    comma(w);
+    if (v)
+        put(w, "true", 4);
+    else
+        put(w, "false", 5);
+}
+
 void jw_u64_str(struct jsonw *w, uint64_t v)
 {
     char num[24];

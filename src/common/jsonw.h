@@ -32,6 +32,7 @@ void jw_key(struct jsonw *w, const char *k); /* "k": */
 void jw_str(struct jsonw *w, const char *s);
 void jw_strn(struct jsonw *w, const char *s, size_t n);
 void jw_u64(struct jsonw *w, uint64_t v);
+void jw_bool(struct jsonw *w, int v);          /* true / false */
 void jw_u64_str(struct jsonw *w, uint64_t v); /* a state: "18" */
 
 #endif

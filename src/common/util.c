@@ -183,3 +183,137 @@ uint64_t util_now_ms(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
 }
+
+/* One prefix of a list: family, 16 address bytes (IPv4 in the first 4), length in bits. */
+struct prefix {
+    int family;
+    uint8_t addr[16];
+    unsigned bits;
+};
+
+/* Parses item[0..len) as ADDR or ADDR/BITS. 0, or -EINVAL with err set. */
+static int parse_prefix(const char *item, size_t len, struct prefix *p, char *err, size_t errlen)
+{
+    char buf[INET6_ADDRSTRLEN + 8];
+    char *slash;
+    unsigned max;
+
+    if (len == 0 || len >= sizeof(buf)) {
+        snprintf(err, errlen, "'%.*s': expected an address or ADDRESS/BITS", (int)(len > 60 ? 60 : len),
+                 item);
+        return -EINVAL;
+    }
+    memcpy(buf, item, len);
+    buf[len] = '\0';
+    slash = strchr(buf, '/');
+    if (slash)
+        *slash = '\0';
+    memset(p, 0, sizeof(*p));
+    if (inet_pton(AF_INET, buf, p->addr) == 1) {
+        p->family = AF_INET;
+        max = 32;
+    } else if (inet_pton(AF_INET6, buf, p->addr) == 1) {
+        p->family = AF_INET6;
+        max = 128;
+    } else {
+        snprintf(err, errlen, "'%s': not an IPv4 or IPv6 address (names are not resolved)", buf);
+        return -EINVAL;
+    }
+    p->bits = max;
+    if (slash) {
+        char *end;
+        unsigned long b;
+        errno = 0;
+        b = strtoul(slash + 1, &end, 10);
+        if (slash[1] < '0' || slash[1] > '9' || *end != '\0' || errno != 0 || b > max) {
+            *slash = '/';
+            snprintf(err, errlen, "'%s': prefix length must be 0 to %u", buf, max);
+            return -EINVAL;
+        }
+        p->bits = (unsigned)b;
+    }
+    return 0;
+}
+
+/* Calls fn for each item of the list; stops at the first non-zero return, which it returns. */
+static int each_prefix(const char *list, int (*fn)(const struct prefix *, void *), void *arg,
+                       char *err, size_t errlen)
+{
+    const char *p = list;
+
+    while (*p) {
+        const char *end = strchr(p, ',');
+        size_t len;
+        struct prefix px;
+        int rc;
+
+        if (end == NULL)
+            end = p + strlen(p);
+        while (p < end && *p == ' ')
+            p++;
+        len = (size_t)(end - p);
+        while (len > 0 && p[len - 1] == ' ')
+            len--;
+        if (parse_prefix(p, len, &px, err, errlen) < 0)
+            return -EINVAL;
+        rc = fn(&px, arg);
+        if (rc)
+            return rc;
+        p = *end ? end + 1 : end;
+        if (*end && *p == '\0') {
+            snprintf(err, errlen, "the list ends with a comma");
+            return -EINVAL;
+        }
+    }
+    return 0;
+}
+
+static int accept_any(const struct prefix *p, void *arg)
+{
+    (void)p;
+    (void)arg;
+    return 0;
+}
+
+int util_prefix_list_check(const char *list, char *err, size_t errlen)
+{
+    return each_prefix(list, accept_any, NULL, err, errlen) < 0 ? -EINVAL : 0;
+}
+
+struct match_arg {
+    int family;
+    const uint8_t *addr;
+};
+
+static int prefix_contains(const struct prefix *p, void *arg)
+{
+    const struct match_arg *m = arg;
+    unsigned full = p->bits / 8, rest = p->bits % 8;
+
+    if (p->family != m->family)
+        return 0;
+    if (memcmp(p->addr, m->addr, full) != 0)
+        return 0;
+    if (rest && ((p->addr[full] ^ m->addr[full]) & (uint8_t)(0xff << (8 - rest))) != 0)
+        return 0;
+    return 1;
+}
+
+int util_prefix_list_match(const char *list, const struct sockaddr *sa)
+{
+    static const uint8_t mapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    struct match_arg m;
+    char err[160];
+
+    if (sa->sa_family == AF_INET) {
+        m.family = AF_INET;
+        m.addr = (const uint8_t *)&((const struct sockaddr_in *)sa)->sin_addr;
+    } else if (sa->sa_family == AF_INET6) {
+        const uint8_t *a = (const uint8_t *)&((const struct sockaddr_in6 *)sa)->sin6_addr;
+        m.family = memcmp(a, mapped, 12) == 0 ? AF_INET : AF_INET6;
+        m.addr = m.family == AF_INET ? a + 12 : a;
+    } else {
+        return 0;
+    }
+    return each_prefix(list, prefix_contains, &m, err, sizeof(err)) == 1;
+}

@@ -45,6 +45,17 @@ long util_query_param(const char *query, size_t qlen, const char *name, char *ou
  */
 long util_query_raw(const char *query, size_t qlen, const char *name, const char **val);
 
+/*
+ * Address prefix lists: "10.0.0.0/8,192.168.1.7,fd00::/8" (a bare address is
+ * a /32 or /128; spaces around commas are allowed). util_prefix_list_check
+ * returns 0, or -EINVAL with the reason in err ("'10.0.0.0/33': prefix
+ * length must be 0 to 32"). util_prefix_list_match returns 1 when 'sa' (an
+ * IPv4 or IPv6 address; an IPv4-mapped IPv6 address counts as IPv4) lies in
+ * one of the prefixes of a list that util_prefix_list_check accepted, else 0.
+ */
+int util_prefix_list_check(const char *list, char *err, size_t errlen);
+int util_prefix_list_match(const char *list, const struct sockaddr *sa);
+
 /* Milliseconds of CLOCK_MONOTONIC. */
 uint64_t util_now_ms(void);
 

@@ -32,15 +32,23 @@ static uint64_t get_u64(const uint8_t *p)
     return v;
 }
 
-/* The first DGRAM_TAG_LEN bytes of HMAC-SHA256(key, buf[0..len)). */
-static void tag(const uint8_t *buf, size_t len, const uint8_t key[DGRAM_KEY_LEN],
-                uint8_t out[DGRAM_TAG_LEN])
+/*
+ * The first DGRAM_TAG_LEN bytes of HMAC-SHA256(key, buf[0..len)) into out.
+ * Returns 0, or -1 when OpenSSL fails (out of memory, a provider refusing
+ * SHA-256): then 'mac' holds nothing, and copying it would hand out, or
+ * compare against, uninitialised stack bytes.
+ */
+static int tag(const uint8_t *buf, size_t len, const uint8_t key[DGRAM_KEY_LEN],
+               uint8_t out[DGRAM_TAG_LEN])
 {
     unsigned char mac[EVP_MAX_MD_SIZE];
     unsigned int maclen = 0;
 
-    HMAC(EVP_sha256(), key, DGRAM_KEY_LEN, buf, len, mac, &maclen);
+    if (HMAC(EVP_sha256(), key, DGRAM_KEY_LEN, buf, len, mac, &maclen) == NULL ||
+        maclen < DGRAM_TAG_LEN)
+        return -1;
     memcpy(out, mac, DGRAM_TAG_LEN);
+    return 0;
 }
 
 size_t dgram_encode(const struct dgram *d, const uint8_t key[DGRAM_KEY_LEN],
@@ -52,6 +60,12 @@ size_t dgram_encode(const struct dgram *d, const uint8_t key[DGRAM_KEY_LEN],
         return 0;
     if (d->type != DGRAM_TEST && (d->reg_id == 0 || d->seq == 0))
         return 0;
+    /* Never build what dgram_parse would refuse. */
+    if (d->type == DGRAM_TEST && d->reg_id != 0)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if ((uint8_t)d->folder[i] < 0x20 || d->folder[i] == 0x7f)
+            return 0;
     out[0] = 'n';
     out[1] = 'd';
     out[2] = DGRAM_VERSION;
@@ -61,7 +75,8 @@ size_t dgram_encode(const struct dgram *d, const uint8_t key[DGRAM_KEY_LEN],
     put_u64(out + 20, d->state);
     out[28] = (uint8_t)n;
     memcpy(out + DGRAM_HEADER_LEN, d->folder, n);
-    tag(out, DGRAM_HEADER_LEN + n, key, out + DGRAM_HEADER_LEN + n);
+    if (tag(out, DGRAM_HEADER_LEN + n, key, out + DGRAM_HEADER_LEN + n) != 0)
+        return 0;
     return DGRAM_HEADER_LEN + n + DGRAM_TAG_LEN;
 }
 
@@ -135,7 +150,8 @@ int dgram_verify(const uint8_t *buf, size_t len, const uint8_t key[DGRAM_KEY_LEN
 
     if (len < DGRAM_MIN)
         return 0;
-    tag(buf, len - DGRAM_TAG_LEN, key, want);
+    if (tag(buf, len - DGRAM_TAG_LEN, key, want) != 0)
+        return 0;
     return CRYPTO_memcmp(want, buf + len - DGRAM_TAG_LEN, DGRAM_TAG_LEN) == 0;
 }
 

@@ -19,8 +19,10 @@
  *   29      N     folder name (test: the nonce the client asked for)
  *   29+N    16    tag: HMAC-SHA256(key, bytes 0 .. 28+N), first 16 bytes
  *
- * So a datagram is 45 + N bytes, at most 300: far below the 512 bytes any
- * IPv4 path carries unfragmented, so it is never fragmented.
+ * So a datagram is 45 + N bytes, at most 300 (328 on the wire over IPv4):
+ * under the 512-byte payload long taken as safe for UDP (every IPv4 host
+ * accepts 576-byte datagrams) and far under IPv6's 1280-byte minimum MTU,
+ * so in practice it is never fragmented.
  *
  * The key is the registration's 32 random bytes, handed to the client once
  * in the answer to POST /v1/udp. A test datagram proves only that UDP gets
@@ -66,7 +68,9 @@ extern const uint8_t dgram_test_key[DGRAM_KEY_LEN];
 /*
  * Encodes d, tagged with 'key', into out. Returns the datagram's length, or
  * 0 when d cannot be encoded (unknown type, folder empty or longer than 255
- * bytes, a zero registration id or sequence number outside a test).
+ * bytes or holding a control byte, a zero registration id or sequence number
+ * outside a test, a non-zero id in a test: whatever dgram_parse refuses) or
+ * when computing the tag failed.
  */
 size_t dgram_encode(const struct dgram *d, const uint8_t key[DGRAM_KEY_LEN],
                     uint8_t out[DGRAM_MAX]);
@@ -85,7 +89,8 @@ int dgram_parse(const uint8_t *buf, size_t len, struct dgram *d, char *whybuf, s
 
 /*
  * Does the tag of buf[0..len) (a datagram that dgram_parse accepted) match
- * 'key'? Compared in constant time. Returns 1 yes, 0 no.
+ * 'key'? Compared in constant time. Returns 1 yes, 0 no (also when the tag
+ * cannot be computed: a datagram is never taken on trust).
  */
 int dgram_verify(const uint8_t *buf, size_t len, const uint8_t key[DGRAM_KEY_LEN]);
 

@@ -18,6 +18,7 @@
 #include "http/request.h"
 #include "push/handlers.h"
 #include "push/ping.h"
+#include "push/udp.h"
 #include "server/conn.h"
 #include "server/router.h"
 #include "server/server.h"
@@ -103,6 +104,9 @@ static void on_bumped(void *arg, struct store_event *ev, size_t n, int status)
         struct user *u = shard_user(&s->shard, ev[i].user, 0);
         if (u && u->held)
             ping_wake_user(s, u);
+        /* One datagram per changed folder, however many events of the batch it had. */
+        if (u && u->udp)
+            udp_on_change(s, u);
     }
     if (job->conn) {
         jw_init(&w);

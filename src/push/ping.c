@@ -27,6 +27,7 @@
 #include "common/xalloc.h"
 #include "http/request.h"
 #include "push/handlers.h"
+#include "push/udp.h"
 #include "server/conn.h"
 #include "server/router.h"
 #include "session/heartbeat.h"
@@ -96,6 +97,7 @@ static int answer_if_changed(struct conn *c, struct device *d)
         jw_key(&w, d->folders[i].name);
         jw_u64_str(&w, now);
         d->folders[i].state = now;
+        udp_knows(c->srv, d, d->folders[i].name, now);
     }
     if (changed == 0)
         return 0;
@@ -321,7 +323,7 @@ void ping_handle(struct conn *c, struct http_req *r, const struct principal *who
     struct ping_params p = {0};
     json_t *root = NULL;
     struct user *u;
-    struct device *d;
+    struct device *d = NULL;
     unsigned heartbeat;
     int dirty, created;
 
@@ -342,10 +344,10 @@ void ping_handle(struct conn *c, struct http_req *r, const struct principal *who
     dirty = d == NULL || d->heartbeat != heartbeat ||
             (p.nfolders && !same_folders(d, p.folders, p.nfolders));
     created = d == NULL;
-    if (created) {
+    if (created)
         d = user_device(u, p.device, 1);
+    if (d->heartbeat == 0) /* new, or known so far only by its UDP registration */
         hb_init(s, d, heartbeat);
-    }
     /* Judge what this ping proves about the path before it replaces the last one. */
     {
         struct sockaddr_storage peer;
@@ -367,6 +369,9 @@ void ping_handle(struct conn *c, struct http_req *r, const struct principal *who
         device_set_folders(d, p.folders, p.nfolders);
     d->heartbeat = heartbeat;
     d->last_request = util_now_ms();
+    /* The states a ping presents are the states its device holds. */
+    for (uint32_t i = 0; d->udp && i < d->nfolders; i++)
+        udp_knows(s, d, d->folders[i].name, d->folders[i].state);
     if (answer_if_changed(c, d) > 0)
         goto done;
     if (session_admit(s, c, u, d) < 0) {
@@ -388,6 +393,13 @@ void ping_handle(struct conn *c, struct http_req *r, const struct principal *who
     u->held++;
     conn_hold(c, d, util_now_ms() + (uint64_t)heartbeat * 1000);
 done:
+    /*
+     * A ping proves its device present: its registration is renewed (and
+     * revived). Last, so that a revived one is sent only what the answer
+     * did not tell.
+     */
+    if (d && d->udp)
+        udp_device_present(s, d);
     free(p.folders);
     json_decref(root);
 }

@@ -6,6 +6,7 @@
  * changed. Folders are sorted by name so the same states always give the
  * same body and ETag.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,7 @@
 #include "common/xalloc.h"
 #include "http/request.h"
 #include "push/handlers.h"
+#include "push/udp.h"
 #include "server/conn.h"
 #include "server/router.h"
 #include "server/server.h"
@@ -143,12 +145,19 @@ void state_handle(struct conn *c, struct http_req *r, const struct principal *wh
     struct folder_list l = {0};
     const char *raw, *inm;
     long rawlen = util_query_raw(r->query, r->query_len, "folders", &raw);
-    char etag[24], extra[64];
+    char etag[24], extra[64], device[3 * DEVICE_ID_MAX + 1];
+    long dlen;
     struct jsonw w;
     size_t len;
     char *body = NULL;
 
     c->srv->metrics.state_reads++;
+    dlen = util_query_param(r->query, r->query_len, "device", device, sizeof(device));
+    if (dlen == -EINVAL || (dlen >= 0 && check_device_id(device, (size_t)dlen) != NULL)) {
+        conn_respond_error(c, 400, "bad-request",
+                           "query parameter device is badly encoded or not a valid device id");
+        goto done;
+    }
     if (rawlen >= 0) {
         if (parse_folders(c, raw, rawlen, st, who->subject, &l) < 0)
             goto done;
@@ -170,6 +179,14 @@ void state_handle(struct conn *c, struct http_req *r, const struct principal *wh
     body = jw_take(&w, &len);
     snprintf(etag, sizeof(etag), "\"%016llx\"", (unsigned long long)fnv1a(body, len));
     snprintf(extra, sizeof(extra), "ETag: %s\r\nCache-Control: no-cache\r\n", etag);
+    /* ?device=D: the device holds these states once it has this answer (a 304 included). */
+    if (dlen >= 0) {
+        struct user *u = shard_user(&c->srv->shard, who->subject, 0);
+        struct device *d = u ? user_device(u, device, 0) : NULL;
+        if (d && d->udp)
+            for (size_t i = 0; i < l.n; i++)
+                udp_knows(c->srv, d, l.v[i].name, l.v[i].state);
+    }
     inm = http_req_header(r, HDR_IF_NONE_MATCH);
     if (inm && etag_matches(inm, etag))
         conn_respond(c, 304, extra, NULL, 0);

@@ -17,6 +17,31 @@ void admin_healthz(struct conn *c, struct http_req *r, const struct principal *w
     CONN_RESPOND_LITERAL(c, 200, NULL, "{\"status\":\"ok\"}");
 }
 
+/* Devices that hold a ping or a UDP registration (one session each). */
+static uint64_t sessions_now(struct server *s)
+{
+    uint64_t both = 0;
+    uint32_t pos = 0;
+    const char *key;
+    void *val;
+
+    if (s->metrics.udp_registrations == 0)
+        return s->metrics.pings_held;
+    /* Only the devices with both are counted twice by the two gauges: walk the users. */
+    while (strmap_next(&s->shard.users, &pos, &key, &val)) {
+        struct user *u = val;
+        uint32_t dpos = 0;
+        void *dval;
+        if (u->held == 0 || u->udp == 0)
+            continue;
+        while (strmap_next(&u->devices, &dpos, &key, &dval)) {
+            struct device *d = dval;
+            both += d->held && d->udp;
+        }
+    }
+    return s->metrics.pings_held + s->metrics.udp_registrations - both;
+}
+
 struct text {
     char *buf;
     size_t len, cap;
@@ -65,7 +90,8 @@ void admin_metrics(struct conn *c, struct http_req *r, const struct principal *w
            m->connections_total);
     metric(&t, "nudge_connections_refused_total", "counter",
            "Connections refused for [server] max_per_ip.", m->connections_refused);
-    metric(&t, "nudge_sessions", "gauge", "Sessions now (held pings).", m->pings_held);
+    metric(&t, "nudge_sessions", "gauge", "Sessions now (held pings and UDP registrations).",
+           sessions_now(c->srv));
     metric(&t, "nudge_sessions_refused_total", "counter",
            "Sessions refused at [sessions] per_user_limit (429).", m->sessions_refused);
     metric(&t, "nudge_sessions_reaped_total", "counter",
@@ -91,6 +117,25 @@ void admin_metrics(struct conn *c, struct http_req *r, const struct principal *w
     metric(&t, "nudge_publish_batches_total", "counter", "Publish requests applied.",
            m->publish_batches);
     metric(&t, "nudge_state_reads_total", "counter", "GET /v1/state requests.", m->state_reads);
+    metric(&t, "nudge_udp_registrations", "gauge", "UDP registrations now.", m->udp_registrations);
+    emit(&t, "# HELP nudge_udp_datagrams_sent_total UDP datagrams sent, by kind.\n"
+             "# TYPE nudge_udp_datagrams_sent_total counter\n");
+    for (int i = 0; i < UDP_SENT_COUNT; i++)
+        emit(&t, "nudge_udp_datagrams_sent_total{kind=\"%s\"} %" PRIu64 "\n", udp_sent_names[i],
+             m->udp_sent[i]);
+    metric(&t, "nudge_udp_acks_total", "counter", "Ack datagrams accepted.", m->udp_acks);
+    emit(&t, "# HELP nudge_udp_datagrams_rejected_total Datagrams received and dropped, by reason.\n"
+             "# TYPE nudge_udp_datagrams_rejected_total counter\n");
+    for (int i = 0; i < UDP_REJECT_COUNT; i++)
+        emit(&t, "nudge_udp_datagrams_rejected_total{reason=\"%s\"} %" PRIu64 "\n",
+             udp_reject_names[i], m->udp_rejected[i]);
+    metric(&t, "nudge_udp_unreachable_total", "counter",
+           "ICMP destination-unreachable errors for datagrams sent.", m->udp_unreachable);
+    metric(&t, "nudge_udp_send_errors_total", "counter", "Datagrams the socket refused to send.",
+           m->udp_send_errors);
+    metric(&t, "nudge_udp_resends_exhausted_total", "counter",
+           "Changes resent [udp] max_resends times without the device catching up.",
+           m->udp_resends_exhausted);
     conn_respond_typed(c, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, t.buf, t.len);
     free(t.buf);
 }

@@ -16,6 +16,24 @@ enum ping_outcome {
     PING_OUTCOME_COUNT,
 };
 
+/* What a UDP datagram was sent as; labels of nudge_udp_datagrams_sent_total. */
+enum udp_sent_kind {
+    UDP_SENT_NOTIFY,
+    UDP_SENT_RESEND,
+    UDP_SENT_TEST,
+    UDP_SENT_COUNT,
+};
+
+/* Why a datagram nudged received was dropped; labels of nudge_udp_datagrams_rejected_total. */
+enum udp_reject {
+    UDP_REJECT_MALFORMED,
+    UDP_REJECT_NOT_ACK,
+    UDP_REJECT_UNKNOWN,
+    UDP_REJECT_BAD_TAG,
+    UDP_REJECT_REPLAY,
+    UDP_REJECT_COUNT,
+};
+
 struct metrics {
     uint64_t connections;          /* gauge */
     uint64_t connections_total;
@@ -33,8 +51,17 @@ struct metrics {
     uint64_t publish_batches;
     uint64_t state_reads;
     uint64_t auth_failures;
+    uint64_t udp_registrations;    /* gauge */
+    uint64_t udp_sent[UDP_SENT_COUNT];
+    uint64_t udp_acks;
+    uint64_t udp_rejected[UDP_REJECT_COUNT];
+    uint64_t udp_unreachable;      /* ICMP errors that suspended a registration or came after */
+    uint64_t udp_send_errors;
+    uint64_t udp_resends_exhausted;
 };
 
 extern const char *const ping_outcome_names[PING_OUTCOME_COUNT];
+extern const char *const udp_sent_names[UDP_SENT_COUNT];
+extern const char *const udp_reject_names[UDP_REJECT_COUNT];
 
 #endif

@@ -19,6 +19,7 @@
 #include "push/handlers.h"
 #include "push/ping.h"
 #include "push/probe.h"
+#include "push/udp.h"
 #include "server/conn.h"
 #include "server/server.h"
 #include "session/session.h"
@@ -35,6 +36,9 @@ static const struct route routes[] = {
     {"/v1/ping", 0, HTTP_POST, TOKEN_USER, ping_handle},
     {"/v1/state", 0, HTTP_GET, TOKEN_USER, state_handle},
     {"/v1/probe", 0, HTTP_GET, TOKEN_USER, probe_handle},
+    {"/v1/udp", 0, HTTP_POST, TOKEN_USER, udp_register_handle},
+    {"/v1/udp/test", 0, HTTP_POST, TOKEN_USER, udp_test_handle},
+    {"/v1/udp/", 1, HTTP_DELETE, TOKEN_USER, udp_delete_handle},
     {"/v1/events", 0, HTTP_POST, TOKEN_PUBLISHER, events_handle},
     {"/v1/admin/sessions", 0, HTTP_GET, TOKEN_ADMIN, sessions_list_handle},
     {"/v1/admin/sessions/", 1, HTTP_DELETE, TOKEN_ADMIN, sessions_end_handle},

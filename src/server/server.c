@@ -21,6 +21,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "push/ping.h"
+#include "push/udp.h"
 #include "server/conn.h"
 #include "server/listen.h"
 #include "session/heartbeat.h"
@@ -94,6 +95,7 @@ static void finish_stop(struct server *s)
     close_handle((uv_handle_t *)&s->sig_term);
     close_handle((uv_handle_t *)&s->sig_int);
     listen_stop(s);
+    udp_stop(s);
 }
 
 static void walk_stop(uv_handle_t *h, void *arg)
@@ -161,6 +163,8 @@ static void on_device_loaded(void *arg, const struct store_device *sd)
     d->heartbeat_good = sd->heartbeat_good;
     d->heartbeat_ceiling = sd->heartbeat_ceiling;
     d->ceiling_since = sd->ceiling_since;
+    if (sd->udp)
+        udp_restore(s, d, sd->udp);
 }
 
 int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
@@ -191,6 +195,12 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
         return -1;
     }
 
+    /* The UDP socket first: device records bring registrations, which may have datagrams due. */
+    if (udp_init(s, err, sizeof(err)) < 0) {
+        char q[600];
+        LOG(LOG_ERROR, startup_failed, "reason=%s", log_q(q, sizeof(q), err));
+        return -1;
+    }
     store_device_load(s->store, on_device_loaded, s);
 
     if (listen_start(s, err, sizeof(err)) < 0) {
@@ -222,6 +232,7 @@ int server_run(struct server *s)
 
 void server_free(struct server *s)
 {
+    udp_free(s);
     shard_free(&s->shard);
     store_close(s->store);
     s->store = NULL;

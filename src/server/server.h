@@ -20,6 +20,7 @@
 #include "store/store.h"
 
 struct conn;
+struct udp;
 
 struct server {
     uv_loop_t *loop;
@@ -29,6 +30,7 @@ struct server {
     struct store *store;
     struct shard shard;
     struct metrics metrics;
+    struct udp *udp;           /* push/udp.c; NULL when [udp] listen is empty */
 
     int listen_fd;             /* see listen.h */
     uv_poll_t listen_poll;

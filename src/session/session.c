@@ -22,13 +22,18 @@
 #include "server/router.h"
 #include "server/server.h"
 #include "push/handlers.h"
+#include "push/udp.h"
 #include "session/heartbeat.h"
 #include "shard/shard.h"
 
 /* A URL-encoded id may take three bytes per byte. */
 #define USER_ID_BUF (3 * USER_ID_MAX + 1)
 
-/* Closes u's held connections that the kernel reports dead. Returns how many. */
+/*
+ * Closes u's held connections that the kernel reports dead, and ends the
+ * suspended UDP registrations (an ICMP error said their address is gone) of
+ * devices with no live held ping. Returns how many sessions that freed.
+ */
 static unsigned reap_dead(struct server *s, struct user *u)
 {
     const struct config *cfg = s->cfg;
@@ -36,26 +41,28 @@ static unsigned reap_dead(struct server *s, struct user *u)
     unsigned probe_ms = (cfg->keepalive_idle + cfg->keepalive_interval) * 1000;
     /* Written data unacknowledged for as long as keepalive would wait: not coming back. */
     unsigned stale_ms = cfg->keepalive_interval * cfg->keepalive_count * 1000;
-    uint32_t pos = 0;
+    uint32_t pos = 0, before = user_sessions(u), after;
     const char *key;
     void *val;
-    unsigned reaped = 0;
 
     while (strmap_next(&u->devices, &pos, &key, &val)) {
         struct device *d = val;
         char why[96], reason[128];
         uv_os_fd_t fd;
 
-        if (d->held == NULL || uv_fileno((uv_handle_t *)&d->held->tcp, &fd) != 0)
-            continue;
-        if (net_tcp_alive(fd, probe_ms, stale_ms, why, sizeof(why)) != 0)
-            continue;
-        snprintf(reason, sizeof(reason), "reaped: %s", why);
-        s->metrics.sessions_reaped++;
-        reaped++;
-        conn_close(d->held, reason);
+        if (d->held && uv_fileno((uv_handle_t *)&d->held->tcp, &fd) == 0 &&
+            net_tcp_alive(fd, probe_ms, stale_ms, why, sizeof(why)) == 0) {
+            snprintf(reason, sizeof(reason), "reaped: %s", why);
+            /* The close is deferred, but the hold is released at once. */
+            conn_close(d->held, reason);
+        }
+        /* A device with a live held ping is present whatever its registration says. */
+        if (d->held == NULL)
+            udp_reap_suspended(s, d);
     }
-    return reaped;
+    after = user_sessions(u);
+    s->metrics.sessions_reaped += before - after;
+    return before - after;
 }
 
 /* "phone1 age=12s idle=3s, tablet age=..." for the session-limit event. */
@@ -69,11 +76,14 @@ static void describe_sessions(struct user *u, uint64_t now, char *out, size_t ou
     out[0] = '\0';
     while (strmap_next(&u->devices, &pos, &key, &val) && n + 1 < outlen) {
         struct device *d = val;
-        if (d->held == NULL)
-            continue;
-        n += (size_t)snprintf(out + n, outlen - n, "%s%s age=%llus idle=%llus", n ? ", " : "",
-                              d->id, (unsigned long long)((now - d->held_since) / 1000),
-                              (unsigned long long)((now - d->last_request) / 1000));
+        if (d->held)
+            n += (size_t)snprintf(out + n, outlen - n, "%s%s age=%llus idle=%llus", n ? ", " : "",
+                                  d->id, (unsigned long long)((now - d->held_since) / 1000),
+                                  (unsigned long long)((now - d->last_request) / 1000));
+        else if (d->udp)
+            n += (size_t)snprintf(out + n, outlen - n, "%s%s udp age=%llus%s", n ? ", " : "",
+                                  d->id, (unsigned long long)((now - d->udp->created_ms) / 1000),
+                                  d->udp->suspended ? " suspended" : "");
     }
 }
 
@@ -89,6 +99,8 @@ static unsigned first_end_s(struct user *u, uint64_t now)
         struct device *d = val;
         if (d->held && d->held->deadline.idx && d->held->deadline.at < first)
             first = d->held->deadline.at;
+        if (d->udp && !d->held && d->udp->expires_ms < first)
+            first = d->udp->expires_ms;
     }
     if (first == UINT64_MAX || first <= now)
         return 1;
@@ -102,10 +114,11 @@ int session_admit(struct server *s, struct conn *c, struct user *u, struct devic
     char extra[48], body[96], list[1200], q1[300], q2[300], q3[1300];
     int n;
 
-    if (d->held || u->held < limit)
+    /* A device never has two sessions: its new one replaces its old. */
+    if (device_present(d) || u->held + u->udp < limit || user_sessions(u) < limit)
         return 0;
     reap_dead(s, u);
-    if (u->held < limit)
+    if (user_sessions(u) < limit)
         return 0;
     s->metrics.sessions_refused++;
     describe_sessions(u, now, list, sizeof(list));
@@ -139,16 +152,28 @@ static void add_session(struct jsonw *w, struct device *d, uint64_t now)
     jw_str(w, d->user->id);
     jw_key(w, "device");
     jw_str(w, d->id);
-    jw_key(w, "remote");
-    jw_str(w, conn_peer(d->held, peer, sizeof(peer)));
     jw_key(w, "kind");
-    jw_str(w, "ping");
-    jw_key(w, "age");
-    jw_u64(w, (now - d->held_since) / 1000);
-    jw_key(w, "last_activity");
-    jw_u64(w, (now - d->last_request) / 1000);
-    jw_key(w, "heartbeat");
-    jw_u64(w, d->heartbeat);
+    jw_str(w, d->held && d->udp ? "ping+udp" : d->held ? "ping" : "udp");
+    if (d->held) {
+        jw_key(w, "remote");
+        jw_str(w, conn_peer(d->held, peer, sizeof(peer)));
+        jw_key(w, "age");
+        jw_u64(w, (now - d->held_since) / 1000);
+        jw_key(w, "last_activity");
+        jw_u64(w, (now - d->last_request) / 1000);
+        jw_key(w, "heartbeat");
+        jw_u64(w, d->heartbeat);
+    } else {
+        /* A registration alone: its remote is where its datagrams go. */
+        jw_key(w, "remote");
+        jw_str(w, util_format_addr(&d->udp->addr.sa, peer, sizeof(peer)));
+        jw_key(w, "age");
+        jw_u64(w, (now - d->udp->created_ms) / 1000);
+    }
+    if (d->udp) {
+        jw_key(w, "udp");
+        udp_describe(d->udp, w, now);
+    }
     jw_obj_end(w);
 }
 
@@ -158,9 +183,9 @@ static void add_user_sessions(struct jsonw *w, struct user *u, uint64_t now, siz
     const char *key;
     void *val;
 
-    while (u->held && strmap_next(&u->devices, &pos, &key, &val)) {
+    while ((u->held || u->udp) && strmap_next(&u->devices, &pos, &key, &val)) {
         struct device *d = val;
-        if (d->held) {
+        if (device_present(d)) {
             add_session(w, d, now);
             (*count)++;
         }
@@ -238,11 +263,13 @@ void sessions_end_handle(struct conn *c, struct http_req *r, const struct princi
     }
     u = shard_user(&c->srv->shard, user, 0);
     d = u ? user_device(u, device, 0) : NULL;
-    if (d == NULL || d->held == NULL) {
+    if (d == NULL || !device_present(d)) {
         conn_respond_error(c, 404, "no-session", "that user and device hold no session");
         return;
     }
-    conn_close(d->held, SESSION_ENDED_BY_ADMIN);
+    if (d->held)
+        conn_close(d->held, SESSION_ENDED_BY_ADMIN);
+    udp_end(c->srv, d, SESSION_ENDED_BY_ADMIN);
     jw_init(&w);
     jw_obj_begin(&w);
     jw_key(&w, "status");

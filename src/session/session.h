@@ -1,15 +1,17 @@
 /*
  * session.h — sessions, the per-user cap, the reaper, and the admin API.
  *
- * A session is a device that is present now: today, a held ping (streams
- * and UDP registrations join later). A device never has two: its newer ping
- * supersedes its older one, so a device that reconnects after a network
- * drop never counts twice against its user.
+ * A session is a device that is present now: it holds a ping or has a UDP
+ * registration (or both: still one session). A device never has two: its
+ * newer ping supersedes its older one and a new registration replaces the
+ * old, so a device that reconnects after a network drop never counts twice
+ * against its user.
  *
  * At [sessions] per_user_limit a new session first reaps the user's dead
  * ones: a held connection the kernel says is no longer established, whose
  * keepalive probes go unanswered, or whose written data has gone
- * unacknowledged (TCP_INFO). Only when the user is still at the cap is the
+ * unacknowledged (TCP_INFO), and a UDP registration that an ICMP error
+ * suspended (its address is gone). Only when the user is still at the cap is the
  * new one refused (429, event 1301 naming every session). This is the fix
  * for the Exchange failure where a user whose VPN dropped was locked out
  * for two hours by sessions nobody could see were dead.
@@ -25,8 +27,9 @@ struct server;
 struct user;
 
 /*
- * May device d of user u open a session (hold a ping) now? Returns 0 yes;
- * -1 after answering c with 429 session-limit.
+ * May device d of user u open a session (hold a ping, register for UDP)
+ * now? Yes at once when d is a session already. Returns 0 yes; -1 after
+ * answering c with 429 session-limit.
  */
 int session_admit(struct server *s, struct conn *c, struct user *u, struct device *d);
 

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "common/xalloc.h"
+#include "push/udp.h"
 
 void shard_init(struct shard *sh)
 {
@@ -64,8 +65,24 @@ struct device *user_device(struct user *u, const char *id, int create)
     return d;
 }
 
+uint32_t user_sessions(const struct user *u)
+{
+    uint32_t pos = 0, n = 0;
+    const char *key;
+    void *val;
+
+    if (u->held == 0 && u->udp == 0)
+        return 0;
+    while (strmap_next(&u->devices, &pos, &key, &val))
+        n += device_present(val) ? 1 : 0;
+    return n;
+}
+
 void device_persist(struct store *s, const struct device *d)
 {
+    struct store_udp udp;
+    char addr[64];
+
     struct store_device sd = {
         .user = d->user->id,
         .device = d->id,
@@ -76,7 +93,13 @@ void device_persist(struct store *s, const struct device *d)
         .ceiling_since = d->ceiling_since,
         .nfolders = d->nfolders,
         .folders = d->folders,
+        .udp = NULL,
     };
+
+    if (d->udp) {
+        udp_record(d->udp, &udp, addr, sizeof(addr));
+        sd.udp = &udp;
+    }
     store_device_save(s, &sd);
 }
 

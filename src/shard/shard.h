@@ -7,8 +7,9 @@
  * per-user state, so a later issue can run one shard per worker process
  * with users partitioned by a hash of their id.
  *
- * Memory: a user is its id plus a small map; a device is ~48 bytes plus its
- * id and its folder list (names and states of its last ping).
+ * Memory: a user is its id plus a small map; a device is ~130 bytes plus its
+ * id and its folder list (names and states of its last ping), and its UDP
+ * registration when it has one.
  */
 #ifndef NUDGE_SHARD_H
 #define NUDGE_SHARD_H
@@ -20,6 +21,7 @@
 #include "store/store.h"
 
 struct conn;
+struct udp_reg;
 
 struct user;
 
@@ -41,12 +43,14 @@ struct device {
     struct hbnet *net;              /* the client network it last pinged from */
     uint64_t held_since;            /* ms (monotonic): when the held ping began */
     uint64_t last_request;          /* ms (monotonic): the device's last ping */
+    struct udp_reg *udp;            /* its UDP registration (push/udp.h), or NULL */
     char id[];
 };
 
 struct user {
     struct strmap devices;
     uint32_t held;                  /* devices with a held ping */
+    uint32_t udp;                   /* devices with a UDP registration */
     uint32_t probes;                /* probes held now (push/probe.c) */
     char id[];
 };
@@ -64,6 +68,15 @@ struct user *shard_user(struct shard *sh, const char *id, int create);
 
 /* The device of u with this id; created when 'create'. */
 struct device *user_device(struct user *u, const char *id, int create);
+
+/* Is d a session now: does it hold a ping or have a UDP registration? */
+static inline int device_present(const struct device *d)
+{
+    return d->held != NULL || d->udp != NULL;
+}
+
+/* How many of u's devices are sessions now (walks u's devices). */
+uint32_t user_sessions(const struct user *u);
 
 /* Hands d's record to the store (write-behind) so it outlives a restart. */
 void device_persist(struct store *s, const struct device *d);

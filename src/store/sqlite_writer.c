@@ -45,17 +45,18 @@ static const char SQL_PUT_STATE[] =
 
 static const char SQL_PUT_DEVICE[] =
     "INSERT INTO devices (user, device, heartbeat, heartbeat_hint, folders, heartbeat_good, "
-    "heartbeat_ceiling, ceiling_since) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) "
+    "heartbeat_ceiling, ceiling_since, udp) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) "
     "ON CONFLICT (user, device) DO UPDATE SET heartbeat = excluded.heartbeat, "
     "heartbeat_hint = excluded.heartbeat_hint, folders = excluded.folders, "
     "heartbeat_good = excluded.heartbeat_good, heartbeat_ceiling = excluded.heartbeat_ceiling, "
-    "ceiling_since = excluded.ceiling_since";
+    "ceiling_since = excluded.ceiling_since, udp = excluded.udp";
 
 static void free_devices(struct sqlite_device_rec *d)
 {
     while (d) {
         struct sqlite_device_rec *next = d->next;
         free(d->folders);
+        free(d->udp);
         free(d);
         d = next;
     }
@@ -135,6 +136,7 @@ static int write_round(struct sqlite_writer *w, struct sqlite_batch *todo,
         sqlite3_bind_int64(w->put_device, 6, d->heartbeat_good);
         sqlite3_bind_int64(w->put_device, 7, d->heartbeat_ceiling);
         sqlite3_bind_int64(w->put_device, 8, d->ceiling_since);
+        sqlite3_bind_text(w->put_device, 9, d->udp, -1, SQLITE_STATIC);
         rc = step_done(w->put_device);
     }
     if (rc == SQLITE_OK)

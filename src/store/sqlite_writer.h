@@ -43,6 +43,7 @@ struct sqlite_device_rec {
     uint32_t heartbeat_ceiling;
     int64_t ceiling_since;
     char *folders;      /* {"INBOX":"17",...}, malloc'd, freed by the writer */
+    char *udp;          /* the UDP registration as JSON, "" for none; malloc'd, freed by the writer */
     const char *device; /* points into user[] */
     char user[];        /* user id, NUL, device id, NUL */
 };

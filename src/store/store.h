@@ -27,12 +27,27 @@ struct store_event {
 
 /*
  * A device's record: what must survive a restart so that an empty-body ping
- * after it still works (and, in later issues, the learned heartbeat and the
- * UDP registration). All pointers are borrowed for the duration of the call.
+ * after it still works, its learned heartbeat and its UDP registration. All
+ * pointers are borrowed for the duration of the call.
  */
 struct store_folder {
     const char *name;
     uint64_t state;               /* the state the device holds */
+};
+
+/*
+ * A device's UDP registration (push/udp.c), saved with its record so it
+ * outlives a restart. 'folders' holds the states the device is known to hold.
+ */
+struct store_udp {
+    uint64_t id;
+    const uint8_t *key;           /* 32 bytes */
+    const char *address;          /* where datagrams go: "192.0.2.7:40001", "[::1]:40001" */
+    int64_t expires;              /* Unix time, s */
+    uint64_t seq;                 /* no datagram of it was sent with a higher sequence number */
+    int suspended;                /* an ICMP error said the address is unreachable */
+    uint32_t nfolders;
+    const struct store_folder *folders;
 };
 
 struct store_device {
@@ -45,6 +60,7 @@ struct store_device {
     int64_t ceiling_since;        /* Unix time the ceiling was learned */
     uint32_t nfolders;
     const struct store_folder *folders; /* the last ping's folders */
+    const struct store_udp *udp;  /* its UDP registration, or NULL */
 };
 
 typedef void (*store_device_cb)(void *arg, const struct store_device *d);

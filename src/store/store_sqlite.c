@@ -70,7 +70,7 @@
 /* PRAGMA application_id marks the file as nudge's: "nudg" in ASCII. */
 #define NUDGE_APPLICATION_ID 0x6e756467
 /* PRAGMA user_version: the schema below; older files are migrated at open (SQL_MIGRATE). */
-#define SCHEMA_VERSION 2
+#define SCHEMA_VERSION 3
 /*
  * How long a statement waits for a lock another process holds (a sqlite3
  * shell running .backup, say) before failing. Longer than any backup step,
@@ -105,10 +105,12 @@ static const char SQL_SCHEMA[] =
     "  heartbeat_good INTEGER NOT NULL DEFAULT 0,"
     "  heartbeat_ceiling INTEGER NOT NULL DEFAULT 0,"
     "  ceiling_since INTEGER NOT NULL DEFAULT 0,"
+    /* The UDP registration as one JSON object, '' for none (version 3). */
+    "  udp TEXT NOT NULL DEFAULT '',"
     "  PRIMARY KEY (user, device)"
     ") STRICT, WITHOUT ROWID;"
     "PRAGMA application_id = 1853187175;" /* NUDGE_APPLICATION_ID in decimal */
-    "PRAGMA user_version = 2;"            /* SCHEMA_VERSION */
+    "PRAGMA user_version = 3;"            /* SCHEMA_VERSION */
     "COMMIT;";
 
 /* Each step takes a file from version N (the index + 1) to N + 1, in one transaction. */
@@ -118,6 +120,10 @@ static const char *const SQL_MIGRATE[] = {
     "ALTER TABLE devices ADD COLUMN heartbeat_ceiling INTEGER NOT NULL DEFAULT 0;"
     "ALTER TABLE devices ADD COLUMN ceiling_since INTEGER NOT NULL DEFAULT 0;"
     "PRAGMA user_version = 2;"
+    "COMMIT;",
+    "BEGIN IMMEDIATE;"
+    "ALTER TABLE devices ADD COLUMN udp TEXT NOT NULL DEFAULT '';"
+    "PRAGMA user_version = 3;"
     "COMMIT;",
 };
 
@@ -576,6 +582,51 @@ static int sq_bump(struct store *st, struct store_event *ev, size_t n, store_don
     return 0;
 }
 
+/*
+ * The registration as {"id":"...","key":"<64 hex digits>","address":"...",
+ * "expires":N,"seq":"1024","suspended":0,"folders":{"INBOX":"17"}}, or ""
+ * for none.
+ * The id is a string: JSON numbers beyond 2^53 are not safe everywhere.
+ */
+static char *udp_json(const struct store_udp *u)
+{
+    static const char hex[] = "0123456789abcdef";
+    char key[2 * 32 + 1];
+    struct jsonw w;
+    size_t len;
+
+    if (u == NULL)
+        return xstrdup("");
+    for (int i = 0; i < 32; i++) {
+        key[2 * i] = hex[u->key[i] >> 4];
+        key[2 * i + 1] = hex[u->key[i] & 15];
+    }
+    key[64] = '\0';
+    jw_init(&w);
+    jw_obj_begin(&w);
+    jw_key(&w, "id");
+    jw_u64_str(&w, u->id);
+    jw_key(&w, "key");
+    jw_str(&w, key);
+    jw_key(&w, "address");
+    jw_str(&w, u->address);
+    jw_key(&w, "expires");
+    jw_u64(&w, u->expires > 0 ? (uint64_t)u->expires : 0);
+    jw_key(&w, "seq");
+    jw_u64_str(&w, u->seq);
+    jw_key(&w, "suspended");
+    jw_u64(&w, u->suspended ? 1 : 0);
+    jw_key(&w, "folders");
+    jw_obj_begin(&w);
+    for (uint32_t i = 0; i < u->nfolders; i++) {
+        jw_key(&w, u->folders[i].name);
+        jw_u64_str(&w, u->folders[i].state);
+    }
+    jw_obj_end(&w);
+    jw_obj_end(&w);
+    return jw_take(&w, &len);
+}
+
 static void sq_device_save(struct store *st, const struct store_device *d)
 {
     struct sq_store *s = (struct sq_store *)st;
@@ -601,20 +652,103 @@ static void sq_device_save(struct store *st, const struct store_device *d)
     }
     jw_obj_end(&w);
     r->folders = jw_take(&w, &len);
+    r->udp = udp_json(d->udp);
     sqlite_writer_put_device(&s->writer, r);
+}
+
+/* Reads a JSON object of folder -> decimal state into a new array (names borrowed from o). */
+static struct store_folder *read_folders(json_t *o, uint32_t *n, const char **why)
+{
+    struct store_folder *f;
+    const char *name;
+    json_t *v;
+    size_t i = 0;
+
+    if (!json_is_object(o)) {
+        *why = "folders is not a JSON object";
+        return NULL;
+    }
+    f = calloc(json_object_size(o) + 1, sizeof(*f));
+    if (f == NULL) {
+        *why = "out of memory";
+        return NULL;
+    }
+    json_object_foreach(o, name, v) {
+        if (!json_is_string(v) ||
+            util_parse_u64(json_string_value(v), json_string_length(v), &f[i].state) < 0) {
+            *why = "a folder's state is not a decimal string";
+            free(f);
+            return NULL;
+        }
+        f[i++].name = name;
+    }
+    *n = (uint32_t)i;
+    return f;
+}
+
+/*
+ * Parses the udp column into u (strings borrowed from *root, folders
+ * allocated into *folders). Returns 1 when there is a registration, 0 for
+ * none, -1 with why set when it cannot be read.
+ */
+static int read_udp(const char *text, json_t **root, struct store_udp *u, uint8_t key[32],
+                    struct store_folder **folders, const char **why)
+{
+    json_t *id, *k, *addr, *exp, *susp, *seq;
+    uint64_t idv, seqv;
+
+    if (text == NULL || text[0] == '\0')
+        return 0;
+    *root = json_loads(text, JSON_REJECT_DUPLICATES, NULL);
+    id = json_object_get(*root, "id");
+    k = json_object_get(*root, "key");
+    addr = json_object_get(*root, "address");
+    exp = json_object_get(*root, "expires");
+    susp = json_object_get(*root, "suspended");
+    seq = json_object_get(*root, "seq");
+    if (!json_is_string(seq) ||
+        util_parse_u64(json_string_value(seq), json_string_length(seq), &seqv) < 0 ||!json_is_string(id) || !json_is_string(k) || !json_is_string(addr) ||
+        !json_is_integer(exp) || !json_is_integer(susp) ||
+        util_parse_u64(json_string_value(id), json_string_length(id), &idv) < 0 || idv == 0 ||
+        json_string_length(k) != 64) {
+        *why = "its UDP registration is unreadable";
+        return -1;
+    }
+    for (int i = 0; i < 32; i++) {
+        int hi = util_hex_value(json_string_value(k)[2 * i]);
+        int lo = util_hex_value(json_string_value(k)[2 * i + 1]);
+        if (hi < 0 || lo < 0) {
+            *why = "its UDP registration key is not hexadecimal";
+            return -1;
+        }
+        key[i] = (uint8_t)(hi << 4 | lo);
+    }
+    *folders = read_folders(json_object_get(*root, "folders"), &u->nfolders, why);
+    if (*folders == NULL)
+        return -1;
+    u->id = idv;
+    u->key = key;
+    u->address = json_string_value(addr);
+    u->expires = json_integer_value(exp);
+    u->seq = seqv;
+    u->suspended = json_integer_value(susp) != 0;
+    u->folders = *folders;
+    return 1;
 }
 
 /* One row of the devices table -> cb. 0, or -1 with why set (the row is skipped). */
 static int load_device(sqlite3_stmt *st, store_device_cb cb, void *arg, const char **why)
 {
     struct store_device d = {0};
-    struct store_folder *folders = NULL;
+    struct store_udp udp = {0};
+    struct store_folder *folders = NULL, *ufolders = NULL;
+    json_t *uroot = NULL;
+    uint8_t key[32];
     sqlite3_int64 hb = sqlite3_column_int64(st, 2), hint = sqlite3_column_int64(st, 3);
     sqlite3_int64 good = sqlite3_column_int64(st, 5), ceiling = sqlite3_column_int64(st, 6);
     const char *text = (const char *)sqlite3_column_text(st, 4);
-    json_t *root = NULL, *v;
-    const char *name;
-    size_t i = 0;
+    json_t *root = NULL;
+    int has_udp;
 
     d.user = (const char *)sqlite3_column_text(st, 0);
     d.device = (const char *)sqlite3_column_text(st, 1);
@@ -628,37 +762,30 @@ static int load_device(sqlite3_stmt *st, store_device_cb cb, void *arg, const ch
         goto fail;
     }
     root = json_loads(text, JSON_REJECT_DUPLICATES, NULL);
-    if (!json_is_object(root)) {
-        *why = "folders is not a JSON object";
+    folders = read_folders(root, &d.nfolders, why);
+    if (folders == NULL)
         goto fail;
-    }
-    folders = calloc(json_object_size(root) + 1, sizeof(*folders));
-    if (folders == NULL) {
-        *why = "out of memory";
+    has_udp = read_udp((const char *)sqlite3_column_text(st, 8), &uroot, &udp, key, &ufolders, why);
+    if (has_udp < 0)
         goto fail;
-    }
-    json_object_foreach(root, name, v) {
-        if (!json_is_string(v) || util_parse_u64(json_string_value(v), json_string_length(v),
-                                                 &folders[i].state) < 0) {
-            *why = "a folder's state is not a decimal string";
-            goto fail;
-        }
-        folders[i++].name = name;
-    }
+    d.udp = has_udp ? &udp : NULL;
     d.heartbeat = (uint32_t)hb;
     d.heartbeat_hint = (uint32_t)hint;
     d.heartbeat_good = (uint32_t)good;
     d.heartbeat_ceiling = (uint32_t)ceiling;
     d.ceiling_since = sqlite3_column_int64(st, 7);
-    d.nfolders = (uint32_t)i;
     d.folders = folders;
     cb(arg, &d);
     free(folders);
+    free(ufolders);
     json_decref(root);
+    json_decref(uroot);
     return 0;
 fail:
     free(folders);
+    free(ufolders);
     json_decref(root);
+    json_decref(uroot);
     return -1;
 }
 
@@ -672,7 +799,7 @@ static size_t sq_device_load(struct store *store, store_device_cb cb, void *arg)
 
     rc = sqlite3_prepare_v2(s->rdb,
                             "SELECT user, device, heartbeat, heartbeat_hint, folders, "
-                            "heartbeat_good, heartbeat_ceiling, ceiling_since FROM devices",
+                            "heartbeat_good, heartbeat_ceiling, ceiling_since, udp FROM devices",
                             -1, &st, NULL);
     while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         const char *why = NULL;

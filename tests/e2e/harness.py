@@ -94,6 +94,12 @@ def flip_mac_char(token: str) -> str:
 # HTTP
 
 
+def udp_port_in(log_text):
+    """The UDP port of the last udp_listening line (event 1600), or None."""
+    found = re.findall(r"event=1600 name=udp_listening addr=\S*:(\d+)", log_text)
+    return int(found[-1]) if found else None
+
+
 class ConnectionClosed(Exception):
     pass
 
@@ -441,6 +447,7 @@ class Nudged:
     DEFAULTS = {
         "server": {"listen": "127.0.0.1:0", "log_level": "info"},
         "heartbeat": {"min": 1, "max": 900},
+        "udp": {"listen": "127.0.0.1:0"},
     }
 
     def __init__(self, workdir: Path, settings=None, create_data_dir=True):
@@ -458,6 +465,7 @@ class Nudged:
         self.command_prefix = []  # run nudged through this, e.g. ["ip", "netns", "exec", NS]
         self.proc = None
         self.port = None
+        self.udp_port = None  # from the udp_listening line; None when UDP is off
         self.returncode = None
         self._log = None
         self._tokens = {}
@@ -499,9 +507,11 @@ class Nudged:
         deadline = time.monotonic() + timeout
         pat = re.compile(r"event=1001 name=listening addr=127\.0\.0\.1:(\d+)")
         while True:
-            m = pat.search(self.log_path.read_bytes()[offset:].decode("utf-8", "replace"))
+            text = self.log_path.read_bytes()[offset:].decode("utf-8", "replace")
+            m = pat.search(text)
             if m:
                 self.port = int(m.group(1))
+                self.udp_port = udp_port_in(text)
                 return self
             if self.proc.poll() is not None:
                 self.returncode = self.proc.returncode
@@ -779,3 +789,124 @@ def wait_event(n, event, pred, what, timeout=WAIT):
         if time.monotonic() > deadline:
             raise AssertionError(f"no event {event} {what} within {timeout}s\n{n.log_tail()}")
         time.sleep(0.05)
+
+
+# ---------------------------------------------------------------------------
+# UDP datagrams (docs/udp.md, src/push/datagram.h), written independently of
+# the C codec so that the tests check it rather than share its mistakes.
+
+DGRAM_NOTIFY, DGRAM_ACK, DGRAM_TEST = 1, 2, 3
+DGRAM_TEST_KEY = bytes(32)
+
+
+def dgram_encode(kind, reg_id, seq, state, folder, key):
+    """A datagram: magic "nd", version 1, type, id, seq, state, folder, 16-byte tag."""
+    name = folder.encode() if isinstance(folder, str) else folder
+    head = b"nd\x01" + bytes([kind]) + reg_id.to_bytes(8, "big") + seq.to_bytes(8, "big") \
+        + state.to_bytes(8, "big") + bytes([len(name)]) + name
+    return head + hmac.new(key, head, hashlib.sha256).digest()[:16]
+
+
+def dgram_decode(data, key):
+    """The fields of a datagram as a dict; asserts its layout and its tag."""
+    assert len(data) >= 46 and data[:3] == b"nd\x01", f"not a version-1 nudge datagram: {data!r}"
+    n = data[28]
+    assert len(data) == 45 + n, f"length {len(data)} does not fit folder length {n}: {data!r}"
+    tag = hmac.new(key, data[:-16], hashlib.sha256).digest()[:16]
+    assert hmac.compare_digest(tag, data[-16:]), f"tag does not verify: {data!r}"
+    return {"type": data[3], "id": int.from_bytes(data[4:12], "big"),
+            "seq": int.from_bytes(data[12:20], "big"), "state": int.from_bytes(data[20:28], "big"),
+            "folder": data[29:29 + n].decode()}
+
+
+class UdpDevice:
+    """A device that receives datagrams on its own UDP socket (127.0.0.1,
+    any free port) and registers it with POST /v1/udp."""
+
+    def __init__(self, srv, user, device=None):
+        self.srv = srv
+        self.user = user
+        self.device = device or unique("udp")
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.reg = None
+        self.key = None
+        self.last_seq = 0
+        LIVE.append(self)
+
+    def register_raw(self, folders, **extra):
+        body = {"device": self.device, "port": self.port, "folders": folders, **extra}
+        return self.srv.request("POST", "/v1/udp", body, token=self.user.token)
+
+    def register(self, folders=("INBOX",), **extra):
+        """Registers; asserts success; returns the answer's JSON."""
+        r = self.register_raw(list(folders) if isinstance(folders, tuple) else folders, **extra)
+        assert r.status == 200, f"POST /v1/udp answered {r!r}"
+        self.reg = r.json()
+        self.key = base64.b64decode(self.reg["key"])
+        assert len(self.key) == 32, self.reg
+        self.last_seq = 0
+        return self.reg
+
+    @property
+    def reg_id(self):
+        return int(self.reg["id"])
+
+    def server_addr(self):
+        host, port = self.reg["server"].rsplit(":", 1)
+        return host, int(port)
+
+    def recv(self, timeout=WAIT):
+        """The next datagram, decoded and verified with the registration's key
+        (replays refused); AssertionError when none comes in time."""
+        self.sock.settimeout(timeout)
+        try:
+            data, _ = self.sock.recvfrom(2048)
+        except socket.timeout:
+            raise AssertionError(f"no datagram within {timeout}s\n{self.srv.log_tail()}") from None
+        d = dgram_decode(data, self.key)
+        assert d["type"] == DGRAM_NOTIFY and d["id"] == self.reg_id, d
+        assert d["seq"] > self.last_seq, f"replayed sequence number {d} after {self.last_seq}"
+        self.last_seq = d["seq"]
+        return d
+
+    def quiet(self, seconds):
+        """Asserts that no datagram arrives for 'seconds'."""
+        self.sock.settimeout(seconds)
+        try:
+            data, _ = self.sock.recvfrom(2048)
+        except socket.timeout:
+            return
+        raise AssertionError(f"a datagram arrived when none should have: {data!r}")
+
+    def ack(self, d, state=None):
+        """Acks notify 'd' (the folder's state it carried unless given)."""
+        self.send_raw(dgram_encode(DGRAM_ACK, d["id"], d["seq"], d["state"] if state is None else state,
+                                   d["folder"], self.key))
+
+    def send_raw(self, data):
+        """Sends to nudged's UDP port as it is now (a restart may have moved it)."""
+        self.sock.sendto(data, ("127.0.0.1", self.srv.udp_port))
+
+    def drain(self, wait=0.3):
+        """Reads and drops what has arrived (resends sent before an ack landed)."""
+        self.sock.settimeout(wait)
+        try:
+            while True:
+                self.sock.recvfrom(2048)
+        except socket.timeout:
+            pass
+
+    def poll(self, folders=None):
+        path = f"/v1/state?device={urllib.parse.quote(self.device, safe='')}"
+        if folders:
+            path += "&folders=" + ",".join(urllib.parse.quote(f, safe="") for f in folders)
+        r = self.srv.request("GET", path, token=self.user.token)
+        assert r.status == 200, r
+        return r.json()["folders"]
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None

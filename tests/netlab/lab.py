@@ -148,6 +148,7 @@ class LabNudged(netns.NsNudged):
     def __init__(self, ns, workdir, settings=None):
         settings = {s: dict(kv) for s, kv in (settings or {}).items()}
         settings.setdefault("server", {}).setdefault("listen", ":0")
+        settings.setdefault("udp", {}).setdefault("listen", ":0")
         super().__init__(ns, workdir, settings)
 
     def start(self, timeout=harness.WAIT):
@@ -164,9 +165,11 @@ class LabNudged(netns.NsNudged):
                                      cwd=str(self.dir))
         deadline = time.monotonic() + timeout
         while True:
-            m = self.LISTENING.search(self.log_path.read_bytes()[offset:].decode("utf-8", "replace"))
+            text = self.log_path.read_bytes()[offset:].decode("utf-8", "replace")
+            m = self.LISTENING.search(text)
             if m:
                 self.port = int(m.group(1))
+                self.udp_port = harness.udp_port_in(text)
                 return self
             if self.proc.poll() is not None:
                 self.returncode = self.proc.returncode

@@ -70,6 +70,7 @@ NUDGED_SRC := \
 NUDGE_SRC := \
 	src/cli/main.c \
 	src/cli/httpc.c \
+	src/cli/udpsock.c \
 	src/cli/cmd_token.c \
 	src/cli/cmd_publish.c \
 	src/cli/cmd_ping.c \

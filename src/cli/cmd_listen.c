@@ -30,7 +30,6 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <getopt.h>
-#include <netdb.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -47,6 +46,7 @@
 
 #include "cli/cli.h"
 #include "cli/httpc.h"
+#include "cli/udpsock.h"
 #include "common/log.h"
 #include "common/util.h"
 #include "push/datagram.h"
@@ -262,115 +262,23 @@ static int json_state(const json_t *v, uint64_t *out)
 
 /* -- the UDP socket ----------------------------------------------------------- */
 
-/*
- * The address family to receive on: --host's, else that of the connection
- * the first poll used, else that of the server name's first address.
- */
-static int pick_family(const struct listener *l)
-{
-    struct sockaddr_storage ss;
-    socklen_t len = sizeof(ss);
-    struct addrinfo hints, *res = NULL;
-    int family = AF_INET;
-    struct in6_addr a6;
-
-    if (l->host != NULL)
-        return inet_pton(AF_INET6, l->host, &a6) == 1 ? AF_INET6 : AF_INET;
-    if (l->http.fd >= 0 && getpeername(l->http.fd, (struct sockaddr *)&ss, &len) == 0)
-        return ss.ss_family == AF_INET6 ? AF_INET6 : AF_INET;
-    memset(&hints, 0, sizeof(hints));
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICSERV;
-    if (getaddrinfo(l->http.host, l->http.port, &hints, &res) == 0 && res != NULL)
-        family = res->ai_family == AF_INET6 ? AF_INET6 : AF_INET;
-    freeaddrinfo(res);
-    return family;
-}
-
-/* Binds the UDP socket to the wildcard address and --port. Returns 0 or -1 (printed). */
+/* Binds the UDP socket in the server connection's family (or --host's). Returns 0 or -1. */
 static int bind_udp(struct listener *l)
 {
-    struct sockaddr_storage ss;
-    socklen_t len;
+    char err[256];
+    unsigned char addr[sizeof(struct in6_addr)];
     int fd;
 
-    l->family = pick_family(l);
-    memset(&ss, 0, sizeof(ss));
-    if (l->family == AF_INET6) {
-        struct sockaddr_in6 *a = (struct sockaddr_in6 *)&ss;
-        a->sin6_family = AF_INET6;
-        a->sin6_addr = in6addr_any;
-        a->sin6_port = htons((uint16_t)l->port);
-        len = sizeof(*a);
-    } else {
-        struct sockaddr_in *a = (struct sockaddr_in *)&ss;
-        a->sin_family = AF_INET;
-        a->sin_addr.s_addr = htonl(INADDR_ANY);
-        a->sin_port = htons((uint16_t)l->port);
-        len = sizeof(*a);
-    }
-    fd = socket(l->family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    l->family = udpsock_family(&l->http);
+    if (l->host != NULL)
+        l->family = inet_pton(AF_INET6, l->host, addr) == 1 ? AF_INET6 : AF_INET;
+    fd = udpsock_bind(l->family, l->port, &l->local_port, err, sizeof(err));
     if (fd < 0) {
-        fprintf(stderr, "nudge listen: UDP socket: %s\n", strerror(errno));
+        fprintf(stderr, "nudge listen: %s\n", err);
         return -1;
     }
-    if (bind(fd, (struct sockaddr *)&ss, len) < 0) {
-        fprintf(stderr, "nudge listen: cannot bind UDP port %u: %s\n", l->port, strerror(errno));
-        close(fd);
-        return -1;
-    }
-    len = sizeof(ss);
-    if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0) {
-        fprintf(stderr, "nudge listen: getsockname: %s\n", strerror(errno));
-        close(fd);
-        return -1;
-    }
-    l->local_port = ntohs(ss.ss_family == AF_INET6 ? ((struct sockaddr_in6 *)&ss)->sin6_port
-                                                   : ((struct sockaddr_in *)&ss)->sin_port);
     l->fd = fd;
     return 0;
-}
-
-/*
- * Turns the answer's "server" ("198.51.100.1:8080", "[::1]:8080") into the
- * address acks go to on our socket: an IPv4 address becomes IPv4-mapped on
- * an IPv6 socket. Returns 0, or -1 when it is not an address this socket
- * can reach.
- */
-static int ack_address(const struct listener *l, const char *s, struct sockaddr_storage *out,
-                       socklen_t *outlen)
-{
-    struct sockaddr_storage ss;
-    char err[128];
-
-    if (util_parse_addr(s, &ss, err, sizeof(err)) < 0)
-        return -1;
-    if (ss.ss_family == AF_INET && ((struct sockaddr_in *)&ss)->sin_port == 0)
-        return -1;
-    if (ss.ss_family == AF_INET6 && ((struct sockaddr_in6 *)&ss)->sin6_port == 0)
-        return -1;
-    if (ss.ss_family == l->family) {
-        *out = ss;
-        *outlen = ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-                                           : sizeof(struct sockaddr_in);
-        return 0;
-    }
-    if (l->family == AF_INET6 && ss.ss_family == AF_INET) {
-        struct sockaddr_in *v4 = (struct sockaddr_in *)&ss;
-        struct sockaddr_in6 v6;
-        memset(&v6, 0, sizeof(v6));
-        v6.sin6_family = AF_INET6;
-        v6.sin6_port = v4->sin_port;
-        v6.sin6_addr.s6_addr[10] = 0xff;
-        v6.sin6_addr.s6_addr[11] = 0xff;
-        memcpy(&v6.sin6_addr.s6_addr[12], &v4->sin_addr, 4);
-        memset(out, 0, sizeof(*out));
-        memcpy(out, &v6, sizeof(v6));
-        *outlen = sizeof(v6);
-        return 0;
-    }
-    return -1;
 }
 
 /* -- HTTP: polls and the registration ------------------------------------------- */
@@ -564,7 +472,7 @@ static int take_registration(struct listener *l, const struct httpc_response *re
         goto done;
     }
     r->ttl = (unsigned)json_integer_value(ttl);
-    if (server == NULL || ack_address(l, server, &r->server, &r->server_len) < 0) {
+    if (udpsock_peer(l->family, server, &r->server, &r->server_len) < 0) {
         /* Datagrams may still arrive; only acks cannot go. */
         fprintf(stderr, "nudge listen: the server's UDP address %s cannot be reached from "
                         "this socket: no acks will be sent\n",

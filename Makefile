@@ -76,7 +76,8 @@ NUDGE_SRC := \
 	src/cli/cmd_ping.c \
 	src/cli/cmd_sessions.c \
 	src/cli/cmd_probe.c \
-	src/cli/cmd_listen.c
+	src/cli/cmd_listen.c \
+	src/cli/cmd_doctor.c
 
 UNIT_TESTS := \
 	tests/unit/test_token \

@@ -173,6 +173,7 @@ int cmd_ping(int argc, char **argv);
 int cmd_sessions(int argc, char **argv);
 int cmd_probe(int argc, char **argv);
 int cmd_listen(int argc, char **argv);
+int cmd_doctor(int argc, char **argv);
 
 /* Their --help texts, also printed by `nudge help CMD`. */
 void cmd_token_usage(FILE *out);
@@ -181,5 +182,6 @@ void cmd_ping_usage(FILE *out);
 void cmd_sessions_usage(FILE *out);
 void cmd_probe_usage(FILE *out);
 void cmd_listen_usage(FILE *out);
+void cmd_doctor_usage(FILE *out);
 
 #endif

@@ -32,6 +32,7 @@ static const struct command commands[] = {
     {"sessions", cmd_sessions, cmd_sessions_usage, "list the held sessions, or end one (admin)"},
     {"probe", cmd_probe, cmd_probe_usage, "measure the network path's idle timeout (GET /v1/probe)"},
     {"listen", cmd_listen, cmd_listen_usage, "act as a device: UDP datagrams (POST /v1/udp), polling as fallback"},
+    {"doctor", cmd_doctor, cmd_doctor_usage, "check server, token, clock, UDP and heartbeats from here"},
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 

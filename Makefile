@@ -57,6 +57,7 @@ NUDGED_SRC := \
 	src/push/probe.c \
 	src/push/udp.c \
 	src/push/udp_api.c \
+	src/push/ingest.c \
 	src/shard/shard.c \
 	src/net/sockopt.c \
 	src/session/session.c \
@@ -178,6 +179,7 @@ test-san: all $(UNIT_BIN)
 bench: deps-test
 	@$(MAKE) --no-print-directory all
 	$(PYTHON) bench/held_memory.py
+	$(PYTHON) bench/udp_fanout.py
 
 clean:
 	rm -rf build build-san bin

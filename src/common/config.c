@@ -165,6 +165,20 @@ static const struct option_def options[] = {
     {"udp", "allowed_hosts", "udp-allowed-hosts", OPT_PREFIXES, FIELD(udp_allowed_hosts), 0, 0,
      "", NULL, "PREFIXES", "Address prefixes (10.0.0.0/8,fd00::/8) a registration may name as "
      "its host; empty: datagrams go only to the address that registered."},
+    {"ingest", "basic_user", "ingest-basic-user", OPT_STRING, FIELD(ingest_basic_user), 0, 0, "",
+     NULL, "NAME", "HTTP Basic user that Dovecot's push_notification OX driver sends to PUT "
+     "/v1/ingest/dovecot (the USER of its url=http://USER:PASS@...); empty, with an empty "
+     "password: the endpoint is off."},
+    {"ingest", "basic_password", "ingest-basic-password", OPT_STRING,
+     FIELD(ingest_basic_password), 0, 0, "", NULL, "PASSWORD",
+     "Its password (keep this file readable by nudged only)."},
+    {"ingest", "dedup_window", "ingest-dedup-window", OPT_UINT, FIELD(ingest_dedup_window), 0,
+     86400, "600", NULL, "SECONDS", "A delivery repeated within this long (same user, folder, "
+     "IMAP uidvalidity and uid: Dovecot retrying after a timeout) is not counted twice; 0: "
+     "every request counts."},
+    {"ingest", "dedup_max", "ingest-dedup-max", OPT_UINT, FIELD(ingest_dedup_max), 1, 10000000,
+     "100000", NULL, "N", "Most deliveries remembered for dedup_window; past it the oldest are "
+     "forgotten first."},
     {"store", "backend", "store-backend", OPT_CHOICE, FIELD(store_backend), 0, 0, "sqlite",
      store_backends, "NAME",
      "Where folder states and device records are kept: sqlite (one database file, survives "
@@ -853,6 +867,16 @@ int config_check(const struct config *c, char *err, size_t errlen)
             snprintf(err, errlen, "[%s] %s: %s", o->section, o->key, why);
             return -1;
         }
+    }
+    if ((c->ingest_basic_user[0] == '\0') != (c->ingest_basic_password[0] == '\0')) {
+        snprintf(err, errlen, "[ingest] basic_user and basic_password go together: set both "
+                              "(the ingest is on) or neither (off)");
+        return -1;
+    }
+    if (strchr(c->ingest_basic_user, ':') != NULL) {
+        snprintf(err, errlen, "[ingest] basic_user: must not contain ':' (HTTP Basic "
+                              "separates the user from the password with it)");
+        return -1;
     }
     if (c->heartbeat_max != 0 && c->heartbeat_min > c->heartbeat_max) {
         if (c->derived & CONFIG_DERIVED_HEARTBEAT_MAX)

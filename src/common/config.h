@@ -55,6 +55,11 @@ struct config {
     unsigned udp_max_resends;         /* 60 */
     unsigned udp_ttl;                 /* s, 3600 */
     char udp_allowed_hosts[CONFIG_STR_MAX]; /* prefixes a registration may name as host */
+    /* [ingest] */
+    char ingest_basic_user[CONFIG_STR_MAX];     /* Dovecot's OX driver's Basic user; "": off */
+    char ingest_basic_password[CONFIG_STR_MAX];
+    unsigned ingest_dedup_window;     /* s, 600: a retried delivery is recognised this long */
+    unsigned ingest_dedup_max;        /* 100000 deliveries remembered at most */
     /* [store] */
     char store_backend[32];           /* "sqlite" or "memory" */
     char store_sync[16];              /* "full" or "normal" (sqlite) */

@@ -81,7 +81,41 @@ static const char *check_event(json_t *e, const char *prefix, struct store_event
     }
     ev->user = json_string_value(json_object_get(e, "user"));
     ev->folder = json_string_value(json_object_get(e, "folder"));
+    ev->type = json_string_value(json_object_get(e, "type"));
     return NULL;
+}
+
+/* Types after which the user has the mail: UDP need not announce it (udp.h). */
+static int seen_type(const char *type)
+{
+    return type && (strcmp(type, "read") == 0 || strcmp(type, "expunge") == 0 ||
+                    strcmp(type, "trash") == 0);
+}
+
+void events_applied(struct server *s, struct store_event *ev, size_t n)
+{
+    struct user *last = NULL;
+
+    s->metrics.events_published += n;
+    for (size_t i = 0; i < n; i++) {
+        struct user *u;
+        if (!seen_type(ev[i].type))
+            continue;
+        u = shard_user(&s->shard, ev[i].user, 0);
+        if (u && u->udp)
+            udp_caught_up(s, u, ev[i].folder, ev[i].state);
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct user *u = shard_user(&s->shard, ev[i].user, 0);
+        if (u == NULL || u == last)
+            continue;
+        /* Each looks at all of the user's folders: once per run of the user's events. */
+        last = u;
+        if (u->held)
+            ping_wake_user(s, u);
+        if (u->udp)
+            udp_on_change(s, u);
+    }
 }
 
 static void on_bumped(void *arg, struct store_event *ev, size_t n, int status)
@@ -98,16 +132,8 @@ static void on_bumped(void *arg, struct store_event *ev, size_t n, int status)
         job_free(job);
         return;
     }
-    s->metrics.events_published += n;
     s->metrics.publish_batches++;
-    for (size_t i = 0; i < n; i++) {
-        struct user *u = shard_user(&s->shard, ev[i].user, 0);
-        if (u && u->held)
-            ping_wake_user(s, u);
-        /* One datagram per changed folder, however many events of the batch it had. */
-        if (u && u->udp)
-            udp_on_change(s, u);
-    }
+    events_applied(s, ev, n);
     if (job->conn) {
         jw_init(&w);
         jw_obj_begin(&w);

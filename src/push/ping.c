@@ -382,6 +382,7 @@ void ping_handle(struct conn *c, struct http_req *r, const struct principal *who
         if (created) {
             hb_forget(s, d);
             user_device_remove(u, d);
+            d = NULL;
         }
         goto done;
     }

@@ -474,6 +474,19 @@ void udp_knows(struct server *s, struct device *d, const char *folder, uint64_t 
     }
 }
 
+void udp_caught_up(struct server *s, struct user *u, const char *folder, uint64_t state)
+{
+    uint32_t pos = 0;
+    const char *key;
+    void *val;
+
+    if (s->udp == NULL || u->udp == 0)
+        return;
+    while (strmap_next(&u->devices, &pos, &key, &val))
+        if (((struct device *)val)->udp)
+            udp_knows(s, val, folder, state);
+}
+
 static void revive(struct server *s, struct udp_reg *r, const char *why)
 {
     char q1[300], q2[300], a[64];
@@ -829,6 +842,8 @@ void udp_free(struct server *s)
 
     if (u == NULL)
         return;
+    /* The heap points into the registrations: let go of it first. */
+    deadline_heap_free(&u->heap);
     while (strmap_next(&u->regs, &pos, &key, &val)) {
         struct udp_reg *r = val;
         r->device->udp = NULL;
@@ -836,7 +851,6 @@ void udp_free(struct server *s)
         reg_free(r);
     }
     strmap_free(&u->regs);
-    deadline_heap_free(&u->heap);
     if (u->fd >= 0)
         close(u->fd);
     free(u);

@@ -82,6 +82,13 @@ void udp_on_change(struct server *s, struct user *u);
  */
 void udp_knows(struct server *s, struct device *d, const char *folder, uint64_t state);
 
+/*
+ * The user has the mail of 'folder' up to 'state' (a "read" or "expunge"
+ * event): every registration of u takes it as known, so nothing is sent
+ * for it and its resends stop.
+ */
+void udp_caught_up(struct server *s, struct user *u, const char *folder, uint64_t state);
+
 /* Device d pinged: it is present, so its registration is renewed and, if suspended, revived. */
 void udp_device_present(struct server *s, struct device *d);
 

@@ -117,6 +117,12 @@ void admin_metrics(struct conn *c, struct http_req *r, const struct principal *w
     metric(&t, "nudge_publish_batches_total", "counter", "Publish requests applied.",
            m->publish_batches);
     metric(&t, "nudge_state_reads_total", "counter", "GET /v1/state requests.", m->state_reads);
+    metric(&t, "nudge_ingest_events_total", "counter",
+           "Deliveries from Dovecot's push driver applied (PUT /v1/ingest/dovecot).",
+           m->ingest_events);
+    metric(&t, "nudge_ingest_duplicates_total", "counter",
+           "Retried deliveries answered with the first one's state, without a bump.",
+           m->ingest_duplicates);
     metric(&t, "nudge_udp_registrations", "gauge", "UDP registrations now.", m->udp_registrations);
     emit(&t, "# HELP nudge_udp_datagrams_sent_total UDP datagrams sent, by kind.\n"
              "# TYPE nudge_udp_datagrams_sent_total counter\n");

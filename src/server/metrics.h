@@ -58,6 +58,8 @@ struct metrics {
     uint64_t udp_unreachable;      /* ICMP errors that suspended a registration or came after */
     uint64_t udp_send_errors;
     uint64_t udp_resends_exhausted;
+    uint64_t ingest_events;        /* deliveries from Dovecot applied */
+    uint64_t ingest_duplicates;    /* retried deliveries answered without a bump */
 };
 
 extern const char *const ping_outcome_names[PING_OUTCOME_COUNT];

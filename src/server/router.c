@@ -17,6 +17,7 @@
 #include "common/log.h"
 #include "http/request.h"
 #include "push/handlers.h"
+#include "push/ingest.h"
 #include "push/ping.h"
 #include "push/probe.h"
 #include "push/udp.h"
@@ -40,6 +41,9 @@ static const struct route routes[] = {
     {"/v1/udp/test", 0, HTTP_POST, TOKEN_USER, udp_test_handle},
     {"/v1/udp/", 1, HTTP_DELETE, TOKEN_USER, udp_delete_handle},
     {"/v1/events", 0, HTTP_POST, TOKEN_PUBLISHER, events_handle},
+    /* HTTP Basic, checked by the handler: the credential Dovecot's driver can send. */
+    {"/v1/ingest/dovecot", 0, HTTP_PUT, 0, ingest_dovecot_handle},
+    {"/v1/ingest/dovecot", 0, HTTP_POST, 0, ingest_dovecot_handle},
     {"/v1/admin/sessions", 0, HTTP_GET, TOKEN_ADMIN, sessions_list_handle},
     {"/v1/admin/sessions/", 1, HTTP_DELETE, TOKEN_ADMIN, sessions_end_handle},
     {"/healthz", 0, HTTP_GET, 0, admin_healthz},

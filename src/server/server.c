@@ -20,6 +20,7 @@
 
 #include "common/log.h"
 #include "common/util.h"
+#include "push/ingest.h"
 #include "push/ping.h"
 #include "push/udp.h"
 #include "server/conn.h"
@@ -182,6 +183,7 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
     s->limits.max_body_bytes = cfg->max_body_bytes;
     deadline_heap_init(&s->deadlines);
     shard_init(&s->shard);
+    ingest_init(s);
 
     be = store_backend_find(cfg->store_backend);
     if (be == NULL) {
@@ -233,6 +235,7 @@ int server_run(struct server *s)
 void server_free(struct server *s)
 {
     udp_free(s);
+    ingest_free(s);
     shard_free(&s->shard);
     store_close(s->store);
     s->store = NULL;

@@ -20,6 +20,7 @@
 #include "store/store.h"
 
 struct conn;
+struct ingest;
 struct udp;
 
 struct server {
@@ -31,6 +32,7 @@ struct server {
     struct shard shard;
     struct metrics metrics;
     struct udp *udp;           /* push/udp.c; NULL when [udp] listen is empty */
+    struct ingest *ingest;     /* push/ingest.c: the duplicate window */
 
     int listen_fd;             /* see listen.h */
     uv_poll_t listen_poll;

@@ -22,6 +22,7 @@ struct uv_loop_s;
 struct store_event {
     const char *user;   /* borrowed for the duration of the bump */
     const char *folder;
+    const char *type;   /* the publisher's event type, or NULL; not stored */
     uint64_t state;     /* out: the folder's new state */
 };
 

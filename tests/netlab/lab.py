@@ -220,6 +220,7 @@ class Lab:
       client_request(n, ...)   one request from the client; the Response
       client_cli(n, *args)     runs nudge inside the client namespace, --url set
       set_fw_timeout(s)        the firewall's idle timeout for established TCP flows
+      allow_udp()              lets UDP through (by default the firewall drops it)
       flows(port)              the firewall's conntrack entries of a client port
       cut_client()             the client's link goes down: it vanishes silently
       restore_client()         and comes back
@@ -234,6 +235,7 @@ class Lab:
         self.nudgeds = []
         self.fw_timeout = None
         self._conns = []
+        self._procs = []
         self._host_timeout = _host_sysctl(TIMEOUT_KEY)
         self._host_loose = _host_sysctl(LOOSE_KEY)
         self._restore_host = False
@@ -322,6 +324,12 @@ table inet lab {{
         self.fw_timeout = int(seconds)
         self._check_host_untouched()
 
+    def allow_udp(self):
+        """Lets UDP through the firewall both ways (new-mail datagrams from
+        the server, acks from the client); ICMP errors about them pass as
+        related traffic. Without it the firewall drops all UDP, silently."""
+        self.fw.run("nft", "add", "rule", "inet", "lab", "forward", "meta", "l4proto", "udp", "accept")
+
     def flows(self, port=None):
         """The firewall's conntrack entries (lines of /proc/net/nf_conntrack),
         those of client port 'port' only when given."""
@@ -369,6 +377,18 @@ table inet lab {{
         finally:
             c.close()
 
+    def client_cli_bg(self, n, *args, url=None):
+        """Starts `nudge ARGS --url URL` inside the client namespace in the
+        background; returns the Popen (text mode, stdout and stderr piped).
+        The caller waits for it; close() kills it if it is still running."""
+        env = dict(os.environ)
+        env.pop("NUDGE_URL", None)
+        env.pop("NUDGE_TOKEN", None)
+        p = subprocess.Popen([*self.client.prefix(), harness.nudge_path(), *args, "--url", url or n.client_url],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        self._procs.append(p)
+        return p
+
     def client_cli(self, n, *args, url=None, timeout=harness.WAIT):
         """Runs `nudge ARGS --url URL` inside the client namespace, URL
         being nudged's through the firewall unless given; returns the
@@ -405,6 +425,11 @@ table inet lab {{
         problems = []
         while self._conns:
             self._conns.pop().close()
+        while self._procs:
+            p = self._procs.pop()
+            if p.poll() is None:
+                p.kill()
+            p.communicate()
         for n in self.nudgeds:
             try:
                 problems += stop_nudged(n)
@@ -433,6 +458,7 @@ table inet lab {{
         lab.workdir = None
         lab.nudgeds = []
         lab._conns = []
+        lab._procs = []
         lab.fw_timeout = None
         lab._host_timeout = _host_sysctl(TIMEOUT_KEY)
         lab._host_loose = _host_sysctl(LOOSE_KEY)

@@ -10,6 +10,8 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -23,6 +25,7 @@
 #include <cmocka.h>
 
 #include "common/config.h"
+#include "common/util.h"
 
 static char tmpdir[64];
 static int file_seq;
@@ -412,11 +415,55 @@ static void test_file_bad_strings(void **state)
     load_fails(longline, 3, "line is 261 bytes long, the limit is 199");
 }
 
+static void test_udp_options(void **state)
+{
+    struct config c;
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    struct sockaddr_in6 b = {.sin6_family = AF_INET6};
+
+    (void)state;
+    load_ok(&c, "");
+    assert_string_equal(c.udp_listen, "127.0.0.1:8080");
+    assert_int_equal(c.udp_resend_interval, 60);
+    assert_int_equal(c.udp_max_resends, 60);
+    assert_int_equal(c.udp_ttl, 3600);
+    assert_string_equal(c.udp_allowed_hosts, "");
+    /* Empty turns UDP off; the HTTP listener may not be empty. */
+    load_ok(&c, "[udp]\nlisten =\nallowed_hosts = 10.0.0.0/8, 192.0.2.7,fd00::/8\n");
+    assert_string_equal(c.udp_listen, "");
+    load_fails("[server]\nlisten =\n", 2, "[server] listen: must not be empty");
+    load_fails("[udp]\nlisten = :99999\n", 2, "[udp] listen: ");
+    load_fails("[udp]\nallowed_hosts = 10.0.0.0/33\n", 2,
+               "[udp] allowed_hosts: '10.0.0.0/33': prefix length must be 0 to 32");
+    load_fails("[udp]\nallowed_hosts = fd00::/129\n", 2, "prefix length must be 0 to 128");
+    load_fails("[udp]\nallowed_hosts = mail.example.org\n", 2,
+               "'mail.example.org': not an IPv4 or IPv6 address (names are not resolved)");
+    load_fails("[udp]\nallowed_hosts = 10.0.0.1,\n", 2, "the list ends with a comma");
+    load_fails("[udp]\nallowed_hosts = 10.0.0.1,,10.0.0.2\n", 2, "expected an address");
+    load_fails("[udp]\nresend_interval = 0\n", 2, "[udp] resend_interval: expected a whole number from 1");
+    /* Matching: prefixes by family; an IPv4-mapped IPv6 address counts as IPv4. */
+    inet_pton(AF_INET, "10.200.3.4", &a.sin_addr);
+    assert_int_equal(util_prefix_list_match("10.0.0.0/8", (struct sockaddr *)&a), 1);
+    assert_int_equal(util_prefix_list_match("10.128.0.0/9", (struct sockaddr *)&a), 1);
+    assert_int_equal(util_prefix_list_match("10.0.0.0/9", (struct sockaddr *)&a), 0);
+    assert_int_equal(util_prefix_list_match("10.200.3.4", (struct sockaddr *)&a), 1);
+    assert_int_equal(util_prefix_list_match("10.200.3.5", (struct sockaddr *)&a), 0);
+    assert_int_equal(util_prefix_list_match("0.0.0.0/0", (struct sockaddr *)&a), 1);
+    assert_int_equal(util_prefix_list_match("", (struct sockaddr *)&a), 0);
+    assert_int_equal(util_prefix_list_match("::/0", (struct sockaddr *)&a), 0);
+    inet_pton(AF_INET6, "::ffff:10.200.3.4", &b.sin6_addr);
+    assert_int_equal(util_prefix_list_match("192.0.2.0/24, 10.200.0.0/16", (struct sockaddr *)&b), 1);
+    inet_pton(AF_INET6, "fd00:1::5", &b.sin6_addr);
+    assert_int_equal(util_prefix_list_match("fd00::/8", (struct sockaddr *)&b), 1);
+    assert_int_equal(util_prefix_list_match("fd00::/32", (struct sockaddr *)&b), 0);
+    assert_int_equal(util_prefix_list_match("fd00:1::/33", (struct sockaddr *)&b), 1);
+}
+
 static void test_file_unknown_names(void **state)
 {
     (void)state;
     load_fails("[server]\nlisten = 127.0.0.1:1\n[srever]\nlisten = 1\n", 3,
-               "unknown section [srever] (known sections: server, heartbeat, sessions, network, ping, store)");
+               "unknown section [srever] (known sections: server, heartbeat, sessions, network, ping, udp, ingest, store)");
     load_fails("[nothing]\n", 1, "unknown section [nothing]");
     load_fails("[server]\nfoo = 1\n", 2, "unknown key 'foo' in [server]");
     load_fails("[server]\nmin = 60\n", 2, "unknown key 'min' in [server] (it belongs under [heartbeat])");
@@ -826,6 +873,7 @@ int main(void)
         cmocka_unit_test(test_file_duplicates_last_wins),
         cmocka_unit_test(test_file_bad_numbers),
         cmocka_unit_test(test_file_bad_strings),
+        cmocka_unit_test(test_udp_options),
         cmocka_unit_test(test_file_unknown_names),
         cmocka_unit_test(test_file_syntax_errors),
         cmocka_unit_test(test_file_unreadable),

@@ -378,6 +378,95 @@ static void test_bad_device_record_is_skipped(void **state)
     store_close(s);
 }
 
+struct loaded_udp {
+    int n, with_udp;
+    uint64_t id, seq;
+    uint8_t key[32];
+    char address[64];
+    int64_t expires;
+    int suspended;
+    uint32_t nfolders;
+    char name[32];
+    uint64_t state;
+};
+
+static void on_udp_device(void *arg, const struct store_device *d)
+{
+    struct loaded_udp *l = arg;
+
+    l->n++;
+    if (d->udp == NULL)
+        return;
+    l->with_udp++;
+    l->id = d->udp->id;
+    l->seq = d->udp->seq;
+    memcpy(l->key, d->udp->key, 32);
+    snprintf(l->address, sizeof(l->address), "%s", d->udp->address);
+    l->expires = d->udp->expires;
+    l->suspended = d->udp->suspended;
+    l->nfolders = d->udp->nfolders;
+    if (d->udp->nfolders)
+        snprintf(l->name, sizeof(l->name), "%s", d->udp->folders[0].name), l->state = d->udp->folders[0].state;
+}
+
+/* A UDP registration is saved with its device record and read back whole. */
+static void test_udp_registration_round_trip(void **state)
+{
+    struct fixture *f = *state;
+    struct store *s = open_ok(f);
+    const struct store_folder folders[1] = {{"INBOX", 7}};
+    uint8_t key[32];
+    struct store_udp udp = {.id = 18446744073709551557u, .key = key, .address = "[::1]:40001",
+                            .expires = 1800000000, .seq = 2048, .suspended = 1, .nfolders = 1,
+                            .folders = folders};
+    struct store_device d = {.user = "u", .device = "desk", .heartbeat = 0, .heartbeat_hint = 0,
+                             .nfolders = 0, .folders = NULL, .udp = &udp};
+    struct loaded_udp l = {0};
+
+    for (int i = 0; i < 32; i++)
+        key[i] = (uint8_t)(255 - i * 3);
+    store_device_save(s, &d);
+    store_close(s);
+    s = open_ok(f);
+    assert_int_equal(store_device_load(s, on_udp_device, &l), 1);
+    assert_int_equal(l.with_udp, 1);
+    assert_true(l.id == udp.id);
+    assert_true(l.seq == 2048);
+    assert_memory_equal(l.key, key, 32);
+    assert_string_equal(l.address, "[::1]:40001");
+    assert_int_equal(l.expires, 1800000000);
+    assert_int_equal(l.suspended, 1);
+    assert_int_equal(l.nfolders, 1);
+    assert_string_equal(l.name, "INBOX");
+    assert_int_equal(l.state, 7);
+    /* Saved again without it: the registration is gone. */
+    d.udp = NULL;
+    store_device_save(s, &d);
+    store_close(s);
+    s = open_ok(f);
+    memset(&l, 0, sizeof(l));
+    assert_int_equal(store_device_load(s, on_udp_device, &l), 1);
+    assert_int_equal(l.with_udp, 0);
+    store_close(s);
+}
+
+/* A record whose registration cannot be read is skipped, not half-loaded. */
+static void test_unreadable_udp_registration_skips_the_record(void **state)
+{
+    struct fixture *f = *state;
+    struct store *s = open_ok(f);
+    struct loaded_udp l = {0};
+
+    store_close(s);
+    sql(f->db, "INSERT INTO devices (user, device, heartbeat, heartbeat_hint, folders, udp) "
+               "VALUES ('u', 'a', 60, 60, '{}', '{\"id\":\"1\",\"key\":\"zz\"}'),"
+               "('u', 'b', 60, 60, '{}', '')");
+    s = open_ok(f);
+    assert_int_equal(store_device_load(s, on_udp_device, &l), 1);
+    assert_int_equal(l.with_udp, 0);
+    store_close(s);
+}
+
 /* A version-1 file (before the adaptive heartbeat) opens, migrated, with its records. */
 static void test_version_1_file_is_migrated(void **state)
 {
@@ -578,6 +667,8 @@ int main(void)
         T(test_device_records_round_trip),
         T(test_bad_device_record_is_skipped),
         T(test_version_1_file_is_migrated),
+        T(test_udp_registration_round_trip),
+        T(test_unreadable_udp_registration_skips_the_record),
         T(test_corrupt_file_is_refused_and_left_alone),
         T(test_damaged_page_is_found_at_open),
         T(test_another_programs_database_is_refused),

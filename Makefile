@@ -71,11 +71,14 @@ NUDGED_SRC := \
 NUDGE_SRC := \
 	src/cli/main.c \
 	src/cli/httpc.c \
+	src/cli/udpsock.c \
 	src/cli/cmd_token.c \
 	src/cli/cmd_publish.c \
 	src/cli/cmd_ping.c \
 	src/cli/cmd_sessions.c \
-	src/cli/cmd_probe.c
+	src/cli/cmd_probe.c \
+	src/cli/cmd_listen.c \
+	src/cli/cmd_doctor.c
 
 UNIT_TESTS := \
 	tests/unit/test_token \

@@ -120,12 +120,60 @@ int cli_parse_number(const char *cmd, const char *name, const char *arg, uint64_
 int cli_secret_load(const char *config_file, const char *secret_file, struct secret *out,
                     char *err, size_t errlen);
 
+/*
+ * The idle-timeout measurement of `nudge probe` (cmd_probe.c), which
+ * `nudge doctor --probe` runs too. Holds are whole seconds.
+ */
+/* The longest hold the server accepts: the heartbeat ceiling (push/probe.c). */
+#define CLI_PROBE_HOLD_CEILING 3540
+/* The largest --max accepted: a day; nobody waits longer for a probe, holds stop at the ceiling. */
+#define CLI_PROBE_MAX_MAX 86400
+
+struct cli_probe_opts {
+    unsigned min;      /* the shortest hold tried, >= 1 */
+    unsigned max;      /* the longest asked (holds stop at CLI_PROBE_HOLD_CEILING) */
+    double precision;  /* stop when (lost - survived) / lost <= this fraction */
+};
+
+struct cli_probe_result {
+    int no_timeout;    /* the longest hold tried survived */
+    unsigned alive;    /* the longest hold that survived, 0: none */
+    unsigned lost;     /* the shortest lost hold above alive, 0: none */
+    unsigned top;      /* the longest hold tried */
+    unsigned probes;   /* probes made */
+    uint64_t took_ms;
+};
+
+/* `nudge probe`'s defaults: --min 1, --max 3600, --precision 5%. */
+void cli_probe_defaults(struct cli_probe_opts *opts);
+
+/*
+ * Parses a precision option 'name' ("5%", "5" or "2.5%") into a fraction.
+ * Returns 0, or CLI_EXIT_USAGE after printing the usage error.
+ */
+int cli_probe_parse_precision(const char *cmd, const char *name, const char *arg, double *out);
+
+struct httpc;
+
+/*
+ * Measures the idle timeout of the path to the server 'http' (parsed by
+ * httpc_init; its connection is not used: every probe has its own) with the
+ * user token 'token'. Result lines ("probe 20 s: survived") go to 'out',
+ * or nowhere when it is NULL. Blocks for the whole run: about 3 times the
+ * timeout found, or opts->max when there is none. Returns 0 with 'res'
+ * filled, or -1 after printing "nudge CMD: <why>" to stderr.
+ */
+int cli_probe_measure(const char *cmd, const struct httpc *http, const char *token,
+                      const struct cli_probe_opts *opts, FILE *out, struct cli_probe_result *res);
+
 /* Subcommands: argv[0] is the subcommand's name. Each returns an exit code. */
 int cmd_token(int argc, char **argv);
 int cmd_publish(int argc, char **argv);
 int cmd_ping(int argc, char **argv);
 int cmd_sessions(int argc, char **argv);
 int cmd_probe(int argc, char **argv);
+int cmd_listen(int argc, char **argv);
+int cmd_doctor(int argc, char **argv);
 
 /* Their --help texts, also printed by `nudge help CMD`. */
 void cmd_token_usage(FILE *out);
@@ -133,5 +181,7 @@ void cmd_publish_usage(FILE *out);
 void cmd_ping_usage(FILE *out);
 void cmd_sessions_usage(FILE *out);
 void cmd_probe_usage(FILE *out);
+void cmd_listen_usage(FILE *out);
+void cmd_doctor_usage(FILE *out);
 
 #endif

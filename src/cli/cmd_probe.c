@@ -41,6 +41,10 @@
  * client never asks for more than the server will hold, and a 429 (another
  * probe of the same user running) only delays it.
  *
+ * The measurement is also `nudge doctor --probe`'s (cli_probe_measure in
+ * cli.h): the same search, its result lines sent nowhere, the errors
+ * named after the command running it.
+ *
  * Cost: one thread, poll() over at most 16 sockets, each with a 96-byte
  * llhttp parser and a small bounded answer buffer, all in one allocation of
  * about 45 KiB made at start; a run makes at most PROBE_MAX_PROBES probes.
@@ -74,10 +78,10 @@ enum {
 
 /* At most this many probes at once: the server refuses more per user (push/probe.h). */
 #define PROBE_SLOTS PROBE_MAX_PER_USER
-/* The longest hold the server accepts: the heartbeat ceiling (push/probe.c). */
-#define PROBE_HOLD_CEILING 3540
 /* --max: an hour, the longest idle timeout worth knowing (holds stop at the ceiling). */
 #define PROBE_DEFAULT_MAX 3600
+/* The longest hold the server accepts: the heartbeat ceiling (push/probe.c). */
+#define PROBE_HOLD_CEILING CLI_PROBE_HOLD_CEILING
 /* --precision 5%: a 240 s timeout is bracketed within 12 s. */
 #define PROBE_DEFAULT_PRECISION 0.05
 /*
@@ -148,6 +152,8 @@ enum verdict {
 };
 
 struct probe_run {
+    const char *cmd;              /* the command running it, for error messages */
+    FILE *out;                    /* result lines go here; NULL: nowhere (doctor) */
     struct httpc http;            /* host, port, base and authority parsed from --url */
     struct sockaddr_storage addr; /* the address that accepted a connection */
     socklen_t addrlen;
@@ -204,8 +210,7 @@ void cmd_probe_usage(FILE *out)
             PROBE_SLOTS, PROBE_DEFAULT_MAX, PROBE_HOLD_CEILING, PROBE_DEFAULT_PRECISION * 100);
 }
 
-/* Parses --precision: "5%", "5" or "2.5%" (percent). Returns 0 or CLI_EXIT_USAGE. */
-static int parse_precision(const char *cmd, const char *arg, double *out)
+int cli_probe_parse_precision(const char *cmd, const char *name, const char *arg, double *out)
 {
     char *end;
     double v;
@@ -216,7 +221,7 @@ static int parse_precision(const char *cmd, const char *arg, double *out)
         end++;
     /* Below 0.1% the whole-second limit decides anyway; above 50% a bracket says little. */
     if (end == arg || *end != '\0' || errno != 0 || !(v >= 0.1 && v <= 50))
-        return cli_usage_error(cmd, "--precision '%s': expected a percentage from 0.1%% to 50%%",
+        return cli_usage_error(cmd, "%s '%s': expected a percentage from 0.1%% to 50%%", name,
                                arg);
     *out = v / 100;
     return 0;
@@ -253,16 +258,33 @@ static int on_message_complete(llhttp_t *p)
 
 /* -- output ------------------------------------------------------------------ */
 
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...)
+/* A result line on r->out, flushed at once; nothing when r->out is NULL (doctor). */
+static void say(const struct probe_run *r, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void say(const struct probe_run *r, const char *fmt, ...)
 {
     va_list ap;
 
+    if (r->out == NULL)
+        return;
     va_start(ap, fmt);
-    vprintf(fmt, ap);
+    vfprintf(r->out, fmt, ap);
     va_end(ap);
-    putchar('\n');
-    fflush(stdout);
+    fputc('\n', r->out);
+    fflush(r->out);
+}
+
+/* "nudge CMD: ..." on stderr, CMD the command running the measurement. */
+static void errorf(const struct probe_run *r, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void errorf(const struct probe_run *r, const char *fmt, ...)
+{
+    va_list ap;
+
+    fprintf(stderr, "nudge %s: ", r->cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
 }
 
 /* "HTTP 401 unauthorized: bad signature", or the start of a body that is not nudged's JSON. */
@@ -339,7 +361,7 @@ static int pick_address(struct probe_run *r)
     hints.ai_flags = AI_NUMERICSERV;
     rc = getaddrinfo(r->http.host, r->http.port, &hints, &res);
     if (rc != 0) {
-        fprintf(stderr, "nudge probe: cannot resolve %s: %s\n", r->http.host,
+        errorf(r, "cannot resolve %s: %s\n", r->http.host,
                 rc == EAI_SYSTEM ? strerror(errno) : gai_strerror(rc));
         return -1;
     }
@@ -366,10 +388,10 @@ static int pick_address(struct probe_run *r)
     }
     freeaddrinfo(res);
     if (last == -ETIMEDOUT)
-        fprintf(stderr, "nudge probe: cannot connect to %s: no answer within %d s\n",
+        errorf(r, "cannot connect to %s: no answer within %d s\n",
                 r->http.authority, HTTPC_CONNECT_TIMEOUT_MS / 1000);
     else
-        fprintf(stderr, "nudge probe: cannot connect to %s: %s\n", r->http.authority,
+        errorf(r, "cannot connect to %s: %s\n", r->http.authority,
                 strerror(-last));
     return -1;
 }
@@ -384,12 +406,12 @@ static int slot_start(struct probe_run *r, struct slot *s, unsigned hold, uint64
                  "Authorization: Bearer %s\r\nConnection: close\r\n\r\n",
                  r->http.base, hold, r->http.authority, NUDGE_VERSION, r->token);
     if (n < 0 || (size_t)n >= sizeof(s->req)) {
-        fprintf(stderr, "nudge probe: the request does not fit %d bytes\n", REQUEST_MAX);
+        errorf(r, "the request does not fit %d bytes\n", REQUEST_MAX);
         return -1;
     }
     fd = start_connect((const struct sockaddr *)&r->addr, r->addrlen);
     if (fd < 0) {
-        fprintf(stderr, "nudge probe: cannot connect to %s: %s\n", r->http.authority,
+        errorf(r, "cannot connect to %s: %s\n", r->http.authority,
                 strerror(-fd));
         return -1;
     }
@@ -466,10 +488,10 @@ static unsigned lost_bound(const struct probe_run *r)
 
 static void record_alive(struct probe_run *r, unsigned hold)
 {
-    say("probe %u s: survived", hold);
+    say(r, "probe %u s: survived", hold);
     for (size_t i = 0; i < r->nlost; i++)
         if (r->lost[i] <= hold && r->lost[i] > r->alive)
-            say("note: the %u s probe was lost, yet %u s survived: the path loses packets or "
+            say(r, "note: the %u s probe was lost, yet %u s survived: the path loses packets or "
                 "its timeout varies",
                 r->lost[i], hold);
     if (hold > r->alive)
@@ -478,9 +500,9 @@ static void record_alive(struct probe_run *r, unsigned hold)
 
 static void record_lost(struct probe_run *r, unsigned hold, const char *why)
 {
-    say("probe %u s: lost (%s)", hold, why);
+    say(r, "probe %u s: lost (%s)", hold, why);
     if (hold <= r->alive)
-        say("note: the %u s probe was lost, yet %u s survived: the path loses packets or its "
+        say(r, "note: the %u s probe was lost, yet %u s survived: the path loses packets or its "
             "timeout varies",
             hold, r->alive);
     /* launched <= PROBE_MAX_PROBES bounds nlost. */
@@ -506,7 +528,7 @@ static int on_answer(struct probe_run *r, struct slot *s, uint64_t now)
         json_decref(root);
         if (!ok) {
             describe_error(s, msg, sizeof(msg));
-            fprintf(stderr, "nudge probe: unexpected answer to a %u s probe: %s\n", hold, msg);
+            errorf(r, "unexpected answer to a %u s probe: %s\n", hold, msg);
             return -1;
         }
         slot_close(r, s, now);
@@ -521,14 +543,14 @@ static int on_answer(struct probe_run *r, struct slot *s, uint64_t now)
         r->busy_until_ms = now + BUSY_RETRY_MS;
         r->launched--;
         if (!r->busy_noted)
-            fprintf(stderr, "nudge probe: the server holds the most probes of this user already "
+            errorf(r, "the server holds the most probes of this user already "
                             "(another probe running?); retrying every %d s\n",
                     BUSY_RETRY_MS / 1000);
         r->busy_noted = 1;
         return 0;
     }
     describe_error(s, msg, sizeof(msg));
-    fprintf(stderr, "nudge probe: %s refused a %u s probe: %s\n", r->http.authority, hold, msg);
+    errorf(r, "%s refused a %u s probe: %s\n", r->http.authority, hold, msg);
     return -1;
 }
 
@@ -546,7 +568,7 @@ static int on_readable(struct probe_run *r, struct slot *s, uint64_t now)
         if (s->complete)
             return on_answer(r, s, now);
         if (pe != HPE_OK) {
-            fprintf(stderr, "nudge probe: bad HTTP answer from %s: %s\n", r->http.authority,
+            errorf(r, "bad HTTP answer from %s: %s\n", r->http.authority,
                     s->too_big ? "too large" : llhttp_errno_name(pe));
             return -1;
         }
@@ -582,7 +604,7 @@ static int on_writable(struct probe_run *r, struct slot *s, uint64_t now)
             return 0;
         }
         if (n < 0) {
-            fprintf(stderr, "nudge probe: sending to %s: %s\n", r->http.authority,
+            errorf(r, "sending to %s: %s\n", r->http.authority,
                     strerror(errno));
             return -1;
         }
@@ -605,14 +627,14 @@ static int slot_event(struct probe_run *r, struct slot *s, short revents, uint64
         if (revents != 0) {
             rc = connect_result(s->fd);
             if (rc < 0) {
-                fprintf(stderr, "nudge probe: cannot connect to %s: %s\n", r->http.authority,
+                errorf(r, "cannot connect to %s: %s\n", r->http.authority,
                         strerror(-rc));
                 return -1;
             }
             return on_writable(r, s, now);
         }
         if (now >= s->deadline_ms) {
-            fprintf(stderr, "nudge probe: cannot connect to %s: no answer within %d s\n",
+            errorf(r, "cannot connect to %s: no answer within %d s\n",
                     r->http.authority, HTTPC_CONNECT_TIMEOUT_MS / 1000);
             return -1;
         }
@@ -675,7 +697,7 @@ static int launch(struct probe_run *r, unsigned hold, uint64_t now)
     struct slot *s = free_slot(r);
 
     if (r->launched >= PROBE_MAX_PROBES) {
-        fprintf(stderr, "nudge probe: no stable result after %d probes: the path loses "
+        errorf(r, "no stable result after %d probes: the path loses "
                         "packets or its timeout varies\n",
                 PROBE_MAX_PROBES);
         return -1;
@@ -800,16 +822,16 @@ static void report(const struct probe_run *r, enum verdict v, uint64_t now)
     unsigned alive = r->alive, margin, heartbeat, keepalive;
 
     if (v == VERDICT_NO_TIMEOUT) {
-        say("bracket: no idle timeout up to %u s: flows idle for %u s survive%s", r->top, r->top,
+        say(r, "bracket: no idle timeout up to %u s: flows idle for %u s survive%s", r->top, r->top,
             r->max_asked > r->top ? " (the server's longest probe)" : "");
     } else if (alive == 0) {
-        say("bracket: flows idle for %u s do not survive, the shortest probe (--min): the "
+        say(r, "bracket: flows idle for %u s do not survive, the shortest probe (--min): the "
             "timeout is shorter",
             lost_bound(r));
-        say("no recommendation: %s", r->min > 1 ? "lower --min to measure it"
+        say(r, "no recommendation: %s", r->min > 1 ? "lower --min to measure it"
                                                 : "this path keeps no idle connection");
     } else {
-        say("bracket: flows idle for %u s survive; %u s do not", alive, lost_bound(r));
+        say(r, "bracket: flows idle for %u s survive; %u s do not", alive, lost_bound(r));
     }
     if (alive > 0) {
         /* nudged's rule ([network] idle_timeout): 120 s margin, 10% when smaller, at least 1 s. */
@@ -822,15 +844,15 @@ static void report(const struct probe_run *r, enum verdict v, uint64_t now)
         keepalive = alive / 2 < 300 ? alive / 2 : 300;
         if (keepalive == 0)
             keepalive = 1;
-        say("heartbeat: %u s recommended (%u s less a %u s margin)", heartbeat, alive, margin);
-        say("keepalive: idle %u s recommended", keepalive);
-        say("nudged.conf: [network] idle_timeout = %u", alive);
+        say(r, "heartbeat: %u s recommended (%u s less a %u s margin)", heartbeat, alive, margin);
+        say(r, "keepalive: idle %u s recommended", keepalive);
+        say(r, "nudged.conf: [network] idle_timeout = %u", alive);
     }
-    say("took %llu s, %u probes", (unsigned long long)((now - r->t0 + 500) / 1000), r->launched);
+    say(r, "took %llu s, %u probes", (unsigned long long)((now - r->t0 + 500) / 1000), r->launched);
 }
 
-/* The event loop. Returns the exit code. */
-static int run(struct probe_run *r)
+/* The event loop, once pick_address succeeded. Returns 0 with *verdict set, or -1 (printed). */
+static int run(struct probe_run *r, enum verdict *verdict)
 {
     struct pollfd pfds[PROBE_SLOTS];
     enum verdict v = VERDICT_NONE;
@@ -860,7 +882,7 @@ static int run(struct probe_run *r)
         }
         n = poll(pfds, PROBE_SLOTS, poll_timeout(r, now));
         if (n < 0 && errno != EINTR) {
-            fprintf(stderr, "nudge probe: poll: %s\n", strerror(errno));
+            errorf(r, "poll: %s\n", strerror(errno));
             failed = 1;
             break;
         }
@@ -874,10 +896,67 @@ static int run(struct probe_run *r)
     for (size_t i = 0; i < PROBE_SLOTS; i++)
         if (r->slots[i].fd >= 0)
             close(r->slots[i].fd);
-    if (failed)
-        return CLI_EXIT_FAIL;
-    report(r, v, util_now_ms());
-    return CLI_EXIT_OK;
+    *verdict = v;
+    return failed ? -1 : 0;
+}
+
+/*
+ * A run for 'cmd' against the server 'http' (parsed, no connection used)
+ * with 'opts', writing result lines to 'out' (NULL: none). NULL when out of
+ * memory (printed). Free it with free().
+ */
+static struct probe_run *probe_run_new(const char *cmd, const struct httpc *http,
+                                       const char *token, const struct cli_probe_opts *opts,
+                                       FILE *out)
+{
+    /* About 45 KiB, mostly the slots: on the heap rather than the stack. */
+    struct probe_run *r = calloc(1, sizeof(*r));
+
+    if (r == NULL) {
+        fprintf(stderr, "nudge %s: out of memory\n", cmd);
+        return NULL;
+    }
+    r->cmd = cmd;
+    r->out = out;
+    r->http = *http;
+    r->http.fd = -1;
+    r->token = token;
+    r->min = opts->min;
+    r->max_asked = opts->max;
+    r->top = opts->max > PROBE_HOLD_CEILING ? PROBE_HOLD_CEILING : opts->max;
+    r->precision = opts->precision;
+    return r;
+}
+
+void cli_probe_defaults(struct cli_probe_opts *opts)
+{
+    opts->min = 1;
+    opts->max = PROBE_DEFAULT_MAX;
+    opts->precision = PROBE_DEFAULT_PRECISION;
+}
+
+int cli_probe_measure(const char *cmd, const struct httpc *http, const char *token,
+                      const struct cli_probe_opts *opts, FILE *out, struct cli_probe_result *res)
+{
+    struct probe_run *r = probe_run_new(cmd, http, token, opts, out);
+    enum verdict v = VERDICT_NONE;
+    int rc = -1;
+
+    memset(res, 0, sizeof(*res));
+    if (r == NULL)
+        return -1;
+    if (pick_address(r) < 0 || run(r, &v) < 0)
+        goto done;
+    res->no_timeout = v == VERDICT_NO_TIMEOUT;
+    res->alive = r->alive;
+    res->lost = lost_bound(r);
+    res->top = r->top;
+    res->probes = r->launched;
+    res->took_ms = util_now_ms() - r->t0;
+    rc = 0;
+done:
+    free(r);
+    return rc;
 }
 
 int cmd_probe(int argc, char **argv)
@@ -894,20 +973,15 @@ int cmd_probe(int argc, char **argv)
     const char *cmd = "probe";
     const char *user = NULL;
     struct cli_server srv;
-    struct probe_run *r;
+    struct cli_probe_opts opts;
+    struct probe_run *r = NULL;
+    struct httpc http;
+    enum verdict v = VERDICT_NONE;
     char token[TOKEN_MAX], err[512];
     int opt, rc = CLI_EXIT_USAGE;
-    uint64_t v;
+    uint64_t val;
 
-    /* About 45 KiB, mostly the slots: on the heap rather than the stack. */
-    r = calloc(1, sizeof(*r));
-    if (r == NULL) {
-        fprintf(stderr, "nudge probe: out of memory\n");
-        return CLI_EXIT_FAIL;
-    }
-    r->min = 1;
-    r->max_asked = PROBE_DEFAULT_MAX;
-    r->precision = PROBE_DEFAULT_PRECISION;
+    cli_probe_defaults(&opts);
     setvbuf(stdout, NULL, _IOLBF, 0);
     cli_server_init(&srv);
     opterr = 0;
@@ -917,56 +991,48 @@ int cmd_probe(int argc, char **argv)
             continue;
         switch (opt) {
         case OPT_MIN:
-            if (cli_parse_number(cmd, "--min", optarg, 1, PROBE_HOLD_CEILING, &v) != 0)
-                goto done;
-            r->min = (unsigned)v;
+            if (cli_parse_number(cmd, "--min", optarg, 1, PROBE_HOLD_CEILING, &val) != 0)
+                return CLI_EXIT_USAGE;
+            opts.min = (unsigned)val;
             break;
         case OPT_MAX:
-            /* A day: beyond it nobody waits for a probe; holds stop at the ceiling anyway. */
-            if (cli_parse_number(cmd, "--max", optarg, 1, 86400, &v) != 0)
-                goto done;
-            r->max_asked = (unsigned)v;
+            if (cli_parse_number(cmd, "--max", optarg, 1, CLI_PROBE_MAX_MAX, &val) != 0)
+                return CLI_EXIT_USAGE;
+            opts.max = (unsigned)val;
             break;
         case OPT_PRECISION:
-            if (parse_precision(cmd, optarg, &r->precision) != 0)
-                goto done;
+            if (cli_probe_parse_precision(cmd, "--precision", optarg, &opts.precision) != 0)
+                return CLI_EXIT_USAGE;
             break;
         case OPT_USER:
             user = optarg;
             break;
         case 'h':
             cmd_probe_usage(stdout);
-            rc = CLI_EXIT_OK;
-            goto done;
+            return CLI_EXIT_OK;
         default:
-            cli_getopt_error(cmd, opt, argv);
-            goto done;
+            return cli_getopt_error(cmd, opt, argv);
         }
     }
-    if (optind < argc) {
-        cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
-        goto done;
-    }
-    if (r->min > r->max_asked) {
-        cli_usage_error(cmd, "--min (%u) is greater than --max (%u)", r->min, r->max_asked);
-        goto done;
-    }
-    r->top = r->max_asked > PROBE_HOLD_CEILING ? PROBE_HOLD_CEILING : r->max_asked;
+    if (optind < argc)
+        return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+    if (opts.min > opts.max)
+        return cli_usage_error(cmd, "--min (%u) is greater than --max (%u)", opts.min, opts.max);
     if (cli_check_mint_user(&srv, cmd, user) != 0)
-        goto done;
-    if (httpc_init(&r->http, srv.url, 0, err, sizeof(err)) < 0) {
-        cli_usage_error(cmd, "%s", err);
-        goto done;
-    }
+        return CLI_EXIT_USAGE;
+    if (httpc_init(&http, srv.url, 0, err, sizeof(err)) < 0)
+        return cli_usage_error(cmd, "%s", err);
     rc = cli_server_token(&srv, cmd, TOKEN_USER, user, CLI_USER_TTL, token);
     if (rc != CLI_EXIT_OK)
-        goto done;
-    r->token = token;
+        return rc;
+    r = probe_run_new(cmd, &http, token, &opts, stdout);
+    if (r == NULL)
+        return CLI_EXIT_FAIL;
     rc = CLI_EXIT_FAIL;
-    if (pick_address(r) < 0)
-        goto done;
-    rc = run(r);
-done:
+    if (pick_address(r) == 0 && run(r, &v) == 0) {
+        report(r, v, util_now_ms());
+        rc = CLI_EXIT_OK;
+    }
     free(r);
     return rc;
 }

@@ -163,6 +163,53 @@ long httpc_query_escape(const char *s, char *out, size_t outlen)
     return (long)o;
 }
 
+/* Two decimal digits at s, or -1. */
+static int two_digits(const char *s)
+{
+    if (s[0] < '0' || s[0] > '9' || s[1] < '0' || s[1] > '9')
+        return -1;
+    return (s[0] - '0') * 10 + (s[1] - '0');
+}
+
+/* The index of the 3-letter name at s in 'names' (3 letters each), or -1. */
+static int name_index(const char *s, const char *names, int count)
+{
+    for (int i = 0; i < count; i++)
+        if (memcmp(s, names + 3 * i, 3) == 0)
+            return i;
+    return -1;
+}
+
+time_t httpc_parse_date(const char *s)
+{
+    /* Parsed by hand: strptime's %a and %b follow the locale, the header never does. */
+    static const char days[] = "SunMonTueWedThuFriSat";
+    static const char months[] = "JanFebMarAprMayJunJulAugSepOctNovDec";
+    struct tm tm;
+    int year_hi, year_lo;
+
+    /* "Wed, 02 Dec 2026 08:00:00 GMT": exactly 29 bytes. */
+    if (strlen(s) != 29 || s[3] != ',' || s[4] != ' ' || s[7] != ' ' || s[11] != ' ' ||
+        s[16] != ' ' || s[19] != ':' || s[22] != ':' || strcmp(s + 25, " GMT") != 0 ||
+        name_index(s, days, 7) < 0)
+        return -1;
+    memset(&tm, 0, sizeof(tm));
+    tm.tm_mon = name_index(s + 8, months, 12);
+    tm.tm_mday = two_digits(s + 5);
+    year_hi = two_digits(s + 12);
+    year_lo = two_digits(s + 14);
+    tm.tm_hour = two_digits(s + 17);
+    tm.tm_min = two_digits(s + 20);
+    tm.tm_sec = two_digits(s + 23);
+    /* 60: a leap second; timegm carries it into the next minute. */
+    if (tm.tm_mon < 0 || tm.tm_mday < 1 || tm.tm_mday > 31 || year_hi < 0 || year_lo < 0 ||
+        tm.tm_hour < 0 || tm.tm_hour > 23 || tm.tm_min < 0 || tm.tm_min > 59 || tm.tm_sec < 0 ||
+        tm.tm_sec > 60)
+        return -1;
+    tm.tm_year = year_hi * 100 + year_lo - 1900;
+    return timegm(&tm);
+}
+
 /*
  * Waits until fd is ready for 'events' or the deadline (util_now_ms() time)
  * passes. Returns 0, -ETIMEDOUT, or another negative errno.
@@ -322,6 +369,8 @@ static int on_header_value_complete(llhttp_t *p)
     ps->value[vlen] = '\0';
     if (strcasecmp(ps->field, "ETag") == 0) {
         memcpy(ps->resp->etag, ps->value, vlen + 1);
+    } else if (strcasecmp(ps->field, "Date") == 0) {
+        ps->resp->date = httpc_parse_date(ps->value);
     } else if (strcasecmp(ps->field, "Retry-After") == 0) {
         /* Only the delta-seconds form; an HTTP-date counts as absent (-1). */
         char *end;
@@ -370,6 +419,7 @@ static int on_message_complete(llhttp_t *p)
         /* An interim 1xx answer: the real one follows on the same connection. */
         ps->resp->etag[0] = '\0';
         ps->resp->retry_after = -1;
+        ps->resp->date = -1;
         ps->resp->body_len = 0;
         return 0;
     }
@@ -466,11 +516,12 @@ static int read_answer(struct httpc *c, struct httpc_response *resp, int *keep_a
 }
 
 /* Request line, Host, User-Agent, then the optional Authorization and body headers. */
-#define REQUEST_HEAD "%s %s%s HTTP/1.1\r\nHost: %s\r\nUser-Agent: nudge/%s\r\n%s%s%s%s\r\n"
+#define REQUEST_HEAD "%s %s%s HTTP/1.1\r\nHost: %s\r\nUser-Agent: nudge/%s\r\n%s%s%s%s%s\r\n"
 
 /* Builds the request's bytes in one buffer so they leave in one write. */
 static char *build_request(const struct httpc *c, const char *method, const char *path,
-                           const char *token, const char *body, size_t body_len, size_t *outlen)
+                           const char *token, const char *headers, const char *body,
+                           size_t body_len, size_t *outlen)
 {
     const char *auth = token ? "Authorization: Bearer " : "", *auth_end = token ? "\r\n" : "";
     char clen[96] = ""; /* the two body headers; the length has at most 20 digits */
@@ -483,15 +534,17 @@ static char *build_request(const struct httpc *c, const char *method, const char
     if (body_len > 0 || strcmp(method, "POST") == 0)
         snprintf(clen, sizeof(clen), "Content-Type: application/json\r\nContent-Length: %zu\r\n",
                  body_len);
+    if (headers == NULL)
+        headers = "";
     hlen = snprintf(NULL, 0, REQUEST_HEAD, method, c->base, path, c->authority, NUDGE_VERSION,
-                    auth, token, auth_end, clen);
+                    auth, token, auth_end, headers, clen);
     if (hlen < 0)
         return NULL;
     req = malloc((size_t)hlen + 1 + body_len);
     if (req == NULL)
         return NULL;
     snprintf(req, (size_t)hlen + 1, REQUEST_HEAD, method, c->base, path, c->authority,
-             NUDGE_VERSION, auth, token, auth_end, clen);
+             NUDGE_VERSION, auth, token, auth_end, headers, clen);
     if (body_len > 0)
         memcpy(req + hlen, body, body_len);
     *outlen = (size_t)hlen + body_len;
@@ -502,12 +555,19 @@ int httpc_request(struct httpc *c, const char *method, const char *path, const c
                   const char *body, size_t body_len, struct httpc_response *resp, char *err,
                   size_t errlen)
 {
+    return httpc_request_hdr(c, method, path, token, NULL, body, body_len, resp, err, errlen);
+}
+
+int httpc_request_hdr(struct httpc *c, const char *method, const char *path, const char *token,
+                      const char *headers, const char *body, size_t body_len,
+                      struct httpc_response *resp, char *err, size_t errlen)
+{
     size_t reqlen = 0;
     char *req;
     int rc = -EINVAL;
 
     memset(resp, 0, sizeof(*resp));
-    req = build_request(c, method, path, token, body, body_len, &reqlen);
+    req = build_request(c, method, path, token, headers, body, body_len, &reqlen);
     if (req == NULL) {
         snprintf(err, errlen, "out of memory building the request");
         return -ENOMEM;
@@ -525,6 +585,7 @@ int httpc_request(struct httpc *c, const char *method, const char *path, const c
         was_reused = c->reused;
         memset(resp, 0, sizeof(*resp));
         resp->retry_after = -1;
+        resp->date = -1;
         rc = send_all(c->fd, req, reqlen, util_now_ms() + c->read_timeout_ms);
         if (rc < 0) {
             if (rc == -ETIMEDOUT)

@@ -17,6 +17,7 @@
 #define NUDGE_CLI_HTTPC_H
 
 #include <stddef.h>
+#include <time.h>
 
 /* Answers are small JSON objects; a megabyte means something is wrong. */
 #define HTTPC_BODY_MAX (1024 * 1024)
@@ -44,6 +45,8 @@ struct httpc_response {
     int status;                    /* HTTP status code */
     char etag[HTTPC_ETAG_MAX];     /* "" when absent */
     long retry_after;              /* seconds, -1 when absent or not a number */
+    time_t date;                   /* the Date header, Unix seconds; -1 when absent or not
+                                      an IMF-fixdate ("Wed, 02 Dec 2026 08:00:00 GMT") */
     char *body;                    /* malloc'd, NUL-terminated (never NULL after success) */
     size_t body_len;
 };
@@ -78,6 +81,21 @@ int httpc_init(struct httpc *c, const char *url, unsigned read_timeout_ms, char 
 int httpc_request(struct httpc *c, const char *method, const char *path, const char *token,
                   const char *body, size_t body_len, struct httpc_response *resp, char *err,
                   size_t errlen);
+
+/*
+ * The same with extra request headers: 'headers' is NULL or complete header
+ * lines, each ending in "\r\n" ("If-None-Match: \"abc\"\r\n"), sent as given.
+ */
+int httpc_request_hdr(struct httpc *c, const char *method, const char *path, const char *token,
+                      const char *headers, const char *body, size_t body_len,
+                      struct httpc_response *resp, char *err, size_t errlen);
+
+/*
+ * Parses an HTTP date in the IMF-fixdate form every HTTP/1.1 server sends
+ * (RFC 9110 5.6.7: "Wed, 02 Dec 2026 08:00:00 GMT"). The obsolete RFC 850
+ * and asctime forms are not accepted. Returns Unix seconds, or -1.
+ */
+time_t httpc_parse_date(const char *s);
 
 /* Closes the connection, if open. The struct may be used again (it reconnects). */
 void httpc_close(struct httpc *c);

@@ -31,6 +31,8 @@ static const struct command commands[] = {
     {"ping", cmd_ping, cmd_ping_usage, "act as a device: long-poll POST /v1/ping"},
     {"sessions", cmd_sessions, cmd_sessions_usage, "list the held sessions, or end one (admin)"},
     {"probe", cmd_probe, cmd_probe_usage, "measure the network path's idle timeout (GET /v1/probe)"},
+    {"listen", cmd_listen, cmd_listen_usage, "act as a device: UDP datagrams (POST /v1/udp), polling as fallback"},
+    {"doctor", cmd_doctor, cmd_doctor_usage, "check server, token, clock, UDP and heartbeats from here"},
 };
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))
 
@@ -51,7 +53,8 @@ static void usage(FILE *out)
                  "\n"
                  "Environment:\n"
                  "  NUDGE_URL     server URL (default " CLI_DEFAULT_URL ")\n"
-                 "  NUDGE_TOKEN   bearer token for publish, ping, sessions and probe\n"
+                 "  NUDGE_TOKEN   bearer token for publish, ping, sessions, probe, listen\n"
+                 "                and doctor\n"
                  "\n"
                  "Exit status: 0 success, 1 the server refused or the network failed,\n"
                  "2 the command line is wrong.\n");

@@ -162,6 +162,10 @@ static const struct option_def options[] = {
     {"udp", "ttl", "udp-ttl", OPT_UINT, FIELD(udp_ttl), 1, 31536000, "3600", NULL, "SECONDS",
      "A registration ends this long after it was made or renewed (registering again, or any "
      "ping of the device, renews it)."},
+    {"udp", "receive_buffer", "udp-receive-buffer", OPT_UINT, FIELD(udp_receive_buffer), 65536,
+     268435456, "4194304", NULL, "BYTES", "Receive buffer of the UDP socket (SO_RCVBUF): acks "
+     "that arrive while a large publish is being sent out wait here; the kernel counts about "
+     "800 bytes per ack."},
     {"udp", "allowed_hosts", "udp-allowed-hosts", OPT_PREFIXES, FIELD(udp_allowed_hosts), 0, 0,
      "", NULL, "PREFIXES", "Address prefixes (10.0.0.0/8,fd00::/8) a registration may name as "
      "its host; empty: datagrams go only to the address that registered."},

@@ -54,6 +54,7 @@ struct config {
     unsigned udp_resend_interval;     /* s, 60 */
     unsigned udp_max_resends;         /* 60 */
     unsigned udp_ttl;                 /* s, 3600 */
+    unsigned udp_receive_buffer;      /* bytes, 4194304: room for acks arriving during a fan-out */
     char udp_allowed_hosts[CONFIG_STR_MAX]; /* prefixes a registration may name as host */
     /* [ingest] */
     char ingest_basic_user[CONFIG_STR_MAX];     /* Dovecot's OX driver's Basic user; "": off */

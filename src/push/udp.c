@@ -799,6 +799,19 @@ int udp_init(struct server *s, char *err, size_t errlen)
                  cfg->udp_listen, strerror(errno));
         return -1;
     }
+    /*
+     * Acks arrive while the loop is busy sending a fan-out (thousands of
+     * notifies in one turn), and the kernel charges each ~50-byte ack about
+     * 800 bytes of buffer (its skb): the default 208 KiB holds ~256, and the
+     * rest would be dropped (costing a resend each). SO_RCVBUFFORCE passes
+     * net.core.rmem_max when nudged may (root); otherwise SO_RCVBUF gets
+     * what rmem_max allows.
+     */
+    {
+        int want = (int)cfg->udp_receive_buffer;
+        if (setsockopt(u->fd, SOL_SOCKET, SO_RCVBUFFORCE, &want, sizeof(want)) < 0)
+            setsockopt(u->fd, SOL_SOCKET, SO_RCVBUF, &want, sizeof(want));
+    }
     if (bind(u->fd, (struct sockaddr *)&ss, sa_len((struct sockaddr *)&ss)) < 0) {
         snprintf(err, errlen, "[udp] listen %s: cannot bind: %s%s", cfg->udp_listen,
                  strerror(errno),

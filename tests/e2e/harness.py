@@ -352,6 +352,48 @@ class Pending:
         self._thread.join(5)
 
 
+def read_until(p, pattern, timeout=WAIT):
+    """Reads the stdout of Popen 'p' (text mode) line by line until one
+    matches 'pattern'; returns (the match, every line read). Fails with the
+    output so far and stderr when the process ends or the time runs out."""
+    import select
+    lines = []
+    deadline = time.monotonic() + timeout
+    rx = re.compile(pattern)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            p.kill()
+            _, err = p.communicate()
+            raise AssertionError(f"no line matching {pattern!r} in {timeout}s: {lines}\nstderr: {err}")
+        ready, _, _ = select.select([p.stdout], [], [], left)
+        if not ready:
+            continue
+        line = p.stdout.readline()
+        if line == "":
+            _, err = p.communicate()
+            raise AssertionError(f"nudge exited {p.returncode} before {pattern!r}: {lines}\nstderr: {err}")
+        lines.append(line.rstrip("\n"))
+        m = rx.search(line)
+        if m:
+            return m, lines
+
+
+class CliProcess:
+    """A nudge command running in the background (stdout/stderr piped,
+    text mode); killed when the test ends if it still runs."""
+
+    def __init__(self, argv, env):
+        self.p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                  env=env)
+        LIVE.append(self)
+
+    def close(self):
+        if self.p.poll() is None:
+            self.p.kill()
+        self.p.communicate()
+
+
 def parse_metrics(text):
     """Prometheus text -> {key: value}; key is name or name{k="v",...} with
     labels sorted, so lookups do not depend on the server's label order."""
@@ -610,6 +652,13 @@ class Nudged:
                            timeout=timeout, input=input, cwd=str(self.dir))
         self._note_cli_stderr(p.stderr)
         return p
+
+    def cli_bg(self, *args):
+        """Starts nudge with 'args' in the background; returns its Popen."""
+        env = dict(os.environ)
+        env.pop("NUDGE_URL", None)
+        env.pop("NUDGE_TOKEN", None)
+        return CliProcess([nudge_path(), *args], env).p
 
     def _note_cli_stderr(self, stderr):
         if SAN:

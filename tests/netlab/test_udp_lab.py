@@ -12,41 +12,12 @@ The CLI runs inside the client namespace, nudged inside the server
 namespace; publishing happens on the server side. Waits are bounded by the
 harness's generous WAIT, never asserted tight.
 """
-import re
-import select
 import time
 
-import harness
-from harness import WAIT
+from harness import WAIT, read_until
 
 FALLBACK = "fallback polling every"
 UDP_FAIL = "UDP from server to this client is blocked: clients will fall back to polling every 60 s"
-
-
-def read_until(p, pattern, timeout=WAIT):
-    """Reads p's stdout line by line until one matches 'pattern'; returns
-    (the match, every line read). Fails with the output so far and stderr
-    when the process ends or the time runs out first."""
-    lines = []
-    deadline = time.monotonic() + timeout
-    rx = re.compile(pattern)
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0:
-            p.kill()
-            _, err = p.communicate()
-            raise AssertionError(f"no line matching {pattern!r} in {timeout}s: {lines}\nstderr: {err}")
-        ready, _, _ = select.select([p.stdout], [], [], left)
-        if not ready:
-            continue
-        line = p.stdout.readline()
-        if line == "":
-            _, err = p.communicate()
-            raise AssertionError(f"nudge exited {p.returncode} before {pattern!r}: {lines}\nstderr: {err}")
-        lines.append(line.rstrip("\n"))
-        m = rx.search(line)
-        if m:
-            return m, lines
 
 
 def listen(lab, n, user, device, *extra):

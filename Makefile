@@ -59,6 +59,9 @@ NUDGED_SRC := \
 	src/push/udp_api.c \
 	src/push/ingest.c \
 	src/shard/shard.c \
+	src/worker/owner.c \
+	src/worker/mesh.c \
+	src/worker/supervisor.c \
 	src/net/sockopt.c \
 	src/session/session.c \
 	src/session/heartbeat.c \
@@ -66,7 +69,8 @@ NUDGED_SRC := \
 	src/store/statemap.c \
 	src/store/store_mem.c \
 	src/store/store_sqlite.c \
-	src/store/sqlite_writer.c
+	src/store/sqlite_writer.c \
+	src/store/reshard.c
 
 NUDGE_SRC := \
 	src/cli/main.c \

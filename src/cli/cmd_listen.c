@@ -609,8 +609,14 @@ static void reject(const char *from, const char *fmt, ...)
     fputc('\n', stderr);
 }
 
-/* Acks a notify with the state now held. Failures are reported, never fatal. */
-static void send_ack(struct listener *l, const struct dgram *d, const struct lfolder *f)
+/*
+ * Acks a notify with the state now held, to where the notify came from:
+ * with several workers, the one that sent it (it owns the registration,
+ * which may have moved since the registration named an address).
+ * Failures are reported, never fatal.
+ */
+static void send_ack(struct listener *l, const struct dgram *d, const struct lfolder *f,
+                     const struct sockaddr *src, socklen_t srclen)
 {
     struct dgram ack = {
         .type = DGRAM_ACK,
@@ -625,12 +631,17 @@ static void send_ack(struct listener *l, const struct dgram *d, const struct lfo
 
     if (n == 0 || l->reg.server_len == 0)
         return;
-    if (sendto(l->fd, out, n, 0, (const struct sockaddr *)&l->reg.server, l->reg.server_len) < 0)
+    if (src == NULL || srclen == 0) {
+        src = (const struct sockaddr *)&l->reg.server;
+        srclen = l->reg.server_len;
+    }
+    if (sendto(l->fd, out, n, 0, src, srclen) < 0)
         fprintf(stderr, "nudge listen: sending an ack: %s\n", strerror(errno));
 }
 
 /* Checks one datagram and acts on it. */
-static void on_datagram(struct listener *l, const uint8_t *buf, size_t len, const char *from)
+static void on_datagram(struct listener *l, const uint8_t *buf, size_t len, const char *from,
+                        const struct sockaddr *src, socklen_t srclen)
 {
     struct dgram d;
     char whybuf[128], nbuf[2 * FOLDER_MAX + 8], name[FOLDER_MAX + 1];
@@ -689,7 +700,7 @@ static void on_datagram(struct listener *l, const uint8_t *buf, size_t len, cons
         }
     }
     if (!l->no_ack)
-        send_ack(l, &d, f);
+        send_ack(l, &d, f, src, srclen);
 }
 
 /* Reads every datagram waiting on the socket. */
@@ -714,7 +725,7 @@ static void udp_drain(struct listener *l)
             return;
         }
         util_format_addr((struct sockaddr *)&ss, from, sizeof(from));
-        on_datagram(l, buf, (size_t)n, from);
+        on_datagram(l, buf, (size_t)n, from, (struct sockaddr *)&ss, slen);
     }
 }
 

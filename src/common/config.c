@@ -98,6 +98,9 @@ static const struct option_def options[] = {
     {"server", "shutdown_retry_after", "shutdown-retry-after", OPT_UINT,
      FIELD(shutdown_retry_after), 0, 3600, "5", NULL, "SECONDS",
      "Retry-After sent with the 503 answers given while shutting down."},
+    {"server", "workers", "workers", OPT_UINT, FIELD(workers), 0, 256, "0", NULL, "N",
+     "Worker processes, each owning a share of the users (docs/architecture.md); 0: one per "
+     "CPU; 1: a single process with no supervisor."},
     {"server", "max_connections", "max-connections", OPT_UINT, FIELD(max_connections), 1,
      10000000, "16000", NULL, "N",
      "Most client connections at once; at the limit nudged stops accepting until one ends "

@@ -28,6 +28,7 @@ struct config {
     unsigned header_timeout;          /* s, 10: whole request must arrive within it */
     unsigned keepalive_timeout;       /* s, 75: idle keep-alive connection closed after it */
     unsigned shutdown_retry_after;    /* s, 5: Retry-After sent with 503 shutting-down */
+    unsigned workers;                 /* 0: one per CPU; 1: no supervisor */
     unsigned max_connections;         /* 16000 */
     unsigned max_per_ip;              /* 0: no limit */
     char log_level[16];               /* "info" */

@@ -46,7 +46,15 @@
     EVENT(1604, udp_revived, "a suspended registration came back (the device pinged or acked)") \
     EVENT(1605, udp_resends_exhausted, "a change was resent max_resends times without the device catching up") \
     EVENT(1606, udp_datagram_rejected, "a datagram received was dropped (malformed, forged, replayed); at most one line per 10 s") \
-    EVENT(1607, udp_send_failed, "a datagram could not be sent (the socket refused it)")
+    EVENT(1607, udp_send_failed, "a datagram could not be sent (the socket refused it)") \
+    EVENT(1504, store_resharded, "at start-up, users were moved between shard files for a new number of workers") \
+    EVENT(1700, workers_starting, "the supervisor starts its worker processes") \
+    EVENT(1701, worker_started, "a worker process was started (or restarted)") \
+    EVENT(1702, worker_exited, "a worker process exited or was killed; the supervisor restarts it after a back-off") \
+    EVENT(1703, worker_peer_reset, "a worker learned that another one restarted; its calls to it failed") \
+    EVENT(1704, handoff_failed, "a connection or message could not be passed between workers") \
+    EVENT(1705, mesh_call_failed, "a request to another worker failed or timed out") \
+    EVENT(1706, reuseport_steering, "connections could not be steered to workers by client address; max_per_ip is counted per worker")
 
 enum event_id {
 #define EVENT_ENUM(id, name, desc) EV_##name = id,

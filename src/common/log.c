@@ -14,8 +14,14 @@
 
 static FILE *log_out;
 static enum log_level log_min = LOG_INFO;
+static int log_worker = -1; /* appended as worker=N to every line of a worker process */
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
+
+void log_set_worker(int index)
+{
+    log_worker = index;
+}
 
 void log_init(FILE *out, enum log_level min)
 {
@@ -57,6 +63,8 @@ void log_event(enum log_level level, int id, const char *name, const char *fmt, 
         if (w > 0)
             n += (size_t)w;
     }
+    if (log_worker >= 0 && n < sizeof(line) - 16)
+        n += (size_t)snprintf(line + n, sizeof(line) - n, " worker=%d", log_worker);
     if (n > sizeof(line) - 2)
         n = sizeof(line) - 2; /* an over-long line is cut, never dropped */
     line[n++] = '\n';

@@ -19,6 +19,8 @@ enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
 
 /* Sends log lines to 'out' (stderr when NULL), dropping those below 'min'. */
 void log_init(FILE *out, enum log_level min);
+/* In a worker process: every line ends with worker=N (-1: none). */
+void log_set_worker(int index);
 
 /* Parses "debug", "info", "warn" or "error". Returns 0, or -EINVAL. */
 int log_level_parse(const char *s, enum log_level *out);

@@ -225,6 +225,7 @@ void http_req_free(struct http_req *r)
     for (int i = 0; i < HDR_COUNT; i++)
         free(r->hdr[i]);
     free(r->body);
+    free(r->raw);
     free(r);
 }
 

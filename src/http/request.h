@@ -59,6 +59,9 @@ struct http_req {
     size_t path_len;
     const char *query;     /* after '?', or NULL */
     size_t query_len;
+    /* With workers, the request's bytes as received, to hand it off (server/conn.c). */
+    char *raw;
+    uint32_t raw_len, raw_cap;
 };
 
 enum http_feed {

@@ -6,7 +6,16 @@
  * once the new states are durable; only then are held pings woken and the
  * publisher answered, so nobody is ever told a state a crash could undo.
  * The request waits in a small job that survives the publisher hanging up.
+ *
+ * With workers, each event goes to the worker owning its user: the batch is
+ * still checked whole here, then split into one bump per owner (messages
+ * of at most a few hundred KiB each, worker/mesh.h), and answered once every
+ * part has been committed, with the states in the batch's order. Atomicity
+ * is per worker: if one part fails (the owner restarted), the publisher is
+ * answered 503 and retries the batch; the parts that did commit are bumped
+ * once more, which costs their devices one extra sync and loses nothing.
  */
+#include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +31,9 @@
 #include "server/conn.h"
 #include "server/router.h"
 #include "server/server.h"
+#include "worker/mesh.h"
+#include "worker/mesh_handlers.h"
+#include "worker/worker.h"
 
 struct publish_job {
     struct conn *conn;        /* first: conn_close clears it if the publisher goes */
@@ -29,12 +41,26 @@ struct publish_job {
     json_t *root;             /* owns the strings ev[] points into */
     struct store_event *ev;
     size_t n;
+    /* With workers: the parts still out, whether one failed, the local part. */
+    unsigned parts;
+    int failed;
+    struct store_event *lev;
+    size_t *lidx, ln;
+};
+
+/* A part sent to another worker: which of job->ev it carries. */
+struct bump_part {
+    struct publish_job *job;
+    size_t n;
+    size_t idx[];
 };
 
 static void job_free(struct publish_job *job)
 {
     json_decref(job->root);
     free(job->ev);
+    free(job->lev);
+    free(job->lidx);
     free(job);
 }
 
@@ -118,13 +144,37 @@ void events_applied(struct server *s, struct store_event *ev, size_t n)
     }
 }
 
+static void answer_states(struct publish_job *job)
+{
+    struct jsonw w;
+    size_t len;
+    char *body;
+
+    jw_init(&w);
+    jw_obj_begin(&w);
+    jw_key(&w, "states");
+    jw_arr_begin(&w);
+    for (size_t i = 0; i < job->n; i++) {
+        jw_obj_begin(&w);
+        jw_key(&w, "user");
+        jw_str(&w, job->ev[i].user);
+        jw_key(&w, "folder");
+        jw_str(&w, job->ev[i].folder);
+        jw_key(&w, "state");
+        jw_u64_str(&w, job->ev[i].state);
+        jw_obj_end(&w);
+    }
+    jw_arr_end(&w);
+    jw_obj_end(&w);
+    body = jw_take(&w, &len);
+    conn_respond(job->conn, 200, NULL, body, len);
+    free(body);
+}
+
 static void on_bumped(void *arg, struct store_event *ev, size_t n, int status)
 {
     struct publish_job *job = arg;
     struct server *s = job->srv;
-    struct jsonw w;
-    size_t len;
-    char *body;
 
     if (status < 0) {
         if (job->conn)
@@ -134,28 +184,235 @@ static void on_bumped(void *arg, struct store_event *ev, size_t n, int status)
     }
     s->metrics.publish_batches++;
     events_applied(s, ev, n);
-    if (job->conn) {
-        jw_init(&w);
-        jw_obj_begin(&w);
-        jw_key(&w, "states");
-        jw_arr_begin(&w);
-        for (size_t i = 0; i < n; i++) {
-            jw_obj_begin(&w);
-            jw_key(&w, "user");
-            jw_str(&w, ev[i].user);
-            jw_key(&w, "folder");
-            jw_str(&w, ev[i].folder);
-            jw_key(&w, "state");
-            jw_u64_str(&w, ev[i].state);
-            jw_obj_end(&w);
-        }
-        jw_arr_end(&w);
-        jw_obj_end(&w);
-        body = jw_take(&w, &len);
-        conn_respond(job->conn, 200, NULL, body, len);
-        free(body);
+    if (job->conn)
+        answer_states(job);
+    job_free(job);
+}
+
+/* ---- with workers: one part per owner -------------------------------- */
+
+static void part_done(struct publish_job *job)
+{
+    if (--job->parts > 0)
+        return;
+    if (job->failed) {
+        if (job->conn)
+            conn_respond_error(job->conn, 503, "store-error",
+                               "some events could not be committed (a worker restarted): retry "
+                               "the batch; events applied twice only cost an extra sync");
+    } else {
+        job->srv->metrics.publish_batches++;
+        if (job->conn)
+            answer_states(job);
     }
     job_free(job);
+}
+
+static void on_local_bumped(void *arg, struct store_event *ev, size_t n, int status)
+{
+    struct publish_job *job = arg;
+
+    if (status < 0) {
+        job->failed = 1;
+    } else {
+        events_applied(job->srv, ev, n);
+        for (size_t k = 0; k < n; k++)
+            job->ev[job->lidx[k]].state = ev[k].state;
+    }
+    part_done(job);
+}
+
+static void on_remote_bumped(void *arg, unsigned from, const char *p, size_t len, int status)
+{
+    struct bump_part *part = arg;
+    struct publish_job *job = part->job;
+    int32_t rstatus;
+
+    (void)from;
+    if (status == MESH_MORE)
+        return; /* bump replies come whole */
+    if (status < 0 || len != sizeof(rstatus) + part->n * sizeof(uint64_t)) {
+        job->failed = 1;
+    } else {
+        memcpy(&rstatus, p, sizeof(rstatus));
+        if (rstatus < 0)
+            job->failed = 1;
+        for (size_t k = 0; k < part->n && rstatus >= 0; k++)
+            memcpy(&job->ev[part->idx[k]].state, p + sizeof(rstatus) + k * sizeof(uint64_t),
+                   sizeof(uint64_t));
+    }
+    free(part);
+    part_done(job);
+}
+
+/* Sends buf (events idx[0..n) of the job) to worker 'to' as one part. */
+static void send_part(struct publish_job *job, unsigned to, const char *buf, size_t blen,
+                      const size_t *idx, size_t n)
+{
+    struct bump_part *part = xmalloc(sizeof(*part) + n * sizeof(size_t));
+    uint32_t count = (uint32_t)n;
+    struct iovec iov[2] = {{.iov_base = &count, .iov_len = sizeof(count)},
+                           {.iov_base = (void *)buf, .iov_len = blen}};
+
+    part->job = job;
+    part->n = n;
+    memcpy(part->idx, idx, n * sizeof(size_t));
+    job->parts++;
+    if (mesh_call(job->srv, to, MESH_BUMP, iov, 2, on_remote_bumped, part) < 0) {
+        char q[64];
+        LOG(LOG_ERROR, handoff_failed, "to=%u reason=%s", to, log_q(q, sizeof(q), "cannot send events"));
+        job->failed = 1;
+        job->parts--;
+        free(part);
+    }
+}
+
+/* Splits the checked batch by owner; answers when every part is committed. */
+static void distribute(struct publish_job *job)
+{
+    struct server *s = job->srv;
+    const struct worker_ctx *wk = s->wk;
+    size_t max = mesh_max_payload(s) - sizeof(uint32_t);
+    /* A reply holds 8 bytes per event: keep the count within one message too. */
+    size_t max_n = (mesh_max_payload(s) - sizeof(int32_t)) / sizeof(uint64_t);
+    unsigned *owner = xcalloc(job->n, sizeof(*owner));
+    size_t *idx = xcalloc(job->n, sizeof(*idx));
+    char *buf = xmalloc(max);
+
+    job->parts = 1; /* ours, until every part is out: a part may finish at once */
+    job->lev = xcalloc(job->n, sizeof(*job->lev));
+    job->lidx = xcalloc(job->n, sizeof(*job->lidx));
+    for (size_t i = 0; i < job->n; i++) {
+        owner[i] = worker_owner(job->ev[i].user, strlen(job->ev[i].user), wk->count);
+        if (owner[i] == wk->index) {
+            job->lev[job->ln] = job->ev[i];
+            job->lidx[job->ln++] = i;
+        }
+    }
+    for (unsigned w = 0; w < wk->count; w++) {
+        size_t blen = 0, n = 0;
+        if (w == wk->index)
+            continue;
+        for (size_t i = 0; i < job->n; i++) {
+            const struct store_event *e = &job->ev[i];
+            size_t ul, fl, tl, need;
+            if (owner[i] != w)
+                continue;
+            ul = strlen(e->user) + 1;
+            fl = strlen(e->folder) + 1;
+            tl = (e->type ? strlen(e->type) : 0) + 1;
+            need = ul + fl + tl;
+            if (n > 0 && (blen + need > max || n == max_n)) {
+                send_part(job, w, buf, blen, idx, n);
+                blen = n = 0;
+            }
+            memcpy(buf + blen, e->user, ul);
+            memcpy(buf + blen + ul, e->folder, fl);
+            if (e->type)
+                memcpy(buf + blen + ul + fl, e->type, tl);
+            else
+                buf[blen + ul + fl] = '\0';
+            blen += need;
+            idx[n++] = i;
+        }
+        if (n > 0)
+            send_part(job, w, buf, blen, idx, n);
+    }
+    free(buf);
+    free(idx);
+    free(owner);
+    if (job->ln > 0) {
+        job->parts++;
+        if (store_bump(s->store, job->lev, job->ln, on_local_bumped, job) < 0) {
+            job->failed = 1;
+            job->parts--;
+        }
+    }
+    part_done(job);
+}
+
+/* The other side: events for our users from the worker the publish reached. */
+struct remote_bump {
+    struct server *srv;
+    unsigned from;
+    uint32_t id;
+    size_t n;
+    char *buf;
+    struct store_event ev[];
+};
+
+static void reply_bump(struct server *s, unsigned to, uint32_t id, int32_t status,
+                       const struct store_event *ev, size_t n)
+{
+    uint64_t *states = xcalloc(n ? n : 1, sizeof(*states));
+    struct iovec iov[2] = {{.iov_base = &status, .iov_len = sizeof(status)},
+                           {.iov_base = states, .iov_len = status < 0 ? 0 : n * sizeof(*states)}};
+
+    for (size_t k = 0; k < n && status >= 0; k++)
+        states[k] = ev[k].state;
+    if (mesh_reply(s, to, MESH_BUMP_REPLY, id, 0, iov, 2) < 0)
+        LOG(LOG_ERROR, handoff_failed, "to=%u reason=\"cannot answer a bump\"", to);
+    free(states);
+}
+
+static void on_remote_done(void *arg, struct store_event *ev, size_t n, int status)
+{
+    struct remote_bump *rb = arg;
+
+    if (status == 0) {
+        rb->srv->metrics.remote_events += n;
+        events_applied(rb->srv, ev, n);
+    }
+    reply_bump(rb->srv, rb->from, rb->id, status < 0 ? status : 0, ev, n);
+    free(rb->buf);
+    free(rb);
+}
+
+void events_remote_bump(struct server *s, unsigned from, uint32_t id, const char *p, size_t len)
+{
+    struct remote_bump *rb;
+    uint32_t n;
+    const char *at, *end;
+
+    if (len < sizeof(n))
+        goto bad;
+    memcpy(&n, p, sizeof(n));
+    if (n == 0 || n > len)
+        goto bad;
+    rb = xcalloc(1, sizeof(*rb) + n * sizeof(struct store_event));
+    rb->srv = s;
+    rb->from = from;
+    rb->id = id;
+    rb->n = n;
+    rb->buf = xmalloc(len - sizeof(n));
+    memcpy(rb->buf, p + sizeof(n), len - sizeof(n));
+    at = rb->buf;
+    end = rb->buf + (len - sizeof(n));
+    for (uint32_t k = 0; k < n; k++) {
+        const char *f[3];
+        for (int j = 0; j < 3; j++) {
+            const char *z = at < end ? memchr(at, '\0', (size_t)(end - at)) : NULL;
+            if (z == NULL) {
+                free(rb->buf);
+                free(rb);
+                goto bad;
+            }
+            f[j] = at;
+            at = z + 1;
+        }
+        rb->ev[k].user = f[0];
+        rb->ev[k].folder = f[1];
+        rb->ev[k].type = f[2][0] ? f[2] : NULL;
+    }
+    if (store_bump(s->store, rb->ev, rb->n, on_remote_done, rb) < 0) {
+        reply_bump(s, from, id, -EIO, NULL, 0);
+        free(rb->buf);
+        free(rb);
+    }
+    return;
+bad:
+    LOG(LOG_ERROR, handoff_failed, "from=%u reason=\"malformed bump message\"", from);
+    reply_bump(s, from, id, -EINVAL, NULL, 0);
 }
 
 static void reject(struct conn *c, const char *msg)
@@ -214,6 +471,10 @@ void events_handle(struct conn *c, struct http_req *r, const struct principal *w
     }
     job->conn = c;
     conn_wait(c, job);
+    if (c->srv->wk) {
+        distribute(job);
+        return;
+    }
     rc = store_bump(c->srv->store, job->ev, job->n, on_bumped, job);
     if (rc < 0) {
         conn_respond_error(c, 503, "store-error", "the store refused the events");

@@ -18,6 +18,8 @@ void events_handle(struct conn *c, struct http_req *r, const struct principal *w
 /* GET /healthz, GET /metrics (server/admin.c). */
 void admin_healthz(struct conn *c, struct http_req *r, const struct principal *who);
 void admin_metrics(struct conn *c, struct http_req *r, const struct principal *who);
+/* GET /v1/admin/workers (server/admin.c): per-worker figures and totals. */
+void admin_workers(struct conn *c, struct http_req *r, const struct principal *who);
 
 #define DEVICE_ID_MAX 128
 #define FOLDER_NAME_MAX 255

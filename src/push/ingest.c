@@ -298,6 +298,14 @@ void ingest_dovecot_handle(struct conn *c, struct http_req *r, const struct prin
         reject(c, "user: %s", why);
         goto done;
     }
+    /* The owner of the user keeps its duplicate window: the request goes there whole. */
+    {
+        unsigned to;
+        if (conn_user_elsewhere(c, user, strlen(user), &to)) {
+            conn_handoff(c, to);
+            goto done;
+        }
+    }
     v = json_object_get(root, "folder");
     folder = json_string_value(v);
     if (folder == NULL || strlen(folder) != json_string_length(v)) {

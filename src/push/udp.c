@@ -47,6 +47,7 @@
 #include "common/xalloc.h"
 #include "push/datagram.h"
 #include "server/server.h"
+#include "worker/worker.h"
 #include "shard/shard.h"
 
 const char *const udp_sent_names[UDP_SENT_COUNT] = {
@@ -773,6 +774,24 @@ int udp_init(struct server *s, char *err, size_t errlen)
         return 0;
     if (util_parse_addr(cfg->udp_listen, &ss, err, errlen) < 0)
         return -1;
+    /*
+     * With workers, worker i binds [udp] listen's port + i: each sends its own
+     * users' datagrams from its own socket, so acks (sent back to where a
+     * datagram came from) and ICMP errors reach the owner without a detour.
+     */
+    if (s->wk && s->wk->index > 0) {
+        uint16_t *port = ss.ss_family == AF_INET6 ? &((struct sockaddr_in6 *)&ss)->sin6_port
+                                                  : &((struct sockaddr_in *)&ss)->sin_port;
+        if (*port != 0) {
+            unsigned p = ntohs(*port) + s->wk->index;
+            if (p > 65535) {
+                snprintf(err, errlen, "[udp] listen %s: port + worker %u is past 65535",
+                         cfg->udp_listen, s->wk->index);
+                return -1;
+            }
+            *port = htons((uint16_t)p);
+        }
+    }
     u = xcalloc(1, sizeof(*u));
     u->fd = -1;
     deadline_heap_init(&u->heap);

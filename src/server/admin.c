@@ -1,14 +1,27 @@
 /*
- * admin.c — GET /healthz and GET /metrics (Prometheus text format 0.0.4).
+ * admin.c — GET /healthz, GET /metrics (Prometheus text format 0.0.4) and
+ * GET /v1/admin/workers.
+ *
+ * With workers, /metrics and /v1/admin/workers gather every worker's
+ * counters over the mesh (a snapshot each, a few hundred bytes) and show
+ * the totals, then the per-worker figures; a worker that does not answer
+ * (restarting) is shown as down and left out of the totals.
  */
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stddef.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
 #include "push/handlers.h"
+#include "common/jsonw.h"
 #include "server/conn.h"
 #include "server/server.h"
+#include "worker/mesh.h"
+#include "worker/mesh_handlers.h"
+#include "worker/worker.h"
 
 void admin_healthz(struct conn *c, struct http_req *r, const struct principal *who)
 {
@@ -74,24 +87,16 @@ static void metric(struct text *t, const char *name, const char *type, const cha
     emit(t, "# HELP %s %s\n# TYPE %s %s\n%s %" PRIu64 "\n", name, help, name, type, name, v);
 }
 
-void admin_metrics(struct conn *c, struct http_req *r, const struct principal *who)
+static void render_totals(struct text *t0, const struct metrics *m, uint64_t sessions)
 {
-    const struct metrics *m = &c->srv->metrics;
-    struct text t = {.buf = malloc(4096), .len = 0, .cap = 4096};
-
-    (void)r;
-    (void)who;
-    if (t.buf == NULL) {
-        conn_respond_error(c, 503, "unavailable", "out of memory");
-        return;
-    }
+    struct text t = *t0;
     metric(&t, "nudge_connections", "gauge", "Open client connections.", m->connections);
     metric(&t, "nudge_connections_accepted_total", "counter", "Connections accepted.",
            m->connections_total);
     metric(&t, "nudge_connections_refused_total", "counter",
            "Connections refused for [server] max_per_ip.", m->connections_refused);
     metric(&t, "nudge_sessions", "gauge", "Sessions now (held pings and UDP registrations).",
-           sessions_now(c->srv));
+           sessions);
     metric(&t, "nudge_sessions_refused_total", "counter",
            "Sessions refused at [sessions] per_user_limit (429).", m->sessions_refused);
     metric(&t, "nudge_sessions_reaped_total", "counter",
@@ -142,6 +147,253 @@ void admin_metrics(struct conn *c, struct http_req *r, const struct principal *w
     metric(&t, "nudge_udp_resends_exhausted_total", "counter",
            "Changes resent [udp] max_resends times without the device catching up.",
            m->udp_resends_exhausted);
+    *t0 = t;
+}
+
+/* ---- gathering over the workers ------------------------------------- */
+
+struct snapshot {
+    struct metrics m;
+    uint64_t sessions;
+    uint64_t users;
+    int64_t pid;
+    uint32_t up;
+    uint32_t pad;
+};
+
+struct gather {
+    struct conn *conn;     /* first: conn_close clears it (conn_wait) */
+    struct server *srv;
+    unsigned left;
+    int json;              /* /v1/admin/workers rather than /metrics */
+    struct snapshot snap[];
+};
+
+static void take_snapshot(struct server *s, struct snapshot *sn)
+{
+    memset(sn, 0, sizeof(*sn));
+    sn->m = s->metrics;
+    sn->sessions = sessions_now(s);
+    sn->users = s->shard.users.len;
+    sn->pid = (int64_t)getpid();
+    sn->up = 1;
+}
+
+static void sum(struct metrics *total, const struct metrics *m)
+{
+    /* Every field is a uint64_t counter or gauge (metrics.h): add them as an array. */
+    uint64_t *t = (uint64_t *)total;
+    const uint64_t *v = (const uint64_t *)m;
+
+    for (size_t i = 0; i < sizeof(*m) / sizeof(uint64_t); i++)
+        t[i] += v[i];
+}
+
+static void per_worker(struct text *t, const struct gather *g, const char *name, const char *type,
+                       const char *help, size_t offset)
+{
+    emit(t, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+    for (unsigned i = 0; i < g->srv->wk->count; i++) {
+        const struct snapshot *sn = &g->snap[i];
+        uint64_t v;
+        if (!sn->up)
+            continue;
+        memcpy(&v, (const char *)sn + offset, sizeof(v));
+        emit(t, "%s{worker=\"%u\"} %" PRIu64 "\n", name, i, v);
+    }
+}
+
+static void answer_metrics(struct gather *g)
+{
+    struct text t = {.buf = malloc(8192), .len = 0, .cap = 8192};
+    struct metrics total;
+    uint64_t sessions = 0;
+    unsigned count = g->srv->wk->count;
+
+    if (t.buf == NULL) {
+        conn_respond_error(g->conn, 503, "unavailable", "out of memory");
+        return;
+    }
+    memset(&total, 0, sizeof(total));
+    for (unsigned i = 0; i < count; i++)
+        if (g->snap[i].up) {
+            sum(&total, &g->snap[i].m);
+            sessions += g->snap[i].sessions;
+        }
+    render_totals(&t, &total, sessions);
+    metric(&t, "nudge_workers", "gauge", "Worker processes configured ([server] workers).", count);
+    emit(&t, "# HELP nudge_worker_up Whether the worker answered this scrape.\n"
+             "# TYPE nudge_worker_up gauge\n");
+    for (unsigned i = 0; i < count; i++)
+        emit(&t, "nudge_worker_up{worker=\"%u\"} %u\n", i, g->snap[i].up);
+    per_worker(&t, g, "nudge_worker_connections", "gauge", "Open client connections, by worker.",
+               offsetof(struct snapshot, m.connections));
+    per_worker(&t, g, "nudge_worker_pings_held", "gauge", "Pings held now, by worker.",
+               offsetof(struct snapshot, m.pings_held));
+    per_worker(&t, g, "nudge_worker_sessions", "gauge", "Sessions now, by worker.",
+               offsetof(struct snapshot, sessions));
+    per_worker(&t, g, "nudge_worker_users", "gauge", "Users the worker keeps in memory.",
+               offsetof(struct snapshot, users));
+    per_worker(&t, g, "nudge_worker_udp_registrations", "gauge",
+               "UDP registrations now, by worker.", offsetof(struct snapshot, m.udp_registrations));
+    per_worker(&t, g, "nudge_worker_events_applied_total", "counter",
+               "Events applied to the worker's users (its own publishes and others').",
+               offsetof(struct snapshot, m.events_published));
+    per_worker(&t, g, "nudge_worker_handoffs_sent_total", "counter",
+               "Connections passed to the worker owning their user.",
+               offsetof(struct snapshot, m.handoffs_sent));
+    per_worker(&t, g, "nudge_worker_handoffs_received_total", "counter",
+               "Connections received from other workers.",
+               offsetof(struct snapshot, m.handoffs_received));
+    conn_respond_typed(g->conn, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, t.buf, t.len);
+    free(t.buf);
+}
+
+static void snapshot_json(struct jsonw *w, const struct snapshot *sn, uint64_t sessions)
+{
+    jw_key(w, "connections");
+    jw_u64(w, sn->m.connections);
+    jw_key(w, "pings_held");
+    jw_u64(w, sn->m.pings_held);
+    jw_key(w, "sessions");
+    jw_u64(w, sessions);
+    jw_key(w, "users");
+    jw_u64(w, sn->users);
+    jw_key(w, "udp_registrations");
+    jw_u64(w, sn->m.udp_registrations);
+    jw_key(w, "events_applied");
+    jw_u64(w, sn->m.events_published);
+    jw_key(w, "handoffs_sent");
+    jw_u64(w, sn->m.handoffs_sent);
+    jw_key(w, "handoffs_received");
+    jw_u64(w, sn->m.handoffs_received);
+}
+
+static void answer_workers(struct gather *g)
+{
+    unsigned count = g->srv->wk ? g->srv->wk->count : 1;
+    struct snapshot total;
+    struct jsonw w;
+    size_t len;
+    char *body;
+
+    memset(&total, 0, sizeof(total));
+    jw_init(&w);
+    jw_obj_begin(&w);
+    jw_key(&w, "workers");
+    jw_arr_begin(&w);
+    for (unsigned i = 0; i < count; i++) {
+        const struct snapshot *sn = &g->snap[i];
+        jw_obj_begin(&w);
+        jw_key(&w, "worker");
+        jw_u64(&w, i);
+        jw_key(&w, "up");
+        jw_bool(&w, (int)sn->up);
+        if (sn->up) {
+            jw_key(&w, "pid");
+            jw_u64(&w, (uint64_t)sn->pid);
+            snapshot_json(&w, sn, sn->sessions);
+            sum(&total.m, &sn->m);
+            total.sessions += sn->sessions;
+            total.users += sn->users;
+        }
+        jw_obj_end(&w);
+    }
+    jw_arr_end(&w);
+    jw_key(&w, "total");
+    jw_obj_begin(&w);
+    snapshot_json(&w, &total, total.sessions);
+    jw_obj_end(&w);
+    jw_obj_end(&w);
+    body = jw_take(&w, &len);
+    conn_respond(g->conn, 200, NULL, body, len);
+    free(body);
+}
+
+static void gather_done(struct gather *g)
+{
+    if (--g->left > 0)
+        return;
+    if (g->conn) {
+        if (g->json)
+            answer_workers(g);
+        else
+            answer_metrics(g);
+    }
+    free(g);
+}
+
+static void on_snapshot(void *arg, unsigned from, const char *p, size_t len, int status)
+{
+    struct gather *g = arg;
+
+    if (status == MESH_MORE)
+        return;
+    if (status == 0 && len == sizeof(struct snapshot))
+        memcpy(&g->snap[from], p, sizeof(struct snapshot));
+    gather_done(g);
+}
+
+static void gather(struct conn *c, int json)
+{
+    struct server *s = c->srv;
+    unsigned count = s->wk ? s->wk->count : 1;
+    struct gather *g = calloc(1, sizeof(*g) + count * sizeof(struct snapshot));
+
+    if (g == NULL) {
+        conn_respond_error(c, 503, "unavailable", "out of memory");
+        return;
+    }
+    g->srv = s;
+    g->json = json;
+    g->conn = c;
+    g->left = 1;
+    take_snapshot(s, &g->snap[s->wk ? s->wk->index : 0]);
+    conn_wait(c, g);
+    for (unsigned i = 0; s->wk && i < count; i++) {
+        if (i == s->wk->index)
+            continue;
+        g->left++;
+        if (mesh_call(s, i, MESH_METRICS, NULL, 0, on_snapshot, g) < 0)
+            g->left--; /* shown as down */
+    }
+    gather_done(g);
+}
+
+void admin_metrics(struct conn *c, struct http_req *r, const struct principal *who)
+{
+    struct text t;
+
+    (void)r;
+    (void)who;
+    if (c->srv->wk) {
+        gather(c, 0);
+        return;
+    }
+    t.buf = malloc(4096);
+    t.len = 0;
+    t.cap = 4096;
+    if (t.buf == NULL) {
+        conn_respond_error(c, 503, "unavailable", "out of memory");
+        return;
+    }
+    render_totals(&t, &c->srv->metrics, sessions_now(c->srv));
     conn_respond_typed(c, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, t.buf, t.len);
     free(t.buf);
+}
+
+void admin_workers(struct conn *c, struct http_req *r, const struct principal *who)
+{
+    (void)r;
+    (void)who;
+    gather(c, 1);
+}
+
+void admin_metrics_remote(struct server *s, unsigned from, uint32_t id)
+{
+    struct snapshot sn;
+    struct iovec iov = {.iov_base = &sn, .iov_len = sizeof(sn)};
+
+    take_snapshot(s, &sn);
+    mesh_reply(s, from, MESH_METRICS_REPLY, id, 0, &iov, 1);
 }

@@ -31,6 +31,9 @@
 #include "server/router.h"
 #include "session/session.h"
 #include "server/server.h"
+#include "worker/mesh.h"
+#include "worker/mesh_handlers.h"
+#include "worker/worker.h"
 
 /* How long a closing connection waits for the client's FIN before closing anyway. */
 #define LINGER_MS 2000
@@ -110,7 +113,7 @@ static void on_close(uv_handle_t *h)
     if (c->flags & CONN_RESUME)
         unlink_resume(c);
     c->srv->metrics.connections--;
-    listen_conn_closed(c->srv, c->ip);
+    listen_conn_closed(c->srv, c->ip, (c->flags & CONN_HANDED) != 0);
     http_req_free(c->req);
     free(c->pending);
     free(c);
@@ -346,6 +349,87 @@ static int keep_pending(struct conn *c, const char *data, size_t len)
     return 0;
 }
 
+/* Keeps a copy of the request's bytes (with workers) so it can be handed off. */
+static int keep_raw(struct http_req *r, const char *data, size_t len)
+{
+    if (len == 0)
+        return 0;
+    if (r->raw_len + len > r->raw_cap) {
+        size_t cap = r->raw_cap ? r->raw_cap : 512;
+        char *p;
+        while (cap < r->raw_len + len)
+            cap *= 2;
+        p = realloc(r->raw, cap);
+        if (p == NULL)
+            return -1;
+        r->raw = p;
+        r->raw_cap = (uint32_t)cap;
+    }
+    memcpy(r->raw + r->raw_len, data, len);
+    r->raw_len += (uint32_t)len;
+    return 0;
+}
+
+void conn_handoff(struct conn *c, unsigned to)
+{
+    c->srv->handoff_to = to + 1;
+}
+
+int conn_user_elsewhere(struct conn *c, const char *user, size_t len, unsigned *to)
+{
+    const struct worker_ctx *wk = c->srv->wk;
+
+    if (wk == NULL)
+        return 0;
+    *to = worker_owner(user, len, wk->count);
+    return *to != wk->index;
+}
+
+/*
+ * Sends the socket, this request's bytes and those after it ('rest', then
+ * any kept in 'pending') to worker 'to', and closes it here. When the
+ * message cannot be sent the client is answered 503 and nothing is lost.
+ */
+static void hand_off(struct conn *c, unsigned to, const char *rest, size_t restlen)
+{
+    struct server *s = c->srv;
+    struct mesh_handoff h;
+    struct iovec iov[4];
+    int rc, fd = -1;
+
+    memset(&h, 0, sizeof(h));
+    h.ip_owner = MESH_NOBODY;
+    iov[0] = (struct iovec){.iov_base = &h, .iov_len = sizeof(h)};
+    iov[1] = (struct iovec){.iov_base = c->req->raw, .iov_len = c->req->raw_len};
+    iov[2] = (struct iovec){.iov_base = (void *)rest, .iov_len = restlen};
+    iov[3] = (struct iovec){.iov_base = c->pending, .iov_len = c->pending_len};
+    if (c->ip) {
+        h.ip_owner = (uint16_t)(c->ip->owner ? c->ip->owner - 1u : s->wk->index);
+        h.klen = (uint8_t)c->ip->klen;
+        memcpy(h.key, c->ip->key, c->ip->klen);
+    }
+    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) != 0 ||
+        sizeof(h) + c->req->raw_len + restlen + c->pending_len > mesh_max_payload(s))
+        rc = -EMSGSIZE;
+    else
+        rc = mesh_send(s, to, MESH_HANDOFF, 0, iov, 4, fd);
+    if (rc == 0) {
+        listen_ip_handoff(s, c->ip, to);
+        c->ip = NULL;
+    }
+    if (rc < 0) {
+        char q[96];
+        LOG(LOG_ERROR, handoff_failed, "to=%u reason=%s", to, log_q(q, sizeof(q), strerror(-rc)));
+        c->keep_alive = 0;
+        conn_respond_error(c, 503, "unavailable",
+                           "this request could not be passed to the worker owning its user");
+        return;
+    }
+    s->metrics.handoffs_sent++;
+    c->flags |= CONN_HANDED;
+    conn_close(c, "handed off");
+}
+
 static void process(struct conn *c, const char *data, size_t len)
 {
     struct server *s = c->srv;
@@ -363,6 +447,10 @@ static void process(struct conn *c, const char *data, size_t len)
             set_deadline(c, util_now_ms() + (uint64_t)s->cfg->header_timeout * 1000);
         }
         r = http_req_feed(c->req, data, len, &used);
+        if (s->wk && r != HTTP_ERROR && keep_raw(c->req, data, used) < 0) {
+            conn_close(c, "out of memory");
+            return;
+        }
         data += used;
         len -= used;
         if (r == HTTP_ERROR) {
@@ -385,6 +473,12 @@ static void process(struct conn *c, const char *data, size_t len)
         c->keep_alive = c->req->keep_alive;
         s->metrics.requests_total++;
         router_dispatch(c, c->req);
+        if (s->handoff_to) {
+            unsigned to = s->handoff_to - 1;
+            s->handoff_to = 0;
+            hand_off(c, to, data, len);
+            return;
+        }
     }
     if (len > 0 && (c->flags & CONN_BUSY) && !(c->flags & (CONN_CLOSING | CONN_LINGER)) &&
         keep_pending(c, data, len) < 0)
@@ -465,7 +559,7 @@ void conn_accept_fd(struct server *s, int fd, struct ip_count *ip, int over_ip_l
     if (c == NULL) {
         LOG(LOG_ERROR, accept_error, "error=\"out of memory\"");
         close(fd);
-        listen_conn_closed(s, ip);
+        listen_conn_closed(s, ip, 0);
         return;
     }
     c->srv = s;
@@ -509,4 +603,43 @@ void conn_accept_fd(struct server *s, int fd, struct ip_count *ip, int over_ip_l
     }
     /* The first request must arrive within the request timeout. */
     set_deadline(c, util_now_ms() + (uint64_t)s->cfg->header_timeout * 1000);
+}
+
+void conn_adopt(struct server *s, int fd, unsigned from, const struct mesh_handoff *h,
+                const char *bytes, size_t len)
+{
+    struct conn *c = calloc(1, sizeof(*c));
+    char q[128];
+    int err;
+
+    (void)from;
+    if (c == NULL) {
+        LOG(LOG_ERROR, handoff_failed, "from=%u reason=\"out of memory\"", from);
+        close(fd);
+        listen_conn_closed(s, listen_ip_adopt(s, h), 0);
+        return;
+    }
+    c->srv = s;
+    c->ip = listen_ip_adopt(s, h);
+    uv_tcp_init(s->loop, &c->tcp);
+    c->tcp.data = c;
+    s->metrics.connections++;
+    s->metrics.handoffs_received++;
+    err = uv_tcp_open(&c->tcp, fd);
+    if (err < 0) {
+        LOG(LOG_WARN, handoff_failed, "from=%u reason=%s", from, log_q(q, sizeof(q), uv_strerror(err)));
+        close(fd);
+        c->flags |= CONN_CLOSING;
+        uv_close((uv_handle_t *)&c->tcp, on_close);
+        return;
+    }
+    /* TCP_NODELAY and keepalive travel with the socket: the accepting worker set them. */
+    c->keep_alive = 1;
+    err = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
+    if (err < 0) {
+        conn_close(c, uv_strerror(err));
+        return;
+    }
+    set_deadline(c, util_now_ms() + (uint64_t)s->cfg->header_timeout * 1000);
+    process(c, bytes, len);
 }

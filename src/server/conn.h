@@ -36,6 +36,7 @@ enum conn_flag {
     CONN_RESUME = 1 << 4,  /* on the server's resume list */
     CONN_WAITING = 1 << 5, /* handler waits for an async result (store commit) */
     CONN_PROBE = 1 << 6,   /* a probe is held: 'probe' is its record */
+    CONN_HANDED = 1 << 7,  /* handed off to another worker: closed here, lives on there */
 };
 
 struct probe;
@@ -99,6 +100,18 @@ void conn_hold_probe(struct conn *c, struct probe *p, uint64_t deadline_ms);
 
 /* Marks the request as waiting for an async result; 'waiter' is told of a close. */
 void conn_wait(struct conn *c, void *waiter);
+
+/*
+ * Moves the connection to worker 'to', which owns the user the current
+ * request is for (worker/worker.h). Call it from a handler instead of
+ * answering: once the handler returns, the socket and the bytes of this
+ * request and of any that follow are sent to 'to', which parses them again
+ * and answers; the connection is closed here.
+ */
+void conn_handoff(struct conn *c, unsigned to);
+
+/* Is the user 'user' another worker's? Then *to is that worker. */
+int conn_user_elsewhere(struct conn *c, const char *user, size_t len, unsigned *to);
 
 /* Closes now; 'why' is logged at debug level. */
 void conn_close(struct conn *c, const char *why);

@@ -15,6 +15,9 @@
 #include "common/xalloc.h"
 #include "server/conn.h"
 #include "server/server.h"
+#include "worker/mesh.h"
+#include "worker/mesh_handlers.h"
+#include "worker/worker.h"
 
 /* Backlog for listen(): room for a burst of devices reconnecting after a network blip. */
 #define LISTEN_BACKLOG 4096
@@ -28,6 +31,8 @@
 #define ACCEPT_BURST 128
 /* After EMFILE/ENFILE, look again after this long. */
 #define FD_RETRY_MS 1000
+/* At the shared max_connections, look again after this long (other workers' closes). */
+#define SHARED_RETRY_MS 100
 
 static void on_readable(uv_poll_t *p, int status, int events);
 
@@ -51,9 +56,152 @@ static void resume_accepting(struct server *s)
         (unsigned long long)s->metrics.connections, s->max_conns);
 }
 
+static int shared_full(struct server *s)
+{
+    return s->wk && atomic_load(&s->wk->shared->connections) >= s->cfg->max_connections;
+}
+
 static void on_fd_retry(uv_timer_t *t)
 {
-    resume_accepting(t->data);
+    struct server *s = t->data;
+
+    if (shared_full(s)) {
+        uv_timer_start(&s->listen_retry, on_fd_retry, SHARED_RETRY_MS, 0);
+        return;
+    }
+    resume_accepting(s);
+}
+
+static size_t ip_size(const struct server *s)
+{
+    return sizeof(struct ip_count) + (s->wk ? s->wk->count * sizeof(uint32_t) : 0);
+}
+
+static struct ip_count *ip_lookup(struct server *s, const char *key, size_t klen, int create)
+{
+    struct ip_count *ip = strmap_get(&s->per_ip, key, klen);
+
+    if (ip == NULL && create) {
+        ip = xcalloc(1, ip_size(s));
+        memcpy(ip->key, key, klen);
+        ip->klen = (uint16_t)klen;
+        strmap_put(&s->per_ip, ip->key, klen, ip);
+    }
+    return ip;
+}
+
+static void ip_drop_if_empty(struct server *s, struct ip_count *ip)
+{
+    if (ip->n == 0) {
+        strmap_del(&s->per_ip, ip->key, ip->klen);
+        free(ip);
+    }
+}
+
+static unsigned self(const struct server *s)
+{
+    return s->wk ? s->wk->index : 0;
+}
+
+/* One connection of 'ip' left holder 'from' for 'to' (MESH_NOBODY: closed). */
+static void ip_move_local(struct server *s, struct ip_count *ip, unsigned from, unsigned to)
+{
+    if (s->wk) {
+        if (from < s->wk->count && ip->held[from] > 0)
+            ip->held[from]--;
+        if (to < s->wk->count)
+            ip->held[to]++;
+    }
+    if (to == MESH_NOBODY && ip->n > 0)
+        ip->n--;
+    ip_drop_if_empty(s, ip);
+}
+
+/* Moves one of a foreign reference's connections at the worker counting it. */
+static void ip_move_remote(struct server *s, struct ip_count *ref, unsigned to)
+{
+    struct mesh_ip_move mv = {.from = (uint16_t)self(s), .to = (uint16_t)to, .klen = (uint8_t)ref->klen};
+    struct iovec iov = {.iov_base = &mv, .iov_len = sizeof(mv)};
+    unsigned owner = ref->owner - 1u;
+
+    memcpy(mv.key, ref->key, ref->klen);
+    if (owner == self(s)) {
+        struct ip_count *ip = ip_lookup(s, ref->key, ref->klen, 0);
+        if (ip)
+            ip_move_local(s, ip, self(s), to);
+        return;
+    }
+    if (mesh_send(s, owner, MESH_IP_MOVE, 0, &iov, 1, -1) < 0)
+        LOG(LOG_ERROR, handoff_failed, "to=%u reason=\"could not release an address count\"", owner);
+}
+
+void listen_ip_move(struct server *s, const struct mesh_ip_move *mv)
+{
+    struct ip_count *ip;
+
+    if (mv->klen != 4 && mv->klen != 16)
+        return;
+    ip = ip_lookup(s, (const char *)mv->key, mv->klen, 0);
+    if (ip)
+        ip_move_local(s, ip, mv->from, mv->to);
+}
+
+void listen_peer_reset(struct server *s, unsigned peer)
+{
+    uint32_t pos = 0, n = 0, k = 0;
+    const char *key;
+    void *val;
+    struct ip_count **gone;
+
+    if (s->wk == NULL || peer >= s->wk->count)
+        return;
+    while (strmap_next(&s->per_ip, &pos, &key, &val))
+        n++;
+    gone = xcalloc(n ? n : 1, sizeof(*gone));
+    pos = 0;
+    while (strmap_next(&s->per_ip, &pos, &key, &val)) {
+        struct ip_count *ip = val;
+        ip->n -= ip->held[peer] < ip->n ? ip->held[peer] : ip->n;
+        ip->held[peer] = 0;
+        if (ip->n == 0)
+            gone[k++] = ip;
+    }
+    for (uint32_t i = 0; i < k; i++)
+        ip_drop_if_empty(s, gone[i]);
+    free(gone);
+}
+
+void listen_ip_handoff(struct server *s, struct ip_count *ip, unsigned to)
+{
+    if (ip == NULL)
+        return;
+    if (ip->owner == 0) {
+        ip_move_local(s, ip, self(s), to);
+        return;
+    }
+    ip_move_remote(s, ip, to);
+    free(ip);
+}
+
+struct ip_count *listen_ip_adopt(struct server *s, const struct mesh_handoff *h)
+{
+    struct ip_count *ip;
+
+    if (s->wk)
+        atomic_fetch_add(&s->wk->shared->held_by[self(s)], 1);
+    if (h->ip_owner == MESH_NOBODY || (h->klen != 4 && h->klen != 16))
+        return NULL;
+    if (h->ip_owner == self(s)) {
+        ip = ip_lookup(s, (const char *)h->key, h->klen, 1);
+        if (ip->n == 0)
+            ip->n = 1; /* its count was dropped by a reset meanwhile: count it again */
+        return ip;
+    }
+    ip = xcalloc(1, sizeof(*ip));
+    ip->owner = (uint16_t)(h->ip_owner + 1u);
+    ip->klen = h->klen;
+    memcpy(ip->key, h->key, h->klen);
+    return ip;
 }
 
 static struct ip_count *ip_enter(struct server *s, const struct sockaddr_storage *ss, int *over)
@@ -72,25 +220,28 @@ static struct ip_count *ip_enter(struct server *s, const struct sockaddr_storage
         key = (const char *)&((const struct sockaddr_in *)ss)->sin_addr;
         klen = 4;
     }
-    ip = strmap_get(&s->per_ip, key, klen);
-    if (ip == NULL) {
-        ip = xcalloc(1, sizeof(*ip));
-        memcpy(ip->key, key, klen);
-        ip->klen = (uint32_t)klen;
-        strmap_put(&s->per_ip, ip->key, klen, ip);
-    }
+    ip = ip_lookup(s, key, klen, 1);
     ip->n++;
+    if (s->wk)
+        ip->held[self(s)]++;
     *over = ip->n > s->cfg->max_per_ip;
     return ip;
 }
 
-void listen_conn_closed(struct server *s, struct ip_count *ip)
+void listen_conn_closed(struct server *s, struct ip_count *ip, int handed_off)
 {
-    if (ip && --ip->n == 0) {
-        strmap_del(&s->per_ip, ip->key, ip->klen);
-        free(ip);
+    if (s->wk) {
+        atomic_fetch_sub(&s->wk->shared->held_by[self(s)], 1);
+        if (!handed_off)
+            atomic_fetch_sub(&s->wk->shared->connections, 1);
     }
-    if (s->listen_paused && s->metrics.connections < s->max_conns &&
+    if (ip && ip->owner) {
+        ip_move_remote(s, ip, MESH_NOBODY);
+        free(ip);
+    } else if (ip) {
+        ip_move_local(s, ip, self(s), MESH_NOBODY);
+    }
+    if (s->listen_paused && s->metrics.connections < s->max_conns && !shared_full(s) &&
         !uv_is_active((uv_handle_t *)&s->listen_retry))
         resume_accepting(s);
 }
@@ -115,7 +266,18 @@ static void on_readable(uv_poll_t *p, int status, int events)
             pause_accepting(s, "max_connections");
             return;
         }
+        /* With workers, reserve a place under the shared limit first, so it stays exact. */
+        if (s->wk && atomic_fetch_add(&s->wk->shared->connections, 1) >= s->cfg->max_connections) {
+            atomic_fetch_sub(&s->wk->shared->connections, 1);
+            pause_accepting(s, "max_connections");
+            uv_timer_start(&s->listen_retry, on_fd_retry, SHARED_RETRY_MS, 0);
+            return;
+        }
         fd = accept4(s->listen_fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0 && s->wk)
+            atomic_fetch_sub(&s->wk->shared->connections, 1);
+        if (fd >= 0 && s->wk)
+            atomic_fetch_add(&s->wk->shared->held_by[self(s)], 1);
         if (fd < 0) {
             if (errno == EAGAIN || errno == EWOULDBLOCK)
                 return;
@@ -158,6 +320,11 @@ int listen_start(struct server *s, char *err, size_t errlen)
     socklen_t len = sizeof(bound);
     int one = 1, fd;
 
+    if (s->wk) {
+        /* The supervisor made it (SO_REUSEPORT, one per worker): see supervisor.c. */
+        fd = s->wk->listen_fd;
+        goto bound;
+    }
     if (util_parse_addr(s->cfg->listen, &addr, err, errlen) < 0)
         return -1;
     fd = socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -174,6 +341,7 @@ int listen_start(struct server *s, char *err, size_t errlen)
         close(fd);
         return -1;
     }
+bound:
     getsockname(fd, (struct sockaddr *)&bound, &len);
     util_format_addr((struct sockaddr *)&bound, s->addr, sizeof(s->addr));
     s->listen_fd = fd;

@@ -17,6 +17,9 @@
 #include "common/strmap.h"
 #include "common/version.h"
 #include "server/server.h"
+#include "store/reshard.h"
+#include "worker/supervisor.h"
+#include "worker/worker.h"
 
 /* mkdir -p with mode 0700: data_dir holds the secret. */
 static int make_dirs(const char *path, char *err, size_t errlen)
@@ -56,6 +59,7 @@ int main(int argc, char **argv)
     uint64_t seed;
     uv_loop_t loop;
     int created = 0;
+    unsigned workers;
 
     if (config_from_args(&cfg, argc, argv, &action, err, sizeof(err)) < 0) {
         fprintf(stderr, "nudged: %s\n", err);
@@ -99,8 +103,19 @@ int main(int argc, char **argv)
     if (created)
         LOG(LOG_INFO, secret_created, "path=%s", log_q(q, sizeof(q), path));
 
+    workers = cfg.workers ? cfg.workers : uv_available_parallelism();
+    if (workers > WORKERS_MAX)
+        workers = WORKERS_MAX;
+    if (workers > 1)
+        return supervisor_run(&cfg, &secret, workers);
+    if (reshard(&cfg, 1, err, sizeof(err)) < 0) {
+        LOG(LOG_ERROR, startup_failed, "reason=%s", log_q(q, sizeof(q), err));
+        fprintf(stderr, "nudged: %s\n", err);
+        return 1;
+    }
+
     uv_loop_init(&loop);
-    if (server_init(&srv, &loop, &cfg, &secret) < 0) {
+    if (server_init(&srv, &loop, &cfg, &secret, NULL) < 0) {
         uv_run(&loop, UV_RUN_NOWAIT); /* let closed handles finish */
         server_free(&srv);
         uv_loop_close(&loop);

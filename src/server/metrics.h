@@ -60,6 +60,9 @@ struct metrics {
     uint64_t udp_resends_exhausted;
     uint64_t ingest_events;        /* deliveries from Dovecot applied */
     uint64_t ingest_duplicates;    /* retried deliveries answered without a bump */
+    uint64_t handoffs_sent;        /* connections passed to the worker owning their user */
+    uint64_t handoffs_received;
+    uint64_t remote_events;        /* events other workers sent us to apply */
 };
 
 extern const char *const ping_outcome_names[PING_OUTCOME_COUNT];

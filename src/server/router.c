@@ -46,6 +46,7 @@ static const struct route routes[] = {
     {"/v1/ingest/dovecot", 0, HTTP_POST, 0, ingest_dovecot_handle},
     {"/v1/admin/sessions", 0, HTTP_GET, TOKEN_ADMIN, sessions_list_handle},
     {"/v1/admin/sessions/", 1, HTTP_DELETE, TOKEN_ADMIN, sessions_end_handle},
+    {"/v1/admin/workers", 0, HTTP_GET, TOKEN_ADMIN, admin_workers},
     {"/healthz", 0, HTTP_GET, 0, admin_healthz},
     {"/metrics", 0, HTTP_GET, TOKEN_ADMIN, admin_metrics},
 };
@@ -158,6 +159,14 @@ void router_dispatch(struct conn *c, struct http_req *r)
             continue;
         if (authenticate(c, r, rt, &who) < 0)
             return;
+        /* A user's requests are served by the worker owning the user (worker/worker.h). */
+        if (rt->need == TOKEN_USER) {
+            unsigned to;
+            if (conn_user_elsewhere(c, who.subject, strlen(who.subject), &to)) {
+                conn_handoff(c, to);
+                return;
+            }
+        }
         rt->fn(c, r, &who);
         return;
     }

@@ -26,6 +26,7 @@
 #include "server/conn.h"
 #include "server/listen.h"
 #include "session/heartbeat.h"
+#include "worker/mesh.h"
 
 /* Longest drain at shutdown: answers are small, so this is only for stuck peers. */
 #define STOP_GRACE_MS 2000
@@ -97,6 +98,7 @@ static void finish_stop(struct server *s)
     close_handle((uv_handle_t *)&s->sig_int);
     listen_stop(s);
     udp_stop(s);
+    mesh_stop(s);
 }
 
 static void walk_stop(uv_handle_t *h, void *arg)
@@ -169,7 +171,7 @@ static void on_device_loaded(void *arg, const struct store_device *sd)
 }
 
 int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
-                const struct secret *secret)
+                const struct secret *secret, const struct worker_ctx *wk)
 {
     const struct store_backend *be;
     char err[512];
@@ -179,6 +181,7 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
     s->loop = loop;
     s->cfg = cfg;
     s->secret = *secret;
+    s->wk = wk;
     s->limits.max_header_bytes = cfg->max_header_bytes;
     s->limits.max_body_bytes = cfg->max_body_bytes;
     deadline_heap_init(&s->deadlines);
@@ -204,6 +207,11 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
         return -1;
     }
     store_device_load(s->store, on_device_loaded, s);
+    if (wk && mesh_init(s, err, sizeof(err)) < 0) {
+        char q[600];
+        LOG(LOG_ERROR, startup_failed, "reason=%s", log_q(q, sizeof(q), err));
+        return -1;
+    }
 
     if (listen_start(s, err, sizeof(err)) < 0) {
         char q[600];
@@ -234,6 +242,7 @@ int server_run(struct server *s)
 
 void server_free(struct server *s)
 {
+    mesh_free(s);
     udp_free(s);
     ingest_free(s);
     shard_free(&s->shard);

@@ -21,7 +21,9 @@
 
 struct conn;
 struct ingest;
+struct mesh;
 struct udp;
+struct worker_ctx;
 
 struct server {
     uv_loop_t *loop;
@@ -33,6 +35,9 @@ struct server {
     struct metrics metrics;
     struct udp *udp;           /* push/udp.c; NULL when [udp] listen is empty */
     struct ingest *ingest;     /* push/ingest.c: the duplicate window */
+    const struct worker_ctx *wk; /* worker/worker.h; NULL: a single process owning every user */
+    struct mesh *mesh;         /* worker/mesh.h; NULL without workers */
+    unsigned handoff_to;       /* set by conn_handoff during a dispatch: the worker + 1 */
 
     int listen_fd;             /* see listen.h */
     uv_poll_t listen_poll;
@@ -66,7 +71,7 @@ struct server {
  * outlive the server. Returns 0, or -1 after logging why.
  */
 int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
-                const struct secret *secret);
+                const struct secret *secret, const struct worker_ctx *wk);
 
 /* Runs the loop until a stop signal has drained every connection. */
 int server_run(struct server *s);

@@ -16,6 +16,7 @@
 #include "common/jsonw.h"
 #include "common/log.h"
 #include "common/util.h"
+#include "common/xalloc.h"
 #include "http/request.h"
 #include "net/sockopt.h"
 #include "server/conn.h"
@@ -25,6 +26,9 @@
 #include "push/udp.h"
 #include "session/heartbeat.h"
 #include "shard/shard.h"
+#include "worker/mesh.h"
+#include "worker/mesh_handlers.h"
+#include "worker/worker.h"
 
 /* A URL-encoded id may take three bytes per byte. */
 #define USER_ID_BUF (3 * USER_ID_MAX + 1)
@@ -192,6 +196,152 @@ static void add_user_sessions(struct jsonw *w, struct user *u, uint64_t now, siz
     }
 }
 
+/* Every session of this worker as "[...]" text; *count gets how many. */
+static char *local_sessions(struct server *s, size_t *len, size_t *count)
+{
+    uint64_t now = util_now_ms();
+    uint32_t pos = 0;
+    const char *key;
+    void *val;
+    struct jsonw w;
+
+    jw_init(&w);
+    jw_arr_begin(&w);
+    while (strmap_next(&s->shard.users, &pos, &key, &val))
+        add_user_sessions(&w, val, now, count);
+    jw_arr_end(&w);
+    return jw_take(&w, len);
+}
+
+/* A listing gathered from every worker: each part is a JSON array's items. */
+struct list_job {
+    struct conn *conn;      /* first: conn_close clears it (conn_wait) */
+    unsigned left;
+    uint64_t count;
+    char *buf;              /* "{\"sessions\":[" + items so far */
+    size_t len, cap;
+    int items;              /* any item in buf yet */
+};
+
+static void list_add(struct list_job *j, const char *arr, size_t len)
+{
+    /* 'arr' is "[...]" (or a run of items from a part of one): strip the brackets. */
+    if (len >= 1 && arr[0] == '[') {
+        arr++;
+        len--;
+    }
+    if (len >= 1 && arr[len - 1] == ']')
+        len--;
+    if (len == 0)
+        return;
+    if (j->len + len + 64 > j->cap) {
+        while (j->len + len + 64 > j->cap)
+            j->cap *= 2;
+        j->buf = xrealloc(j->buf, j->cap);
+    }
+    if (j->items)
+        j->buf[j->len++] = ',';
+    memcpy(j->buf + j->len, arr, len);
+    j->len += len;
+    j->items = 1;
+}
+
+static void list_done(struct list_job *j)
+{
+    if (--j->left > 0)
+        return;
+    if (j->conn) {
+        j->len += (size_t)snprintf(j->buf + j->len, j->cap - j->len, "],\"count\":%llu}",
+                                   (unsigned long long)j->count);
+        conn_respond(j->conn, 200, NULL, j->buf, j->len);
+    }
+    free(j->buf);
+    free(j);
+}
+
+static void on_sessions_part(void *arg, unsigned from, const char *p, size_t len, int status)
+{
+    struct list_job *j = arg;
+    uint64_t n;
+
+    (void)from;
+    if (status >= 0 && len >= sizeof(n)) {
+        memcpy(&n, p, sizeof(n));
+        j->count += n;
+        list_add(j, p + sizeof(n), len - sizeof(n));
+    }
+    if (status != MESH_MORE)
+        list_done(j);
+}
+
+static void list_all_workers(struct conn *c)
+{
+    struct server *s = c->srv;
+    struct list_job *j = xcalloc(1, sizeof(*j));
+    size_t len, count = 0;
+    char *mine = local_sessions(s, &len, &count);
+
+    j->cap = 4096 + len;
+    j->buf = xmalloc(j->cap);
+    j->len = (size_t)snprintf(j->buf, j->cap, "{\"sessions\":[");
+    j->count = count;
+    list_add(j, mine, len);
+    free(mine);
+    j->conn = c;
+    j->left = 1;
+    conn_wait(c, j);
+    for (unsigned i = 0; i < s->wk->count; i++) {
+        if (i == s->wk->index)
+            continue;
+        j->left++;
+        if (mesh_call(s, i, MESH_SESSIONS, NULL, 0, on_sessions_part, j) < 0)
+            j->left--;
+    }
+    list_done(j);
+}
+
+/* Sends one part of a listing: "[items]" with its count. */
+static void send_part(struct server *s, unsigned to, uint32_t id, struct jsonw *w, uint64_t n,
+                      int more)
+{
+    size_t len;
+    char *text;
+    struct iovec iov[2];
+
+    jw_arr_end(w);
+    text = jw_take(w, &len);
+    iov[0] = (struct iovec){.iov_base = &n, .iov_len = sizeof(n)};
+    iov[1] = (struct iovec){.iov_base = text, .iov_len = len};
+    mesh_reply(s, to, MESH_SESSIONS_REPLY, id, more, iov, 2);
+    free(text);
+}
+
+void sessions_remote(struct server *s, unsigned from, uint32_t id, const char *p, size_t len)
+{
+    /* Parts of at most half a message: a user's sessions are added whole, ~300 bytes each. */
+    size_t half = (mesh_max_payload(s) - sizeof(uint64_t)) / 2, count = 0;
+    uint64_t now = util_now_ms();
+    uint32_t pos = 0;
+    const char *key;
+    void *val;
+    struct jsonw w;
+
+    (void)p;
+    (void)len;
+    jw_init(&w);
+    jw_arr_begin(&w);
+    while (strmap_next(&s->shard.users, &pos, &key, &val)) {
+        add_user_sessions(&w, val, now, &count);
+        if (w.len > half) {
+            send_part(s, from, id, &w, count, 1);
+            count = 0;
+            jw_init(&w);
+            jw_arr_begin(&w);
+        }
+    }
+    send_part(s, from, id, &w, count, 0);
+}
+
 void sessions_list_handle(struct conn *c, struct http_req *r, const struct principal *who)
 {
     struct server *s = c->srv;
@@ -201,10 +351,19 @@ void sessions_list_handle(struct conn *c, struct http_req *r, const struct princ
     size_t count = 0, len;
     long ulen = util_query_param(r->query, r->query_len, "user", user, sizeof(user));
     char *body;
+    unsigned to;
 
     (void)who;
     if (ulen == -EINVAL) {
         conn_respond_error(c, 400, "bad-request", "query parameter user is badly encoded or too long");
+        return;
+    }
+    if (ulen >= 0 && conn_user_elsewhere(c, user, (size_t)ulen, &to)) {
+        conn_handoff(c, to);
+        return;
+    }
+    if (ulen < 0 && s->wk) {
+        list_all_workers(c);
         return;
     }
     jw_init(&w);
@@ -260,6 +419,13 @@ void sessions_end_handle(struct conn *c, struct http_req *r, const struct princi
     if (ulen <= 0 || dlen <= 0) {
         conn_respond_error(c, 400, "bad-request", "user and device must be non-empty and URL-encoded");
         return;
+    }
+    {
+        unsigned to;
+        if (conn_user_elsewhere(c, user, (size_t)ulen, &to)) {
+            conn_handoff(c, to);
+            return;
+        }
     }
     u = shard_user(&c->srv->shard, user, 0);
     d = u ? user_device(u, device, 0) : NULL;

@@ -487,7 +487,9 @@ class Nudged:
     # Test-friendly settings every server gets unless a test overrides them:
     # heartbeat min 1 s so expiry tests take a second, not a minute.
     DEFAULTS = {
-        "server": {"listen": "127.0.0.1:0", "log_level": "info"},
+        # NUDGE_TEST_WORKERS: the suite runs once with one process and once with workers.
+        "server": {"listen": "127.0.0.1:0", "log_level": "info",
+                   "workers": os.environ.get("NUDGE_TEST_WORKERS", "1")},
         "heartbeat": {"min": 1, "max": 900},
         "udp": {"listen": "127.0.0.1:0"},
     }

@@ -1,0 +1,515 @@
+/* mesh.c — messages between worker processes; see mesh.h. */
+#include "worker/mesh.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+#include <uv.h>
+
+#include "common/log.h"
+#include "common/strmap.h"
+#include "common/util.h"
+#include "common/xalloc.h"
+#include "server/conn.h"
+#include "server/listen.h"
+#include "server/server.h"
+#include "worker/mesh_handlers.h"
+#include "worker/worker.h"
+
+/* Messages read per readiness event: bounded so one busy peer cannot starve the loop. */
+#define READ_BURST 64
+
+struct mesh_out {
+    struct mesh_out *next;
+    int fd;               /* dup'ed descriptor to send with it, or -1 */
+    size_t len;
+    char data[];
+};
+
+struct mesh_peer {
+    struct mesh *m;
+    unsigned index;
+    int fd;
+    uv_poll_t poll;
+    int poll_open;
+    int want_write;
+    struct mesh_out *head, *tail;
+};
+
+struct mesh_callrec {
+    struct mesh_callrec *prev, *next; /* in order of deadline (all wait equally long) */
+    uint32_t id;
+    unsigned to;
+    uint64_t deadline;
+    mesh_reply_cb cb;
+    void *arg;
+};
+
+struct mesh {
+    struct server *srv;
+    struct mesh_peer *peers;     /* [count]; ours has fd -1 */
+    unsigned count;
+    struct strmap calls;         /* id (4 bytes) -> struct mesh_callrec */
+    struct mesh_callrec *first, *last;
+    uint32_t next_id;
+    uv_timer_t timer;
+    int timer_open;
+    char *rbuf;                  /* one receive buffer for every peer */
+    size_t rbuf_len;
+    size_t max_msg;              /* largest message the sockets take (their send buffer) */
+};
+
+static void peer_poll(struct mesh_peer *p);
+
+size_t mesh_max_payload(const struct server *s)
+{
+    return s->mesh->max_msg - sizeof(struct mesh_hdr) - sizeof(uint32_t);
+}
+
+/* ---- calls ------------------------------------------------------------ */
+
+static void call_unlink(struct mesh *m, struct mesh_callrec *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        m->first = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    else
+        m->last = c->prev;
+    strmap_del(&m->calls, (const char *)&c->id, sizeof(c->id));
+}
+
+static void on_timer(uv_timer_t *t);
+
+static void rearm(struct mesh *m)
+{
+    uint64_t now = util_now_ms();
+
+    if (!m->timer_open)
+        return;
+    if (m->first == NULL) {
+        uv_timer_stop(&m->timer);
+        return;
+    }
+    uv_timer_start(&m->timer, on_timer, m->first->deadline > now ? m->first->deadline - now : 0, 0);
+}
+
+static void finish_call(struct mesh *m, struct mesh_callrec *c, const char *p, size_t len,
+                        int status)
+{
+    call_unlink(m, c);
+    c->cb(c->arg, c->to, p, len, status);
+    free(c);
+}
+
+static void on_timer(uv_timer_t *t)
+{
+    struct mesh *m = t->data;
+    uint64_t now = util_now_ms();
+
+    while (m->first && m->first->deadline <= now) {
+        struct mesh_callrec *c = m->first;
+        LOG(LOG_WARN, mesh_call_failed, "peer=%u type=%u reason=timeout", c->to, 0u);
+        finish_call(m, c, NULL, 0, -ETIMEDOUT);
+    }
+    rearm(m);
+}
+
+/* Every call to 'to' fails: the worker restarted and will never answer them. */
+static void fail_calls_to(struct mesh *m, unsigned to, int status)
+{
+    struct mesh_callrec *c = m->first, *next;
+
+    for (; c; c = next) {
+        next = c->next;
+        if (c->to == to || to == MESH_NOBODY)
+            finish_call(m, c, NULL, 0, status);
+    }
+    rearm(m);
+}
+
+/* ---- sending ---------------------------------------------------------- */
+
+static int send_now(struct mesh_peer *p, const char *data, size_t len, int fd)
+{
+    union {
+        struct cmsghdr h;
+        char buf[CMSG_SPACE(sizeof(int))];
+    } ctl;
+    struct iovec iov = {.iov_base = (void *)data, .iov_len = len};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1};
+    ssize_t n;
+
+    if (fd >= 0) {
+        struct cmsghdr *ch;
+        memset(&ctl, 0, sizeof(ctl));
+        msg.msg_control = ctl.buf;
+        msg.msg_controllen = sizeof(ctl.buf);
+        ch = CMSG_FIRSTHDR(&msg);
+        ch->cmsg_level = SOL_SOCKET;
+        ch->cmsg_type = SCM_RIGHTS;
+        ch->cmsg_len = CMSG_LEN(sizeof(int));
+        memcpy(CMSG_DATA(ch), &fd, sizeof(int));
+    }
+    do
+        n = sendmsg(p->fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return -errno;
+    return 0;
+}
+
+static void flush(struct mesh_peer *p)
+{
+    while (p->head) {
+        struct mesh_out *o = p->head;
+        int rc = send_now(p, o->data, o->len, o->fd);
+        if (rc == -EAGAIN || rc == -ENOBUFS)
+            break;
+        if (rc < 0) {
+            char q[96];
+            LOG(LOG_ERROR, mesh_call_failed, "peer=%u reason=%s", p->index,
+                log_q(q, sizeof(q), strerror(-rc)));
+        }
+        p->head = o->next;
+        if (p->head == NULL)
+            p->tail = NULL;
+        if (o->fd >= 0)
+            close(o->fd);
+        free(o);
+    }
+    peer_poll(p);
+}
+
+int mesh_send(struct server *s, unsigned to, unsigned type, uint32_t id, const struct iovec *iov,
+              int iovcnt, int fd)
+{
+    struct mesh *m = s->mesh;
+    struct mesh_peer *p;
+    struct mesh_hdr h = {.type = type, .id = id};
+    struct mesh_out *o;
+    size_t len = sizeof(h);
+    char *at;
+    int rc;
+
+    if (m == NULL || to >= m->count || m->peers[to].fd < 0)
+        return -EINVAL;
+    p = &m->peers[to];
+    for (int i = 0; i < iovcnt; i++)
+        len += iov[i].iov_len;
+    if (len > m->max_msg)
+        return -EMSGSIZE;
+    o = malloc(sizeof(*o) + len);
+    if (o == NULL)
+        return -ENOMEM;
+    o->next = NULL;
+    o->fd = -1;
+    o->len = len;
+    at = o->data;
+    memcpy(at, &h, sizeof(h));
+    at += sizeof(h);
+    for (int i = 0; i < iovcnt; i++) {
+        memcpy(at, iov[i].iov_base, iov[i].iov_len);
+        at += iov[i].iov_len;
+    }
+    if (p->head == NULL) {
+        rc = send_now(p, o->data, o->len, fd);
+        if (rc == 0) {
+            free(o);
+            return 0;
+        }
+        if (rc != -EAGAIN && rc != -ENOBUFS) {
+            free(o);
+            return rc;
+        }
+    }
+    if (fd >= 0 && (o->fd = fcntl(fd, F_DUPFD_CLOEXEC, 0)) < 0) {
+        rc = -errno;
+        free(o);
+        return rc;
+    }
+    if (p->tail)
+        p->tail->next = o;
+    else
+        p->head = o;
+    p->tail = o;
+    peer_poll(p);
+    return 0;
+}
+
+int mesh_reply(struct server *s, unsigned to, unsigned type, uint32_t id, int more,
+               const struct iovec *iov, int iovcnt)
+{
+    struct iovec all[8];
+    uint32_t flags = more ? MESH_MORE : 0;
+
+    if (iovcnt > 7)
+        return -EINVAL;
+    all[0] = (struct iovec){.iov_base = &flags, .iov_len = sizeof(flags)};
+    for (int i = 0; i < iovcnt; i++)
+        all[i + 1] = iov[i];
+    return mesh_send(s, to, type, id, all, iovcnt + 1, -1);
+}
+
+int mesh_call(struct server *s, unsigned to, unsigned type, const struct iovec *iov, int iovcnt,
+              mesh_reply_cb cb, void *arg)
+{
+    struct mesh *m = s->mesh;
+    struct mesh_callrec *c;
+    int rc;
+
+    if (m == NULL)
+        return -EINVAL;
+    if (++m->next_id == 0)
+        m->next_id = 1;
+    rc = mesh_send(s, to, type, m->next_id, iov, iovcnt, -1);
+    if (rc < 0)
+        return rc;
+    c = xcalloc(1, sizeof(*c));
+    c->id = m->next_id;
+    c->to = to;
+    c->cb = cb;
+    c->arg = arg;
+    c->deadline = util_now_ms() + MESH_CALL_TIMEOUT_MS;
+    c->prev = m->last;
+    if (m->last)
+        m->last->next = c;
+    else
+        m->first = c;
+    m->last = c;
+    strmap_put(&m->calls, (const char *)&c->id, sizeof(c->id), c);
+    if (m->first == c)
+        rearm(m);
+    return 0;
+}
+
+/* ---- receiving -------------------------------------------------------- */
+
+static int is_reply(unsigned type)
+{
+    return type == MESH_BUMP_REPLY || type == MESH_METRICS_REPLY || type == MESH_SESSIONS_REPLY;
+}
+
+static void dispatch(struct mesh *m, unsigned from, const struct mesh_hdr *h, const char *p,
+                     size_t len, int fd)
+{
+    struct server *s = m->srv;
+
+    if (is_reply(h->type)) {
+        struct mesh_callrec *c = strmap_get(&m->calls, (const char *)&h->id, sizeof(h->id));
+        uint32_t flags = 0;
+        if (len >= sizeof(flags))
+            memcpy(&flags, p, sizeof(flags));
+        /* A reply to a call that timed out or was reset meanwhile is dropped. */
+        if (c && c->to == from && len >= sizeof(flags)) {
+            if (flags & MESH_MORE)
+                c->cb(c->arg, from, p + sizeof(flags), len - sizeof(flags), MESH_MORE);
+            else
+                finish_call(m, c, p + sizeof(flags), len - sizeof(flags), 0);
+        }
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    switch (h->type) {
+    case MESH_HANDOFF:
+        if (fd < 0 || len < sizeof(struct mesh_handoff)) {
+            LOG(LOG_ERROR, handoff_failed, "from=%u reason=\"handoff without a connection\"", from);
+            break;
+        }
+        conn_adopt(s, fd, from, (const struct mesh_handoff *)p, p + sizeof(struct mesh_handoff),
+                   len - sizeof(struct mesh_handoff));
+        return;
+    case MESH_IP_MOVE:
+        if (len == sizeof(struct mesh_ip_move))
+            listen_ip_move(s, (const struct mesh_ip_move *)p);
+        break;
+    case MESH_RESET:
+        LOG(LOG_INFO, worker_peer_reset, "peer=%u", from);
+        fail_calls_to(m, from, -ECONNRESET);
+        listen_peer_reset(s, from);
+        break;
+    case MESH_BUMP:
+        events_remote_bump(s, from, h->id, p, len);
+        break;
+    case MESH_METRICS:
+        admin_metrics_remote(s, from, h->id);
+        break;
+    case MESH_SESSIONS:
+        sessions_remote(s, from, h->id, p, len);
+        break;
+    default:
+        LOG(LOG_ERROR, handoff_failed, "from=%u reason=\"unknown message type %u\"", from, h->type);
+        break;
+    }
+    if (fd >= 0)
+        close(fd);
+}
+
+static void read_peer(struct mesh_peer *p)
+{
+    struct mesh *m = p->m;
+
+    for (int i = 0; i < READ_BURST; i++) {
+        union {
+            struct cmsghdr h;
+            char buf[CMSG_SPACE(sizeof(int) * 4)];
+        } ctl;
+        struct iovec iov = {.iov_base = m->rbuf, .iov_len = m->rbuf_len};
+        struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
+                             .msg_controllen = sizeof(ctl.buf)};
+        struct mesh_hdr h;
+        int fd = -1;
+        ssize_t n = recvmsg(p->fd, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+
+        if (n < 0) {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+                char q[96];
+                LOG(LOG_ERROR, handoff_failed, "from=%u reason=%s", p->index,
+                    log_q(q, sizeof(q), strerror(errno)));
+            }
+            return;
+        }
+        if (n == 0)
+            return; /* the supervisor keeps both ends: only an empty message reads as 0 */
+        for (struct cmsghdr *ch = CMSG_FIRSTHDR(&msg); ch; ch = CMSG_NXTHDR(&msg, ch)) {
+            if (ch->cmsg_level != SOL_SOCKET || ch->cmsg_type != SCM_RIGHTS)
+                continue;
+            size_t nfd = (ch->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+            for (size_t k = 0; k < nfd; k++) {
+                int got;
+                memcpy(&got, CMSG_DATA(ch) + k * sizeof(int), sizeof(int));
+                if (fd < 0)
+                    fd = got;
+                else
+                    close(got);
+            }
+        }
+        if (msg.msg_flags & MSG_CTRUNC)
+            LOG(LOG_ERROR, handoff_failed,
+                "from=%u reason=\"a handed-off connection was lost: out of descriptors\"", p->index);
+        if ((msg.msg_flags & MSG_TRUNC) || (size_t)n < sizeof(h)) {
+            LOG(LOG_ERROR, handoff_failed, "from=%u reason=\"message truncated\" bytes=%zd",
+                p->index, n);
+            if (fd >= 0)
+                close(fd);
+            continue;
+        }
+        memcpy(&h, m->rbuf, sizeof(h));
+        dispatch(m, p->index, &h, m->rbuf + sizeof(h), (size_t)n - sizeof(h), fd);
+    }
+}
+
+static void on_peer(uv_poll_t *handle, int status, int events)
+{
+    struct mesh_peer *p = handle->data;
+
+    if (status < 0)
+        return;
+    if (events & UV_WRITABLE)
+        flush(p);
+    if (events & UV_READABLE)
+        read_peer(p);
+}
+
+static void peer_poll(struct mesh_peer *p)
+{
+    int want = p->head != NULL;
+
+    if (!p->poll_open || want == p->want_write)
+        return;
+    p->want_write = want;
+    uv_poll_start(&p->poll, UV_READABLE | (want ? UV_WRITABLE : 0), on_peer);
+}
+
+/* ---- set-up ----------------------------------------------------------- */
+
+int mesh_init(struct server *s, char *err, size_t errlen)
+{
+    const struct worker_ctx *wk = s->wk;
+    struct mesh *m;
+
+    (void)err;
+    (void)errlen;
+    m = xcalloc(1, sizeof(*m));
+    m->srv = s;
+    m->count = wk->count;
+    m->peers = xcalloc(wk->count, sizeof(*m->peers));
+    /* Room for the largest request a client may send, handed off with what follows it. */
+    m->rbuf_len = (size_t)s->cfg->max_header_bytes + s->cfg->max_body_bytes + 4096;
+    if (m->rbuf_len < 64 * 1024)
+        m->rbuf_len = 64 * 1024;
+    m->rbuf = xmalloc(m->rbuf_len);
+    m->max_msg = m->rbuf_len;
+    strmap_init(&m->calls);
+    uv_timer_init(s->loop, &m->timer);
+    m->timer.data = m;
+    m->timer_open = 1;
+    s->mesh = m;
+    for (unsigned i = 0; i < wk->count; i++) {
+        struct mesh_peer *p = &m->peers[i];
+        p->m = m;
+        p->index = i;
+        p->fd = wk->mesh_fd[i];
+        if (p->fd < 0)
+            continue;
+        {
+            /* A message must fit the send buffer whole (less the kernel's 32-byte margin). */
+            int sndbuf = 0;
+            socklen_t sl = sizeof(sndbuf);
+            if (getsockopt(p->fd, SOL_SOCKET, SO_SNDBUF, &sndbuf, &sl) == 0 && sndbuf > 4096 &&
+                (size_t)sndbuf - 1024 < m->max_msg)
+                m->max_msg = (size_t)sndbuf - 1024;
+        }
+        uv_poll_init(s->loop, &p->poll, p->fd);
+        p->poll.data = p;
+        p->poll_open = 1;
+        uv_poll_start(&p->poll, UV_READABLE, on_peer);
+    }
+    return 0;
+}
+
+void mesh_stop(struct server *s)
+{
+    struct mesh *m = s->mesh;
+
+    if (m == NULL)
+        return;
+    fail_calls_to(m, MESH_NOBODY, -ECANCELED);
+    for (unsigned i = 0; i < m->count; i++) {
+        struct mesh_peer *p = &m->peers[i];
+        if (p->poll_open && !uv_is_closing((uv_handle_t *)&p->poll))
+            uv_close((uv_handle_t *)&p->poll, NULL);
+    }
+    if (m->timer_open && !uv_is_closing((uv_handle_t *)&m->timer))
+        uv_close((uv_handle_t *)&m->timer, NULL);
+    m->timer_open = 0;
+}
+
+void mesh_free(struct server *s)
+{
+    struct mesh *m = s->mesh;
+
+    if (m == NULL)
+        return;
+    for (unsigned i = 0; i < m->count; i++) {
+        struct mesh_out *o = m->peers[i].head, *next;
+        for (; o; o = next) {
+            next = o->next;
+            if (o->fd >= 0)
+                close(o->fd);
+            free(o);
+        }
+    }
+    strmap_free(&m->calls);
+    free(m->peers);
+    free(m->rbuf);
+    free(m);
+    s->mesh = NULL;
+}

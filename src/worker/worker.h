@@ -1,0 +1,48 @@
+/*
+ * worker.h — what a worker process knows about the others: its index, how
+ * many there are, its listening socket, its ends of the mesh, and the few
+ * counters all workers share. See docs/architecture.md, "Workers".
+ *
+ * Users are partitioned among workers by worker_owner(): a stable hash of
+ * the user id (FNV-1a 64, the same in every build and on every machine, so
+ * the shard files on disk stay valid across restarts and upgrades) modulo
+ * the number of workers. Each worker owns its users entirely: states,
+ * devices, sessions, held pings and UDP registrations live in that one
+ * process, so the per-user rules (supersede, caps) need no lock.
+ *
+ * With [server] workers = 1 there is no supervisor, no mesh and no shared
+ * memory: server.wk is NULL and every user is local.
+ */
+#ifndef NUDGE_WORKER_H
+#define NUDGE_WORKER_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#define WORKERS_MAX 256
+
+/*
+ * Counters shared by all workers (one anonymous MAP_SHARED page set made by
+ * the supervisor before it forks). 'connections' is the total checked
+ * against [server] max_connections; 'held_by[w]' is worker w's part of it,
+ * so the supervisor can take a dead worker's connections back out.
+ */
+struct worker_shared {
+    _Atomic uint64_t connections;
+    _Atomic uint64_t held_by[WORKERS_MAX];
+    _Atomic int32_t pid[WORKERS_MAX];
+};
+
+struct worker_ctx {
+    unsigned index;          /* this worker, 0..count-1 */
+    unsigned count;
+    int listen_fd;           /* this worker's SO_REUSEPORT listener (made by the supervisor) */
+    int mesh_fd[WORKERS_MAX];/* SOCK_SEQPACKET to worker i; -1 for ourselves */
+    struct worker_shared *shared;
+};
+
+/* The worker that owns 'user' among 'count' (count >= 1). */
+unsigned worker_owner(const char *user, size_t len, unsigned count);
+
+#endif

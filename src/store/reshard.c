@@ -188,6 +188,12 @@ int reshard(const struct config *c, unsigned n, char *err, size_t errlen)
                 any_beyond = 1;
         }
     }
+    /* Another nudged on these files: say so once, before any worker tries. */
+    for (unsigned k = 0; k < n || k <= highest; k++) {
+        reshard_path(c, k, path, sizeof(path));
+        if (exists(path) && store_sqlite_lockable(path, err, errlen) < 0)
+            return -1;
+    }
     /* Laid out for this count already, or one file and one process: nothing to move. */
     if (!any_beyond && (last == n || (last == 0 && n == 1 && highest == 0)))
         goto done;

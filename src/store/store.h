@@ -142,6 +142,12 @@ static inline void store_close(struct store *s)
         s->be->close(s);
 }
 
+/*
+ * Could a store open 'path' now, or does another nudged hold it? 0, or -1
+ * with err set (store_sqlite.c; the supervisor asks before it forks).
+ */
+int store_sqlite_lockable(const char *path, char *err, size_t errlen);
+
 extern const struct store_backend store_mem_backend;
 extern const struct store_backend store_sqlite_backend;
 

@@ -237,6 +237,9 @@ static int open_db(const char *path, sqlite3 **db, int flags, char *err, size_t 
     return 0;
 }
 
+/* How long a start waits for another nudged's lock before refusing. */
+#define LOCK_WAIT_MS 1000
+
 /* One nudged per database: see the header. */
 static int take_lock(struct sq_store *s, char *err, size_t errlen)
 {
@@ -248,7 +251,15 @@ static int take_lock(struct sq_store *s, char *err, size_t errlen)
                  s->path, strerror(errno));
         return -1;
     }
-    if (flock(s->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+    /*
+     * A nudged that was just killed may still be exiting (its workers die a
+     * moment after the supervisor): wait up to LOCK_WAIT_MS for its lock.
+     */
+    for (int waited = 0; flock(s->lock_fd, LOCK_EX | LOCK_NB) < 0; waited += 20) {
+        if (errno == EWOULDBLOCK && waited < LOCK_WAIT_MS) {
+            usleep(20 * 1000);
+            continue;
+        }
         if (errno == EWOULDBLOCK)
             snprintf(err, errlen,
                      "%s: another nudged is using this database; stop it, or give this one its "
@@ -259,6 +270,20 @@ static int take_lock(struct sq_store *s, char *err, size_t errlen)
         return -1;
     }
     return 0;
+}
+
+int store_sqlite_lockable(const char *path, char *err, size_t errlen)
+{
+    static struct sq_store probe; /* only path and lock_fd are used */
+    int rc;
+
+    snprintf(probe.path, sizeof(probe.path), "%s", path);
+    probe.lock_fd = -1;
+    rc = take_lock(&probe, err, errlen);
+    if (probe.lock_fd >= 0)
+        close(probe.lock_fd);
+    probe.lock_fd = -1;
+    return rc;
 }
 
 /*

@@ -21,6 +21,7 @@
 #include "common/log.h"
 #include "common/strmap.h"
 #include "common/util.h"
+#include "common/version.h"
 #include "server/server.h"
 #include "store/reshard.h"
 #include "worker/mesh.h"
@@ -163,8 +164,12 @@ static void run_worker(struct sup *sp, unsigned i, const sigset_t *old)
     uint64_t seed;
     int rc;
 
-    /* If the supervisor dies, its workers stop too instead of running unsupervised. */
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
+    /*
+     * If the supervisor dies, its workers die with it, as one process would:
+     * nothing acknowledged is lost (the store commits first), and a new
+     * nudged can take the files at once.
+     */
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (getppid() == 1)
         _exit(1);
     for (unsigned k = 0; k < sp->n; k++) {
@@ -193,6 +198,13 @@ static void run_worker(struct sup *sp, unsigned i, const sigset_t *old)
         _exit(1);
     }
     atomic_store(&sp->shared->pid[i], (int32_t)getpid());
+    LOG(LOG_INFO, started, "version=%s store=%s heartbeat_min=%u heartbeat_max=%u", NUDGE_VERSION,
+        sp->cfg->store_backend, sp->cfg->heartbeat_min, sp->cfg->heartbeat_max);
+    {
+        char buf[512];
+        config_describe_derived(sp->cfg, buf, sizeof(buf));
+        LOG(LOG_INFO, network_settings, "%s", buf);
+    }
     rc = server_run(&srv);
     server_free(&srv);
     uv_loop_close(&loop);

@@ -94,10 +94,31 @@ def flip_mac_char(token: str) -> str:
 # HTTP
 
 
+def worker_of(user: str, workers: int) -> int:
+    """The worker owning 'user' (src/worker/owner.c: FNV-1a 64, high bits folded in)."""
+    if workers <= 1:
+        return 0
+    h = 14695981039346656037
+    for b in user.encode():
+        h ^= b
+        h = (h * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    h ^= h >> 29
+    return h % workers
+
+
 def udp_port_in(log_text):
     """The UDP port of the last udp_listening line (event 1600), or None."""
     found = re.findall(r"event=1600 name=udp_listening addr=\S*:(\d+)", log_text)
     return int(found[-1]) if found else None
+
+
+def udp_ports_in(log_text):
+    """Each worker's UDP port from its udp_listening lines (the last wins): {worker: port}."""
+    ports = {}
+    for m in re.finditer(r"event=1600 name=udp_listening addr=\S*:(\d+)[^\n]*?(?: worker=(\d+))?$",
+                         log_text, re.M):
+        ports[int(m.group(2) or 0)] = int(m.group(1))
+    return ports
 
 
 class ConnectionClosed(Exception):
@@ -569,7 +590,34 @@ class Nudged:
     def running(self):
         return self.proc is not None and self.proc.poll() is None
 
+    @property
+    def workers(self):
+        return int(self.setting("server", "workers", 1))
+
+    def udp_port_of(self, user):
+        """The UDP port of the worker owning 'user' (each worker has its own)."""
+        ports = udp_ports_in(self.log_text())
+        return ports.get(worker_of(user, self.workers), self.udp_port)
+
+    def pids(self):
+        """nudged's process and, with workers, its worker processes."""
+        pids = [self.proc.pid]
+        try:
+            for task in os.listdir(f"/proc/{self.proc.pid}/task"):
+                with open(f"/proc/{self.proc.pid}/task/{task}/children") as f:
+                    pids += [int(p) for p in f.read().split()]
+        except OSError:
+            pass
+        return pids
+
     def send_signal(self, sig):
+        # Stopping or continuing "nudged" means every process of it, as with one.
+        if sig in (signal.SIGSTOP, signal.SIGCONT):
+            for pid in self.pids()[1:]:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
         self.proc.send_signal(sig)
 
     def wait(self, timeout=WAIT):
@@ -937,8 +985,9 @@ class UdpDevice:
                                    d["folder"], self.key))
 
     def send_raw(self, data):
-        """Sends to nudged's UDP port as it is now (a restart may have moved it)."""
-        self.sock.sendto(data, ("127.0.0.1", self.srv.udp_port))
+        """Sends to nudged's UDP port as it is now (a restart may have moved it):
+        with workers, the port of the worker owning the device's user."""
+        self.sock.sendto(data, ("127.0.0.1", self.srv.udp_port_of(self.user.name)))
 
     def drain(self, wait=0.3):
         """Reads and drops what has arrived (resends sent before an ack landed)."""

@@ -67,7 +67,7 @@ def test_register_answers_id_key_addresses_and_current_states(srv):
     assert reg["status"] == "registered"
     assert int(reg["id"]) > 0 and reg["id"] == str(int(reg["id"]))
     assert reg["address"] == f"127.0.0.1:{dev.port}"
-    assert reg["server"] == f"127.0.0.1:{srv.udp_port}"
+    assert reg["server"] == f"127.0.0.1:{srv.udp_port_of(u.name)}"
     assert reg["ttl"] == 3600 and reg["resend_interval"] == RESEND
     assert reg["folders"] == {"INBOX": "1", "Calendar": "0"}
     # Nothing is sent for states the device already holds.
@@ -447,7 +447,7 @@ def test_a_test_datagram_carries_the_nonce_with_the_zero_key(srv):
         r = srv.request("POST", "/v1/udp/test", {"port": port, "nonce": "n0nce-42"}, token=u.token)
         assert r.status == 200, r
         assert r.json() == {"status": "sent", "to": f"127.0.0.1:{port}",
-                            "from": f"127.0.0.1:{srv.udp_port}"}
+                            "from": f"127.0.0.1:{srv.udp_port_of(u.name)}"}
         sock.settimeout(WAIT)
         data, addr = sock.recvfrom(2048)
         assert addr == ("127.0.0.1", srv.udp_port)

@@ -29,7 +29,7 @@ def test_listen_prints_each_change_acks_it_and_ends_its_registration(srv):
     u = srv.user()
     acks = srv.metric("nudge_udp_acks_total")
     p, reg = listen(srv, u, "desk", "--count", "2")
-    assert reg["server"] == f"127.0.0.1:{srv.udp_port}" and int(reg["id"]) > 0, reg
+    assert reg["server"] == f"127.0.0.1:{srv.udp_port_of(u.name)}" and int(reg["id"]) > 0, reg
     s1 = srv.publish(u.name, "INBOX")
     read_until(p, rf"^changed INBOX={s1} via=udp seq=\d+$")
     srv.wait_metric("nudge_udp_acks_total", lambda v: v >= acks + 1)

@@ -94,7 +94,8 @@ UNIT_TESTS := \
 	tests/unit/test_events \
 	tests/unit/test_net \
 	tests/unit/test_heartbeat \
-	tests/unit/test_datagram
+	tests/unit/test_datagram \
+	tests/unit/test_owner
 
 # Server objects the unit tests link against (everything but main.c).
 NUDGED_LIB_SRC := $(filter-out src/server/main.c,$(NUDGED_SRC))

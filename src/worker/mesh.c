@@ -215,6 +215,8 @@ int mesh_send(struct server *s, unsigned to, unsigned type, uint32_t id, const s
     memcpy(at, &h, sizeof(h));
     at += sizeof(h);
     for (int i = 0; i < iovcnt; i++) {
+        if (iov[i].iov_len == 0)
+            continue; /* its base may be NULL (no pending bytes) */
         memcpy(at, iov[i].iov_base, iov[i].iov_len);
         at += iov[i].iov_len;
     }

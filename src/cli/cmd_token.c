@@ -186,8 +186,15 @@ static int tokens_from_file(const struct secret *s, const char *path, int64_t ex
             line[--len] = '\0';
         /* Every line must give a token, so output line N stays input line N's token. */
         if (len == 0 || len > TOKEN_SUBJECT_MAX || memchr(line, '\0', (size_t)len) != NULL) {
-            fprintf(stderr, "nudge token: %s:%lu: a user id is 1 to %d bytes without NUL\n",
-                    name, lineno, TOKEN_SUBJECT_MAX);
+            char what[64];
+            if (len == 0)
+                snprintf(what, sizeof(what), "empty line");
+            else if (memchr(line, '\0', (size_t)len) != NULL)
+                snprintf(what, sizeof(what), "the line holds a NUL byte");
+            else
+                snprintf(what, sizeof(what), "the line is %zd bytes long", len);
+            fprintf(stderr, "nudge token: %s:%lu: %s: a user id is 1 to %d bytes without NUL\n",
+                    name, lineno, what, TOKEN_SUBJECT_MAX);
             rc = CLI_EXIT_FAIL;
             break;
         }

@@ -132,6 +132,11 @@ $(BIN)/nudge: $(NUDGE_OBJ) $(COMMON_OBJ) $(LLHTTP_LIB)
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
+# The benchmarks' load generator (bench/loadgen.c): one file, libc only.
+$(BIN)/loadgen: bench/loadgen.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $<
+
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<

@@ -1,0 +1,697 @@
+#!/usr/bin/env python3
+"""nudge side by side with nginx+nchan: memory per held connection, fan-out
+latency, publish throughput, idle cost, connection churn and lost messages,
+for each N in --n (default 10,000 and 100,000).
+
+For each N and each server in turn (never both at once), on loopback:
+
+  1. Start the server with the same number of processes W for both
+     (nudged [server] workers = W; nginx worker_processes W), W chosen so
+     that no process holds more than ~15k descriptors (the hard limit here is
+     20,000 per process).
+  2. bench/loadgen (C, epoll, one process per ~15k connections) opens N held
+     long-polls, one per user (nudge: POST /v1/ping with the user's token
+     from `nudge token --user-prefix`; nchan: GET /sub/u<k>), and the time
+     until the server reports all N held gives the accept rate (churn).
+  3. Memory: the server's processes' PSS (RSS with shared pages divided
+     among the processes sharing them, so nchan's shared memory and nudged's
+     forked pages are counted once) before and after, divided by N; and the
+     kernel's socket buffers (/proc/net/sockstat) and slab (/proc/meminfo),
+     which both servers pay alike.
+  4. Fan-out: one publish to each of the U users (POST /v1/events with one
+     event; nchan: POST /pub/u<k>), over C keep-alive publishers; each
+     device's latency is the time from the first publish request to its
+     answer (CLOCK_MONOTONIC in loadgen). Every device re-polls after its
+     answer, as a device would.
+  5. One publish to a single user with D devices.
+  6. Publish throughput: E single-event publishes over C keep-alive
+     connections, to 10,000 users nobody holds, while the N stay held.
+  7. Idle: CPU seconds (utime+stime of every server process) over a few
+     seconds when nothing expires, then over --idle seconds (default 60)
+     during which the heartbeats (nudge) and long-poll timeouts (nchan) of
+     --hb seconds expire and are renewed.
+  8. Lost: every device must receive every publish addressed to it; the
+     loadgen counts what each device got (nudge: the folder state answered;
+     nchan: the message numbers, where a skipped number is lost too).
+
+Prints a markdown table per N, writes --out (bench/results.md) and a PNG
+chart (gnuplot) of latency percentiles and bytes per connection versus N.
+Every phase is bounded in time; loopback only. Run as root for the port
+range and the descriptor limit (make bench does both).
+
+Usage: bench/compare.py [--n 10000,100000] [--idle 60] [--hb 30] [--devices 5000]
+                        [--publishers 8] [--events 50000] [--servers nudge,nchan]
+"""
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BENCH = os.path.join(ROOT, "bench")
+# Connections one loadgen or server process is given at most: below the
+# 20,000 descriptors a process may hold here, with room for its own files.
+PER_PROCESS = 15000
+# Source addresses 127.0.0.2 .. 127.0.0.65: 64 x ~64k ports, room for 4M connections.
+SOURCES = 64
+
+NUDGE_SUB = ('POST /v1/ping HTTP/1.1\\r\\nHost: bench\\r\\nAuthorization: Bearer {token}\\r\\n'
+             'Content-Length: {len}\\r\\n\\r\\n'
+             '{"device":"d{device}","heartbeat":{hb},"folders":{"INBOX":"{seq}"}}')
+NUDGE_PUB = ('POST /v1/events HTTP/1.1\\r\\nHost: bench\\r\\nAuthorization: Bearer {ptoken}\\r\\n'
+             'Content-Length: {len}\\r\\n\\r\\n{"user":"{prefix}{target}","folder":"INBOX"}')
+NCHAN_SUB = 'GET /sub/u{user} HTTP/1.1\\r\\nHost: bench\\r\\n{resume}\\r\\n'
+NCHAN_PUB = ('POST /pub/{prefix}{target} HTTP/1.1\\r\\nHost: bench\\r\\n'
+             'Content-Length: {len}\\r\\n\\r\\n{seq}')
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def http(port, method, path, token=None, body=b"", timeout=30):
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
+    s.sendall((f"{method} {path} HTTP/1.1\r\nHost: bench\r\n{auth}Content-Length: {len(body)}\r\n"
+               "Connection: close\r\n\r\n").encode() + body)
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    s.close()
+    head, _, payload = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), payload
+
+
+def children(pid):
+    out = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                out += [int(p) for p in f.read().split()]
+    except OSError:
+        pass
+    return out
+
+
+def pss_kib(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def rss_kib(pids):
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def cpu_s(pids):
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+    return total / tick
+
+
+def sockstat_pages():
+    with open("/proc/net/sockstat") as f:
+        for line in f:
+            if line.startswith("TCP:"):
+                w = line.split()
+                return int(w[w.index("mem") + 1])
+    return 0
+
+
+def slab_kib():
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("Slab:"):
+                return int(line.split()[1])
+    return 0
+
+
+def percentile(values, p):
+    if not values:
+        return float("nan")
+    k = min(len(values) - 1, max(0, math.ceil(p / 100 * len(values)) - 1))
+    return values[k]
+
+
+# ---------------------------------------------------------------- servers
+
+class Nudge:
+    name = "nudge"
+    answer = "state"
+    sub_tpl, pub_tpl = NUDGE_SUB, NUDGE_PUB
+
+    def __init__(self, args, workers, n_users, hb):
+        self.args = args
+        self.tmp = tempfile.mkdtemp(prefix="nudge-cmp-")
+        self.port = free_port()
+        self.conf = os.path.join(self.tmp, "nudged.conf")
+        with open(self.conf, "w") as f:
+            f.write(f"""[server]
+listen = 127.0.0.1:{self.port}
+data_dir = {self.tmp}/var
+workers = {workers}
+max_connections = {args.max_conns}
+log_level = warn
+header_timeout = 60
+keepalive_timeout = 600
+[heartbeat]
+min = 1
+max = 3540
+[sessions]
+per_user_limit = {max(32, args.devices)}
+[store]
+backend = {args.store}
+[udp]
+listen =
+""")
+        self.config_text = open(self.conf).read()
+        self.log = open(os.path.join(self.tmp, "nudged.log"), "w+")
+        self.proc = subprocess.Popen([args.nudged, "-c", self.conf], stdout=self.log,
+                                     stderr=self.log)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                if http(self.port, "GET", "/healthz")[0] == 200:
+                    break
+            except OSError:
+                time.sleep(0.05)
+        else:
+            self.stop()
+            sys.exit("nudged did not start:\n" + self.log_text())
+        # One token per user, u0 .. u<n_users-1>, line k for user k (what loadgen's {token} reads).
+        self.tokens = os.path.join(self.tmp, "tokens")
+        with open(self.tokens, "w") as f:
+            subprocess.run([args.nudge, "token", "-c", self.conf, "--user-prefix", "u",
+                            "--count", str(n_users)], stdout=f, check=True)
+        self.admin = self._token("--admin")
+        self.ptoken = self._token("--publisher")
+        # The workers are up once /v1/admin/workers lists them all.
+        while time.time() < deadline:
+            st, body = http(self.port, "GET", "/v1/admin/workers", self.admin)
+            if st == 200 and all(w.get("up") for w in json.loads(body)["workers"]):
+                break
+            time.sleep(0.05)
+
+    def _token(self, *a):
+        return subprocess.run([self.args.nudge, "token", "-c", self.conf, *a], check=True,
+                              capture_output=True, text=True).stdout.strip()
+
+    def pids(self):
+        return [self.proc.pid] + children(self.proc.pid)
+
+    def held(self):
+        _, text = http(self.port, "GET", "/metrics", self.admin)
+        m = re.search(rb"^nudge_pings_held (\d+)$", text, re.M)
+        return int(m.group(1)) if m else 0
+
+    def log_text(self):
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self):
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        text = self.log_text()
+        self.log.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return text
+
+
+class Nchan:
+    name = "nchan"
+    answer = "message"
+    sub_tpl, pub_tpl = NCHAN_SUB, NCHAN_PUB
+    tokens = None
+    ptoken = None
+
+    def __init__(self, args, workers, n_users, hb):
+        self.args = args
+        self.tmp = tempfile.mkdtemp(prefix="nchan-cmp-")
+        self.port = free_port()
+        # Channels and their messages live in nchan's shared memory: ~1 KB a
+        # channel with its buffered messages, and the throughput phase's.
+        shm_mb = max(256, (n_users * 4) // 1024 + 128)
+        with open(os.path.join(BENCH, "nginx-nchan.conf")) as f:
+            conf = f.read()
+        for k, v in {"@PREFIX@": self.tmp, "@WORKERS@": str(workers), "@PORT@": str(self.port),
+                     "@TIMEOUT@": str(hb), "@SHM@": f"{shm_mb}M"}.items():
+            conf = conf.replace(k, v)
+        self.conf = os.path.join(self.tmp, "nginx.conf")
+        with open(self.conf, "w") as f:
+            f.write(conf)
+        self.config_text = conf
+        self.log_path = os.path.join(self.tmp, "error.log")
+        self.proc = subprocess.Popen([args.nginx, "-p", self.tmp, "-c", self.conf,
+                                      "-e", self.log_path, "-g", "daemon off;"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 20
+        while time.time() < deadline:
+            try:
+                if http(self.port, "GET", "/nchan_status")[0] == 200 and \
+                        len(children(self.proc.pid)) >= workers:
+                    break
+            except OSError:
+                pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        else:
+            self.stop()
+            sys.exit("nginx did not start")
+        if self.proc.poll() is not None:
+            sys.exit("nginx exited:\n" + self.log_text())
+
+    def pids(self):
+        return [self.proc.pid] + children(self.proc.pid)
+
+    def held(self):
+        _, text = http(self.port, "GET", "/nchan_status")
+        m = re.search(rb"^subscribers: (\d+)$", text, re.M)
+        return int(m.group(1)) if m else 0
+
+    def log_text(self):
+        try:
+            with open(self.log_path) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGTERM)  # nginx: fast shutdown
+        try:
+            self.proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        text = self.log_text()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return text
+
+
+# ---------------------------------------------------------------- loadgen
+
+class Loadgen:
+    def __init__(self, args, srv, procs, hb):
+        cmd = [args.loadgen, "--port", str(srv.port), "--procs", str(procs),
+               "--sources", str(SOURCES), "--sub", srv.sub_tpl, "--pub", srv.pub_tpl,
+               "--answer", srv.answer, "--hb", str(hb)]
+        if srv.tokens:
+            cmd += ["--tokens", srv.tokens]
+        if srv.ptoken:
+            cmd += ["--ptoken", srv.ptoken]
+        self.errlog = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=self.errlog, text=True, bufsize=1)
+        ready = self.proc.stdout.readline()
+        if not ready.startswith("ready"):
+            sys.exit("loadgen did not start: " + ready + self.stderr())
+
+    def stderr(self):
+        self.errlog.seek(0)
+        return self.errlog.read()
+
+    def cmd(self, line):
+        self.proc.stdin.write(line + "\n")
+        self.proc.stdin.flush()
+        reply = self.proc.stdout.readline().strip()
+        if not reply.startswith("ok"):
+            raise RuntimeError(f"loadgen: {line!r} -> {reply!r}\n{self.stderr()[-2000:]}")
+        return {k: int(v) for k, v in (w.split("=", 1) for w in reply.split()[1:])}
+
+    def close(self):
+        try:
+            self.cmd("quit")
+        except (RuntimeError, BrokenPipeError, ValueError):
+            pass
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def read_latencies(path, procs, t0):
+    """Every delivered connection's latency in ms (sorted), and the count of undelivered."""
+    lat, missing = [], 0
+    for i in range(procs):
+        p = f"{path}.{i}"
+        with open(p, "rb") as f:
+            data = f.read()
+        os.unlink(p)
+        for (t,) in struct.iter_unpack("<Q", data):
+            if t == 0:
+                missing += 1
+            else:
+                lat.append((t - t0) / 1e6)
+    lat.sort()
+    return lat, missing
+
+
+def wait_held(srv, want, limit):
+    deadline = time.monotonic() + limit
+    n = srv.held()
+    while n < want:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{srv.name}: only {n} of {want} held after {limit} s")
+        time.sleep(0.02)
+        n = srv.held()
+    return time.monotonic()
+
+
+# ---------------------------------------------------------------- one point
+
+def run_point(args, kind, n):
+    users = n // args.devices_per_user
+    devices = min(args.devices, n)
+    workers = args.workers or max(2, math.ceil((n / 0.9 + devices) / PER_PROCESS))
+    procs = max(2, math.ceil((n + devices + args.publishers) / PER_PROCESS))
+    hb = args.hb
+    tmp = tempfile.mkdtemp(prefix="cmp-lat-")
+    r = {"n": n, "users": users, "workers": workers, "procs": procs, "devices": devices}
+    log(f"{kind}: N={n}, {users} users, {workers} server processes, {procs} loadgen processes")
+    srv = (Nudge if kind == "nudge" else Nchan)(args, workers, users + 1, hb)
+    lg = None
+    try:
+        r["config"] = srv.config_text
+        time.sleep(0.5)
+        pss0, rss0 = pss_kib(srv.pids()), rss_kib(srv.pids())
+        sock0, slab0 = sockstat_pages(), slab_kib()
+        lg = Loadgen(args, srv, procs, hb)
+
+        # Held connections and the rate they are taken at.
+        t0 = time.monotonic()
+        lg.cmd(f"open 0 0 {users} {args.devices_per_user}")
+        t1 = wait_held(srv, n, args.limit)
+        r["hold_s"] = t1 - t0
+        r["churn"] = n / (t1 - t0)
+        time.sleep(1.0)
+        pids = srv.pids()
+        r["pss_before"], r["pss_after"] = pss0, pss_kib(pids)
+        r["rss_before"], r["rss_after"] = rss0, rss_kib(pids)
+        r["mem_per_conn"] = (r["pss_after"] - pss0) * 1024 / n
+        r["sock_per_conn"] = (sockstat_pages() - sock0) * 4096 / n
+        r["slab_per_conn"] = (slab_kib() - slab0) * 1024 / n
+        log(f"{kind}: {n} held in {r['hold_s']:.1f} s; {r['mem_per_conn']:.0f} B/conn user space")
+
+        # Fan-out: one publish to each of the users, every device must answer.
+        lost = 0
+        pub = lg.cmd(f"pub u 0 {users} {users} 1 {args.publishers}")
+        w = lg.cmd(f"wait 0 1 {args.limit * 1000} {tmp}/fan")
+        lat, _ = read_latencies(f"{tmp}/fan", procs, pub["min_t0"])
+        r["fan"] = (percentile(lat, 50), percentile(lat, 99), lat[-1] if lat else float("nan"))
+        r["fan_pub_s"] = (pub["max_t1"] - pub["min_t0"]) / 1e9
+        r["fan_bad"] = pub["bad"]
+        lost += w["lost"]
+        t_fanout = time.monotonic()
+        log(f"{kind}: fan-out to {users} users: p50 {r['fan'][0]:.1f} ms, p99 {r['fan'][1]:.1f}, "
+            f"max {r['fan'][2]:.1f}; lost {w['lost']}")
+
+        # One user, D devices.
+        lg.cmd(f"open 1 {users} 1 {devices}")
+        wait_held(srv, n + devices, args.limit)
+        pub = lg.cmd(f"pub u {users} 1 1 1 1")
+        w = lg.cmd(f"wait 1 1 {args.limit * 1000} {tmp}/one")
+        lat, _ = read_latencies(f"{tmp}/one", procs, pub["min_t0"])
+        r["one"] = (percentile(lat, 50), percentile(lat, 99), lat[-1] if lat else float("nan"))
+        lost += w["lost"]
+        log(f"{kind}: one user, {devices} devices: p99 {r['one'][1]:.1f} ms, "
+            f"max {r['one'][2]:.1f}; lost {w['lost']}")
+
+        # Publish throughput with everything held.
+        pub = lg.cmd(f"pub p 0 10000 {args.events} 1 {args.publishers}")
+        r["pub_rate"] = args.events / ((pub["max_t1"] - pub["min_t0"]) / 1e9)
+        r["pub_bad"] = pub["bad"]
+        log(f"{kind}: {args.events} publishes: {r['pub_rate']:,.0f}/s, {pub['bad']} refused")
+
+        # Idle, nothing expiring (the fan-out re-armed every connection hb s ago at most).
+        quiet = min(args.quiet, hb - (time.monotonic() - t_fanout) - 2)
+        if quiet >= 1:
+            c0 = cpu_s(pids)
+            s0 = lg.cmd("stats")
+            time.sleep(quiet)
+            s1 = lg.cmd("stats")
+            r["quiet"] = (quiet, cpu_s(pids) - c0, s1["answers"] - s0["answers"])
+        else:
+            r["quiet"] = None
+
+        # Idle with heartbeats expiring and renewed.
+        c0 = cpu_s(pids)
+        s0 = lg.cmd("stats")
+        time.sleep(args.idle)
+        s1 = lg.cmd("stats")
+        r["idle_cpu"] = cpu_s(pids) - c0
+        r["renewals"] = s1["renewals"] - s0["renewals"]
+        log(f"{kind}: {args.idle} s idle: {r['idle_cpu']:.2f} CPU s, {r['renewals']} renewals")
+
+        # The rest of the ledger: deliveries to every device, at the end.
+        st = lg.cmd("stats")
+        r["lost"] = lost + st["gaps"]
+        r["errors"] = st["errors"]
+        r["reconnects"] = st["reconnects"]
+        r["dead"] = st["dead"]
+        r["dups"] = st["dups"]
+        r["held_end"] = srv.held()
+        r["loadgen_stderr"] = lg.stderr()[-1000:]
+    finally:
+        if lg is not None:
+            lg.close()
+        text = srv.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+        r["server_log_tail"] = "\n".join(text.splitlines()[-5:])
+    return r
+
+
+# ---------------------------------------------------------------- report
+
+def fmt_ms(v):
+    return f"{v:.1f} ms" if v == v else "-"
+
+
+def ratio(a, b):
+    if a is None or b is None or b == 0 or a != a or b != b:
+        return "-"
+    return f"{a / b:.2f}"
+
+
+def table(n, a, b):
+    """Markdown rows for one N; a is nudge, b nchan (either may be None)."""
+    rows = []
+
+    def row(label, key_fn, fmt, with_ratio=True):
+        va = key_fn(a) if a else None
+        vb = key_fn(b) if b else None
+        rows.append(f"| {label} | {fmt(va) if va is not None else '-'} | "
+                    f"{fmt(vb) if vb is not None else '-'} | "
+                    f"{ratio(va, vb) if with_ratio else '-'} |")
+
+    x = a or b
+    rows.append(f"| measure (N = {n:,} held, {x['users']:,} users, {x['workers']} server "
+                f"processes) | nudge | nchan | nudge / nchan |")
+    rows.append("|---|---|---|---|")
+    row("user-space memory per held connection (PSS)", lambda r: r["mem_per_conn"],
+        lambda v: f"{v:,.0f} B")
+    row("server PSS with all held (all processes)", lambda r: r["pss_after"],
+        lambda v: f"{v / 1024:,.1f} MiB")
+    row("kernel socket buffers per connection (sockstat)", lambda r: r["sock_per_conn"],
+        lambda v: f"{v:,.0f} B")
+    row("kernel slab per connection (both ends)", lambda r: r["slab_per_conn"],
+        lambda v: f"{v:,.0f} B")
+    row(f"fan-out to {x['users']:,} users, p50", lambda r: r["fan"][0], fmt_ms)
+    row(f"fan-out to {x['users']:,} users, p99", lambda r: r["fan"][1], fmt_ms)
+    row(f"fan-out to {x['users']:,} users, max", lambda r: r["fan"][2], fmt_ms)
+    row(f"one user with {x['devices']:,} devices, p50", lambda r: r["one"][0], fmt_ms)
+    row(f"one user with {x['devices']:,} devices, p99", lambda r: r["one"][1], fmt_ms)
+    row(f"one user with {x['devices']:,} devices, max", lambda r: r["one"][2], fmt_ms)
+    row("publish throughput (single-event publishes)", lambda r: r["pub_rate"],
+        lambda v: f"{v:,.0f}/s")
+    row("idle CPU, nothing expiring", lambda r: r["quiet"][1] / r["quiet"][0] * 60
+        if r.get("quiet") else None, lambda v: f"{v:.2f} s per 60 s")
+    row("CPU over the idle window, heartbeats renewing", lambda r: r["idle_cpu"],
+        lambda v: f"{v:.2f} s")
+    row("renewals in that window", lambda r: r["renewals"], lambda v: f"{v:,}")
+    row("CPU per renewal", lambda r: r["idle_cpu"] / r["renewals"] * 1e6 if r["renewals"] else
+        None, lambda v: f"{v:.1f} us")
+    row("churn: held connections accepted per second", lambda r: r["churn"],
+        lambda v: f"{v:,.0f}/s")
+    row("lost (publishes a device never got)", lambda r: r["lost"], lambda v: f"{v:,}")
+    row("unexpected answers / reconnects / connections given up",
+        lambda r: f"{r['errors']:,} / {r['reconnects']:,} / {r['dead']:,}", str, False)
+    return rows
+
+
+def machine():
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as f:
+        mem = int(f.readline().split()[1]) / 1024 / 1024
+    try:
+        deb = open("/etc/debian_version").read().strip()
+    except OSError:
+        deb = "?"
+    nginx_v = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+    nchan_v = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "libnginx-mod-nchan"],
+                             capture_output=True, text=True).stdout.strip()
+    return (f"Debian {deb}, Linux {platform.release()}, {os.cpu_count()} x {cpu}, "
+            f"{mem:.1f} GiB RAM; {nginx_v.replace('nginx version: ', '')}, "
+            f"libnginx-mod-nchan {nchan_v}; descriptor limit {os.sysconf('SC_OPEN_MAX')} "
+            "per process")
+
+
+def chart(results, path):
+    """PNG: fan-out p50/p99/max and bytes per connection versus N, both servers."""
+    if shutil.which("gnuplot") is None:
+        log("gnuplot missing: no chart")
+        return False
+    dat = path + ".dat"
+    with open(dat, "w") as f:
+        f.write("# N nudge_p50 nudge_p99 nudge_max nudge_bytes nchan_p50 nchan_p99 nchan_max "
+                "nchan_bytes\n")
+        for n in sorted(results):
+            cols = [str(n)]
+            for kind in ("nudge", "nchan"):
+                r = results[n].get(kind)
+                if r:
+                    cols += [f"{v:.3f}" for v in r["fan"]] + [f"{r['mem_per_conn']:.0f}"]
+                else:
+                    cols += ["NaN"] * 4
+            f.write(" ".join(cols) + "\n")
+    script = f"""
+set terminal pngcairo size 1200,480 font ",10" noenhanced
+set output '{path}'
+set multiplot layout 1,2 title 'nudge vs nginx+nchan, one held long-poll per user (loopback, {os.cpu_count()} cores)'
+set logscale x
+set xlabel 'held connections N'
+set grid
+set key top left
+set format x '%.0s%c'
+set title 'fan-out: one publish per user, latency to each device'
+set ylabel 'ms'
+set logscale y
+plot '{dat}' u 1:2 w lp lw 2 lc rgb '#1f77b4' pt 7 t 'nudge p50', \\
+     '' u 1:3 w lp lw 2 lc rgb '#1f77b4' pt 5 dt 2 t 'nudge p99', \\
+     '' u 1:4 w lp lw 1 lc rgb '#1f77b4' pt 9 dt 3 t 'nudge max', \\
+     '' u 1:6 w lp lw 2 lc rgb '#d62728' pt 7 t 'nchan p50', \\
+     '' u 1:7 w lp lw 2 lc rgb '#d62728' pt 5 dt 2 t 'nchan p99', \\
+     '' u 1:8 w lp lw 1 lc rgb '#d62728' pt 9 dt 3 t 'nchan max'
+set title 'user-space memory per held connection (PSS)'
+set ylabel 'bytes'
+unset logscale y
+set yrange [0:*]
+plot '{dat}' u 1:5 w lp lw 2 lc rgb '#1f77b4' pt 7 t 'nudge', \\
+     '' u 1:9 w lp lw 2 lc rgb '#d62728' pt 7 t 'nchan'
+unset multiplot
+"""
+    p = subprocess.run(["gnuplot"], input=script, text=True, capture_output=True)
+    if p.returncode != 0:
+        log("gnuplot failed: " + p.stderr)
+        return False
+    return True
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--n", default="10000,100000", help="held connections, comma separated")
+    ap.add_argument("--devices-per-user", type=int, default=1,
+                    help="devices of each user in the fan-out (U = N / this)")
+    ap.add_argument("--devices", type=int, default=5000, help="D, devices of the single user")
+    ap.add_argument("--publishers", type=int, default=8, help="C, keep-alive publishers")
+    ap.add_argument("--events", type=int, default=50000, help="E, publishes for throughput")
+    ap.add_argument("--idle", type=int, default=60, help="idle window, seconds")
+    ap.add_argument("--quiet", type=int, default=5, help="idle with nothing expiring, seconds")
+    ap.add_argument("--hb", type=int, default=30,
+                    help="heartbeat (nudge) and long-poll timeout (nchan), seconds")
+    ap.add_argument("--workers", type=int, default=0,
+                    help="server processes for both (0: enough for ~15k connections each)")
+    ap.add_argument("--store", default="memory", choices=["memory", "sqlite"],
+                    help="nudged's store (nchan keeps its channels in memory)")
+    ap.add_argument("--servers", default="nudge,nchan")
+    ap.add_argument("--limit", type=int, default=300, help="bound on each phase, seconds")
+    ap.add_argument("--out", default=os.path.join(BENCH, "results.md"))
+    ap.add_argument("--chart", default=os.path.join(BENCH, "results.png"))
+    ap.add_argument("--nudged", default=os.path.join(ROOT, "build/bin/nudged"))
+    ap.add_argument("--nudge", default=os.path.join(ROOT, "build/bin/nudge"))
+    ap.add_argument("--loadgen", default=os.path.join(ROOT, "build/bin/loadgen"))
+    ap.add_argument("--nginx", default="/usr/sbin/nginx")
+    args = ap.parse_args()
+    ns = [int(x) for x in args.n.split(",")]
+    args.max_conns = max(ns) + args.devices + 1000
+    servers = args.servers.split(",")
+
+    started = time.time()
+    results = {}
+    for n in ns:
+        results[n] = {}
+        for kind in servers:
+            results[n][kind] = run_point(args, kind, n)
+    elapsed = time.time() - started
+
+    out = [f"# nudge vs nginx+nchan — run of {datetime.date.today().isoformat()}", "",
+           f"Machine: {machine()}.", "",
+           f"Per N: one long-poll per user, heartbeat / long-poll timeout {args.hb} s, "
+           f"{args.publishers} keep-alive publishers, {args.events:,} publishes for throughput, "
+           f"idle window {args.idle} s; nudged store: {args.store}. "
+           f"Whole run: {elapsed / 60:.1f} min.", ""]
+    for n in ns:
+        out += table(n, results[n].get("nudge"), results[n].get("nchan")) + [""]
+        for kind in servers:
+            r = results[n][kind]
+            if r.get("loadgen_stderr"):
+                out += [f"loadgen said, {kind} N={n}:", "", "```", r["loadgen_stderr"].strip(),
+                        "```", ""]
+    text = "\n".join(out)
+    print(text)
+    with open(args.out, "w") as f:
+        f.write(text + "\n")
+    if chart(results, args.chart):
+        log(f"wrote {args.out} and {args.chart}")
+    with open(args.out.replace(".md", ".json"), "w") as f:
+        json.dump({str(n): {k: {kk: vv for kk, vv in r.items() if kk != "config"}
+                            for k, r in v.items()} for n, v in results.items()}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -277,18 +277,28 @@ static void distribute(struct publish_job *job)
     size_t max_n = (mesh_max_payload(s) - sizeof(int32_t)) / sizeof(uint64_t);
     unsigned *owner = xcalloc(job->n, sizeof(*owner));
     size_t *idx = xcalloc(job->n, sizeof(*idx));
-    char *buf = xmalloc(max);
+    size_t remote_bytes = 0;
+    char *buf;
 
     job->parts = 1; /* ours, until every part is out: a part may finish at once */
     job->lev = xcalloc(job->n, sizeof(*job->lev));
     job->lidx = xcalloc(job->n, sizeof(*job->lidx));
     for (size_t i = 0; i < job->n; i++) {
-        owner[i] = worker_owner(job->ev[i].user, strlen(job->ev[i].user), wk->count);
+        const struct store_event *e = &job->ev[i];
+        owner[i] = worker_owner(e->user, strlen(e->user), wk->count);
         if (owner[i] == wk->index) {
             job->lev[job->ln] = job->ev[i];
             job->lidx[job->ln++] = i;
+        } else {
+            remote_bytes += strlen(e->user) + strlen(e->folder) + 3 +
+                            (e->type ? strlen(e->type) : 0);
         }
     }
+    /* The parts are built in one buffer of the size they need, at most one
+     * message: a publish of one event needs ~30 bytes, and asking malloc for
+     * the whole message size (~77 KiB) each time made it consolidate its
+     * free lists on every publish (8% of a worker's CPU under load). */
+    buf = xmalloc(remote_bytes < max ? (remote_bytes ? remote_bytes : 1) : max);
     for (unsigned w = 0; w < wk->count; w++) {
         size_t blen = 0, n = 0;
         if (w == wk->index)

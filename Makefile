@@ -4,6 +4,7 @@
 #   make test       install, build, run unit + end-to-end tests, then again under ASan+UBSan
 #   make SAN=1      build with AddressSanitizer+UndefinedBehaviorSanitizer into build-san/
 #   make deps       install missing Debian packages only
+#   make bench      nudge against nginx+nchan at N=10k and 100k (make bench N=1000000: 1M)
 
 CC      ?= cc
 PYTHON  ?= /usr/bin/python3
@@ -110,7 +111,9 @@ LLHTTP_LIB     := $(BUILD)/libllhttp.a
 LLHTTP_OBJ     := $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o $(BUILD)/llhttp/llhttp.o
 UNIT_BIN       := $(patsubst tests/unit/%,$(BUILD)/tests/%,$(UNIT_TESTS))
 
-.PHONY: all run test test-unit test-e2e test-san deps deps-test clean bench
+.PHONY: all run test test-unit test-e2e test-san deps deps-test deps-bench clean bench bench-nudge
+
+comma := ,
 
 all: $(BIN)/nudged $(BIN)/nudge bin/nudged bin/nudge
 
@@ -186,10 +189,24 @@ test-san: all $(UNIT_BIN)
 		NUDGED=$(abspath $(BIN)/nudged) NUDGE=$(abspath $(BIN)/nudge) NUDGE_SAN=1 \
 		$(PYTHON) -m pytest -q tests/e2e tests/netlab
 
-bench: deps-test
+# make bench: nudge against nginx+nchan (bench/compare.py, bench/README.md) at
+# N held connections; N=1000000 for the 1M point. BENCH_IDLE: the idle window.
+N          ?= 10000,100000
+BENCH_IDLE ?= 60
+BENCH_ARGS ?=
+bench: deps-bench
+	@$(MAKE) --no-print-directory all $(BIN)/loadgen
+	@scripts/bench-limits.sh $(lastword $(subst $(comma), ,$(N)))
+	ulimit -n $$(ulimit -Hn) && $(PYTHON) bench/compare.py --n $(N) --idle $(BENCH_IDLE) $(BENCH_ARGS)
+
+# nudge alone: memory per held ping and publish throughput per store, UDP registrations.
+bench-nudge: deps-test
 	@$(MAKE) --no-print-directory all
 	$(PYTHON) bench/held_memory.py
 	$(PYTHON) bench/udp_fanout.py
+
+deps-bench:
+	@scripts/deps.sh bench
 
 clean:
 	rm -rf build build-san bin

@@ -70,7 +70,10 @@ NUDGE_SUB = ('POST /v1/ping HTTP/1.1\\r\\nHost: bench\\r\\nAuthorization: Bearer
              'Content-Length: {len}\\r\\n\\r\\n'
              '{"device":"d{device}","heartbeat":{hb},"folders":{"INBOX":"{seq}"}}')
 NUDGE_PUB = ('POST /v1/events HTTP/1.1\\r\\nHost: bench\\r\\nAuthorization: Bearer {ptoken}\\r\\n'
-             'Content-Length: {len}\\r\\n\\r\\n{"user":"{prefix}{target}","folder":"INBOX"}')
+             'Content-Length: {len}\\r\\n\\r\\n[{items}]')
+# One event of a nudge publish; {items} is BATCH of them, comma separated.
+NUDGE_ITEM = '{"user":"{prefix}{target}","folder":"INBOX"}'
+
 NCHAN_SUB = 'GET /sub/u{user} HTTP/1.1\\r\\nHost: bench\\r\\n{resume}\\r\\n'
 NCHAN_PUB = ('POST /pub/{prefix}{target} HTTP/1.1\\r\\nHost: bench\\r\\n'
              'Content-Length: {len}\\r\\n\\r\\n{seq}')
@@ -135,14 +138,28 @@ def rss_kib(pids):
     return total
 
 
-def cpu_s(pids):
+def cpu_by_pid(pids):
+    """{pid: utime+stime in seconds} of the processes still alive."""
     tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+    out = {}
     for pid in pids:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime
-    return total / tick
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        out[pid] = (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return out
+
+
+def cpu_since(before, srv):
+    """CPU seconds the server's processes used since 'before' (cpu_by_pid), and
+    how many of those processes died meanwhile. A process that died takes its
+    CPU since 'before' with it (an underestimate, flagged); one started since
+    (a restarted worker) counts whole."""
+    after = cpu_by_pid(srv.pids())
+    used = sum(t - before.get(pid, 0.0) for pid, t in after.items())
+    return used, len(set(before) - set(after))
 
 
 def sockstat_pages():
@@ -171,10 +188,18 @@ def percentile(values, p):
 
 # ---------------------------------------------------------------- servers
 
+def keep_log(args, kind, text):
+    """The server's log of the last run of 'kind' stays in --logdir for a post-mortem."""
+    os.makedirs(args.logdir, exist_ok=True)
+    with open(os.path.join(args.logdir, f"{kind}.log"), "w") as f:
+        f.write(text)
+
+
 class Nudge:
     name = "nudge"
     answer = "state"
-    sub_tpl, pub_tpl = NUDGE_SUB, NUDGE_PUB
+    sub_tpl, pub_tpl, pub_item = NUDGE_SUB, NUDGE_PUB, NUDGE_ITEM
+    batches = True
 
     def __init__(self, args, workers, n_users, hb):
         self.args = args
@@ -201,7 +226,7 @@ backend = {args.store}
 listen =
 """)
         self.config_text = open(self.conf).read()
-        self.log = open(os.path.join(self.tmp, "nudged.log"), "w+")
+        self.log = open(os.path.join(self.tmp, "nudged.log"), "w+", errors="replace")
         self.proc = subprocess.Popen([args.nudged, "-c", self.conf], stdout=self.log,
                                      stderr=self.log)
         deadline = time.time() + 20
@@ -253,6 +278,7 @@ listen =
             self.proc.wait()
         text = self.log_text()
         self.log.close()
+        keep_log(self.args, "nudge", text)
         shutil.rmtree(self.tmp, ignore_errors=True)
         return text
 
@@ -260,7 +286,9 @@ listen =
 class Nchan:
     name = "nchan"
     answer = "message"
-    sub_tpl, pub_tpl = NCHAN_SUB, NCHAN_PUB
+    sub_tpl, pub_tpl, pub_item = NCHAN_SUB, NCHAN_PUB, None
+    # A publisher location takes one channel id: one message per request.
+    batches = False
     tokens = None
     ptoken = None
 
@@ -305,13 +333,16 @@ class Nchan:
         return [self.proc.pid] + children(self.proc.pid)
 
     def held(self):
-        _, text = http(self.port, "GET", "/nchan_status")
+        try:
+            _, text = http(self.port, "GET", "/nchan_status")
+        except OSError:
+            return -1  # a worker crashed while answering
         m = re.search(rb"^subscribers: (\d+)$", text, re.M)
         return int(m.group(1)) if m else 0
 
     def log_text(self):
         try:
-            with open(self.log_path) as f:
+            with open(self.log_path, errors="replace") as f:
                 return f.read()
         except OSError:
             return ""
@@ -324,6 +355,7 @@ class Nchan:
             self.proc.kill()
             self.proc.wait()
         text = self.log_text()
+        keep_log(self.args, "nchan", text)
         shutil.rmtree(self.tmp, ignore_errors=True)
         return text
 
@@ -339,6 +371,8 @@ class Loadgen:
             cmd += ["--tokens", srv.tokens]
         if srv.ptoken:
             cmd += ["--ptoken", srv.ptoken]
+        if srv.pub_item:
+            cmd += ["--pub-item", srv.pub_item]
         self.errlog = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.errlog, text=True, bufsize=1)
@@ -404,7 +438,7 @@ def run_point(args, kind, n):
     users = n // args.devices_per_user
     devices = min(args.devices, n)
     workers = args.workers or max(2, math.ceil((n / 0.9 + devices) / PER_PROCESS))
-    procs = max(2, math.ceil((n + devices + args.publishers) / PER_PROCESS))
+    procs = max(2, math.ceil((n + devices + args.publishers_high) / PER_PROCESS))
     hb = args.hb
     tmp = tempfile.mkdtemp(prefix="cmp-lat-")
     r = {"n": n, "users": users, "workers": workers, "procs": procs, "devices": devices}
@@ -414,6 +448,7 @@ def run_point(args, kind, n):
     try:
         r["config"] = srv.config_text
         time.sleep(0.5)
+        pids_start = srv.pids()
         pss0, rss0 = pss_kib(srv.pids()), rss_kib(srv.pids())
         sock0, slab0 = sockstat_pages(), slab_kib()
         lg = Loadgen(args, srv, procs, hb)
@@ -442,9 +477,22 @@ def run_point(args, kind, n):
         r["fan_pub_s"] = (pub["max_t1"] - pub["min_t0"]) / 1e9
         r["fan_bad"] = pub["bad"]
         lost += w["lost"]
-        t_fanout = time.monotonic()
         log(f"{kind}: fan-out to {users} users: p50 {r['fan'][0]:.1f} ms, p99 {r['fan'][1]:.1f}, "
             f"max {r['fan'][2]:.1f}; lost {w['lost']}")
+        rounds = 1
+        if srv.batches:
+            # The same fan-out with the events in batches (POST /v1/events takes an array).
+            rounds = 2
+            pub = lg.cmd(f"pub u 0 {users} {users} 2 {args.publishers} {args.batch}")
+            w = lg.cmd(f"wait 0 2 {args.limit * 1000} {tmp}/fanb")
+            lat, _ = read_latencies(f"{tmp}/fanb", procs, pub["min_t0"])
+            r["fanb"] = (percentile(lat, 50), percentile(lat, 99),
+                         lat[-1] if lat else float("nan"))
+            lost += w["lost"]
+            log(f"{kind}: fan-out in batches of {args.batch}: p50 {r['fanb'][0]:.1f} ms, "
+                f"p99 {r['fanb'][1]:.1f}, max {r['fanb'][2]:.1f}; lost {w['lost']}")
+        r["rounds"] = rounds
+        t_fanout = time.monotonic()
 
         # One user, D devices.
         lg.cmd(f"open 1 {users} 1 {devices}")
@@ -457,31 +505,42 @@ def run_point(args, kind, n):
         log(f"{kind}: one user, {devices} devices: p99 {r['one'][1]:.1f} ms, "
             f"max {r['one'][2]:.1f}; lost {w['lost']}")
 
-        # Publish throughput with everything held.
-        pub = lg.cmd(f"pub p 0 10000 {args.events} 1 {args.publishers}")
-        r["pub_rate"] = args.events / ((pub["max_t1"] - pub["min_t0"]) / 1e9)
-        r["pub_bad"] = pub["bad"]
-        log(f"{kind}: {args.events} publishes: {r['pub_rate']:,.0f}/s, {pub['bad']} refused")
+        # Publish throughput with everything held, at two concurrencies: one
+        # publish in flight per connection, so few connections measure the
+        # round trip (process hand-offs and wake-ups) and many the CPU.
+        r["pub_rate"] = {}
+        r["pub_bad"] = 0
+        for c in (args.publishers, args.publishers_high):
+            pub = lg.cmd(f"pub p 0 10000 {args.events} 1 {c}")
+            r["pub_rate"][c] = args.events / ((pub["max_t1"] - pub["min_t0"]) / 1e9)
+            r["pub_bad"] += pub["bad"]
+            log(f"{kind}: {args.events} publishes on {c} connections: {r['pub_rate'][c]:,.0f}/s, "
+                f"{pub['bad']} refused")
 
         # Idle, nothing expiring (the fan-out re-armed every connection hb s ago at most).
         quiet = min(args.quiet, hb - (time.monotonic() - t_fanout) - 2)
         if quiet >= 1:
-            c0 = cpu_s(pids)
+            c0 = cpu_by_pid(srv.pids())
             s0 = lg.cmd("stats")
             time.sleep(quiet)
             s1 = lg.cmd("stats")
-            r["quiet"] = (quiet, cpu_s(pids) - c0, s1["answers"] - s0["answers"])
+            used, died = cpu_since(c0, srv)
+            r["quiet"] = (quiet, used if not died else None, s1["answers"] - s0["answers"])
         else:
             r["quiet"] = None
 
         # Idle with heartbeats expiring and renewed.
-        c0 = cpu_s(pids)
+        c0 = cpu_by_pid(srv.pids())
         s0 = lg.cmd("stats")
         time.sleep(args.idle)
         s1 = lg.cmd("stats")
-        r["idle_cpu"] = cpu_s(pids) - c0
+        used, died = cpu_since(c0, srv)
+        r["idle_cpu"] = used if not died else None
+        r["idle_died"] = died
         r["renewals"] = s1["renewals"] - s0["renewals"]
-        log(f"{kind}: {args.idle} s idle: {r['idle_cpu']:.2f} CPU s, {r['renewals']} renewals")
+
+        log(f"{kind}: {args.idle} s idle: {used:.2f} CPU s, {r['renewals']} renewals, "
+            f"{died} server processes died")
 
         # The rest of the ledger: deliveries to every device, at the end.
         st = lg.cmd("stats")
@@ -491,6 +550,7 @@ def run_point(args, kind, n):
         r["dead"] = st["dead"]
         r["dups"] = st["dups"]
         r["held_end"] = srv.held()
+        r["died"] = len(set(pids_start) - set(srv.pids()))
         r["loadgen_stderr"] = lg.stderr()[-1000:]
     finally:
         if lg is not None:
@@ -513,7 +573,7 @@ def ratio(a, b):
     return f"{a / b:.2f}"
 
 
-def table(n, a, b):
+def table(n, a, b, batch, idle, pubs):
     """Markdown rows for one N; a is nudge, b nchan (either may be None)."""
     rows = []
 
@@ -536,24 +596,31 @@ def table(n, a, b):
         lambda v: f"{v:,.0f} B")
     row("kernel slab per connection (both ends)", lambda r: r["slab_per_conn"],
         lambda v: f"{v:,.0f} B")
-    row(f"fan-out to {x['users']:,} users, p50", lambda r: r["fan"][0], fmt_ms)
-    row(f"fan-out to {x['users']:,} users, p99", lambda r: r["fan"][1], fmt_ms)
-    row(f"fan-out to {x['users']:,} users, max", lambda r: r["fan"][2], fmt_ms)
+    for i, label in enumerate(("p50", "p99", "max")):
+        row(f"fan-out to {x['users']:,} users, one publish request each, {label}",
+            lambda r: r["fan"][i], fmt_ms)
+    for i, label in enumerate(("p50", "p99", "max")):
+        row(f"fan-out to {x['users']:,} users, events in batches of {batch} (nudge only), {label}",
+            lambda r: r["fanb"][i] if "fanb" in r else None, fmt_ms)
     row(f"one user with {x['devices']:,} devices, p50", lambda r: r["one"][0], fmt_ms)
     row(f"one user with {x['devices']:,} devices, p99", lambda r: r["one"][1], fmt_ms)
     row(f"one user with {x['devices']:,} devices, max", lambda r: r["one"][2], fmt_ms)
-    row("publish throughput (single-event publishes)", lambda r: r["pub_rate"],
-        lambda v: f"{v:,.0f}/s")
+    for c in pubs:
+        row(f"publish throughput, single-event publishes, {c} connections",
+            lambda r: r["pub_rate"].get(c, r["pub_rate"].get(str(c))), lambda v: f"{v:,.0f}/s")
+    row("publishes refused", lambda r: r["pub_bad"], str, False)
     row("idle CPU, nothing expiring", lambda r: r["quiet"][1] / r["quiet"][0] * 60
-        if r.get("quiet") else None, lambda v: f"{v:.2f} s per 60 s")
-    row("CPU over the idle window, heartbeats renewing", lambda r: r["idle_cpu"],
+        if r.get("quiet") and r["quiet"][1] is not None else None,
+        lambda v: f"{v:.2f} s per 60 s")
+    row(f"CPU over {idle} s idle, heartbeats renewing", lambda r: r["idle_cpu"],
         lambda v: f"{v:.2f} s")
     row("renewals in that window", lambda r: r["renewals"], lambda v: f"{v:,}")
-    row("CPU per renewal", lambda r: r["idle_cpu"] / r["renewals"] * 1e6 if r["renewals"] else
-        None, lambda v: f"{v:.1f} us")
+    row("CPU per renewal", lambda r: r["idle_cpu"] / r["renewals"] * 1e6
+        if r["renewals"] and r["idle_cpu"] is not None else None, lambda v: f"{v:.1f} us")
     row("churn: held connections accepted per second", lambda r: r["churn"],
         lambda v: f"{v:,.0f}/s")
     row("lost (publishes a device never got)", lambda r: r["lost"], lambda v: f"{v:,}")
+    row("server processes that died during the run", lambda r: r["died"], str, False)
     row("unexpected answers / reconnects / connections given up",
         lambda r: f"{r['errors']:,} / {r['reconnects']:,} / {r['dead']:,}", str, False)
     return rows
@@ -589,7 +656,7 @@ def chart(results, path):
     dat = path + ".dat"
     with open(dat, "w") as f:
         f.write("# N nudge_p50 nudge_p99 nudge_max nudge_bytes nchan_p50 nchan_p99 nchan_max "
-                "nchan_bytes\n")
+                "nchan_bytes nudge_batched_p50 nudge_batched_p99 nudge_batched_max\n")
         for n in sorted(results):
             cols = [str(n)]
             for kind in ("nudge", "nchan"):
@@ -598,6 +665,8 @@ def chart(results, path):
                     cols += [f"{v:.3f}" for v in r["fan"]] + [f"{r['mem_per_conn']:.0f}"]
                 else:
                     cols += ["NaN"] * 4
+            r = results[n].get("nudge")
+            cols += [f"{v:.3f}" for v in r["fanb"]] if r and "fanb" in r else ["NaN"] * 3
             f.write(" ".join(cols) + "\n")
     script = f"""
 set terminal pngcairo size 1200,480 font ",10" noenhanced
@@ -616,7 +685,8 @@ plot '{dat}' u 1:2 w lp lw 2 lc rgb '#1f77b4' pt 7 t 'nudge p50', \\
      '' u 1:4 w lp lw 1 lc rgb '#1f77b4' pt 9 dt 3 t 'nudge max', \\
      '' u 1:6 w lp lw 2 lc rgb '#d62728' pt 7 t 'nchan p50', \\
      '' u 1:7 w lp lw 2 lc rgb '#d62728' pt 5 dt 2 t 'nchan p99', \\
-     '' u 1:8 w lp lw 1 lc rgb '#d62728' pt 9 dt 3 t 'nchan max'
+     '' u 1:8 w lp lw 1 lc rgb '#d62728' pt 9 dt 3 t 'nchan max', \\
+     '' u 1:11 w lp lw 2 lc rgb '#2ca02c' pt 5 dt 2 t 'nudge p99, batches of 1000'
 set title 'user-space memory per held connection (PSS)'
 set ylabel 'bytes'
 unset logscale y
@@ -639,7 +709,11 @@ def main():
                     help="devices of each user in the fan-out (U = N / this)")
     ap.add_argument("--devices", type=int, default=5000, help="D, devices of the single user")
     ap.add_argument("--publishers", type=int, default=8, help="C, keep-alive publishers")
+    ap.add_argument("--publishers-high", type=int, default=32,
+                    help="the second concurrency of the throughput phase")
     ap.add_argument("--events", type=int, default=50000, help="E, publishes for throughput")
+    ap.add_argument("--batch", type=int, default=1000,
+                    help="events per POST /v1/events in nudge's batched fan-out")
     ap.add_argument("--idle", type=int, default=60, help="idle window, seconds")
     ap.add_argument("--quiet", type=int, default=5, help="idle with nothing expiring, seconds")
     ap.add_argument("--hb", type=int, default=30,
@@ -656,6 +730,8 @@ def main():
     ap.add_argument("--nudge", default=os.path.join(ROOT, "build/bin/nudge"))
     ap.add_argument("--loadgen", default=os.path.join(ROOT, "build/bin/loadgen"))
     ap.add_argument("--nginx", default="/usr/sbin/nginx")
+    ap.add_argument("--logdir", default=os.path.join(tempfile.gettempdir(), "nudge-bench-logs"),
+                    help="where the servers' logs of the last run are kept")
     args = ap.parse_args()
     ns = [int(x) for x in args.n.split(",")]
     args.max_conns = max(ns) + args.devices + 1000
@@ -672,11 +748,13 @@ def main():
     out = [f"# nudge vs nginx+nchan — run of {datetime.date.today().isoformat()}", "",
            f"Machine: {machine()}.", "",
            f"Per N: one long-poll per user, heartbeat / long-poll timeout {args.hb} s, "
-           f"{args.publishers} keep-alive publishers, {args.events:,} publishes for throughput, "
+           f"{args.publishers} keep-alive publishers ({args.publishers_high} for the second "
+           f"throughput row), {args.events:,} publishes per throughput row, "
            f"idle window {args.idle} s; nudged store: {args.store}. "
            f"Whole run: {elapsed / 60:.1f} min.", ""]
     for n in ns:
-        out += table(n, results[n].get("nudge"), results[n].get("nchan")) + [""]
+        out += table(n, results[n].get("nudge"), results[n].get("nchan"), args.batch,
+                     args.idle, (args.publishers, args.publishers_high)) + [""]
         for kind in servers:
             r = results[n][kind]
             if r.get("loadgen_stderr"):

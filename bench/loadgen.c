@@ -18,7 +18,8 @@
  * {device}, {token} (line {user} of --tokens), {seq} (the state or message
  * number the connection has seen, or the number a publish carries), {hb},
  * {resume} (nchan's If-Modified-Since/If-None-Match from the previous answer),
- * {ptoken}, {prefix}, {target}, {len} (the length of what follows the blank
+ * {ptoken}, {prefix}, {target}, {items} (a publish's batch: one --pub-item
+ * per target, comma separated), {len} (the length of what follows the blank
  * line). --answer says how to read a held request's answer: "state" (nudge:
  * {"status":"changed","folders":{"INBOX":"<n>"}} delivers state n, "expired"
  * is a renewal) or "message" (nchan: a 200's body is the message number n,
@@ -43,12 +44,13 @@
  *                                delivery time (CLOCK_MONOTONIC ns, u64, 0 if
  *                                none) to PATH.<child>; replies conns=, done=,
  *                                lost=, dups=
- *   pub PREFIX FIRST MOD COUNT SEQ CONNS
+ *   pub PREFIX FIRST MOD COUNT SEQ CONNS [BATCH]
  *                                COUNT publishes, the t-th for target
  *                                FIRST + t%MOD with {seq}=SEQ, over CONNS
- *                                keep-alive connections in all; replies ok=,
- *                                bad=, min_t0= (first sent), max_t1= (last
- *                                answered)
+ *                                keep-alive connections in all, BATCH
+ *                                targets per request (default 1); replies
+ *                                ok=, bad= (targets), min_t0= (first sent),
+ *                                max_t1= (last answered)
  *   stats                        counters of every connection so far
  *   quit                         close everything and exit
  * Every wait is bounded by its MS; every connection gives up after
@@ -94,6 +96,8 @@
  * answers' worth in one read() and a request always fits. */
 #define RBUF_SIZE (64 * 1024)
 #define REQ_SIZE 4096
+/* A publish with a batch of events: 1000 events of ~40 bytes, with room. */
+#define PUB_REQ_SIZE (512 * 1024)
 #define PUB_BIT (1ULL << 63)
 #define CTRL_ID (1ULL << 62)
 
@@ -122,7 +126,8 @@ struct conn {
 struct pubc {
     int fd;
     int state;
-    uint64_t target;
+    uint64_t target;  /* the first of the request's targets (the next ones are +procs each) */
+    uint32_t nitems;  /* targets in the request in flight */
     int fails;
     struct pend *pend;
     int pend_out;
@@ -174,7 +179,9 @@ static struct {
     int npubs;
     char pub_prefix[64];
     uint64_t pub_first, pub_mod, pub_count, pub_next, pub_ok, pub_bad, pub_answered, pub_total;
-    uint32_t pub_seq;
+    uint32_t pub_seq, pub_batch;
+    char *pub_item_tpl;
+    char *pub_buf;
     uint64_t pub_t0, pub_t1;
 } G;
 
@@ -257,6 +264,8 @@ struct vars {
     uint32_t user, device, seq, lm, etag;
     const char *prefix;
     uint64_t target;
+    const char *items; /* {items}: the publish's events, already expanded */
+    size_t items_len;
 };
 
 static size_t put(char *out, size_t at, size_t cap, const char *s, size_t n)
@@ -317,6 +326,8 @@ static size_t expand(const char *tpl, const struct vars *v, size_t len, char *ou
                 die("no token for user %u (the tokens file has %zu)", v->user, G.ntokens);
             const char *t = G.tokens + G.tok_off[v->user];
             at = put(out, at, cap, t, strlen(t));
+        } else if (n == 7 && memcmp(p, "{items}", 7) == 0) {
+            at = put(out, at, cap, v->items ? v->items : "", v->items_len);
         } else if (n == 8 && memcmp(p, "{resume}", 8) == 0) {
             if (v->lm != 0) {
                 char line[96];
@@ -729,7 +740,16 @@ static void pub_dial(struct pubc *p, int index)
         pub_send(p);
 }
 
-/* Takes the next target and sends its publish; or closes p when none is left. */
+/* Gives p the next (up to) pub_batch targets of this child. */
+static void pub_take(struct pubc *p)
+{
+    uint64_t left = (G.pub_count - G.pub_next + (uint64_t)G.procs - 1) / (uint64_t)G.procs;
+    p->target = G.pub_next;
+    p->nitems = (uint32_t)(left < G.pub_batch ? left : G.pub_batch);
+    G.pub_next += (uint64_t)p->nitems * (uint64_t)G.procs;
+}
+
+/* Takes the next targets and sends their publish; or closes p when none is left. */
 static void pub_next(struct pubc *p)
 {
     if (G.pub_next >= G.pub_count) {
@@ -738,17 +758,29 @@ static void pub_next(struct pubc *p)
         p->state = ST_DEAD;
         return;
     }
-    p->target = G.pub_next;
-    G.pub_next += (uint64_t)G.procs;
+    pub_take(p);
     pub_send(p);
 }
 
 static void pub_send(struct pubc *p)
 {
-    char req[REQ_SIZE];
+    char *req = G.pub_buf, *items = G.pub_buf + PUB_REQ_SIZE;
     struct vars v = {.seq = G.pub_seq, .prefix = G.pub_prefix,
                      .target = G.pub_first + p->target % G.pub_mod};
-    size_t n = build(G.pub_tpl, &v, req, sizeof(req));
+    size_t at = 0;
+    /* {items}: one --pub-item per target, comma separated (a batch of events). */
+    for (uint32_t k = 0; G.pub_item_tpl != NULL && k < p->nitems; k++) {
+        struct vars iv = v;
+        iv.target = G.pub_first + (p->target + (uint64_t)k * (uint64_t)G.procs) % G.pub_mod;
+        if (k > 0)
+            at = put(items, at, PUB_REQ_SIZE, ",", 1);
+        at += expand(G.pub_item_tpl, &iv, 0, items + at, at < PUB_REQ_SIZE ? PUB_REQ_SIZE - at : 0);
+        if (at >= PUB_REQ_SIZE)
+            die("a batch of %u events is longer than %d bytes", p->nitems, PUB_REQ_SIZE);
+    }
+    v.items = items;
+    v.items_len = at;
+    size_t n = build(G.pub_tpl, &v, req, PUB_REQ_SIZE);
     if (G.pub_t0 == 0)
         G.pub_t0 = now_ns();
     if (write_or_keep(p->fd, req, n, &p->pend, &p->pend_out) < 0)
@@ -820,11 +852,12 @@ static void on_pub(struct pubc *p, uint32_t events)
         return;
     }
     p->fails = 0;
-    G.pub_answered++;
+    G.pub_answered += p->nitems;
     if (resp.status >= 200 && resp.status < 300) {
-        G.pub_ok++;
+        G.pub_ok += p->nitems;
     } else {
-        if (G.pub_bad++ < 3)
+        G.pub_bad += p->nitems;
+        if (G.pub_bad <= 3 * p->nitems)
             fprintf(stderr, "loadgen[%d]: publish answered %d: %.*s\n", G.id, resp.status,
                     (int)(resp.body_len > 200 ? 200 : resp.body_len), resp.body);
     }
@@ -835,8 +868,7 @@ static void on_pub(struct pubc *p, uint32_t events)
         p->fd = -1;
         p->state = ST_DEAD;
         if (G.pub_next < G.pub_count) {
-            p->target = G.pub_next;
-            G.pub_next += (uint64_t)G.procs;
+            pub_take(p);
             pub_dial(p, index);
         }
         return;
@@ -1007,13 +1039,16 @@ static void command(char *line)
         G.cmd_group = (int)gi;
     } else if (strcmp(word, "pub") == 0) {
         unsigned long long first, mod, count;
-        unsigned seq, conns;
-        if (sscanf(line, "pub %63s %llu %llu %llu %u %u", G.pub_prefix, &first, &mod, &count,
-                   &seq, &conns) != 6 ||
-            mod == 0 || conns == 0) {
-            reply("err usage: pub PREFIX FIRST MOD COUNT SEQ CONNS");
+        unsigned seq, conns, batch = 1;
+        int got = sscanf(line, "pub %63s %llu %llu %llu %u %u %u", G.pub_prefix, &first, &mod,
+                         &count, &seq, &conns, &batch);
+        if (got < 6 || mod == 0 || conns == 0 || batch == 0 ||
+            (batch > 1 && G.pub_item_tpl == NULL)) {
+            reply("err usage: pub PREFIX FIRST MOD COUNT SEQ CONNS [BATCH] (BATCH > 1 needs "
+                  "--pub-item)");
             return;
         }
+        G.pub_batch = batch;
         G.pub_first = first;
         G.pub_mod = mod;
         G.pub_count = count;
@@ -1028,14 +1063,13 @@ static void command(char *line)
         G.npubs = (int)(conns / (unsigned)G.procs + ((unsigned)G.id < conns % (unsigned)G.procs));
         if (G.npubs == 0 && G.pub_total > 0)
             G.npubs = 1;
-        if ((uint64_t)G.npubs > G.pub_total)
-            G.npubs = (int)G.pub_total;
+        if ((uint64_t)G.npubs > (G.pub_total + batch - 1) / batch)
+            G.npubs = (int)((G.pub_total + batch - 1) / batch);
         G.pubs = calloc((size_t)G.npubs + 1, sizeof(struct pubc));
         G.cmd = CMD_PUB;
         for (int i = 0; i < G.npubs; i++) {
             struct pubc *p = &G.pubs[i];
-            p->target = G.pub_next;
-            G.pub_next += (uint64_t)G.procs;
+            pub_take(p);
             pub_dial(p, i);
         }
     } else if (strcmp(word, "stats") == 0) {
@@ -1081,6 +1115,7 @@ static void child_loop(void)
     struct epoll_event evs[512];
     G.ep = epoll_create1(EPOLL_CLOEXEC);
     G.rbuf = xmalloc(RBUF_SIZE);
+    G.pub_buf = xmalloc(2 * PUB_REQ_SIZE);
     ep_set(G.ctrl, EPOLLIN, CTRL_ID, EPOLL_CTL_ADD);
     for (;;) {
         int timeout = -1;
@@ -1165,7 +1200,8 @@ static int read_line(int fd, char *buf, size_t cap)
 static void usage(FILE *out)
 {
     fprintf(out,
-            "Usage: loadgen --port PORT --sub TEMPLATE [--pub TEMPLATE] [--answer state|message]\n"
+            "Usage: loadgen --port PORT --sub TEMPLATE [--pub TEMPLATE [--pub-item TEMPLATE]]\n"
+            "               [--answer state|message]\n"
             "               [--tokens FILE] [--ptoken TOKEN] [--procs P] [--sources K]\n"
             "               [--hb SECONDS] [--host ADDR]\n"
             "Reads commands on standard input (see the top of bench/loadgen.c).\n");
@@ -1179,6 +1215,7 @@ int main(int argc, char **argv)
         {"answer", required_argument, NULL, 'a'}, {"tokens", required_argument, NULL, 't'},
         {"ptoken", required_argument, NULL, 'T'}, {"procs", required_argument, NULL, 'j'},
         {"sources", required_argument, NULL, 'k'}, {"hb", required_argument, NULL, 'b'},
+        {"pub-item", required_argument, NULL, 'I'},
         {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
     };
     int opt;
@@ -1206,6 +1243,7 @@ int main(int argc, char **argv)
             break;
         case 't': load_tokens(optarg); break;
         case 'T': G.ptoken = optarg; break;
+        case 'I': G.pub_item_tpl = unescape(optarg); break;
         case 'j': G.procs = atoi(optarg); break;
         case 'k': G.sources = atoi(optarg); break;
         case 'b': G.hb = (uint32_t)atoi(optarg); break;

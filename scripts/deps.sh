@@ -1,14 +1,19 @@
 #!/bin/sh
 # Installs the Debian packages nudge builds and tests with, only those missing.
-# Usage: scripts/deps.sh [build|test]   (test adds the packages the test suites use)
+# Usage: scripts/deps.sh [build|test|bench]   (test adds the packages the test suites
+# use; bench adds them and nginx with nchan and gnuplot, for bench/compare.py)
 # Runs as root on a fresh Debian 12 machine; as another user it only reports.
 set -eu
 
 build_pkgs="gcc make pkg-config curl libuv1-dev node-llhttp libjansson-dev libinih-dev libssl-dev libsqlite3-dev"
 test_pkgs="libcmocka-dev python3 python3-pytest iproute2 nftables dovecot-core dovecot-lmtpd dovecot-imapd lua-socket lua-dkjson"
 
+# bench/compare.py measures nudge against nginx with the nchan module, and draws its chart with gnuplot.
+bench_pkgs="nginx libnginx-mod-nchan gnuplot-nox"
+
 want="$build_pkgs"
 [ "${1:-build}" = test ] && want="$want $test_pkgs"
+[ "${1:-build}" = bench ] && want="$want $test_pkgs $bench_pkgs"
 
 missing=""
 for p in $want; do
@@ -23,6 +28,18 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 export DEBIAN_FRONTEND=noninteractive
+# Installing nginx would start the system's nginx on port 80; the benchmark runs
+# its own in a private prefix. A policy-rc.d that says "no" (101) keeps
+# services from starting during the install, unless the machine already has one.
+policy=""
+case "$missing" in *nginx*)
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod 755 /usr/sbin/policy-rc.d
+        policy=/usr/sbin/policy-rc.d
+    fi ;;
+esac
 apt-get update -qq
 # shellcheck disable=SC2086
 apt-get install -y -qq --no-install-recommends $missing
+[ -n "$policy" ] && rm -f "$policy"
+exit 0

@@ -162,6 +162,28 @@ def cpu_since(before, srv):
     return used, len(set(before) - set(after))
 
 
+def busy_s():
+    """CPU seconds the whole machine has been busy (all CPUs, /proc/stat)."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]  # idle, iowait
+    return (sum(v[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu_s(pids):
+    """utime+stime of these processes and of the children they have reaped."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                w = f.read().rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in w[11:15])  # utime stime cutime cstime
+        except FileNotFoundError:
+            pass
+    return total / tick
+
+
 def sockstat_pages():
     with open("/proc/net/sockstat") as f:
         for line in f:
@@ -171,12 +193,43 @@ def sockstat_pages():
     return 0
 
 
+# Slab caches a held connection's sockets use, on each end: the TCP socket,
+# its inode, its file, its dentry and the epoll item that watches it.
+SOCKET_CACHES = ("TCP", "sock_inode_cache", "filp", "dentry", "eventpoll_epi", "eventpoll_pwq")
+
+
 def slab_kib():
+    """Bytes in SOCKET_CACHES (active objects x object size, /proc/slabinfo, root
+    only), in KiB; else the whole Slab of /proc/meminfo, which other work on the
+    machine moves too."""
+    try:
+        total = 0
+        with open("/proc/slabinfo") as f:
+            for line in f:
+                w = line.split()
+                if w and w[0] in SOCKET_CACHES:
+                    total += int(w[1]) * int(w[3])
+        return total // 1024
+    except (OSError, ValueError, IndexError):
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("Slab:"):
+                    return int(line.split()[1])
+    return 0
+
+
+def mem_available_kib():
     with open("/proc/meminfo") as f:
         for line in f:
-            if line.startswith("Slab:"):
+            if line.startswith("MemAvailable:"):
                 return int(line.split()[1])
     return 0
+
+
+# What one held connection costs at most, to decide whether a point fits in
+# memory before starting it: user space (nchan ~13 KB, nudge ~1 KB) plus the
+# kernel's ~8 KB for the two sockets and loadgen's ~100 bytes, with a margin.
+NEEDS_PER_CONN = {"nudge": 1200 + 8500, "nchan": 14000 + 8500}
 
 
 def percentile(values, p):
@@ -439,10 +492,15 @@ def run_point(args, kind, n):
     devices = min(args.devices, n)
     workers = args.workers or max(2, math.ceil((n / 0.9 + devices) / PER_PROCESS))
     procs = max(2, math.ceil((n + devices + args.publishers_high) / PER_PROCESS))
-    hb = args.hb
+    # The heartbeat must outlast the ramp and the phases before the idle one
+    # (opening 1M takes ~50 s here), and the idle window must see each renewal.
+    hb = max(args.hb, math.ceil(n / 10000))
+    idle = max(args.idle, 2 * hb)
     tmp = tempfile.mkdtemp(prefix="cmp-lat-")
-    r = {"n": n, "users": users, "workers": workers, "procs": procs, "devices": devices}
+    r = {"n": n, "users": users, "workers": workers, "procs": procs, "devices": devices,
+         "hb": hb, "idle": idle}
     log(f"{kind}: N={n}, {users} users, {workers} server processes, {procs} loadgen processes")
+    busy0, self0 = busy_s(), sum(os.times()[:4])
     srv = (Nudge if kind == "nudge" else Nchan)(args, workers, users + 1, hb)
     lg = None
     try:
@@ -532,14 +590,14 @@ def run_point(args, kind, n):
         # Idle with heartbeats expiring and renewed.
         c0 = cpu_by_pid(srv.pids())
         s0 = lg.cmd("stats")
-        time.sleep(args.idle)
+        time.sleep(idle)
         s1 = lg.cmd("stats")
         used, died = cpu_since(c0, srv)
         r["idle_cpu"] = used if not died else None
         r["idle_died"] = died
         r["renewals"] = s1["renewals"] - s0["renewals"]
 
-        log(f"{kind}: {args.idle} s idle: {used:.2f} CPU s, {r['renewals']} renewals, "
+        log(f"{kind}: {idle} s idle: {used:.2f} CPU s, {r['renewals']} renewals, "
             f"{died} server processes died")
 
         # The rest of the ledger: deliveries to every device, at the end.
@@ -552,6 +610,12 @@ def run_point(args, kind, n):
         r["held_end"] = srv.held()
         r["died"] = len(set(pids_start) - set(srv.pids()))
         r["loadgen_stderr"] = lg.stderr()[-1000:]
+        # The machine may be shared: CPU used meanwhile by processes other than
+        # this server, loadgen and this script.
+        ours = (own_cpu_s(srv.pids()) + own_cpu_s([lg.proc.pid] + children(lg.proc.pid)) +
+                sum(os.times()[:4]) - self0)
+        r["other_cpu"] = max(0.0, busy_s() - busy0 - ours)
+        r["wall"] = time.monotonic() - t0
     finally:
         if lg is not None:
             lg.close()
@@ -573,7 +637,7 @@ def ratio(a, b):
     return f"{a / b:.2f}"
 
 
-def table(n, a, b, batch, idle, pubs):
+def table(n, a, b, batch, pubs):
     """Markdown rows for one N; a is nudge, b nchan (either may be None)."""
     rows = []
 
@@ -592,10 +656,10 @@ def table(n, a, b, batch, idle, pubs):
         lambda v: f"{v:,.0f} B")
     row("server PSS with all held (all processes)", lambda r: r["pss_after"],
         lambda v: f"{v / 1024:,.1f} MiB")
-    row("kernel socket buffers per connection (sockstat)", lambda r: r["sock_per_conn"],
-        lambda v: f"{v:,.0f} B")
-    row("kernel slab per connection (both ends)", lambda r: r["slab_per_conn"],
-        lambda v: f"{v:,.0f} B")
+    row("kernel socket buffers per connection (sockstat; paid alike)",
+        lambda r: r["sock_per_conn"], lambda v: f"{v:,.0f} B", False)
+    row("kernel socket slab per connection, both ends (paid alike)",
+        lambda r: r["slab_per_conn"], lambda v: f"{v:,.0f} B", False)
     for i, label in enumerate(("p50", "p99", "max")):
         row(f"fan-out to {x['users']:,} users, one publish request each, {label}",
             lambda r: r["fan"][i], fmt_ms)
@@ -612,15 +676,19 @@ def table(n, a, b, batch, idle, pubs):
     row("idle CPU, nothing expiring", lambda r: r["quiet"][1] / r["quiet"][0] * 60
         if r.get("quiet") and r["quiet"][1] is not None else None,
         lambda v: f"{v:.2f} s per 60 s")
-    row(f"CPU over {idle} s idle, heartbeats renewing", lambda r: r["idle_cpu"],
+    row(f"CPU over {x['idle']} s idle, heartbeats of {x['hb']} s renewing",
+        lambda r: r["idle_cpu"],
         lambda v: f"{v:.2f} s")
-    row("renewals in that window", lambda r: r["renewals"], lambda v: f"{v:,}")
+    row("renewals in that window", lambda r: r["renewals"], lambda v: f"{v:,}", False)
     row("CPU per renewal", lambda r: r["idle_cpu"] / r["renewals"] * 1e6
         if r["renewals"] and r["idle_cpu"] is not None else None, lambda v: f"{v:.1f} us")
     row("churn: held connections accepted per second", lambda r: r["churn"],
         lambda v: f"{v:,.0f}/s")
     row("lost (publishes a device never got)", lambda r: r["lost"], lambda v: f"{v:,}")
     row("server processes that died during the run", lambda r: r["died"], str, False)
+    row("CPU used by other processes meanwhile (of the run's wall time x cores)",
+        lambda r: f"{r['other_cpu']:.0f} s of {r['wall'] * os.cpu_count():.0f} s"
+        if "other_cpu" in r else None, str, False)
     row("unexpected answers / reconnects / connections given up",
         lambda r: f"{r['errors']:,} / {r['reconnects']:,} / {r['dead']:,}", str, False)
     return rows
@@ -739,9 +807,17 @@ def main():
 
     started = time.time()
     results = {}
+    skipped = []
     for n in ns:
         results[n] = {}
         for kind in servers:
+            need = n * NEEDS_PER_CONN[kind] // 1024
+            if need > mem_available_kib():
+                why = (f"{kind} at N={n:,} skipped: it needs about {need / 1024 / 1024:.1f} GiB "
+                       f"and {mem_available_kib() / 1024 / 1024:.1f} GiB are available")
+                log(why)
+                skipped.append(why)
+                continue
             results[n][kind] = run_point(args, kind, n)
     elapsed = time.time() - started
 
@@ -752,10 +828,13 @@ def main():
            f"throughput row), {args.events:,} publishes per throughput row, "
            f"idle window {args.idle} s; nudged store: {args.store}. "
            f"Whole run: {elapsed / 60:.1f} min.", ""]
+    out += [f"{why}." for why in skipped] + ([""] if skipped else [])
     for n in ns:
+        if not results[n]:
+            continue
         out += table(n, results[n].get("nudge"), results[n].get("nchan"), args.batch,
-                     args.idle, (args.publishers, args.publishers_high)) + [""]
-        for kind in servers:
+                     (args.publishers, args.publishers_high)) + [""]
+        for kind in results[n]:
             r = results[n][kind]
             if r.get("loadgen_stderr"):
                 out += [f"loadgen said, {kind} N={n}:", "", "```", r["loadgen_stderr"].strip(),

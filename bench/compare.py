@@ -740,7 +740,7 @@ def chart(results, path):
     if shutil.which("gnuplot") is None:
         log("gnuplot missing: no chart")
         return False
-    dat = path + ".dat"
+    dat = os.path.splitext(path)[0] + ".dat"
     with open(dat, "w") as f:
         f.write("# N nudge_p50 nudge_p99 nudge_max nudge_bytes nchan_p50 nchan_p99 nchan_max "
                 "nchan_bytes nudge_batched_p50 nudge_batched_p99 nudge_batched_max\n")

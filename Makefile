@@ -181,15 +181,16 @@ test-e2e-workers: all
 	NUDGE_TEST_WORKERS=3 NUDGED=$(abspath $(BIN)/nudged) NUDGE=$(abspath $(BIN)/nudge) $(PYTEST)
 
 # The sanitizer pass: same unit and end-to-end tests against the ASan+UBSan build,
-# with workers (the path with the most code: handoffs, the mesh, the supervisor).
+# again with one process and with three workers.
 # ASAN_OPTIONS makes any report fatal; the e2e fixture fails a test whose
 # nudged wrote a sanitizer report to its log.
 test-san: all $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== [san] $$t"; \
 		ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 $$t; done
-	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-		NUDGE_TEST_WORKERS=3 NUDGED=$(abspath $(BIN)/nudged) NUDGE=$(abspath $(BIN)/nudge) NUDGE_SAN=1 \
-		$(PYTEST)
+	@set -e; for w in 1 3; do echo "== [san] end-to-end, workers = $$w"; \
+		ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+		NUDGE_TEST_WORKERS=$$w NUDGED=$(abspath $(BIN)/nudged) NUDGE=$(abspath $(BIN)/nudge) NUDGE_SAN=1 \
+		$(PYTEST); done
 
 bench: deps-test
 	@$(MAKE) --no-print-directory all

@@ -395,9 +395,12 @@ static void read_peer(struct mesh_peer *p)
                     close(got);
             }
         }
-        if (msg.msg_flags & MSG_CTRUNC)
+        if ((msg.msg_flags & MSG_CTRUNC) && fd < 0) {
+            /* The kernel closed the socket it could not give us: its client sees a reset. */
             LOG(LOG_ERROR, handoff_failed,
                 "from=%u reason=\"a handed-off connection was lost: out of descriptors\"", p->index);
+            continue;
+        }
         if ((msg.msg_flags & MSG_TRUNC) || (size_t)n < sizeof(h)) {
             LOG(LOG_ERROR, handoff_failed, "from=%u reason=\"message truncated\" bytes=%zd",
                 p->index, n);

@@ -111,7 +111,8 @@ LLHTTP_LIB     := $(BUILD)/libllhttp.a
 LLHTTP_OBJ     := $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o $(BUILD)/llhttp/llhttp.o
 UNIT_BIN       := $(patsubst tests/unit/%,$(BUILD)/tests/%,$(UNIT_TESTS))
 
-.PHONY: all run test test-unit test-e2e test-san deps deps-test deps-bench clean bench bench-nudge
+.PHONY: all run test test-unit test-e2e test-e2e-workers test-san deps deps-test deps-bench clean \
+	bench bench-nudge
 
 comma := ,
 
@@ -169,25 +170,36 @@ run: deps
 
 test: deps-test
 	@$(MAKE) --no-print-directory all
-	@$(MAKE) --no-print-directory test-unit test-e2e
+	@$(MAKE) --no-print-directory test-unit test-e2e test-e2e-workers
 	@$(MAKE) --no-print-directory SAN=1 test-san
+
+# End-to-end tests run PYTEST_JOBS at a time (pytest-xdist): they mostly wait
+# on heartbeats and timers, so on 2 cores 3 at once take half the time.
+PYTEST_JOBS ?= 3
+PYTEST := $(PYTHON) -m pytest -q -n $(PYTEST_JOBS) tests/e2e tests/netlab
 
 test-unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done
 
+# The suite with one process (workers = 1), then with three workers: every
+# test must hold in both (tests/e2e/harness.py reads NUDGE_TEST_WORKERS).
 test-e2e: all
-	NUDGED=$(abspath $(BIN)/nudged) NUDGE=$(abspath $(BIN)/nudge) \
-		$(PYTHON) -m pytest -q tests/e2e tests/netlab
+	NUDGE_TEST_WORKERS=1 NUDGED=$(abspath $(BIN)/nudged) NUDGE=$(abspath $(BIN)/nudge) $(PYTEST)
 
-# The sanitizer pass: same unit and end-to-end tests against the ASan+UBSan build.
+test-e2e-workers: all
+	NUDGE_TEST_WORKERS=3 NUDGED=$(abspath $(BIN)/nudged) NUDGE=$(abspath $(BIN)/nudge) $(PYTEST)
+
+# The sanitizer pass: same unit and end-to-end tests against the ASan+UBSan build,
+# again with one process and with three workers.
 # ASAN_OPTIONS makes any report fatal; the e2e fixture fails a test whose
 # nudged wrote a sanitizer report to its log.
 test-san: all $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== [san] $$t"; \
 		ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 $$t; done
-	ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
-		NUDGED=$(abspath $(BIN)/nudged) NUDGE=$(abspath $(BIN)/nudge) NUDGE_SAN=1 \
-		$(PYTHON) -m pytest -q tests/e2e tests/netlab
+	@set -e; for w in 1 3; do echo "== [san] end-to-end, workers = $$w"; \
+		ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+		NUDGE_TEST_WORKERS=$$w NUDGED=$(abspath $(BIN)/nudged) NUDGE=$(abspath $(BIN)/nudge) NUDGE_SAN=1 \
+		$(PYTEST); done
 
 # make bench: nudge against nginx+nchan (bench/compare.py, bench/README.md) at
 # N held connections; N=1000000 for the 1M point. BENCH_IDLE: the idle window.

@@ -408,6 +408,28 @@ static void hand_off(struct conn *c, unsigned to, const char *rest, size_t restl
         h.klen = (uint8_t)c->ip->klen;
         memcpy(h.key, c->ip->key, c->ip->klen);
     }
+    /*
+     * The owner's part of the count is reserved here, before the socket
+     * travels, so sockets on their way are counted too. At its descriptor
+     * ceiling (every worker has the same one) it could not take the socket:
+     * refuse here, with an answer, rather than have the kernel drop it.
+     */
+    if (atomic_fetch_add(&s->wk->shared->held_by[to], 1) >= s->max_conns) {
+        static uint64_t said; /* one line per second, not one per refused client */
+        uint64_t now = util_now_ms();
+        char q[96];
+        atomic_fetch_sub(&s->wk->shared->held_by[to], 1);
+        s->metrics.connections_refused++;
+        if (now - said >= 1000) {
+            said = now;
+            LOG(LOG_WARN, handoff_failed, "to=%u reason=%s limit=%u", to,
+                log_q(q, sizeof(q), "the owner is at its connection limit"), s->max_conns);
+        }
+        c->keep_alive = 0;
+        conn_respond_error(c, 503, "unavailable",
+                           "the worker owning this user is at its connection limit; retry later");
+        return;
+    }
     if (uv_fileno((uv_handle_t *)&c->tcp, &fd) != 0 ||
         sizeof(h) + c->req->raw_len + restlen + c->pending_len > mesh_max_payload(s))
         rc = -EMSGSIZE;
@@ -416,6 +438,8 @@ static void hand_off(struct conn *c, unsigned to, const char *rest, size_t restl
     if (rc == 0) {
         listen_ip_handoff(s, c->ip, to);
         c->ip = NULL;
+    } else {
+        atomic_fetch_sub(&s->wk->shared->held_by[to], 1);
     }
     if (rc < 0) {
         char q[96];

@@ -61,6 +61,14 @@ static int shared_full(struct server *s)
     return s->wk && atomic_load(&s->wk->shared->connections) >= s->cfg->max_connections;
 }
 
+/* At our own ceiling, counting the sockets other workers are handing us. */
+static int local_full(struct server *s)
+{
+    if (s->wk)
+        return atomic_load(&s->wk->shared->held_by[s->wk->index]) >= s->max_conns;
+    return s->metrics.connections >= s->max_conns;
+}
+
 static void on_fd_retry(uv_timer_t *t)
 {
     struct server *s = t->data;
@@ -187,8 +195,7 @@ struct ip_count *listen_ip_adopt(struct server *s, const struct mesh_handoff *h)
 {
     struct ip_count *ip;
 
-    if (s->wk)
-        atomic_fetch_add(&s->wk->shared->held_by[self(s)], 1);
+    /* held_by was counted for us by the sender (conn.c, hand_off). */
     if (h->ip_owner == MESH_NOBODY || (h->klen != 4 && h->klen != 16))
         return NULL;
     if (h->ip_owner == self(s)) {
@@ -241,7 +248,7 @@ void listen_conn_closed(struct server *s, struct ip_count *ip, int handed_off)
     } else if (ip) {
         ip_move_local(s, ip, self(s), MESH_NOBODY);
     }
-    if (s->listen_paused && s->metrics.connections < s->max_conns && !shared_full(s) &&
+    if (s->listen_paused && !local_full(s) && !shared_full(s) &&
         !uv_is_active((uv_handle_t *)&s->listen_retry))
         resume_accepting(s);
 }
@@ -262,7 +269,7 @@ static void on_readable(uv_poll_t *p, int status, int events)
         struct ip_count *ip;
         int over, fd;
 
-        if (s->metrics.connections >= s->max_conns) {
+        if (local_full(s)) {
             pause_accepting(s, "max_connections");
             return;
         }

@@ -44,6 +44,7 @@ struct mesh_callrec {
     struct mesh_callrec *prev, *next; /* in order of deadline (all wait equally long) */
     uint32_t id;
     unsigned to;
+    unsigned type;
     uint64_t deadline;
     mesh_reply_cb cb;
     void *arg;
@@ -115,7 +116,7 @@ static void on_timer(uv_timer_t *t)
 
     while (m->first && m->first->deadline <= now) {
         struct mesh_callrec *c = m->first;
-        LOG(LOG_WARN, mesh_call_failed, "peer=%u type=%u reason=timeout", c->to, 0u);
+        LOG(LOG_WARN, mesh_call_failed, "peer=%u type=%u reason=timeout", c->to, c->type);
         finish_call(m, c, NULL, 0, -ETIMEDOUT);
     }
     rearm(m);
@@ -276,6 +277,7 @@ int mesh_call(struct server *s, unsigned to, unsigned type, const struct iovec *
     c = xcalloc(1, sizeof(*c));
     c->id = m->next_id;
     c->to = to;
+    c->type = type;
     c->cb = cb;
     c->arg = arg;
     c->deadline = util_now_ms() + MESH_CALL_TIMEOUT_MS;
@@ -393,9 +395,12 @@ static void read_peer(struct mesh_peer *p)
                     close(got);
             }
         }
-        if (msg.msg_flags & MSG_CTRUNC)
+        if ((msg.msg_flags & MSG_CTRUNC) && fd < 0) {
+            /* The kernel closed the socket it could not give us: its client sees a reset. */
             LOG(LOG_ERROR, handoff_failed,
                 "from=%u reason=\"a handed-off connection was lost: out of descriptors\"", p->index);
+            continue;
+        }
         if ((msg.msg_flags & MSG_TRUNC) || (size_t)n < sizeof(h)) {
             LOG(LOG_ERROR, handoff_failed, "from=%u reason=\"message truncated\" bytes=%zd",
                 p->index, n);

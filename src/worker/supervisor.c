@@ -190,13 +190,18 @@ static void run_worker(struct sup *sp, unsigned i, const sigset_t *old)
     reshard_path(sp->cfg, i, sp->cfg->store_path, sizeof(sp->cfg->store_path));
     if (RAND_bytes((unsigned char *)&seed, sizeof(seed)) == 1)
         strmap_seed(seed);
-    sigprocmask(SIG_SETMASK, old, NULL);
+    /*
+     * SIGTERM stays blocked until server_init has installed its handlers: a
+     * stop that arrives while the worker starts is then drained like any
+     * other, instead of killing it by the default action.
+     */
     uv_loop_init(&loop);
     if (server_init(&srv, &loop, sp->cfg, sp->secret, &wk) < 0) {
         uv_run(&loop, UV_RUN_NOWAIT);
         server_free(&srv);
         _exit(1);
     }
+    sigprocmask(SIG_SETMASK, old, NULL);
     atomic_store(&sp->shared->pid[i], (int32_t)getpid());
     LOG(LOG_INFO, started, "version=%s store=%s heartbeat_min=%u heartbeat_max=%u", NUDGE_VERSION,
         sp->cfg->store_backend, sp->cfg->heartbeat_min, sp->cfg->heartbeat_max);

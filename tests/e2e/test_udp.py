@@ -450,7 +450,7 @@ def test_a_test_datagram_carries_the_nonce_with_the_zero_key(srv):
                             "from": f"127.0.0.1:{srv.udp_port_of(u.name)}"}
         sock.settimeout(WAIT)
         data, addr = sock.recvfrom(2048)
-        assert addr == ("127.0.0.1", srv.udp_port)
+        assert addr == ("127.0.0.1", srv.udp_port_of(u.name))
         assert dgram_decode(data, DGRAM_TEST_KEY) == {"type": DGRAM_TEST, "id": 0, "seq": 0,
                                                       "state": 0, "folder": "n0nce-42"}
     finally:

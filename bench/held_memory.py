@@ -76,7 +76,7 @@ class Server:
         self.tmp = tempfile.mkdtemp(prefix="nudge-bench-")
         self.conf = os.path.join(self.tmp, "nudged.conf")
         with open(self.conf, "w") as f:
-            f.write(f"[server]\nlisten = 127.0.0.1:0\ndata_dir = {self.tmp}/var\nlog_level = warn\n"
+            f.write(f"[server]\nlisten = 127.0.0.1:0\nworkers = 1\ndata_dir = {self.tmp}/var\nlog_level = warn\n"
                     "header_timeout = 60\n[heartbeat]\nmin = 1\nmax = 3540\n"
                     "[store]\n" + "".join(f"{k} = {v}\n" for k, v in store.items()))
         self.log = open(os.path.join(self.tmp, "nudged.log"), "w+")

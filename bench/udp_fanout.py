@@ -222,12 +222,13 @@ class Server:
         self.args = args
         self.tmp = tempfile.mkdtemp(prefix="nudge-bench-udp-")
         self.conf = os.path.join(self.tmp, "nudged.conf")
-        # log_level stays info: the ports are read from info lines (events
+        # One process (workers = 1): this measures one nudged; bench/workers.py
+        # compares worker counts. log_level stays info: the ports are read from info lines (events
         # 1001 and 1600). Each registration logs a line; that costs nudged a
         # write per registration, not memory. Bodies up to 1 MiB let --batch
         # grow past the default 64 KiB.
         with open(self.conf, "w") as f:
-            f.write(f"[server]\nlisten = 127.0.0.1:0\ndata_dir = {self.tmp}/var\nlog_level = info\n"
+            f.write(f"[server]\nlisten = 127.0.0.1:0\nworkers = 1\ndata_dir = {self.tmp}/var\nlog_level = info\n"
                     "header_timeout = 60\nmax_body_bytes = 1048576\n"
                     "[udp]\nlisten = 127.0.0.1:0\n"
                     f"[store]\nbackend = {backend}\n")

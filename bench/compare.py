@@ -58,6 +58,9 @@ import sys
 import tempfile
 import time
 
+import benchlib  # noqa: E402
+from benchlib import http  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
 # Connections one loadgen or server process is given at most: below the
@@ -91,22 +94,6 @@ def free_port():
     return port
 
 
-def http(port, method, path, token=None, body=b"", timeout=30):
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
-    auth = f"Authorization: Bearer {token}\r\n" if token else ""
-    s.sendall((f"{method} {path} HTTP/1.1\r\nHost: bench\r\n{auth}Content-Length: {len(body)}\r\n"
-               "Connection: close\r\n\r\n").encode() + body)
-    data = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    s.close()
-    head, _, payload = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), payload
-
-
 def children(pid):
     out = []
     try:
@@ -129,13 +116,7 @@ def pss_kib(pids):
 
 
 def rss_kib(pids):
-    total = 0
-    for pid in pids:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    total += int(line.split()[1])
-    return total
+    return sum(benchlib.rss_kib(pid) for pid in pids)
 
 
 def cpu_by_pid(pids):

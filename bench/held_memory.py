@@ -33,33 +33,11 @@ import sys
 import tempfile
 import time
 
+from benchlib import http, rss_kib  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # No part of a run may take longer than this; the whole script stays bounded.
 PHASE_LIMIT_S = 120
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-def http(port, method, path, token, body=b""):
-    s = socket.create_connection(("127.0.0.1", port), timeout=30)
-    req = (f"{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-           f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
-    s.sendall(req)
-    data = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk:
-            break
-        data += chunk
-    s.close()
-    head, _, payload = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), payload
 
 
 def metric(port, admin, name):

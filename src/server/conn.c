@@ -600,11 +600,7 @@ void conn_accept_fd(struct server *s, int fd, struct ip_count *ip, int over_ip_l
         return;
     }
     s->metrics.connections_total++;
-    /* Answers are single small writes: send them now, not after Nagle's delay. */
-    uv_tcp_nodelay(&c->tcp, 1);
-    err = net_set_keepalive(fd, s->cfg);
-    if (err < 0)
-        LOG(LOG_WARN, accept_error, "error=%s", log_q(q, sizeof(q), strerror(-err)));
+    /* TCP_NODELAY and keepalive came from the listener (net/sockopt.h). */
     c->keep_alive = 1;
     err = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
     if (err < 0) {
@@ -657,7 +653,7 @@ void conn_adopt(struct server *s, int fd, unsigned from, const struct mesh_hando
         uv_close((uv_handle_t *)&c->tcp, on_close);
         return;
     }
-    /* TCP_NODELAY and keepalive travel with the socket: the accepting worker set them. */
+    /* TCP_NODELAY and keepalive travel with the socket (net/sockopt.h). */
     c->keep_alive = 1;
     err = uv_read_start((uv_stream_t *)&c->tcp, on_alloc, on_read);
     if (err < 0) {

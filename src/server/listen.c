@@ -13,6 +13,7 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "common/xalloc.h"
+#include "net/sockopt.h"
 #include "server/conn.h"
 #include "server/server.h"
 #include "worker/mesh.h"
@@ -325,7 +326,7 @@ int listen_start(struct server *s, char *err, size_t errlen)
 {
     struct sockaddr_storage addr, bound;
     socklen_t len = sizeof(bound);
-    int one = 1, fd;
+    int one = 1, fd, rc;
 
     if (s->wk) {
         /* The supervisor made it (SO_REUSEPORT, one per worker): see supervisor.c. */
@@ -345,6 +346,11 @@ int listen_start(struct server *s, char *err, size_t errlen)
                                         : sizeof(struct sockaddr_in)) < 0 ||
         listen(fd, LISTEN_BACKLOG) < 0) {
         snprintf(err, errlen, "cannot listen on %s: %s", s->cfg->listen, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    if ((rc = net_set_listener(fd, s->cfg)) < 0) {
+        snprintf(err, errlen, "cannot set TCP options on %s: %s", s->cfg->listen, strerror(-rc));
         close(fd);
         return -1;
     }

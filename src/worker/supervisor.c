@@ -22,6 +22,7 @@
 #include "common/strmap.h"
 #include "common/util.h"
 #include "common/version.h"
+#include "net/sockopt.h"
 #include "server/server.h"
 #include "store/reshard.h"
 #include "worker/mesh.h"
@@ -68,7 +69,7 @@ static int make_listeners(struct sup *sp, char *err, size_t errlen)
 {
     struct sockaddr_storage addr;
     socklen_t alen;
-    int one = 1;
+    int one = 1, rc;
 
     if (util_parse_addr(sp->cfg->listen, &addr, err, errlen) < 0)
         return -1;
@@ -87,6 +88,12 @@ static int make_listeners(struct sup *sp, char *err, size_t errlen)
         }
         if (bind(fd, (struct sockaddr *)&addr, alen) < 0 || listen(fd, LISTEN_BACKLOG) < 0) {
             snprintf(err, errlen, "cannot listen on %s: %s", sp->cfg->listen, strerror(errno));
+            close(fd);
+            return -1;
+        }
+        if ((rc = net_set_listener(fd, sp->cfg)) < 0) {
+            snprintf(err, errlen, "cannot set TCP options on %s: %s", sp->cfg->listen,
+                     strerror(-rc));
             close(fd);
             return -1;
         }

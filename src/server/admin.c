@@ -244,6 +244,12 @@ static void answer_metrics(struct gather *g)
     per_worker(&t, g, "nudge_worker_handoffs_received_total", "counter",
                "Connections received from other workers.",
                offsetof(struct snapshot, m.handoffs_received));
+    per_worker(&t, g, "nudge_worker_mesh_batches_total", "counter",
+               "Packets to other workers that carried several messages, by sender.",
+               offsetof(struct snapshot, m.mesh_batches));
+    per_worker(&t, g, "nudge_worker_mesh_batched_messages_total", "counter",
+               "Messages to other workers that went in those packets, by sender.",
+               offsetof(struct snapshot, m.mesh_batched));
     conn_respond_typed(g->conn, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, t.buf, t.len);
     free(t.buf);
 }
@@ -266,6 +272,10 @@ static void snapshot_json(struct jsonw *w, const struct snapshot *sn, uint64_t s
     jw_u64(w, sn->m.handoffs_sent);
     jw_key(w, "handoffs_received");
     jw_u64(w, sn->m.handoffs_received);
+    jw_key(w, "mesh_batches");
+    jw_u64(w, sn->m.mesh_batches);
+    jw_key(w, "mesh_batched_messages");
+    jw_u64(w, sn->m.mesh_batched);
 }
 
 static void answer_workers(struct gather *g)

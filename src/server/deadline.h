@@ -6,7 +6,9 @@
  * one 16-byte node instead of a 152-byte uv_timer_t. The server arms a
  * single uv_timer for the earliest deadline; nothing scans connections per
  * tick, so 100k idle connections cost nothing until one of them is due.
- * Insert, remove and update are O(log n).
+ * Insert, remove and moving a deadline earlier are O(log n); moving one
+ * later is O(1), the heap catches up when that slot reaches the top
+ * (deadline.c).
  */
 #ifndef NUDGE_DEADLINE_H
 #define NUDGE_DEADLINE_H
@@ -19,8 +21,13 @@ struct deadline_node {
     uint32_t idx; /* position in the heap + 1; 0 when not in the heap */
 };
 
+struct deadline_slot {
+    uint64_t key;               /* <= node->at: where the slot sits in the heap */
+    struct deadline_node *node;
+};
+
 struct deadline_heap {
-    struct deadline_node **nodes;
+    struct deadline_slot *slots;
     uint32_t len, cap;
 };
 
@@ -33,10 +40,7 @@ void deadline_set(struct deadline_heap *h, struct deadline_node *n, uint64_t at)
 /* Removes n if it is in the heap. */
 void deadline_clear(struct deadline_heap *h, struct deadline_node *n);
 
-/* The earliest node, or NULL. */
-static inline struct deadline_node *deadline_peek(const struct deadline_heap *h)
-{
-    return h->len ? h->nodes[0] : NULL;
-}
+/* The node with the earliest deadline, or NULL. */
+struct deadline_node *deadline_peek(struct deadline_heap *h);
 
 #endif

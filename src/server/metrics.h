@@ -63,6 +63,8 @@ struct metrics {
     uint64_t handoffs_sent;        /* connections passed to the worker owning their user */
     uint64_t handoffs_received;
     uint64_t remote_events;        /* events other workers sent us to apply */
+    uint64_t mesh_batches;         /* mesh packets sent carrying several messages */
+    uint64_t mesh_batched;         /* the messages in them */
 };
 
 extern const char *const ping_outcome_names[PING_OUTCOME_COUNT];

@@ -15,9 +15,12 @@
  * (MESH_RESET, written by the supervisor as the dead worker) or did not
  * answer within MESH_CALL_TIMEOUT_MS.
  *
- * Sends never block: a message the socket cannot take now is queued (a
- * copy, and a dup of its descriptor) and written when the socket is
- * writable again.
+ * Sends never block. A message without a descriptor is queued and leaves
+ * when the loop turn ends, packed with the others of that turn for the same
+ * peer into one MESH_BATCH packet; a message with a descriptor goes at
+ * once, after them. One the socket cannot take now stays queued (with a
+ * dup of its descriptor) and is written when the socket is writable again.
+ * Messages to one peer arrive in the order they were sent.
  */
 #ifndef NUDGE_MESH_H
 #define NUDGE_MESH_H
@@ -38,6 +41,7 @@ enum mesh_type {
     MESH_METRICS_REPLY,
     MESH_SESSIONS,        /* the receiver's sessions (session/session.c) */
     MESH_SESSIONS_REPLY,
+    MESH_BATCH,           /* several messages without descriptors, as frames (mesh.c) */
     MESH_TYPE_COUNT,
 };
 

@@ -243,3 +243,49 @@ def test_workers_default_to_one_per_cpu(make_nudged):
     info = workers_info(srv)
     assert len(info["workers"]) == len(os.sched_getaffinity(0)), info
     assert all(w["up"] for w in info["workers"])
+
+
+def test_bumps_of_one_loop_turn_travel_in_one_mesh_packet(make_nudged):
+    # Publishes read in one loop turn send their bumps for another worker's
+    # users together (worker/mesh.c, MESH_BATCH). Stopping the workers while
+    # twelve publishers send makes the accepting worker find all twelve at
+    # once when it continues; whichever worker that is, six of the users
+    # belong to the other.
+    srv = make_nudged({"server": {"workers": 2}})
+    by_owner = {0: [], 1: []}
+    while min(len(v) for v in by_owner.values()) < 6:
+        u = srv.user("batch")
+        w = harness.worker_of(u.name, 2)
+        if len(by_owner[w]) < 6:
+            by_owner[w].append(u)
+    users = by_owner[0] + by_owner[1]
+    pend = hold(srv, users)
+    wait_for(lambda: srv.held() == 12, "12 pings held")
+    before = workers_info(srv)["workers"]
+    token = srv.publisher_token()
+    workers = srv.pids()[1:]
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        conns = [Conn(srv.port) for _ in users]
+        for c, u in zip(conns, users):
+            c.send_request("POST", "/v1/events", {"user": u.name, "folder": "INBOX"}, token=token)
+        time.sleep(0.3)
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+    for c in conns:
+        r = c.read_response()
+        assert r.status == 200, r
+        assert r.json()["states"][0]["state"] == "1", r
+        c.close()
+    for u in users:
+        r = pend[u.name].result()
+        assert r.status == 200, r
+        assert r.json()["folders"]["INBOX"] == "1", r
+    after = workers_info(srv)["workers"]
+    batches = sum(a["mesh_batches"] - b["mesh_batches"] for a, b in zip(after, before))
+    batched = sum(a["mesh_batched_messages"] - b["mesh_batched_messages"]
+                  for a, b in zip(after, before))
+    assert batches >= 1, after
+    assert batched >= 2 * batches, after

@@ -1,5 +1,6 @@
 /*
- * test_net.c — keepalive options land on the socket as configured, and the
+ * test_net.c — the options set on a listener reach every connection it
+ * accepts (nudged sets them nowhere else), and the
  * reaper's liveness check tells a live connection from one the peer closed.
  * Real loopback sockets, no mocks.
  */
@@ -18,8 +19,8 @@
 #include "common/config.h"
 #include "net/sockopt.h"
 
-/* A connected pair over 127.0.0.1: *client and *server (the accepted side). */
-static void tcp_pair(int *client, int *server)
+/* A connected pair over 127.0.0.1: *client and *server (the accepted side); cfg: the listener's options. */
+static void tcp_pair_with(int *client, int *server, const struct config *cfg)
 {
     struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = 0};
     socklen_t len = sizeof(a);
@@ -27,6 +28,8 @@ static void tcp_pair(int *client, int *server)
 
     a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
     assert_int_equal(bind(l, (struct sockaddr *)&a, sizeof(a)), 0);
+    if (cfg)
+        assert_int_equal(net_set_listener(l, cfg), 0);
     assert_int_equal(listen(l, 1), 0);
     assert_int_equal(getsockname(l, (struct sockaddr *)&a, &len), 0);
     *client = socket(AF_INET, SOCK_STREAM, 0);
@@ -34,6 +37,11 @@ static void tcp_pair(int *client, int *server)
     *server = accept(l, NULL, NULL);
     assert_true(*server >= 0);
     close(l);
+}
+
+static void tcp_pair(int *client, int *server)
+{
+    tcp_pair_with(client, server, NULL);
 }
 
 static int get_int(int fd, int level, int name)
@@ -55,8 +63,8 @@ static void test_keepalive_options(void **state)
     c.keepalive_interval = 3;
     c.keepalive_count = 5;
     c.user_timeout = 0;
-    tcp_pair(&cl, &sv);
-    assert_int_equal(net_set_keepalive(sv, &c), 0);
+    tcp_pair_with(&cl, &sv, &c);
+    assert_int_equal(get_int(sv, IPPROTO_TCP, TCP_NODELAY), 1);
     assert_int_equal(get_int(sv, SOL_SOCKET, SO_KEEPALIVE), 1);
     assert_int_equal(get_int(sv, IPPROTO_TCP, TCP_KEEPIDLE), 7);
     assert_int_equal(get_int(sv, IPPROTO_TCP, TCP_KEEPINTVL), 3);
@@ -64,9 +72,17 @@ static void test_keepalive_options(void **state)
     /* Derived: idle + interval * count, in ms. */
     assert_int_equal(net_user_timeout(&c), 22);
     assert_int_equal(get_int(sv, IPPROTO_TCP, TCP_USER_TIMEOUT), 22000);
+    close(cl);
+    close(sv);
     c.user_timeout = 9;
-    assert_int_equal(net_set_keepalive(sv, &c), 0);
+    tcp_pair_with(&cl, &sv, &c);
     assert_int_equal(get_int(sv, IPPROTO_TCP, TCP_USER_TIMEOUT), 9000);
+    /* And without them, the kernel's defaults: the test sees what the listener gave. */
+    close(cl);
+    close(sv);
+    tcp_pair(&cl, &sv);
+    assert_int_equal(get_int(sv, SOL_SOCKET, SO_KEEPALIVE), 0);
+    assert_int_equal(get_int(sv, IPPROTO_TCP, TCP_NODELAY), 0);
     close(cl);
     close(sv);
 }

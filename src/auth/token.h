@@ -58,6 +58,15 @@ enum token_status token_verify(const struct secret *s, const char *tok, size_t l
                                enum token_kind *kind, char *subject, size_t subjlen,
                                int64_t *expires);
 
+/*
+ * Reads the kind and the subject of tok[0..len) without checking its MAC
+ * or expiry: TOKEN_OK when it is well-formed, else TOKEN_MALFORMED. Only
+ * for routing (which worker owns the subject), never for access: whoever
+ * serves the request still calls token_verify.
+ */
+enum token_status token_peek(const char *tok, size_t len, enum token_kind *kind, char *subject,
+                             size_t subjlen);
+
 /* "ok", "malformed token", "bad signature", "token expired". */
 const char *token_status_str(enum token_status st);
 

@@ -13,7 +13,7 @@
 #include <time.h>
 
 static FILE *log_out;
-static enum log_level log_min = LOG_INFO;
+enum log_level log_threshold = LOG_INFO;
 static int log_worker = -1; /* appended as worker=N to every line of a worker process */
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
@@ -26,7 +26,7 @@ void log_set_worker(int index)
 void log_init(FILE *out, enum log_level min)
 {
     log_out = out;
-    log_min = min;
+    log_threshold = min;
 }
 
 int log_level_parse(const char *s, enum log_level *out)
@@ -48,7 +48,7 @@ void log_event(enum log_level level, int id, const char *name, const char *fmt, 
     size_t n;
     va_list ap;
 
-    if (level < log_min)
+    if (level < log_threshold)
         return;
     gettimeofday(&tv, NULL);
     gmtime_r(&tv.tv_sec, &tm);

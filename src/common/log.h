@@ -29,7 +29,20 @@ int log_level_parse(const char *s, enum log_level *out);
 void log_event(enum log_level level, int id, const char *name, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
 
-#define LOG(level, ev, ...) log_event(level, EV_##ev, #ev, __VA_ARGS__)
+/* The least level written (log_init's 'min'); read by LOG before it builds anything. */
+extern enum log_level log_threshold;
+
+/*
+ * Checks the level before the arguments are evaluated: a debug line's
+ * fields (a peer address from getpeername, a quoted reason) cost a system
+ * call and a format on every connection otherwise, even when nothing is
+ * written.
+ */
+#define LOG(level, ev, ...)                                                                        \
+    do {                                                                                           \
+        if ((level) >= log_threshold)                                                              \
+            log_event(level, EV_##ev, #ev, __VA_ARGS__);                                           \
+    } while (0)
 
 /*
  * Returns 's' fit for a key=value log field: as is when it has no space,

@@ -289,3 +289,49 @@ def test_bumps_of_one_loop_turn_travel_in_one_mesh_packet(make_nudged):
                   for a, b in zip(after, before))
     assert batches >= 1, after
     assert batched >= 2 * batches, after
+
+
+def test_a_request_goes_to_its_owner_before_its_token_is_checked(make_nudged):
+    # The accepting worker reads the owner off the token's subject and hands
+    # the request over unchecked (server/router.c, owned_elsewhere); the
+    # owner checks the token. So a forged or expired user token is refused
+    # exactly as with one process, wherever it arrives, and only user tokens
+    # travel: a publisher token on /v1/ping and a malformed one are answered
+    # where they arrive.
+    srv = make_nudged({"server": {"workers": 2}})
+    mine = {}
+    while len(mine) < 2:
+        u = srv.user("route")
+        mine.setdefault(harness.worker_of(u.name, 2), u)
+    users = [mine[0], mine[1]]
+
+    def sent():
+        return sum(w["handoffs_sent"] for w in workers_info(srv)["workers"])
+
+    def refused(token, status, why):
+        before = sent()
+        r = srv.request("POST", "/v1/ping", ping_body("d1", {"INBOX": "0"}, 60), token=token)
+        assert r.status == status, r
+        assert why in r.json()["error"], r
+        return sent() - before
+
+    travelled = 0
+    for u in users:
+        good = srv.token(u.name)
+        forged = good[:-2] + ("AA" if good[-2:] != "AA" else "AQ")
+        travelled += refused(forged, 401, "bad signature")
+        travelled += refused(srv.sign("u", u.name, expires=int(time.time()) - 10), 401,
+                             "token expired")
+        assert refused(srv.publisher_token(), 403, "needs a user token") == 0
+        assert refused(good[:-1], 401, "malformed token") == 0
+    # Connections from 127.0.0.1 all reach one worker: the other's user's
+    # two refused tokens were handed over, the accepting worker's were not.
+    assert travelled == 2, travelled
+    # A good token is held by its owner, wherever it arrived.
+    pend = hold(srv, users)
+    wait_for(lambda: srv.held() == 2, "2 pings held")
+    assert per_worker(srv, "nudge_worker_pings_held") == {0: 1, 1: 1}
+    r = srv.publish_raw([{"user": u.name, "folder": "INBOX"} for u in users])
+    assert r.status == 200, r
+    for u in users:
+        assert pend[u.name].result().json()["folders"] == {"INBOX": "1"}

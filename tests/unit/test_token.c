@@ -16,6 +16,7 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <limits.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -280,6 +281,56 @@ static void test_wrong_secret(void **state)
     sign_ok(TOKEN_ADMIN, "ops", 0, tok);
     assert_int_equal(verify_str(&key_b, tok, NOW), TOKEN_BAD_SIGNATURE);
     assert_int_equal(verify_str(&key_a, tok, NOW), TOKEN_OK);
+}
+
+/*
+ * Each thread reuses one HMAC context and re-keys it only when the secret
+ * changes: alternate secrets, many MACs, two threads at once, and every
+ * MAC must equal an independent HMAC-SHA256 under the secret it was made with.
+ */
+static void *sign_alternating(void *arg)
+{
+    const char *who = arg;
+
+    for (int i = 0; i < 200; i++) {
+        const struct secret *s = i % 3 == 0 ? &key_b : &key_a;
+        char tok[TOKEN_MAX], subject[64], want[64];
+        unsigned char mac[32];
+        unsigned int maclen = 0;
+        const char *dot;
+        int n;
+
+        snprintf(subject, sizeof(subject), "%s%d", who, i);
+        n = token_sign(s, TOKEN_USER, subject, NOW + i, tok, sizeof(tok));
+        if (n <= 0)
+            return "token_sign failed";
+        dot = strrchr(tok, '.');
+        if (HMAC(EVP_sha256(), s->key, SECRET_BYTES, (const unsigned char *)tok,
+                 (size_t)(dot - tok), mac, &maclen) == NULL || maclen != 32)
+            return "HMAC failed";
+        b64url(mac, 32, want);
+        if (strcmp(dot + 1, want) != 0)
+            return "a MAC differs from HMAC-SHA256 under its secret";
+        if (verify_str(s, tok, NOW) != TOKEN_OK)
+            return "a token did not verify under its own secret";
+        if (verify_str(s == &key_a ? &key_b : &key_a, tok, NOW) != TOKEN_BAD_SIGNATURE)
+            return "a token verified under the other secret";
+    }
+    return NULL;
+}
+
+static void test_mac_context_follows_the_secret(void **state)
+{
+    pthread_t t;
+    void *other = NULL;
+    const char *here;
+
+    (void)state;
+    assert_int_equal(pthread_create(&t, NULL, sign_alternating, "bob"), 0);
+    here = sign_alternating("alice");
+    assert_int_equal(pthread_join(t, &other), 0);
+    assert_null(here);
+    assert_null(other);
 }
 
 static void test_expiry(void **state)
@@ -737,6 +788,7 @@ int main(void)
         cmocka_unit_test(test_tampered_expiry),
         cmocka_unit_test(test_tampered_mac),
         cmocka_unit_test(test_wrong_secret),
+        cmocka_unit_test(test_mac_context_follows_the_secret),
         cmocka_unit_test(test_expiry),
         cmocka_unit_test(test_expires_zero_never_expires),
         cmocka_unit_test(test_every_truncation_fails),

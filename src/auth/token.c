@@ -104,41 +104,51 @@ static const unsigned char b64_table[256] = {
 };
 #undef B64
 
-/* The 6-bit value of a base64url character, or -1. */
-static int b64_value(char c)
-{
-    return (int)b64_table[(unsigned char)c] - 1;
-}
-
 /*
  * Decodes in[0..n) into out[outmax]. Strict: only the base64url alphabet,
  * no padding, no length of the form 4k+1 (it cannot come from any input),
  * and the unused low bits of the last character must be zero, so every byte
  * string has exactly one encoding. Returns the decoded length, or -1.
+ * Four characters at a time: every request carries a token.
  */
 static long b64_decode(const char *in, size_t n, unsigned char *out, size_t outmax)
 {
-    size_t o = 0, i = 0;
-    uint32_t acc = 0;
-    int bits = 0;
+    const unsigned char *s = (const unsigned char *)in;
+    size_t o = 0, i = 0, tail = n % 4;
+    uint32_t v;
 
-    if (n % 4 == 1 || n / 4 * 3 + (n % 4 == 0 ? 0 : n % 4 - 1) > outmax)
+    if (tail == 1 || n / 4 * 3 + (tail == 0 ? 0 : tail - 1) > outmax)
         return -1;
-    for (; i < n; i++) {
-        int v = b64_value(in[i]);
-        if (v < 0)
+    for (; i + 4 <= n; i += 4) {
+        unsigned a = b64_table[s[i]], b = b64_table[s[i + 1]], c = b64_table[s[i + 2]],
+                 d = b64_table[s[i + 3]];
+        if (a == 0 || b == 0 || c == 0 || d == 0)
             return -1;
-        acc = acc << 6 | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[o++] = (unsigned char)(acc >> bits);
-            acc &= (1u << bits) - 1;
-        }
+        v = (a - 1) << 18 | (b - 1) << 12 | (c - 1) << 6 | (d - 1);
+        out[o++] = (unsigned char)(v >> 16);
+        out[o++] = (unsigned char)(v >> 8);
+        out[o++] = (unsigned char)v;
     }
-    /* Leftover bits (2 or 4) are padding inside the last character. */
-    if (acc != 0)
-        return -1;
+    if (tail == 0)
+        return (long)o;
+    v = 0;
+    for (size_t k = 0; k < tail; k++) {
+        unsigned t = b64_table[s[i + k]];
+        if (t == 0)
+            return -1;
+        v = v << 6 | (t - 1);
+    }
+    /* Two characters hold one byte and 4 bits of padding, three hold two and 2 bits. */
+    if (tail == 2) {
+        if (v & 0xf)
+            return -1;
+        out[o++] = (unsigned char)(v >> 4);
+    } else {
+        if (v & 0x3)
+            return -1;
+        out[o++] = (unsigned char)(v >> 10);
+        out[o++] = (unsigned char)(v >> 2);
+    }
     return (long)o;
 }
 

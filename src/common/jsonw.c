@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/util.h"
 #include "common/xalloc.h"
 
 void jw_init(struct jsonw *w)
@@ -125,10 +126,10 @@ void jw_strn(struct jsonw *w, const char *s, size_t n)
 
 void jw_u64(struct jsonw *w, uint64_t v)
 {
-    char num[24];
-    int n = snprintf(num, sizeof(num), "%" PRIu64, v);
+    char num[UTIL_U64_DIGITS];
+    size_t n = util_u64_dec(num, v);
     comma(w);
-    put(w, num, (size_t)n);
+    put(w, num, n);
 }
 
 void jw_bool(struct jsonw *w, int v)
@@ -142,8 +143,8 @@ void jw_bool(struct jsonw *w, int v)
 
 void jw_u64_str(struct jsonw *w, uint64_t v)
 {
-    char num[24];
-    int n = snprintf(num, sizeof(num), "%" PRIu64, v);
+    char num[UTIL_U64_DIGITS];
+    size_t n = util_u64_dec(num, v);
     comma(w);
-    escaped(w, num, (size_t)n);
+    escaped(w, num, n);
 }

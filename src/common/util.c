@@ -317,3 +317,17 @@ int util_prefix_list_match(const char *list, const struct sockaddr *sa)
     }
     return each_prefix(list, prefix_contains, &m, err, sizeof(err)) == 1;
 }
+
+/* Without snprintf: numbers are written into every answer and JSON body. */
+size_t util_u64_dec(char *out, uint64_t v)
+{
+    char tmp[UTIL_U64_DIGITS];
+    size_t n = 0;
+
+    do
+        tmp[n++] = (char)('0' + v % 10);
+    while ((v /= 10) != 0);
+    for (size_t i = 0; i < n; i++)
+        out[i] = tmp[n - 1 - i];
+    return n;
+}

@@ -59,4 +59,8 @@ int util_prefix_list_match(const char *list, const struct sockaddr *sa);
 /* Milliseconds of CLOCK_MONOTONIC. */
 uint64_t util_now_ms(void);
 
+/* Writes v in decimal at out (room for UTIL_U64_DIGITS), no NUL; returns the length. */
+#define UTIL_U64_DIGITS 20
+size_t util_u64_dec(char *out, uint64_t v);
+
 #endif

@@ -1,10 +1,13 @@
 /* response.c — see response.h. */
 #include "http/response.h"
 
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+#include "common/util.h"
 
 const char *http_status_text(int status)
 {
@@ -46,36 +49,71 @@ static const char *date_header(void)
     return buf;
 }
 
+#define PUT(lit) (memcpy(at, lit, sizeof(lit) - 1), at += sizeof(lit) - 1)
+#define PUTN(s, len) (memcpy(at, s, len), at += (len))
+
+/*
+ * The head is measured, then written straight into the answer's buffer:
+ * one allocation and no format parsing, since every answer to a device and
+ * to a publisher goes through here (four snprintf calls were ~3,600
+ * instructions an answer).
+ */
 char *http_response_build(int status, const char *ctype, const char *extra, const char *body,
                           size_t body_len, int keep_alive, size_t *outlen)
 {
     int bodyless = status == 304 || (status >= 100 && status < 200);
-    char head[512];
-    size_t extra_len = extra ? strlen(extra) : 0;
-    int n;
-    char *out;
+    const char *text = http_status_text(status), *date = date_header();
+    const char *conn = keep_alive ? "keep-alive" : "close";
+    size_t text_len = strlen(text), date_len = strlen(date), conn_len = strlen(conn);
+    size_t ctype_len = ctype ? strlen(ctype) : 0, extra_len = extra ? strlen(extra) : 0;
+    uint64_t code = status < 0 ? 0 : (uint64_t)status;
+    char digits[UTIL_U64_DIGITS];
+    size_t len_digits, total;
+    char *out, *at;
 
     if (bodyless)
         body_len = 0;
-    n = snprintf(head, sizeof(head), "HTTP/1.1 %d %s\r\nDate: %s\r\n", status,
-                 http_status_text(status), date_header());
+    len_digits = util_u64_dec(digits, body_len);
+    total = sizeof("HTTP/1.1 ") - 1 + 20 + 1 + text_len + sizeof("\r\nDate: ") - 1 + date_len + 2;
     if (!bodyless) {
         if (ctype)
-            n += snprintf(head + n, sizeof(head) - (size_t)n, "Content-Type: %s\r\n", ctype);
-        n += snprintf(head + n, sizeof(head) - (size_t)n, "Content-Length: %zu\r\n", body_len);
+            total += sizeof("Content-Type: ") - 1 + ctype_len + 2;
+        total += sizeof("Content-Length: ") - 1 + len_digits + 2;
     }
     if (status >= 200)
-        n += snprintf(head + n, sizeof(head) - (size_t)n, "Connection: %s\r\n",
-                      keep_alive ? "keep-alive" : "close");
-    out = malloc((size_t)n + extra_len + 2 + body_len);
+        total += sizeof("Connection: ") - 1 + conn_len + 2;
+    total += extra_len + 2 + body_len;
+    out = malloc(total);
     if (out == NULL)
         return NULL;
-    memcpy(out, head, (size_t)n);
+    at = out;
+    PUT("HTTP/1.1 ");
+    at += util_u64_dec(at, code);
+    PUT(" ");
+    PUTN(text, text_len);
+    PUT("\r\nDate: ");
+    PUTN(date, date_len);
+    PUT("\r\n");
+    if (!bodyless) {
+        if (ctype) {
+            PUT("Content-Type: ");
+            PUTN(ctype, ctype_len);
+            PUT("\r\n");
+        }
+        PUT("Content-Length: ");
+        PUTN(digits, len_digits);
+        PUT("\r\n");
+    }
+    if (status >= 200) {
+        PUT("Connection: ");
+        PUTN(conn, conn_len);
+        PUT("\r\n");
+    }
     if (extra_len)
-        memcpy(out + n, extra, extra_len);
-    memcpy(out + n + extra_len, "\r\n", 2);
+        PUTN(extra, extra_len);
+    PUT("\r\n");
     if (body_len)
-        memcpy(out + n + extra_len + 2, body, body_len);
-    *outlen = (size_t)n + extra_len + 2 + body_len;
+        PUTN(body, body_len);
+    *outlen = (size_t)(at - out);
     return out;
 }

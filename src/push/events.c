@@ -64,8 +64,12 @@ static void job_free(struct publish_job *job)
     free(job);
 }
 
-/* Checks element i; fills ev. NULL when fine, else the message (in msg). */
-static const char *check_event(json_t *e, const char *prefix, struct store_event *ev, char *msg,
+/*
+ * Checks event e, element i of the array (-1: the body is one event); fills
+ * ev. NULL when fine, else the message (in msg). The "events[i]." prefix of
+ * a message is written only when there is one: it is an snprintf per event.
+ */
+static const char *check_event(json_t *e, long i, struct store_event *ev, char *msg,
                                size_t msglen)
 {
     static const struct {
@@ -77,11 +81,11 @@ static const char *check_event(json_t *e, const char *prefix, struct store_event
         {"folder", check_folder_name, 1},
         {"type", check_event_type, 0},
     };
+    char prefix[40] = "";
 
     if (!json_is_object(e)) {
-        size_t plen = strlen(prefix);
-        if (plen)
-            snprintf(msg, msglen, "%.*s: must be an object", (int)(plen - 1), prefix);
+        if (i >= 0)
+            snprintf(msg, msglen, "events[%ld]: must be an object", i);
         else
             snprintf(msg, msglen, "the event must be an object");
         return msg;
@@ -91,19 +95,16 @@ static const char *check_event(json_t *e, const char *prefix, struct store_event
         const char *why;
         if (v == NULL && !fields[f].required)
             continue;
-        if (v == NULL) {
-            snprintf(msg, msglen, "%s%s: is required", prefix, fields[f].key);
-            return msg;
-        }
-        if (!json_is_string(v)) {
-            snprintf(msg, msglen, "%s%s: must be a string", prefix, fields[f].key);
-            return msg;
-        }
-        why = fields[f].check(json_string_value(v), json_string_length(v));
-        if (why) {
-            snprintf(msg, msglen, "%s%s: %s", prefix, fields[f].key, why);
-            return msg;
-        }
+        if (v == NULL)
+            why = "is required";
+        else if (!json_is_string(v))
+            why = "must be a string";
+        else if ((why = fields[f].check(json_string_value(v), json_string_length(v))) == NULL)
+            continue;
+        if (i >= 0)
+            snprintf(prefix, sizeof(prefix), "events[%ld].", i);
+        snprintf(msg, msglen, "%s%s: %s", prefix, fields[f].key, why);
+        return msg;
     }
     ev->user = json_string_value(json_object_get(e, "user"));
     ev->folder = json_string_value(json_object_get(e, "folder"));
@@ -469,11 +470,9 @@ void events_handle(struct conn *c, struct http_req *r, const struct principal *w
     job->srv = c->srv;
     job->root = root;
     for (size_t i = 0; i < n; i++) {
-        char prefix[40] = "";
         json_t *el = json_is_array(root) ? json_array_get(root, i) : root;
-        if (json_is_array(root))
-            snprintf(prefix, sizeof(prefix), "events[%zu].", i);
-        if (check_event(el, prefix, &job->ev[i], msg, sizeof(msg)) != NULL) {
+        if (check_event(el, json_is_array(root) ? (long)i : -1, &job->ev[i], msg, sizeof(msg)) !=
+            NULL) {
             reject(c, msg);
             job_free(job);
             return;

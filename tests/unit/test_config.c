@@ -859,6 +859,26 @@ static void test_print_round_trip(void **state)
     round_trip(&c);
 }
 
+/* util_u64_dec against printf's %llu, at every length and both ends. */
+static void test_u64_decimal(void **state)
+{
+    uint64_t v[] = {0, 1, 9, 10, 99, 100, 12345, 4294967295u, 4294967296u, 999999999999999999u,
+                    10000000000000000000u, UINT64_MAX};
+    char got[UTIL_U64_DIGITS + 1], want[32];
+
+    (void)state;
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++) {
+        size_t n = util_u64_dec(got, v[i]);
+        got[n] = '\0';
+        snprintf(want, sizeof(want), "%llu", (unsigned long long)v[i]);
+        assert_string_equal(got, want);
+    }
+    for (uint64_t p = 1, k = 0; k < 19; k++, p *= 10) {
+        size_t n = util_u64_dec(got, p - 1 + (p == 1));
+        assert_int_equal(n, k == 0 ? 1 : k);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -887,6 +907,7 @@ int main(void)
         cmocka_unit_test(test_check),
         cmocka_unit_test(test_usage_lists_every_option),
         cmocka_unit_test(test_print_round_trip),
+        cmocka_unit_test(test_u64_decimal),
     };
 
     return cmocka_run_group_tests_name("config", tests, setup, teardown);

@@ -176,6 +176,59 @@ static void test_response(void **state)
     free(out);
 }
 
+/* Every answer, byte for byte, against the same head written with snprintf. */
+static void test_response_exact(void **state)
+{
+    static const struct {
+        int status;
+        const char *ctype, *extra;
+        size_t body_len;
+        int keep_alive;
+    } cases[] = {
+        {200, "application/json", NULL, 0, 1},
+        {200, NULL, "ETag: \"7\"\r\nX-A: b\r\n", 1234, 0},
+        {100, "text/plain", NULL, 5, 1},
+        {304, "application/json", "ETag: \"x\"\r\n", 9, 1},
+        {503, "application/json", "Retry-After: 5\r\n", 27, 0},
+        {599, "text/event-stream", NULL, 100000, 1},
+    };
+    static char body[100000];
+
+    (void)state;
+    memset(body, 'b', sizeof(body));
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        int bodyless = cases[i].status == 304 || cases[i].status < 200;
+        size_t len, n, blen = bodyless ? 0 : cases[i].body_len;
+        char *out = http_response_build(cases[i].status, cases[i].ctype, cases[i].extra, body,
+                                        cases[i].body_len, cases[i].keep_alive, &len);
+        char want[1024], date[64];
+        const char *d;
+
+        assert_non_null(out);
+        d = memmem(out, len, "\r\nDate: ", 8);
+        assert_non_null(d);
+        assert_int_equal(sscanf(d + 8, "%63[^\r]", date), 1);
+        n = (size_t)snprintf(want, sizeof(want), "HTTP/1.1 %d %s\r\nDate: %s\r\n", cases[i].status,
+                             http_status_text(cases[i].status), date);
+        if (!bodyless) {
+            if (cases[i].ctype)
+                n += (size_t)snprintf(want + n, sizeof(want) - n, "Content-Type: %s\r\n",
+                                      cases[i].ctype);
+            n += (size_t)snprintf(want + n, sizeof(want) - n, "Content-Length: %zu\r\n", blen);
+        }
+        if (cases[i].status >= 200)
+            n += (size_t)snprintf(want + n, sizeof(want) - n, "Connection: %s\r\n",
+                                  cases[i].keep_alive ? "keep-alive" : "close");
+        n += (size_t)snprintf(want + n, sizeof(want) - n, "%s\r\n",
+                              cases[i].extra ? cases[i].extra : "");
+        assert_int_equal(len, n + blen);
+        assert_memory_equal(out, want, n);
+        if (blen)
+            assert_memory_equal(out + n, body, blen);
+        free(out);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -187,6 +240,7 @@ int main(void)
         cmocka_unit_test(test_keep_alive_rules),
         cmocka_unit_test(test_expect_continue),
         cmocka_unit_test(test_response),
+        cmocka_unit_test(test_response_exact),
     };
     return cmocka_run_group_tests_name("http", tests, NULL, NULL);
 }

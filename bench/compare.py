@@ -143,6 +143,14 @@ def cpu_since(before, srv):
     return used, len(set(before) - set(after))
 
 
+def cpu_per(before, srv, count):
+    """Server CPU since 'before' per one of 'count' things done, in us; None if a
+    server process died meanwhile (its CPU went with it). CPU time moves less
+    than latency and throughput when other work shares the cores."""
+    used, died = cpu_since(before, srv)
+    return None if died or count == 0 else used / count * 1e6
+
+
 def busy_s():
     """CPU seconds the whole machine has been busy (all CPUs, /proc/stat)."""
     with open("/proc/stat") as f:
@@ -524,8 +532,10 @@ def run_point(args, kind, n):
 
         # Fan-out: one publish to each of the users, every device must answer.
         lost = 0
+        c0 = cpu_by_pid(srv.pids())
         pub = lg.cmd(f"pub u 0 {users} {users} 1 {args.publishers}")
         w = lg.cmd(f"wait 0 1 {args.limit * 1000} {tmp}/fan")
+        r["fan_cpu_us"] = cpu_per(c0, srv, n)
         lat, _ = read_latencies(f"{tmp}/fan", procs, pub["min_t0"])
         r["fan"] = (percentile(lat, 50), percentile(lat, 99), lat[-1] if lat else float("nan"))
         r["fan_pub_s"] = (pub["max_t1"] - pub["min_t0"]) / 1e9
@@ -537,8 +547,10 @@ def run_point(args, kind, n):
         if srv.batches:
             # The same fan-out with the events in batches (POST /v1/events takes an array).
             rounds = 2
+            c0 = cpu_by_pid(srv.pids())
             pub = lg.cmd(f"pub u 0 {users} {users} 2 {args.publishers} {args.batch}")
             w = lg.cmd(f"wait 0 2 {args.limit * 1000} {tmp}/fanb")
+            r["fanb_cpu_us"] = cpu_per(c0, srv, n)
             lat, _ = read_latencies(f"{tmp}/fanb", procs, pub["min_t0"])
             r["fanb"] = (percentile(lat, 50), percentile(lat, 99),
                          lat[-1] if lat else float("nan"))
@@ -551,8 +563,10 @@ def run_point(args, kind, n):
         # One user, D devices.
         lg.cmd(f"open 1 {users} 1 {devices}")
         wait_held(srv, n + devices, args.limit)
+        c0 = cpu_by_pid(srv.pids())
         pub = lg.cmd(f"pub u {users} 1 1 1 1")
         w = lg.cmd(f"wait 1 1 {args.limit * 1000} {tmp}/one")
+        r["one_cpu_us"] = cpu_per(c0, srv, devices)
         lat, _ = read_latencies(f"{tmp}/one", procs, pub["min_t0"])
         r["one"] = (percentile(lat, 50), percentile(lat, 99), lat[-1] if lat else float("nan"))
         lost += w["lost"]
@@ -563,10 +577,13 @@ def run_point(args, kind, n):
         # publish in flight per connection, so few connections measure the
         # round trip (process hand-offs and wake-ups) and many the CPU.
         r["pub_rate"] = {}
+        r["pub_cpu_us"] = {}
         r["pub_bad"] = 0
         for c in (args.publishers, args.publishers_high):
+            c0 = cpu_by_pid(srv.pids())
             pub = lg.cmd(f"pub p 0 10000 {args.events} 1 {c}")
             r["pub_rate"][c] = args.events / ((pub["max_t1"] - pub["min_t0"]) / 1e9)
+            r["pub_cpu_us"][c] = cpu_per(c0, srv, args.events)
             r["pub_bad"] += pub["bad"]
             log(f"{kind}: {args.events} publishes on {c} connections: {r['pub_rate'][c]:,.0f}/s, "
                 f"{pub['bad']} refused")
@@ -627,6 +644,10 @@ def fmt_ms(v):
     return f"{v:.1f} ms" if v == v else "-"
 
 
+def fmt_us(v):
+    return f"{v:.1f} us"
+
+
 def ratio(a, b):
     if a is None or b is None or b == 0 or a != a or b != b:
         return "-"
@@ -659,15 +680,24 @@ def table(n, a, b, batch, pubs):
     for i, label in enumerate(("p50", "p99", "max")):
         row(f"fan-out to {x['users']:,} users, one publish request each, {label}",
             lambda r: r["fan"][i], fmt_ms)
+    row("server CPU for that fan-out, per device (publish, answer, re-poll)",
+        lambda r: r.get("fan_cpu_us"), fmt_us)
     for i, label in enumerate(("p50", "p99", "max")):
         row(f"fan-out to {x['users']:,} users, events in batches of {batch} (nudge only), {label}",
             lambda r: r["fanb"][i] if "fanb" in r else None, fmt_ms)
+    row("server CPU for the batched fan-out, per device (nudge only)",
+        lambda r: r.get("fanb_cpu_us"), fmt_us)
     row(f"one user with {x['devices']:,} devices, p50", lambda r: r["one"][0], fmt_ms)
     row(f"one user with {x['devices']:,} devices, p99", lambda r: r["one"][1], fmt_ms)
     row(f"one user with {x['devices']:,} devices, max", lambda r: r["one"][2], fmt_ms)
+    row("server CPU for that publish, per device (answer, re-poll)",
+        lambda r: r.get("one_cpu_us"), fmt_us)
     for c in pubs:
         row(f"publish throughput, single-event publishes, {c} connections",
             lambda r: r["pub_rate"].get(c, r["pub_rate"].get(str(c))), lambda v: f"{v:,.0f}/s")
+        row(f"server CPU per publish, {c} connections",
+            lambda r: r.get("pub_cpu_us", {}).get(c, r.get("pub_cpu_us", {}).get(str(c))),
+            fmt_us)
     row("publishes refused", lambda r: r["pub_bad"], str, False)
     row("idle CPU, nothing expiring", lambda r: r["quiet"][1] / r["quiet"][0] * 60
         if r.get("quiet") and r["quiet"][1] is not None else None,

@@ -74,7 +74,8 @@ char *http_response_build(int status, const char *ctype, const char *extra, cons
     if (bodyless)
         body_len = 0;
     len_digits = util_u64_dec(digits, body_len);
-    total = sizeof("HTTP/1.1 ") - 1 + 20 + 1 + text_len + sizeof("\r\nDate: ") - 1 + date_len + 2;
+    total = sizeof("HTTP/1.1 ") - 1 + UTIL_U64_DIGITS + 1 + text_len + sizeof("\r\nDate: ") - 1 +
+            date_len + 2;
     if (!bodyless) {
         if (ctype)
             total += sizeof("Content-Type: ") - 1 + ctype_len + 2;

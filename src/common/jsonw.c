@@ -1,7 +1,6 @@
 /* jsonw.c — see jsonw.h. */
 #include "common/jsonw.h"
 
-#include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

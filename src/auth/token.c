@@ -289,95 +289,86 @@ static int parse_expires(const char *p, size_t n, int64_t *out)
     return 0;
 }
 
-/* A token split into its fields, before its MAC is checked. */
-struct parsed {
-    char kind;
-    unsigned char sub[TOKEN_SUBJECT_MAX];
-    long sublen;
-    int64_t exp;
-    size_t signed_len; /* of "v1.k.subject.expires", what the MAC covers */
-    unsigned char mac[MAC_BYTES];
-};
+_Static_assert(TOKEN_MAC_BYTES == MAC_BYTES, "token.h and token.c must agree on the MAC's size");
 
-/* Splits tok[0..len) into p. TOKEN_OK or TOKEN_MALFORMED; never reads past len. */
-static enum token_status parse(const char *tok, size_t len, struct parsed *p)
+enum token_status token_parse(const char *tok, size_t len, struct token_fields *f)
 {
     const char *end, *sub_b64, *dot, *exp_txt;
+    long sublen;
+    char k;
 
     if (tok == NULL || len < 5 || len > TOKEN_MAX || memcmp(tok, "v1.", 3) != 0)
         return TOKEN_MALFORMED;
     end = tok + len;
-    p->kind = tok[3];
-    if ((p->kind != TOKEN_USER && p->kind != TOKEN_PUBLISHER && p->kind != TOKEN_ADMIN) ||
-        tok[4] != '.')
+    k = tok[3];
+    if ((k != TOKEN_USER && k != TOKEN_PUBLISHER && k != TOKEN_ADMIN) || tok[4] != '.')
         return TOKEN_MALFORMED;
+    f->kind = (enum token_kind)k;
 
     /* Subject: base64url up to the next dot, 1..255 bytes without NUL. */
     sub_b64 = tok + 5;
     dot = memchr(sub_b64, '.', (size_t)(end - sub_b64));
     if (dot == NULL || dot - sub_b64 > SUBJECT_B64_MAX)
         return TOKEN_MALFORMED;
-    p->sublen = b64_decode(sub_b64, (size_t)(dot - sub_b64), p->sub, sizeof(p->sub));
-    if (p->sublen < 1 || memchr(p->sub, '\0', (size_t)p->sublen) != NULL)
+    sublen = b64_decode(sub_b64, (size_t)(dot - sub_b64), (unsigned char *)f->subject,
+                        TOKEN_SUBJECT_MAX);
+    if (sublen < 1 || memchr(f->subject, '\0', (size_t)sublen) != NULL)
         return TOKEN_MALFORMED;
+    f->subject[sublen] = '\0';
+    f->subject_len = (size_t)sublen;
 
     /* Expiry: canonical decimal up to the next dot. */
     exp_txt = dot + 1;
     dot = memchr(exp_txt, '.', (size_t)(end - exp_txt));
-    if (dot == NULL || parse_expires(exp_txt, (size_t)(dot - exp_txt), &p->exp) != 0)
+    if (dot == NULL || parse_expires(exp_txt, (size_t)(dot - exp_txt), &f->expires) != 0)
         return TOKEN_MALFORMED;
 
     /* MAC: exactly 43 characters to the end, no further dot. */
-    p->signed_len = (size_t)(dot - tok);
+    f->signed_len = (size_t)(dot - tok);
     if (end - (dot + 1) != MAC_B64_LEN ||
-        b64_decode(dot + 1, MAC_B64_LEN, p->mac, sizeof(p->mac)) != MAC_BYTES)
+        b64_decode(dot + 1, MAC_B64_LEN, f->mac, sizeof(f->mac)) != MAC_BYTES)
         return TOKEN_MALFORMED;
+    return TOKEN_OK;
+}
+
+/* A failure inside OpenSSL's HMAC is reported as TOKEN_BAD_SIGNATURE: fail closed. */
+enum token_status token_check(const struct secret *s, const char *tok,
+                              const struct token_fields *f, int64_t now)
+{
+    unsigned char want[MAC_BYTES];
+
+    if (mac_compute(s, tok, f->signed_len, want) != 0 ||
+        CRYPTO_memcmp(f->mac, want, MAC_BYTES) != 0)
+        return TOKEN_BAD_SIGNATURE;
+    if (f->expires != 0 && f->expires < now)
+        return TOKEN_EXPIRED;
     return TOKEN_OK;
 }
 
 /*
  * On top of token.h: kind, subject and expires may each be NULL when the
  * caller does not want them; a non-NULL subject buffer too small for the
- * subject makes the token TOKEN_MALFORMED (callers pass 256 bytes). A failure
- * inside OpenSSL's HMAC is reported as TOKEN_BAD_SIGNATURE: fail closed.
+ * subject makes the token TOKEN_MALFORMED (callers pass 256 bytes).
  */
 enum token_status token_verify(const struct secret *s, const char *tok, size_t len, int64_t now,
                                enum token_kind *kind, char *subject, size_t subjlen,
                                int64_t *expires)
 {
-    struct parsed p;
-    unsigned char want[MAC_BYTES];
+    struct token_fields f;
+    enum token_status st;
 
-    if (parse(tok, len, &p) != TOKEN_OK)
+    if (token_parse(tok, len, &f) != TOKEN_OK)
         return TOKEN_MALFORMED;
-    if (subject != NULL && (size_t)p.sublen >= subjlen)
+    if (subject != NULL && f.subject_len >= subjlen)
         return TOKEN_MALFORMED;
-    if (mac_compute(s, tok, p.signed_len, want) != 0 || CRYPTO_memcmp(p.mac, want, MAC_BYTES) != 0)
-        return TOKEN_BAD_SIGNATURE;
-    if (p.exp != 0 && p.exp < now)
-        return TOKEN_EXPIRED;
-
+    if ((st = token_check(s, tok, &f, now)) != TOKEN_OK)
+        return st;
     if (kind != NULL)
-        *kind = (enum token_kind)p.kind;
-    if (subject != NULL) {
-        memcpy(subject, p.sub, (size_t)p.sublen);
-        subject[p.sublen] = '\0';
-    }
+        *kind = f.kind;
+    if (subject != NULL)
+        memcpy(subject, f.subject, f.subject_len + 1);
     if (expires != NULL)
-        *expires = p.exp;
-    return TOKEN_OK;
-}
-
-enum token_status token_peek(const char *tok, size_t len, enum token_kind *kind, char *subject,
-                             size_t subjlen)
-{
-    struct parsed p;
-
-    if (parse(tok, len, &p) != TOKEN_OK || (size_t)p.sublen >= subjlen)
-        return TOKEN_MALFORMED;
-    *kind = (enum token_kind)p.kind;
-    memcpy(subject, p.sub, (size_t)p.sublen);
-    subject[p.sublen] = '\0';
+        *expires = f.expires;
     return TOKEN_OK;
 }
 

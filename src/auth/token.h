@@ -58,14 +58,27 @@ enum token_status token_verify(const struct secret *s, const char *tok, size_t l
                                enum token_kind *kind, char *subject, size_t subjlen,
                                int64_t *expires);
 
+/* A token's fields as token_parse reads them, before anything is checked. */
+#define TOKEN_MAC_BYTES 32
+struct token_fields {
+    enum token_kind kind;
+    char subject[TOKEN_SUBJECT_MAX + 1]; /* NUL-terminated: a subject holds no NUL */
+    size_t subject_len;
+    int64_t expires;
+    size_t signed_len;                   /* the bytes the MAC covers */
+    unsigned char mac[TOKEN_MAC_BYTES];
+};
+
 /*
- * Reads the kind and the subject of tok[0..len) without checking its MAC
- * or expiry: TOKEN_OK when it is well-formed, else TOKEN_MALFORMED. Only
- * for routing (which worker owns the subject), never for access: whoever
- * serves the request still calls token_verify.
+ * token_verify in two steps, for a caller that acts on the fields before
+ * the MAC is checked (a worker routing a request to the worker owning the
+ * subject): token_parse splits tok[0..len) into f, TOKEN_OK or
+ * TOKEN_MALFORMED; token_check then checks f's MAC and expiry against the
+ * same tok. Nothing parsed grants access until token_check says TOKEN_OK.
  */
-enum token_status token_peek(const char *tok, size_t len, enum token_kind *kind, char *subject,
-                             size_t subjlen);
+enum token_status token_parse(const char *tok, size_t len, struct token_fields *f);
+enum token_status token_check(const struct secret *s, const char *tok,
+                              const struct token_fields *f, int64_t now);
 
 /* "ok", "malformed token", "bad signature", "token expired". */
 const char *token_status_str(enum token_status st);

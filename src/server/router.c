@@ -92,56 +92,54 @@ static void unauthorized(struct conn *c, const char *why, int token_sent)
 }
 
 /*
- * The bearer token of r, without the scheme and surrounding blanks, into
- * *tok and *n. 0; or -1 and *why (and *sent: an Authorization header came).
+ * Checks the bearer token against the route's need. 0: go on; -1: answered,
+ * or handed off. A user's requests are served by the worker owning the user
+ * (worker/worker.h): the owner is read off the token's subject before the
+ * MAC is checked, and the request handed over unchecked. The owner checks it
+ * (and answers 401 or 403 itself), so a moved request costs one HMAC, and
+ * every request one parse of its token.
  */
-static int bearer(struct http_req *r, const char **tok, size_t *n, const char **why, int *sent)
-{
-    const char *h = http_req_header(r, HDR_AUTHORIZATION);
-
-    *sent = h != NULL && h[0] != '\0';
-    if (!*sent) {
-        *why = "missing bearer token";
-        return -1;
-    }
-    if (strncasecmp(h, "Bearer ", 7) != 0) {
-        *why = "expected Authorization: Bearer <token>";
-        return -1;
-    }
-    h += 7;
-    while (*h == ' ')
-        h++;
-    *n = strlen(h);
-    while (*n > 0 && (h[*n - 1] == ' ' || h[*n - 1] == '\t'))
-        (*n)--;
-    *tok = h;
-    return 0;
-}
-
-/* Checks the bearer token against the route's need. 0: go on; -1: answered. */
 static int authenticate(struct conn *c, struct http_req *r, const struct route *rt,
                         struct principal *who)
 {
-    const char *h, *why;
+    const char *h = http_req_header(r, HDR_AUTHORIZATION);
+    struct token_fields f;
     enum token_status st;
-    int64_t expires;
+    unsigned to;
     size_t n;
-    int sent;
 
     who->kind = 0;
     who->subject[0] = '\0';
     if (rt->need == 0)
         return 0;
-    if (bearer(r, &h, &n, &why, &sent) < 0) {
-        unauthorized(c, why, sent);
+    if (h == NULL || h[0] == '\0') {
+        unauthorized(c, "missing bearer token", 0);
         return -1;
     }
-    st = token_verify(&c->srv->secret, h, n, (int64_t)time(NULL), &who->kind, who->subject,
-                      sizeof(who->subject), &expires);
+    if (strncasecmp(h, "Bearer ", 7) != 0) {
+        unauthorized(c, "expected Authorization: Bearer <token>", 1);
+        return -1;
+    }
+    h += 7;
+    while (*h == ' ')
+        h++;
+    n = strlen(h);
+    while (n > 0 && (h[n - 1] == ' ' || h[n - 1] == '\t'))
+        n--;
+    st = token_parse(h, n, &f);
+    if (st == TOKEN_OK && rt->need == TOKEN_USER && f.kind == TOKEN_USER &&
+        conn_user_elsewhere(c, f.subject, f.subject_len, &to)) {
+        conn_handoff(c, to);
+        return -1;
+    }
+    if (st == TOKEN_OK)
+        st = token_check(&c->srv->secret, h, &f, (int64_t)time(NULL));
     if (st != TOKEN_OK) {
         unauthorized(c, token_status_str(st), 1);
         return -1;
     }
+    who->kind = f.kind;
+    memcpy(who->subject, f.subject, f.subject_len + 1);
     if (who->kind != rt->need) {
         char msg[96], peer[64], q[300];
         snprintf(msg, sizeof(msg), "this endpoint needs a %s token, not a %s token",
@@ -152,30 +150,6 @@ static int authenticate(struct conn *c, struct http_req *r, const struct route *
         return -1;
     }
     return 0;
-}
-
-/*
- * A user's requests are served by the worker owning the user
- * (worker/worker.h). The owner is read off the token's subject before its
- * MAC is checked, and the request handed over unchecked: the owner checks
- * it (and answers 401 or 403 itself), so a handed-off request costs one
- * HMAC, not two. Returns 1 when the request was handed off.
- */
-static int owned_elsewhere(struct conn *c, struct http_req *r)
-{
-    char subject[TOKEN_SUBJECT_MAX + 1];
-    enum token_kind kind;
-    const char *h, *why;
-    unsigned to;
-    size_t n;
-    int sent;
-
-    if (c->srv->wk == NULL || bearer(r, &h, &n, &why, &sent) < 0 ||
-        token_peek(h, n, &kind, subject, sizeof(subject)) != TOKEN_OK || kind != TOKEN_USER ||
-        !conn_user_elsewhere(c, subject, strlen(subject), &to))
-        return 0;
-    conn_handoff(c, to);
-    return 1;
 }
 
 void router_dispatch(struct conn *c, struct http_req *r)
@@ -199,8 +173,6 @@ void router_dispatch(struct conn *c, struct http_req *r)
         path_match = rt;
         if (rt->method != r->method)
             continue;
-        if (rt->need == TOKEN_USER && owned_elsewhere(c, r))
-            return;
         if (authenticate(c, r, rt, &who) < 0)
             return;
         rt->fn(c, r, &who);

@@ -873,9 +873,10 @@ static void test_u64_decimal(void **state)
         snprintf(want, sizeof(want), "%llu", (unsigned long long)v[i]);
         assert_string_equal(got, want);
     }
-    for (uint64_t p = 1, k = 0; k < 19; k++, p *= 10) {
-        size_t n = util_u64_dec(got, p - 1 + (p == 1));
-        assert_int_equal(n, k == 0 ? 1 : k);
+    /* 10^k has k + 1 digits and 10^k - 1 has k, for every k a uint64_t holds. */
+    for (uint64_t p = 10, k = 1; k < 20; k++, p *= 10) {
+        assert_int_equal(util_u64_dec(got, p - 1), k);
+        assert_int_equal(util_u64_dec(got, p), k + 1);
     }
 }
 

@@ -334,15 +334,18 @@ static void test_mac_context_follows_the_secret(void **state)
 }
 
 /*
- * token_peek reads the subject the way token_verify does, without the MAC:
+ * token_parse reads the fields the way token_verify does, without the MAC:
  * every subject length (each tail of the base64url decoder), every
  * character, and the rejections: a character outside the alphabet at any
  * place, unused bits set in the last character, a kind that is no kind.
+ * token_check then decides what token_verify would.
  */
-static void test_peek(void **state)
+static void test_parse_then_check(void **state)
 {
     char subject[TOKEN_SUBJECT_MAX + 1], raw[64], enc[128], part[TOKEN_MAX], tok[TOKEN_MAX];
+    struct token_fields f;
     enum token_kind kind;
+    int64_t exp;
 
     (void)state;
     for (size_t len = 1; len <= 40; len++) {
@@ -352,43 +355,49 @@ static void test_peek(void **state)
         raw[len] = '\0';
         b64url((const unsigned char *)raw, len, enc);
         elen = strlen(enc);
-        snprintf(part, sizeof(part), "v1.u.%s.0", enc);
+        snprintf(part, sizeof(part), "v1.u.%s.%lld", enc, (long long)NOW + (long long)len);
         forge(part, tok, sizeof(tok));
-        assert_int_equal(token_peek(tok, strlen(tok), &kind, subject, sizeof(subject)), TOKEN_OK);
-        assert_int_equal(kind, TOKEN_USER);
-        assert_string_equal(subject, raw);
+        assert_int_equal(token_parse(tok, strlen(tok), &f), TOKEN_OK);
+        assert_int_equal(f.kind, TOKEN_USER);
+        assert_string_equal(f.subject, raw);
+        assert_int_equal(f.subject_len, len);
+        assert_int_equal(f.expires, NOW + (int64_t)len);
+        assert_int_equal(f.signed_len, strlen(part));
+        assert_int_equal(token_check(&key_a, tok, &f, NOW), TOKEN_OK);
+        assert_int_equal(token_check(&key_b, tok, &f, NOW), TOKEN_BAD_SIGNATURE);
+        assert_int_equal(token_check(&key_a, tok, &f, NOW + (int64_t)len + 1), TOKEN_EXPIRED);
         assert_int_equal(verify_str(&key_a, tok, NOW), TOKEN_OK);
-        /* Too small a subject buffer. */
-        assert_int_equal(token_peek(tok, strlen(tok), &kind, subject, len), TOKEN_MALFORMED);
+        /* Too small a subject buffer for token_verify. */
+        assert_int_equal(verify_exact(&key_a, tok, strlen(tok), NOW, &kind, subject, len, &exp),
+                         TOKEN_MALFORMED);
         /* A character outside the alphabet, at each place of the subject. */
         for (size_t at = 0; at < elen; at++) {
             char bad[TOKEN_MAX];
             memcpy(bad, tok, strlen(tok) + 1);
             bad[5 + at] = at % 2 ? '+' : '/';
-            assert_int_equal(token_peek(bad, strlen(bad), &kind, subject, sizeof(subject)),
-                             TOKEN_MALFORMED);
+            assert_int_equal(token_parse(bad, strlen(bad), &f), TOKEN_MALFORMED);
         }
         /* Unused low bits set in a last character that has them. */
         if (len % 3 != 0) {
             char bad[TOKEN_MAX];
             memcpy(bad, tok, strlen(tok) + 1);
             bad[5 + elen - 1] = enc[elen - 1] == 'B' ? 'C' : 'B'; /* 'B' and 'C': low bits set */
-            assert_int_equal(token_peek(bad, strlen(bad), &kind, subject, sizeof(subject)),
-                             TOKEN_MALFORMED);
+            assert_int_equal(token_parse(bad, strlen(bad), &f), TOKEN_MALFORMED);
         }
     }
     sign_ok(TOKEN_PUBLISHER, "mta", 0, tok);
-    assert_int_equal(token_peek(tok, strlen(tok), &kind, subject, sizeof(subject)), TOKEN_OK);
-    assert_int_equal(kind, TOKEN_PUBLISHER);
-    assert_string_equal(subject, "mta");
-    /* peek does not check the MAC or the expiry: that is token_verify's. */
+    assert_int_equal(token_parse(tok, strlen(tok), &f), TOKEN_OK);
+    assert_int_equal(f.kind, TOKEN_PUBLISHER);
+    assert_string_equal(f.subject, "mta");
+    assert_int_equal(f.expires, 0);
+    /* A parse does not check the MAC: token_check does. */
     tok[strlen(tok) - 2] = tok[strlen(tok) - 2] == 'A' ? 'B' : 'A';
-    assert_int_equal(token_peek(tok, strlen(tok), &kind, subject, sizeof(subject)), TOKEN_OK);
+    assert_int_equal(token_parse(tok, strlen(tok), &f), TOKEN_OK);
+    assert_int_equal(token_check(&key_a, tok, &f, NOW), TOKEN_BAD_SIGNATURE);
     assert_int_equal(verify_str(&key_a, tok, NOW), TOKEN_BAD_SIGNATURE);
     tok[3] = 'x';
-    assert_int_equal(token_peek(tok, strlen(tok), &kind, subject, sizeof(subject)),
-                     TOKEN_MALFORMED);
-    assert_int_equal(token_peek("v1.u.", 5, &kind, subject, sizeof(subject)), TOKEN_MALFORMED);
+    assert_int_equal(token_parse(tok, strlen(tok), &f), TOKEN_MALFORMED);
+    assert_int_equal(token_parse("v1.u.", 5, &f), TOKEN_MALFORMED);
 }
 
 static void test_expiry(void **state)
@@ -847,7 +856,7 @@ int main(void)
         cmocka_unit_test(test_tampered_mac),
         cmocka_unit_test(test_wrong_secret),
         cmocka_unit_test(test_mac_context_follows_the_secret),
-        cmocka_unit_test(test_peek),
+        cmocka_unit_test(test_parse_then_check),
         cmocka_unit_test(test_expiry),
         cmocka_unit_test(test_expires_zero_never_expires),
         cmocka_unit_test(test_every_truncation_fails),

@@ -39,6 +39,24 @@ def wait_for(pred, what, timeout=WAIT):
     raise AssertionError(f"never happened: {what}")
 
 
+def users_spread(srv, prefix, n, workers):
+    """n users dealt over the workers in turn (user i owned by worker i % workers).
+
+    Users drawn at random can all land on one worker (1 in 243 for six of
+    three), and the tests below are about users that live apart.
+    """
+    free = {w: [] for w in range(workers)}
+    users = []
+    while len(users) < n:
+        want = len(users) % workers
+        if free[want]:
+            users.append(free[want].pop())
+            continue
+        u = srv.user(prefix)
+        free[harness.worker_of(u.name, workers)].append(u)
+    return users
+
+
 def hold(srv, users, state="0", heartbeat=600):
     return {u.name: u.ping_async(device="d1", folders={"INBOX": state}, heartbeat=heartbeat)
             for u in users}
@@ -192,11 +210,10 @@ def held_seen_from(srv, source):
 
 def test_max_per_ip_is_exact_across_workers(make_nudged):
     srv = make_nudged({"server": {"workers": 3, "max_per_ip": 6}})
-    users = [srv.user("perip") for _ in range(6)]
-    # Six users, owned by different workers: all six connections count for 127.0.0.1.
+    users = users_spread(srv, "perip", 6, 3)
+    # Six users, two per worker: all six connections count for 127.0.0.1.
     pend = hold(srv, users)
     wait_for(lambda: held_seen_from(srv, "127.0.0.2") == 6, "6 pings held")
-    assert len({harness.worker_of(u.name, 3) for u in users}) > 1
     c = Conn(srv.port)
     r = c.request("POST", "/v1/ping", ping_body(device="d1", folders={"INBOX": "0"}),
                   token=srv.token(srv.user("perip").name))
@@ -220,10 +237,9 @@ def test_max_per_ip_is_exact_across_workers(make_nudged):
 
 def test_max_connections_is_shared_by_the_workers(make_nudged):
     srv = make_nudged({"server": {"workers": 3, "max_connections": 6}})
-    users = [srv.user("maxc") for _ in range(6)]
+    users = users_spread(srv, "maxc", 6, 3)
     pend = hold(srv, users[:5])
     wait_for(lambda: srv.held() == 5, "5 pings held")  # the sixth connection asks
-    assert len({harness.worker_of(u.name, 3) for u in users}) > 1
     pend.update(hold(srv, users[5:]))
     time.sleep(1.0)  # the sixth is accepted and handed to its owner
     # A seventh client waits in the backlog: not accepted while six are open.
@@ -252,13 +268,7 @@ def test_bumps_of_one_loop_turn_travel_in_one_mesh_packet(make_nudged):
     # once when it continues; whichever worker that is, six of the users
     # belong to the other.
     srv = make_nudged({"server": {"workers": 2}})
-    by_owner = {0: [], 1: []}
-    while min(len(v) for v in by_owner.values()) < 6:
-        u = srv.user("batch")
-        w = harness.worker_of(u.name, 2)
-        if len(by_owner[w]) < 6:
-            by_owner[w].append(u)
-    users = by_owner[0] + by_owner[1]
+    users = users_spread(srv, "batch", 12, 2)
     pend = hold(srv, users)
     wait_for(lambda: srv.held() == 12, "12 pings held")
     before = workers_info(srv)["workers"]
@@ -299,11 +309,7 @@ def test_a_request_goes_to_its_owner_before_its_token_is_checked(make_nudged):
     # travel: a publisher token on /v1/ping and a malformed one are answered
     # where they arrive.
     srv = make_nudged({"server": {"workers": 2}})
-    mine = {}
-    while len(mine) < 2:
-        u = srv.user("route")
-        mine.setdefault(harness.worker_of(u.name, 2), u)
-    users = [mine[0], mine[1]]
+    users = users_spread(srv, "route", 2, 2)
 
     def sent():
         return sum(w["handoffs_sent"] for w in workers_info(srv)["workers"])

@@ -141,6 +141,11 @@ $(BIN)/loadgen: bench/loadgen.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $<
 
+# The machine's own fan-out floor, raw TCP with no server (bench/floor.c).
+$(BIN)/floor: bench/floor.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $<
+
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(CPPFLAGS) $(CFLAGS) -c -o $@ $<
@@ -207,7 +212,7 @@ N          ?= 10000,100000
 BENCH_IDLE ?= 60
 BENCH_ARGS ?=
 bench: deps-bench
-	@$(MAKE) --no-print-directory all $(BIN)/loadgen
+	@$(MAKE) --no-print-directory all $(BIN)/loadgen $(BIN)/floor
 	@scripts/bench-limits.sh $(lastword $(subst $(comma), ,$(N)))
 	ulimit -n $$(ulimit -Hn) && $(PYTHON) bench/compare.py --n $(N) --idle $(BENCH_IDLE) $(BENCH_ARGS)
 

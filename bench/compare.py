@@ -229,7 +229,7 @@ def mem_available_kib():
 # What one held connection costs at most, to decide whether a point fits in
 # memory before starting it: user space (nchan ~13 KB, nudge ~1 KB) plus the
 # kernel's ~8 KB for the two sockets and loadgen's ~100 bytes, with a margin.
-NEEDS_PER_CONN = {"nudge": 1200 + 8500, "nchan": 14000 + 8500}
+NEEDS_PER_CONN = {"floor": 100 + 8500, "nudge": 1200 + 8500, "nchan": 14000 + 8500}
 
 
 def percentile(values, p):
@@ -487,11 +487,46 @@ def wait_held(srv, want, limit):
 
 # ---------------------------------------------------------------- one point
 
-def run_point(args, kind, n):
-    users = n // args.devices_per_user
+def layout(args, n):
+    """Server processes and loadgen processes for N held connections."""
     devices = min(args.devices, n)
     workers = args.workers or max(2, math.ceil((n / 0.9 + devices) / PER_PROCESS))
     procs = max(2, math.ceil((n + devices + args.publishers_high) / PER_PROCESS))
+    return workers, procs
+
+
+def run_floor(args, n):
+    """The machine's own fan-out floor (bench/floor.c): N raw loopback TCP
+    connections between as many processes as the servers and loadgen use,
+    one fixed answer written to each with nothing else to do, with and
+    without a re-poll after each answer. The median round of --floor-rounds
+    by p99."""
+    workers, procs = layout(args, n)
+    r = {"n": n, "workers": workers, "procs": procs}
+    for key, extra in (("repoll", []), ("plain", ["--no-repoll"])):
+        cmd = [args.floor, "--conns", str(n), "--servers", str(workers), "--clients", str(procs),
+               "--sources", str(SOURCES), "--rounds", str(args.floor_rounds),
+               "--limit", str(args.limit * 1000)] + extra
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=args.limit * 4)
+        rounds = [dict(kv.split("=") for kv in line.split()) for line in p.stdout.splitlines()
+                  if line.startswith("round=")]
+        if p.returncode != 0 or len(rounds) != args.floor_rounds:
+            raise RuntimeError(f"floor failed ({p.returncode}): {p.stderr.strip()[-500:]}")
+        rounds.sort(key=lambda x: float(x["p99_ms"]))
+        m = rounds[len(rounds) // 2]
+        r[key] = tuple(float(m[k]) for k in ("p50_ms", "p99_ms", "max_ms",
+                                              "server_cpu_us", "client_cpu_us"))
+        r[key + "_p99s"] = [float(x["p99_ms"]) for x in rounds]
+        log(f"floor ({key}): N={n}, {workers}+{procs} processes: p50 {r[key][0]:.1f} ms, "
+            f"p99 {r[key][1]:.1f}, max {r[key][2]:.1f}; server CPU {r[key][3]:.1f} us per "
+            f"connection")
+    return r
+
+
+def run_point(args, kind, n):
+    users = n // args.devices_per_user
+    devices = min(args.devices, n)
+    workers, procs = layout(args, n)
     # The heartbeat must outlast the ramp and the phases before the idle one
     # (opening 1M takes ~50 s here), and the idle window must see each renewal.
     hb = max(args.hb, math.ceil(n / 10000))
@@ -724,6 +759,27 @@ def table(n, a, b, batch, pubs):
     return rows
 
 
+def floor_table(n, f, a, batch):
+    """Markdown rows: the machine's fan-out floor for one N beside nudge's
+    batched fan-out (a), where the publish requests hardly count."""
+    rows = [f"| fan-out floor (N = {n:,}, {f['workers']} + {f['procs']} processes, "
+            "bench/floor.c) | p50 | p99 | max | CPU per device, sending side |",
+            "|---|---|---|---|---|"]
+    for key, label in (("plain", "raw TCP, one fixed answer each, no re-polls"),
+                       ("repoll", "raw TCP, one fixed answer each, each re-polled at once")):
+        v = f[key]
+        rows.append(f"| {label} | {fmt_ms(v[0])} | {fmt_ms(v[1])} | {fmt_ms(v[2])} | "
+                    f"{fmt_us(v[3])} |")
+    if a and "fanb" in a:
+        v = a["fanb"]
+        rows.append(f"| nudge, events in batches of {batch}, re-polled at once | {fmt_ms(v[0])} | "
+                    f"{fmt_ms(v[1])} | {fmt_ms(v[2])} | {fmt_us(a['fanb_cpu_us'])} |")
+        rows.append(f"| nudge / floor with re-polls | {ratio(v[0], f['repoll'][0])} | "
+                    f"{ratio(v[1], f['repoll'][1])} | {ratio(v[2], f['repoll'][2])} | "
+                    f"{ratio(a['fanb_cpu_us'], f['repoll'][3])} |")
+    return rows
+
+
 def machine():
     cpu = "?"
     with open("/proc/cpuinfo") as f:
@@ -737,9 +793,11 @@ def machine():
         deb = open("/etc/debian_version").read().strip()
     except OSError:
         deb = "?"
-    nginx_v = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+    # compare.py --servers nudge runs without nginx installed.
+    nginx_v = (subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr.strip()
+               if shutil.which("nginx") else "no nginx")
     nchan_v = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "libnginx-mod-nchan"],
-                             capture_output=True, text=True).stdout.strip()
+                             capture_output=True, text=True).stdout.strip() or "none"
     return (f"Debian {deb}, Linux {platform.release()}, {os.cpu_count()} x {cpu}, "
             f"{mem:.1f} GiB RAM; {nginx_v.replace('nginx version: ', '')}, "
             f"libnginx-mod-nchan {nchan_v}; descriptor limit {os.sysconf('SC_OPEN_MAX')} "
@@ -754,7 +812,8 @@ def chart(results, path):
     dat = os.path.splitext(path)[0] + ".dat"
     with open(dat, "w") as f:
         f.write("# N nudge_p50 nudge_p99 nudge_max nudge_bytes nchan_p50 nchan_p99 nchan_max "
-                "nchan_bytes nudge_batched_p50 nudge_batched_p99 nudge_batched_max\n")
+                "nchan_bytes nudge_batched_p50 nudge_batched_p99 nudge_batched_max "
+                "floor_p50 floor_p99 floor_max\n")
         for n in sorted(results):
             cols = [str(n)]
             for kind in ("nudge", "nchan"):
@@ -765,6 +824,8 @@ def chart(results, path):
                     cols += ["NaN"] * 4
             r = results[n].get("nudge")
             cols += [f"{v:.3f}" for v in r["fanb"]] if r and "fanb" in r else ["NaN"] * 3
+            r = results[n].get("floor")
+            cols += [f"{v:.3f}" for v in r["repoll"][:3]] if r else ["NaN"] * 3
             f.write(" ".join(cols) + "\n")
     script = f"""
 set terminal pngcairo size 1200,480 font ",10" noenhanced
@@ -784,7 +845,8 @@ plot '{dat}' u 1:2 w lp lw 2 lc rgb '#1f77b4' pt 7 t 'nudge p50', \\
      '' u 1:6 w lp lw 2 lc rgb '#d62728' pt 7 t 'nchan p50', \\
      '' u 1:7 w lp lw 2 lc rgb '#d62728' pt 5 dt 2 t 'nchan p99', \\
      '' u 1:8 w lp lw 1 lc rgb '#d62728' pt 9 dt 3 t 'nchan max', \\
-     '' u 1:11 w lp lw 2 lc rgb '#2ca02c' pt 5 dt 2 t 'nudge p99, batches of 1000'
+     '' u 1:11 w lp lw 2 lc rgb '#2ca02c' pt 5 dt 2 t 'nudge p99, batches of 1000', \\
+     '' u 1:14 w lp lw 2 lc rgb '#7f7f7f' pt 5 dt 2 t 'floor p99: raw TCP, no server'
 set title 'user-space memory per held connection (PSS)'
 set ylabel 'bytes'
 unset logscale y
@@ -820,13 +882,17 @@ def main():
                     help="server processes for both (0: enough for ~15k connections each)")
     ap.add_argument("--store", default="memory", choices=["memory", "sqlite"],
                     help="nudged's store (nchan keeps its channels in memory)")
-    ap.add_argument("--servers", default="nudge,nchan")
+    ap.add_argument("--servers", default="floor,nudge,nchan",
+                    help="what to run, comma separated: floor (bench/floor.c), nudge, nchan")
+    ap.add_argument("--floor-rounds", type=int, default=3,
+                    help="rounds of the floor's fan-out (the median by p99 is reported)")
     ap.add_argument("--limit", type=int, default=300, help="bound on each phase, seconds")
     ap.add_argument("--out", default=os.path.join(BENCH, "results.md"))
     ap.add_argument("--chart", default=os.path.join(BENCH, "results.png"))
     ap.add_argument("--nudged", default=os.path.join(ROOT, "build/bin/nudged"))
     ap.add_argument("--nudge", default=os.path.join(ROOT, "build/bin/nudge"))
     ap.add_argument("--loadgen", default=os.path.join(ROOT, "build/bin/loadgen"))
+    ap.add_argument("--floor", default=os.path.join(ROOT, "build/bin/floor"))
     ap.add_argument("--nginx", default="/usr/sbin/nginx")
     ap.add_argument("--logdir", default=os.path.join(tempfile.gettempdir(), "nudge-bench-logs"),
                     help="where the servers' logs of the last run are kept")
@@ -841,6 +907,8 @@ def main():
     for n in ns:
         results[n] = {}
         for kind in servers:
+            if kind not in NEEDS_PER_CONN:
+                sys.exit(f"compare.py: --servers: '{kind}' is not floor, nudge or nchan")
             need = n * NEEDS_PER_CONN[kind] // 1024
             # Leave a fifth of what is free to everything else on the machine.
             if need > mem_available_kib() * 0.8:
@@ -850,7 +918,7 @@ def main():
                 log(why)
                 skipped.append(why)
                 continue
-            results[n][kind] = run_point(args, kind, n)
+            results[n][kind] = run_floor(args, n) if kind == "floor" else run_point(args, kind, n)
     elapsed = time.time() - started
 
     out = [f"# nudge vs nginx+nchan — run of {datetime.date.today().isoformat()}", "",
@@ -865,8 +933,11 @@ def main():
     for n in ns:
         if not results[n]:
             continue
-        out += table(n, results[n].get("nudge"), results[n].get("nchan"), args.batch,
-                     (args.publishers, args.publishers_high)) + [""]
+        if results[n].get("nudge") or results[n].get("nchan"):
+            out += table(n, results[n].get("nudge"), results[n].get("nchan"), args.batch,
+                         (args.publishers, args.publishers_high)) + [""]
+        if results[n].get("floor"):
+            out += floor_table(n, results[n]["floor"], results[n].get("nudge"), args.batch) + [""]
         for kind in results[n]:
             r = results[n][kind]
             if r.get("loadgen_stderr"):

@@ -527,10 +527,13 @@ def run_point(args, kind, n):
     users = n // args.devices_per_user
     devices = min(args.devices, n)
     workers, procs = layout(args, n)
-    # The heartbeat must outlast the ramp and the phases before the idle one
-    # (opening 1M takes ~50 s here), and the idle window must see each renewal.
-    hb = max(args.hb, math.ceil(n / 10000))
-    idle = max(args.idle, 2 * hb)
+    # The heartbeat must outlast the ramp and each fan-out, or pings expire
+    # in the middle of one and renew, which adds their load to it and makes
+    # it longer still: at 1M on 2 cores the ramp takes ~70 s and a fan-out
+    # 1-3 minutes (a 100 s heartbeat made them 2-6). The idle window must
+    # see each ping renew.
+    hb = args.hb if n <= 100000 else max(args.hb, math.ceil(n / 2500))
+    idle = max(args.idle, hb + 20)
     tmp = tempfile.mkdtemp(prefix="cmp-lat-")
     r = {"n": n, "users": users, "workers": workers, "procs": procs, "devices": devices,
          "hb": hb, "idle": idle}
@@ -567,6 +570,9 @@ def run_point(args, kind, n):
 
         # Fan-out: one publish to each of the users, every device must answer.
         lost = 0
+        # A ping re-armed by the last fan-out expires hb after that fan-out
+        # began, at the earliest: the quiet window below must end before.
+        t_fanout = time.monotonic()
         c0 = cpu_by_pid(srv.pids())
         pub = lg.cmd(f"pub u 0 {users} {users} 1 {args.publishers}")
         w = lg.cmd(f"wait 0 1 {args.limit * 1000} {tmp}/fan")
@@ -582,6 +588,7 @@ def run_point(args, kind, n):
         if srv.batches:
             # The same fan-out with the events in batches (POST /v1/events takes an array).
             rounds = 2
+            t_fanout = time.monotonic()
             c0 = cpu_by_pid(srv.pids())
             pub = lg.cmd(f"pub u 0 {users} {users} 2 {args.publishers} {args.batch}")
             w = lg.cmd(f"wait 0 2 {args.limit * 1000} {tmp}/fanb")
@@ -593,7 +600,6 @@ def run_point(args, kind, n):
             log(f"{kind}: fan-out in batches of {args.batch}: p50 {r['fanb'][0]:.1f} ms, "
                 f"p99 {r['fanb'][1]:.1f}, max {r['fanb'][2]:.1f}; lost {w['lost']}")
         r["rounds"] = rounds
-        t_fanout = time.monotonic()
 
         # One user, D devices.
         lg.cmd(f"open 1 {users} 1 {devices}")
@@ -623,7 +629,8 @@ def run_point(args, kind, n):
             log(f"{kind}: {args.events} publishes on {c} connections: {r['pub_rate'][c]:,.0f}/s, "
                 f"{pub['bad']} refused")
 
-        # Idle, nothing expiring (the fan-out re-armed every connection hb s ago at most).
+        # Idle, nothing expiring (the last fan-out re-armed every connection
+        # after t_fanout, so none expires before t_fanout + hb).
         quiet = min(args.quiet, hb - (time.monotonic() - t_fanout) - 2)
         if quiet >= 1:
             c0 = cpu_by_pid(srv.pids())
@@ -923,11 +930,11 @@ def main():
 
     out = [f"# nudge vs nginx+nchan — run of {datetime.date.today().isoformat()}", "",
            f"Machine: {machine()}.", "",
-           f"Per N: one long-poll per user, heartbeat / long-poll timeout max({args.hb} s, "
-           f"N / 10,000 s), "
+           f"Per N: one long-poll per user, heartbeat / long-poll timeout {args.hb} s "
+           f"(above N = 100,000: max({args.hb} s, N / 2,500 s)), "
            f"{args.publishers} keep-alive publishers ({args.publishers_high} for the second "
            f"throughput row), {args.events:,} publishes per throughput row, "
-           f"idle window max({args.idle} s, 2 heartbeats); nudged store: {args.store}. "
+           f"idle window max({args.idle} s, heartbeat + 20 s); nudged store: {args.store}. "
            f"Whole run: {elapsed / 60:.1f} min.", ""]
     out += [f"{why}." for why in skipped] + ([""] if skipped else [])
     for n in ns:

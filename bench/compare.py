@@ -530,9 +530,13 @@ def run_point(args, kind, n):
     # The heartbeat must outlast the ramp and each fan-out, or pings expire
     # in the middle of one and renew, which adds their load to it and makes
     # it longer still: at 1M on 2 cores the ramp takes ~70 s and a fan-out
-    # 1-3 minutes (a 100 s heartbeat made them 2-6). The idle window must
-    # see each ping renew.
-    hb = args.hb if n <= 100000 else max(args.hb, math.ceil(n / 2500))
+    # 1-2 minutes (a 100 s heartbeat made them 2-6). It stays below nudged's
+    # keepalive_idle (300 s by default): 1M connections re-armed by one
+    # fan-out send their keepalive probes in one burst, loopback's backlog
+    # drops part of them, and TCP_USER_TIMEOUT closed ~2% of the connections
+    # (bench/README.md, "The 1M point"). The idle window must see each ping
+    # renew.
+    hb = args.hb if n <= 100000 else max(args.hb, min(math.ceil(n / 2500), 280))
     idle = max(args.idle, hb + 20)
     tmp = tempfile.mkdtemp(prefix="cmp-lat-")
     r = {"n": n, "users": users, "workers": workers, "procs": procs, "devices": devices,
@@ -931,7 +935,7 @@ def main():
     out = [f"# nudge vs nginx+nchan — run of {datetime.date.today().isoformat()}", "",
            f"Machine: {machine()}.", "",
            f"Per N: one long-poll per user, heartbeat / long-poll timeout {args.hb} s "
-           f"(above N = 100,000: max({args.hb} s, N / 2,500 s)), "
+           f"(above N = 100,000: max({args.hb} s, min(N / 2,500 s, 280 s))), "
            f"{args.publishers} keep-alive publishers ({args.publishers_high} for the second "
            f"throughput row), {args.events:,} publishes per throughput row, "
            f"idle window max({args.idle} s, heartbeat + 20 s); nudged store: {args.store}. "

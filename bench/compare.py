@@ -911,6 +911,9 @@ def main():
     ns = [int(x) for x in args.n.split(",")]
     args.max_conns = max(ns) + args.devices + 1000
     servers = args.servers.split(",")
+    for kind in servers:
+        if kind not in NEEDS_PER_CONN:
+            sys.exit(f"compare.py: --servers: '{kind}' is not floor, nudge or nchan")
 
     started = time.time()
     results = {}
@@ -918,8 +921,6 @@ def main():
     for n in ns:
         results[n] = {}
         for kind in servers:
-            if kind not in NEEDS_PER_CONN:
-                sys.exit(f"compare.py: --servers: '{kind}' is not floor, nudge or nchan")
             need = n * NEEDS_PER_CONN[kind] // 1024
             # Leave a fifth of what is free to everything else on the machine.
             if need > mem_available_kib() * 0.8:

@@ -104,13 +104,18 @@ static char *make_message(const char *head_fmt, size_t n)
     if (!m)
         die("out of memory");
     char head[256];
-    int hl = snprintf(head, sizeof(head), head_fmt, 0);
-    if (hl < 0 || (size_t)hl + 8 > n)
-        die("--bytes/--req-bytes %zu is too small for an HTTP message", n);
-    size_t body = n - (size_t)hl;
-    hl = snprintf(head, sizeof(head), head_fmt, (int)body);
-    body = n - (size_t)hl; /* the length's own digits moved the head */
-    hl = snprintf(head, sizeof(head), head_fmt, (int)body);
+    int hl = snprintf(head, sizeof(head), head_fmt, 0), prev = -1;
+    /* The head holds the body's length, whose digits move the head: settle.
+     * Just past a power of ten it cannot (a body of 100 needs a head one
+     * longer, which leaves 99): then no message has exactly n bytes. */
+    for (int tries = 0; hl != prev; tries++) {
+        if (hl < 0 || (size_t)hl + 8 > n)
+            die("--bytes/--req-bytes %zu is too small for an HTTP message", n);
+        if (tries == 4)
+            die("--bytes/--req-bytes %zu: no HTTP message is exactly that long; try %zu", n, n + 1);
+        prev = hl;
+        hl = snprintf(head, sizeof(head), head_fmt, (int)(n - (size_t)prev));
+    }
     memcpy(m, head, (size_t)hl);
     memset(m + hl, 'x', n - (size_t)hl);
     m[n] = 0;

@@ -29,7 +29,7 @@ CFLAGS   := -std=c11 $(OPT) -g -Wall -Wextra -Werror -MMD -MP $(SANFLAGS)
 LDFLAGS  := $(SANFLAGS)
 LIBS     := -luv -ljansson -linih -lcrypto -lsqlite3 -lpthread
 
-# Code shared by the server, the client and the unit tests.
+# Sources by layer, lowest first (docs/architecture.md, "Layers"; make check-layers).
 COMMON_SRC := \
 	src/common/xalloc.c \
 	src/common/log.c \
@@ -37,43 +37,31 @@ COMMON_SRC := \
 	src/common/strmap.c \
 	src/common/util.c \
 	src/common/jsonw.c \
-	src/auth/token.c \
-	src/auth/secret.c \
-	src/http/request.c \
-	src/http/response.c \
-	src/push/datagram.c
+	src/common/deadline.c \
+	src/common/metrics.c
+AUTH_SRC    := src/auth/token.c src/auth/secret.c
+HTTP_SRC    := src/http/request.c src/http/response.c src/http/error.c
+NET_SRC     := src/net/sockopt.c
+STORE_SRC   := src/store/store.c src/store/statemap.c src/store/store_mem.c \
+	src/store/store_sqlite.c src/store/sqlite_writer.c src/store/reshard.c
+SHARD_SRC   := src/shard/shard.c
+WORKER_SRC  := src/worker/owner.c src/worker/mesh.c
+CONN_SRC    := src/conn/conn.c src/conn/listen.c
+DGRAM_SRC   := src/udp/datagram.c
+UDP_SRC     := src/udp/socket.c src/udp/udp.c
+HB_SRC      := src/session/heartbeat.c
+SESSION_SRC := src/session/session.c src/session/devices.c
+PUSH_SRC    := src/push/check.c src/push/ping.c src/push/probe.c src/push/state.c \
+	src/push/events.c src/push/udp_api.c src/push/ingest.c
+ADMIN_SRC   := src/admin/admin.c src/admin/sessions_api.c
+SERVER_SRC  := src/server/server.c src/server/router.c src/server/handoff.c \
+	src/server/supervisor.c
 
-NUDGED_SRC := \
-	src/server/main.c \
-	src/server/server.c \
-	src/server/conn.c \
-	src/server/listen.c \
-	src/server/deadline.c \
-	src/server/router.c \
-	src/server/admin.c \
-	src/push/ping.c \
-	src/push/state.c \
-	src/push/events.c \
-	src/push/validate.c \
-	src/push/probe.c \
-	src/push/udp.c \
-	src/push/udp_api.c \
-	src/push/ingest.c \
-	src/shard/shard.c \
-	src/worker/owner.c \
-	src/worker/mesh.c \
-	src/worker/supervisor.c \
-	src/net/sockopt.c \
-	src/session/session.c \
-	src/session/heartbeat.c \
-	src/store/store.c \
-	src/store/statemap.c \
-	src/store/store_mem.c \
-	src/store/store_sqlite.c \
-	src/store/sqlite_writer.c \
-	src/store/reshard.c
+NUDGED_SRC := $(COMMON_SRC) $(AUTH_SRC) $(HTTP_SRC) $(NET_SRC) $(STORE_SRC) $(SHARD_SRC) \
+	$(WORKER_SRC) $(CONN_SRC) $(DGRAM_SRC) $(UDP_SRC) $(HB_SRC) $(SESSION_SRC) $(PUSH_SRC) \
+	$(ADMIN_SRC) $(SERVER_SRC) src/server/main.c
 
-NUDGE_SRC := \
+NUDGE_SRC := $(COMMON_SRC) $(AUTH_SRC) $(HTTP_SRC) $(DGRAM_SRC) \
 	src/cli/main.c \
 	src/cli/httpc.c \
 	src/cli/udpsock.c \
@@ -85,6 +73,7 @@ NUDGE_SRC := \
 	src/cli/cmd_listen.c \
 	src/cli/cmd_doctor.c
 
+# Each unit test links the modules it tests and what they stand on, nothing else.
 UNIT_TESTS := \
 	tests/unit/test_token \
 	tests/unit/test_config \
@@ -97,15 +86,21 @@ UNIT_TESTS := \
 	tests/unit/test_heartbeat \
 	tests/unit/test_datagram \
 	tests/unit/test_owner
-
-# Server objects the unit tests link against (everything but main.c).
-NUDGED_LIB_SRC := $(filter-out src/server/main.c,$(NUDGED_SRC))
+test_token_SRC       := $(COMMON_SRC) $(AUTH_SRC)
+test_config_SRC      := $(COMMON_SRC)
+test_http_SRC        := $(COMMON_SRC) $(HTTP_SRC)
+test_store_SRC       := $(COMMON_SRC) $(STORE_SRC)
+test_store_sqlite_SRC := $(COMMON_SRC) $(STORE_SRC)
+test_deadline_SRC    := $(COMMON_SRC)
+test_events_SRC      := $(COMMON_SRC)
+test_net_SRC         := $(COMMON_SRC) $(NET_SRC)
+test_heartbeat_SRC   := $(COMMON_SRC) $(STORE_SRC) $(SHARD_SRC) $(HB_SRC)
+test_datagram_SRC    := $(COMMON_SRC) $(DGRAM_SRC)
+test_owner_SRC       := $(COMMON_SRC) $(STORE_SRC) $(WORKER_SRC)
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 
-COMMON_OBJ     := $(call obj,$(COMMON_SRC))
 NUDGED_OBJ     := $(call obj,$(NUDGED_SRC))
-NUDGED_LIB_OBJ := $(call obj,$(NUDGED_LIB_SRC))
 NUDGE_OBJ      := $(call obj,$(NUDGE_SRC))
 LLHTTP_LIB     := $(BUILD)/libllhttp.a
 LLHTTP_OBJ     := $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o $(BUILD)/llhttp/llhttp.o
@@ -128,11 +123,11 @@ bin/%: $(BIN)/%
 	cp $< $@
 endif
 
-$(BIN)/nudged: $(NUDGED_OBJ) $(COMMON_OBJ) $(LLHTTP_LIB)
+$(BIN)/nudged: $(NUDGED_OBJ) $(LLHTTP_LIB)
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
-$(BIN)/nudge: $(NUDGE_OBJ) $(COMMON_OBJ) $(LLHTTP_LIB)
+$(BIN)/nudge: $(NUDGE_OBJ) $(LLHTTP_LIB)
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
@@ -159,9 +154,13 @@ $(BUILD)/llhttp/%.o: $(LLHTTP_SRC_DIR)/%.c
 $(LLHTTP_LIB): $(LLHTTP_OBJ)
 	$(AR) rcs $@ $^
 
-$(BUILD)/tests/test_%: tests/unit/test_%.c $(NUDGED_LIB_OBJ) $(COMMON_OBJ) $(LLHTTP_LIB)
-	@mkdir -p $(@D)
-	$(CC) $(CPPFLAGS) $(CFLAGS) $(LDFLAGS) -o $@ $(filter %.c %.o %.a,$^) $(LIBS) -lcmocka
+# One rule per unit test, with its own object list (test_<name>_SRC above).
+define unit_test_rule
+$(BUILD)/tests/$(1): tests/unit/$(1).c $$(call obj,$$($(1)_SRC)) $(LLHTTP_LIB)
+	@mkdir -p $$(@D)
+	$$(CC) $$(CPPFLAGS) $$(CFLAGS) $$(LDFLAGS) -o $$@ $$(filter %.c %.o %.a,$$^) $$(LIBS) -lcmocka
+endef
+$(foreach t,$(notdir $(UNIT_TESTS)),$(eval $(call unit_test_rule,$(t))))
 
 deps:
 	@scripts/deps.sh build

@@ -41,7 +41,7 @@
 #include "cli/httpc.h"
 #include "cli/udpsock.h"
 #include "common/util.h"
-#include "push/datagram.h"
+#include "udp/datagram.h"
 
 enum {
     OPT_DEVICE = CLI_OPT_FIRST_OWN,

@@ -49,7 +49,7 @@
 #include "cli/udpsock.h"
 #include "common/log.h"
 #include "common/util.h"
-#include "push/datagram.h"
+#include "udp/datagram.h"
 
 enum {
     OPT_DEVICE = CLI_OPT_FIRST_OWN,

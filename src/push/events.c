@@ -15,40 +15,45 @@
  * answered 503 and retries the batch; the parts that did commit are bumped
  * once more, which costs their devices one extra sync and loses nothing.
  */
+#include "push/events.h"
+
 #include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "auth/principal.h"
 #include "common/jsonw.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/xalloc.h"
+#include "conn/conn.h"
+#include "http/error.h"
 #include "http/request.h"
-#include "push/handlers.h"
+#include "push/check.h"
 #include "push/ping.h"
-#include "push/udp.h"
-#include "server/conn.h"
-#include "server/router.h"
-#include "server/server.h"
+#include "shard/shard.h"
+#include "store/store.h"
+#include "udp/udp.h"
 #include "worker/mesh.h"
-#include "worker/mesh_handlers.h"
 #include "worker/worker.h"
 
 struct publish_job {
-    struct conn *conn;        /* first: conn_close clears it if the publisher goes */
-    struct server *srv;
-    json_t *root;             /* owns the strings ev[] points into */
-    struct store_event *ev;
+    struct conn *conn;        /* NULL once the publisher went away */
+    struct events *ev;
+    json_t *root;             /* owns the strings e[] points into */
+    struct store_event *e;
     size_t n;
-    /* With workers: the parts still out, whether one failed, the local part. */
-    unsigned parts;
+    /* With workers: whether a part failed, the local part and the gather counting the parts. */
     int failed;
     struct store_event *lev;
     size_t *lidx, ln;
+    struct mesh_gather *gather;
 };
 
-/* A part sent to another worker: which of job->ev it carries. */
+/* A part sent to another worker: which of job->e it carries. */
 struct bump_part {
     struct publish_job *job;
     size_t n;
@@ -58,7 +63,7 @@ struct bump_part {
 static void job_free(struct publish_job *job)
 {
     json_decref(job->root);
-    free(job->ev);
+    free(job->e);
     free(job->lev);
     free(job->lidx);
     free(job);
@@ -119,29 +124,27 @@ static int seen_type(const char *type)
                     strcmp(type, "trash") == 0);
 }
 
-void events_applied(struct server *s, struct store_event *ev, size_t n)
+void events_applied(struct events *ev, struct store_event *e, size_t n)
 {
     struct user *last = NULL;
 
-    s->metrics.events_published += n;
+    ev->metrics->events_published += n;
     for (size_t i = 0; i < n; i++) {
         struct user *u;
-        if (!seen_type(ev[i].type))
+        if (!seen_type(e[i].type))
             continue;
-        u = shard_user(&s->shard, ev[i].user, 0);
-        if (u && u->udp)
-            udp_caught_up(s, u, ev[i].folder, ev[i].state);
+        u = shard_user(ev->shard, e[i].user, 0);
+        if (u && udp_user_count(ev->udp, u))
+            udp_caught_up(ev->udp, u, e[i].folder, e[i].state);
     }
     for (size_t i = 0; i < n; i++) {
-        struct user *u = shard_user(&s->shard, ev[i].user, 0);
+        struct user *u = shard_user(ev->shard, e[i].user, 0);
         if (u == NULL || u == last)
             continue;
         /* Each looks at all of the user's folders: once per run of the user's events. */
         last = u;
-        if (u->held)
-            ping_wake_user(s, u);
-        if (u->udp)
-            udp_on_change(s, u);
+        ping_wake_user(ev->ping, u);
+        udp_on_change(ev->udp, u);
     }
 }
 
@@ -158,11 +161,11 @@ static void answer_states(struct publish_job *job)
     for (size_t i = 0; i < job->n; i++) {
         jw_obj_begin(&w);
         jw_key(&w, "user");
-        jw_str(&w, job->ev[i].user);
+        jw_str(&w, job->e[i].user);
         jw_key(&w, "folder");
-        jw_str(&w, job->ev[i].folder);
+        jw_str(&w, job->e[i].folder);
         jw_key(&w, "state");
-        jw_u64_str(&w, job->ev[i].state);
+        jw_u64_str(&w, job->e[i].state);
         jw_obj_end(&w);
     }
     jw_arr_end(&w);
@@ -172,19 +175,41 @@ static void answer_states(struct publish_job *job)
     free(body);
 }
 
-static void on_bumped(void *arg, struct store_event *ev, size_t n, int status)
+static void answer_error(struct conn *c, int status, const char *word, const char *msg)
+{
+    struct http_error e;
+
+    http_error_set(&e, status, word, "%s", msg);
+    conn_respond_error(c, &e);
+}
+
+/* The publisher hung up while its job waits: the job answers nobody. */
+static void on_publisher_gone(void *ctx, struct conn *c, void *arg, enum conn_why why,
+                              const char *text)
 {
     struct publish_job *job = arg;
-    struct server *s = job->srv;
+
+    (void)ctx;
+    (void)c;
+    (void)why;
+    (void)text;
+    job->conn = NULL;
+}
+
+static const struct conn_holder publish_holder = {.closed = on_publisher_gone};
+
+static void on_bumped(void *arg, struct store_event *e, size_t n, int status)
+{
+    struct publish_job *job = arg;
 
     if (status < 0) {
         if (job->conn)
-            conn_respond_error(job->conn, 503, "store-error", "the store could not commit the events");
+            answer_error(job->conn, 503, "store-error", "the store could not commit the events");
         job_free(job);
         return;
     }
-    s->metrics.publish_batches++;
-    events_applied(s, ev, n);
+    job->ev->metrics->publish_batches++;
+    events_applied(job->ev, e, n);
     if (job->conn)
         answer_states(job);
     job_free(job);
@@ -192,41 +217,44 @@ static void on_bumped(void *arg, struct store_event *ev, size_t n, int status)
 
 /* ---- with workers: one part per owner -------------------------------- */
 
-static void part_done(struct publish_job *job)
+/* Every part is in (the gather is done): answer the publisher. */
+static void on_parts_done(void *arg)
 {
-    if (--job->parts > 0)
-        return;
+    struct publish_job *job = arg;
+
     if (job->failed) {
         if (job->conn)
-            conn_respond_error(job->conn, 503, "store-error",
-                               "some events could not be committed (a worker restarted): retry "
-                               "the batch; events applied twice only cost an extra sync");
+            answer_error(job->conn, 503, "store-error",
+                         "some events could not be committed (a worker restarted): retry "
+                         "the batch; events applied twice only cost an extra sync");
     } else {
-        job->srv->metrics.publish_batches++;
+        job->ev->metrics->publish_batches++;
         if (job->conn)
             answer_states(job);
     }
     job_free(job);
 }
 
-static void on_local_bumped(void *arg, struct store_event *ev, size_t n, int status)
+static void on_local_bumped(void *arg, struct store_event *e, size_t n, int status)
 {
     struct publish_job *job = arg;
 
     if (status < 0) {
         job->failed = 1;
     } else {
-        events_applied(job->srv, ev, n);
+        events_applied(job->ev, e, n);
         for (size_t k = 0; k < n; k++)
-            job->ev[job->lidx[k]].state = ev[k].state;
+            job->e[job->lidx[k]].state = e[k].state;
     }
-    part_done(job);
+    mesh_gather_release(job->gather);
 }
 
-static void on_remote_bumped(void *arg, unsigned from, const char *p, size_t len, int status)
+/* An owner's answer to one part: the new states of its events, in order. */
+static void on_part(void *arg, void *call_arg, unsigned from, const char *p, size_t len,
+                    int status)
 {
-    struct bump_part *part = arg;
-    struct publish_job *job = part->job;
+    struct publish_job *job = arg;
+    struct bump_part *part = call_arg;
     int32_t rstatus;
 
     (void)from;
@@ -239,11 +267,10 @@ static void on_remote_bumped(void *arg, unsigned from, const char *p, size_t len
         if (rstatus < 0)
             job->failed = 1;
         for (size_t k = 0; k < part->n && rstatus >= 0; k++)
-            memcpy(&job->ev[part->idx[k]].state, p + sizeof(rstatus) + k * sizeof(uint64_t),
+            memcpy(&job->e[part->idx[k]].state, p + sizeof(rstatus) + k * sizeof(uint64_t),
                    sizeof(uint64_t));
     }
     free(part);
-    part_done(job);
 }
 
 /* Sends buf (events idx[0..n) of the job) to worker 'to' as one part. */
@@ -258,12 +285,10 @@ static void send_part(struct publish_job *job, unsigned to, const char *buf, siz
     part->job = job;
     part->n = n;
     memcpy(part->idx, idx, n * sizeof(size_t));
-    job->parts++;
-    if (mesh_call(job->srv, to, MESH_BUMP, iov, 2, on_remote_bumped, part) < 0) {
+    if (mesh_gather_call(job->gather, to, EVENTS_MSG_BUMP, iov, 2, part) < 0) {
         char q[64];
         LOG(LOG_ERROR, handoff_failed, "to=%u reason=%s", to, log_q(q, sizeof(q), "cannot send events"));
         job->failed = 1;
-        job->parts--;
         free(part);
     }
 }
@@ -271,24 +296,25 @@ static void send_part(struct publish_job *job, unsigned to, const char *buf, siz
 /* Splits the checked batch by owner; answers when every part is committed. */
 static void distribute(struct publish_job *job)
 {
-    struct server *s = job->srv;
-    const struct worker_ctx *wk = s->wk;
-    size_t max = mesh_max_payload(s) - sizeof(uint32_t);
+    struct events *ev = job->ev;
+    const struct worker_ctx *wk = ev->wk;
+    size_t max = mesh_max_payload(ev->mesh) - sizeof(uint32_t);
     /* A reply holds 8 bytes per event: keep the count within one message too. */
-    size_t max_n = (mesh_max_payload(s) - sizeof(int32_t)) / sizeof(uint64_t);
+    size_t max_n = (mesh_max_payload(ev->mesh) - sizeof(int32_t)) / sizeof(uint64_t);
     unsigned *owner = xcalloc(job->n, sizeof(*owner));
     size_t *idx = xcalloc(job->n, sizeof(*idx));
     size_t remote_bytes = 0;
     char *buf;
 
-    job->parts = 1; /* ours, until every part is out: a part may finish at once */
+    /* Held for us until every part is out: a part may finish at once. */
+    job->gather = mesh_gather_new(ev->mesh, on_part, on_parts_done, job);
     job->lev = xcalloc(job->n, sizeof(*job->lev));
     job->lidx = xcalloc(job->n, sizeof(*job->lidx));
     for (size_t i = 0; i < job->n; i++) {
-        const struct store_event *e = &job->ev[i];
+        const struct store_event *e = &job->e[i];
         owner[i] = worker_owner(e->user, strlen(e->user), wk->count);
         if (owner[i] == wk->index) {
-            job->lev[job->ln] = job->ev[i];
+            job->lev[job->ln] = job->e[i];
             job->lidx[job->ln++] = i;
         } else {
             remote_bytes += strlen(e->user) + strlen(e->folder) + 3 +
@@ -305,7 +331,7 @@ static void distribute(struct publish_job *job)
         if (w == wk->index)
             continue;
         for (size_t i = 0; i < job->n; i++) {
-            const struct store_event *e = &job->ev[i];
+            const struct store_event *e = &job->e[i];
             size_t ul, fl, tl, need;
             if (owner[i] != w)
                 continue;
@@ -333,65 +359,69 @@ static void distribute(struct publish_job *job)
     free(idx);
     free(owner);
     if (job->ln > 0) {
-        job->parts++;
-        if (store_bump(s->store, job->lev, job->ln, on_local_bumped, job) < 0) {
+        mesh_gather_hold(job->gather);
+        if (store_bump(ev->store, job->lev, job->ln, on_local_bumped, job) < 0) {
             job->failed = 1;
-            job->parts--;
+            mesh_gather_release(job->gather);
         }
     }
-    part_done(job);
+    mesh_gather_release(job->gather);
 }
 
 /* The other side: events for our users from the worker the publish reached. */
 struct remote_bump {
-    struct server *srv;
+    struct events *ev;
     unsigned from;
     uint32_t id;
     size_t n;
     char *buf;
-    struct store_event ev[];
+    struct store_event e[];
 };
 
-static void reply_bump(struct server *s, unsigned to, uint32_t id, int32_t status,
-                       const struct store_event *ev, size_t n)
+static void reply_bump(struct events *ev, unsigned to, uint32_t id, int32_t status,
+                       const struct store_event *e, size_t n)
 {
     uint64_t *states = xcalloc(n ? n : 1, sizeof(*states));
     struct iovec iov[2] = {{.iov_base = &status, .iov_len = sizeof(status)},
                            {.iov_base = states, .iov_len = status < 0 ? 0 : n * sizeof(*states)}};
 
     for (size_t k = 0; k < n && status >= 0; k++)
-        states[k] = ev[k].state;
-    if (mesh_reply(s, to, MESH_BUMP_REPLY, id, 0, iov, 2) < 0)
+        states[k] = e[k].state;
+    if (mesh_reply(ev->mesh, to, id, 0, iov, 2) < 0)
         LOG(LOG_ERROR, handoff_failed, "to=%u reason=\"cannot answer a bump\"", to);
     free(states);
 }
 
-static void on_remote_done(void *arg, struct store_event *ev, size_t n, int status)
+static void on_remote_done(void *arg, struct store_event *e, size_t n, int status)
 {
     struct remote_bump *rb = arg;
 
     if (status == 0) {
-        rb->srv->metrics.remote_events += n;
-        events_applied(rb->srv, ev, n);
+        rb->ev->metrics->remote_events += n;
+        events_applied(rb->ev, e, n);
     }
-    reply_bump(rb->srv, rb->from, rb->id, status < 0 ? status : 0, ev, n);
+    reply_bump(rb->ev, rb->from, rb->id, status < 0 ? status : 0, e, n);
     free(rb->buf);
     free(rb);
 }
 
-void events_remote_bump(struct server *s, unsigned from, uint32_t id, const char *p, size_t len)
+/* EVENTS_MSG_BUMP: applies the events, replies with their new states. */
+static void on_bump_msg(void *arg, unsigned from, uint32_t id, const char *p, size_t len, int fd)
 {
+    struct events *ev = arg;
     struct remote_bump *rb;
     uint32_t n;
     const char *at, *end;
 
+    if (fd >= 0)
+        close(fd);
     if (len < sizeof(n))
         goto bad;
     memcpy(&n, p, sizeof(n));
     if (n == 0 || n > len)
         goto bad;
     rb = xcalloc(1, sizeof(*rb) + n * sizeof(struct store_event));
-    rb->srv = s;
+    rb->ev = ev;
     rb->from = from;
     rb->id = id;
     rb->n = n;
@@ -411,33 +441,49 @@ void events_remote_bump(struct server *s, unsigned from, uint32_t id, const char
             f[j] = at;
             at = z + 1;
         }
-        rb->ev[k].user = f[0];
-        rb->ev[k].folder = f[1];
-        rb->ev[k].type = f[2][0] ? f[2] : NULL;
+        rb->e[k].user = f[0];
+        rb->e[k].folder = f[1];
+        rb->e[k].type = f[2][0] ? f[2] : NULL;
     }
-    if (store_bump(s->store, rb->ev, rb->n, on_remote_done, rb) < 0) {
-        reply_bump(s, from, id, -EIO, NULL, 0);
+    if (store_bump(ev->store, rb->e, rb->n, on_remote_done, rb) < 0) {
+        reply_bump(ev, from, id, -EIO, NULL, 0);
         free(rb->buf);
         free(rb);
     }
     return;
 bad:
     LOG(LOG_ERROR, handoff_failed, "from=%u reason=\"malformed bump message\"", from);
-    reply_bump(s, from, id, -EINVAL, NULL, 0);
+    reply_bump(ev, from, id, -EINVAL, NULL, 0);
 }
 
+void events_init(struct events *ev, struct store *store, struct shard *shard,
+                 struct metrics *metrics, const struct worker_ctx *wk, struct mesh *mesh,
+                 struct ping *ping, struct udp *udp)
+{
+    ev->store = store;
+    ev->shard = shard;
+    ev->metrics = metrics;
+    ev->wk = wk;
+    ev->mesh = mesh;
+    ev->ping = ping;
+    ev->udp = udp;
+    mesh_on(mesh, EVENTS_MSG_BUMP, on_bump_msg, ev);
+}
+
+/* A publish refused whole: logged, answered 400, nothing applied. */
 static void reject(struct conn *c, const char *msg)
 {
     char q[600];
 
     LOG(LOG_INFO, publish_rejected, "reason=%s", log_q(q, sizeof(q), msg));
-    conn_respond_error(c, 400, "bad-request", msg);
+    answer_error(c, 400, "bad-request", msg);
 }
 
-void events_handle(struct conn *c, struct http_req *r, const struct principal *who)
+void events_handle(void *arg, struct conn *c, struct http_req *r, const struct principal *who)
 {
+    struct events *ev = arg;
     struct publish_job *job = NULL;
-    json_error_t e;
+    json_error_t je;
     json_t *root;
     size_t n;
     char msg[512];
@@ -448,10 +494,10 @@ void events_handle(struct conn *c, struct http_req *r, const struct principal *w
         reject(c, "the body must be an event object or an array of events");
         return;
     }
-    root = json_loadb(r->body, r->body_len, JSON_REJECT_DUPLICATES, &e);
+    root = json_loadb(r->body, r->body_len, JSON_REJECT_DUPLICATES, &je);
     if (root == NULL) {
-        snprintf(msg, sizeof(msg), "malformed JSON at line %d column %d: %s", e.line, e.column,
-                 e.text);
+        snprintf(msg, sizeof(msg), "malformed JSON at line %d column %d: %s", je.line, je.column,
+                 je.text);
         reject(c, msg);
         return;
     }
@@ -465,13 +511,13 @@ void events_handle(struct conn *c, struct http_req *r, const struct principal *w
         goto fail;
     }
     job = xcalloc(1, sizeof(*job));
-    job->ev = xcalloc(n, sizeof(*job->ev));
+    job->e = xcalloc(n, sizeof(*job->e));
     job->n = n;
-    job->srv = c->srv;
+    job->ev = ev;
     job->root = root;
     for (size_t i = 0; i < n; i++) {
         json_t *el = json_is_array(root) ? json_array_get(root, i) : root;
-        if (check_event(el, json_is_array(root) ? (long)i : -1, &job->ev[i], msg, sizeof(msg)) !=
+        if (check_event(el, json_is_array(root) ? (long)i : -1, &job->e[i], msg, sizeof(msg)) !=
             NULL) {
             reject(c, msg);
             job_free(job);
@@ -479,14 +525,14 @@ void events_handle(struct conn *c, struct http_req *r, const struct principal *w
         }
     }
     job->conn = c;
-    conn_wait(c, job);
-    if (c->srv->wk) {
+    conn_hold(c, &publish_holder, job, 0);
+    if (ev->wk) {
         distribute(job);
         return;
     }
-    rc = store_bump(c->srv->store, job->ev, job->n, on_bumped, job);
+    rc = store_bump(ev->store, job->e, job->n, on_bumped, job);
     if (rc < 0) {
-        conn_respond_error(c, 503, "store-error", "the store refused the events");
+        answer_error(c, 503, "store-error", "the store refused the events");
         job_free(job);
     }
     return;

@@ -23,6 +23,8 @@
  * entries of ~64 bytes plus the user and folder names. Cost per request: one
  * map lookup, the expired entries at the head of the queue, one bump.
  */
+#include "push/ingest.h"
+
 #include <errno.h>
 #include <jansson.h>
 #include <openssl/crypto.h>
@@ -33,18 +35,20 @@
 #include <string.h>
 #include <strings.h>
 
+#include "auth/principal.h"
+#include "common/config.h"
 #include "common/jsonw.h"
 #include "common/log.h"
-#include "common/strmap.h"
+#include "common/metrics.h"
 #include "common/util.h"
 #include "common/xalloc.h"
+#include "conn/conn.h"
+#include "http/error.h"
 #include "http/request.h"
-#include "push/handlers.h"
-#include "push/ingest.h"
-#include "push/ping.h"
-#include "server/conn.h"
-#include "server/router.h"
-#include "server/server.h"
+#include "push/check.h"
+#include "push/events.h"
+#include "store/store.h"
+#include "worker/worker.h"
 
 struct ingest_job;
 
@@ -59,56 +63,49 @@ struct dedup_entry {
     char key[];                 /* "<uidvalidity>:<uid>:<folder>\0<user>" */
 };
 
-struct ingest {
-    struct strmap map;          /* key -> struct dedup_entry */
-    struct dedup_entry *head, *tail;
-    uint32_t count;
-};
-
-/* A repeat waiting for the first delivery's commit; conn first (conn_wait). */
+/* A repeat waiting for the first delivery's commit. */
 struct waiter {
-    struct conn *conn;
+    struct conn *conn;          /* NULL once that request's sender went away */
     struct waiter *next;
 };
 
 struct ingest_job {
-    struct conn *conn;          /* first: conn_close clears it if Dovecot hangs up */
-    struct server *srv;
+    struct conn *conn;          /* NULL once Dovecot hung up */
+    struct ingest *g;
     struct store_event ev;
     struct dedup_entry *entry;  /* NULL without uidvalidity and uid */
     struct waiter *waiters;
     char *user, *folder;
 };
 
-void ingest_init(struct server *s)
+void ingest_init(struct ingest *g, const struct config *cfg, struct store *store,
+                 struct metrics *metrics, struct events *events, const struct worker_route *route)
 {
-    s->ingest = xcalloc(1, sizeof(*s->ingest));
-    strmap_init(&s->ingest->map);
+    g->cfg = cfg;
+    g->store = store;
+    g->metrics = metrics;
+    g->events = events;
+    g->route = route;
+    strmap_init(&g->map);
+    g->head = g->tail = NULL;
+    g->count = 0;
 }
 
-void ingest_free(struct server *s)
+void ingest_free(struct ingest *g)
 {
-    struct ingest *g = s->ingest;
-
-    if (g == NULL)
-        return;
     while (g->head) {
         struct dedup_entry *e = g->head;
         g->head = e->next;
         free(e);
     }
     strmap_free(&g->map);
-    free(g);
-    s->ingest = NULL;
 }
 
 /* Drops entries that expired, and the oldest beyond dedup_max (never one still pending). */
-static void expire(struct server *s, uint64_t now)
+static void expire(struct ingest *g, uint64_t now)
 {
-    struct ingest *g = s->ingest;
-
     while (g->head && !g->head->pending &&
-           (g->head->expires <= now || g->count > s->cfg->ingest_dedup_max)) {
+           (g->head->expires <= now || g->count > g->cfg->ingest_dedup_max)) {
         struct dedup_entry *e = g->head;
         g->head = e->next;
         if (g->head == NULL)
@@ -150,36 +147,67 @@ static void answer(struct conn *c, const char *user, const char *folder, uint64_
     free(body);
 }
 
+static void store_error(struct conn *c, const char *msg)
+{
+    struct http_error e;
+
+    http_error_set(&e, 503, "store-error", "%s", msg);
+    conn_respond_error(c, &e);
+}
+
+/* Dovecot hung up while its delivery (or a repeat of it) waits for the commit. */
+static void on_job_gone(void *ctx, struct conn *c, void *arg, enum conn_why why, const char *text)
+{
+    (void)ctx;
+    (void)c;
+    (void)why;
+    (void)text;
+    ((struct ingest_job *)arg)->conn = NULL;
+}
+
+static void on_waiter_gone(void *ctx, struct conn *c, void *arg, enum conn_why why,
+                           const char *text)
+{
+    (void)ctx;
+    (void)c;
+    (void)why;
+    (void)text;
+    ((struct waiter *)arg)->conn = NULL;
+}
+
+static const struct conn_holder job_holder = {.closed = on_job_gone};
+static const struct conn_holder waiter_holder = {.closed = on_waiter_gone};
+
 static void on_bumped(void *arg, struct store_event *ev, size_t n, int status)
 {
     struct ingest_job *job = arg;
-    struct server *s = job->srv;
+    struct ingest *g = job->g;
     struct waiter *w, *next;
 
     if (status == 0) {
-        s->metrics.ingest_events++;
-        s->metrics.publish_batches++;
-        events_applied(s, ev, n);
+        g->metrics->ingest_events++;
+        g->metrics->publish_batches++;
+        events_applied(g->events, ev, n);
     }
     if (job->entry) {
         job->entry->pending = NULL;
         job->entry->state = ev->state;
         if (status < 0) {
             /* Forget it, so that Dovecot's retry is applied, not taken for a repeat. */
-            strmap_del(&s->ingest->map, job->entry->key, job->entry->klen);
+            strmap_del(&g->map, job->entry->key, job->entry->klen);
             job->entry->dead = 1;
         }
     }
     if (job->conn) {
         if (status < 0)
-            conn_respond_error(job->conn, 503, "store-error", "the store could not commit the event");
+            store_error(job->conn, "the store could not commit the event");
         else
             answer(job->conn, job->user, job->folder, ev->state, 0);
     }
     for (w = job->waiters; w; w = next) {
         next = w->next;
         if (w->conn && status < 0)
-            conn_respond_error(w->conn, 503, "store-error", "the store could not commit the event");
+            store_error(w->conn, "the store could not commit the event");
         else if (w->conn)
             answer(w->conn, job->user, job->folder, ev->state, 1);
         free(w);
@@ -191,16 +219,19 @@ static void on_bumped(void *arg, struct store_event *ev, size_t n, int status)
 
 static void reject(struct conn *c, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* A delivery refused: logged, answered 400. */
 static void reject(struct conn *c, const char *fmt, ...)
 {
-    char msg[512], q[600];
+    struct http_error e;
+    char q[600];
     va_list ap;
 
+    http_error_set(&e, 400, "bad-request", NULL);
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    vsnprintf(e.msg, sizeof(e.msg), fmt, ap);
     va_end(ap);
-    LOG(LOG_INFO, publish_rejected, "source=dovecot reason=%s", log_q(q, sizeof(q), msg));
-    conn_respond_error(c, 400, "bad-request", msg);
+    LOG(LOG_INFO, publish_rejected, "source=dovecot reason=%s", log_q(q, sizeof(q), e.msg));
+    conn_respond_error(c, &e);
 }
 
 /* Checks "Authorization: Basic base64(user:password)" in constant time. 1 when it matches. */
@@ -245,16 +276,17 @@ static int opt_uint(json_t *root, const char *key, long long min, uint64_t *out)
     return 0;
 }
 
-void ingest_dovecot_handle(struct conn *c, struct http_req *r, const struct principal *who)
+void ingest_dovecot_handle(void *arg, struct conn *c, struct http_req *r,
+                           const struct principal *who)
 {
-    struct server *s = c->srv;
-    const struct config *cfg = s->cfg;
-    struct ingest *g = s->ingest;
+    struct ingest *g = arg;
+    const struct config *cfg = g->cfg;
+    struct http_error e;
     struct dedup_entry *entry = NULL;
     struct ingest_job *job;
     const char *user, *folder, *event, *why;
     json_t *root = NULL, *v;
-    json_error_t e;
+    json_error_t je;
     uint64_t uidv = 0, uid = 0, now = util_now_ms();
     char key[40 + FOLDER_NAME_MAX + USER_ID_MAX + 2], peer[64], q[64];
     int has_uidv, has_uid;
@@ -262,26 +294,28 @@ void ingest_dovecot_handle(struct conn *c, struct http_req *r, const struct prin
 
     (void)who;
     if (cfg->ingest_basic_user[0] == '\0' && cfg->ingest_basic_password[0] == '\0') {
-        conn_respond_error(c, 501, "ingest-disabled",
-                           "the Dovecot ingest is off: set [ingest] basic_user and basic_password");
+        http_error_set(&e, 501, "ingest-disabled",
+                       "the Dovecot ingest is off: set [ingest] basic_user and basic_password");
+        conn_respond_error(c, &e);
         return;
     }
     if (!basic_ok(cfg, http_req_header(r, HDR_AUTHORIZATION))) {
-        s->metrics.auth_failures++;
+        g->metrics->auth_failures++;
         LOG(LOG_INFO, auth_failed, "peer=%s reason=%s", conn_peer(c, peer, sizeof(peer)),
             log_q(q, sizeof(q), "ingest: wrong or missing Basic credentials"));
-        CONN_RESPOND_LITERAL(c, 401, "WWW-Authenticate: Basic realm=\"nudge\"\r\n",
-                             "{\"status\":\"unauthorized\",\"error\":\"wrong or missing Basic "
-                             "credentials ([ingest] basic_user and basic_password)\"}");
+        http_error_set(&e, 401, "unauthorized",
+                       "wrong or missing Basic credentials ([ingest] basic_user and basic_password)");
+        http_error_header(&e, "WWW-Authenticate: Basic realm=\"nudge\"");
+        conn_respond_error(c, &e);
         return;
     }
     if (r->body_len == 0) {
         reject(c, "the body must be the push driver's JSON object");
         return;
     }
-    root = json_loadb(r->body, r->body_len, JSON_REJECT_DUPLICATES, &e);
+    root = json_loadb(r->body, r->body_len, JSON_REJECT_DUPLICATES, &je);
     if (root == NULL) {
-        reject(c, "malformed JSON at line %d column %d: %s", e.line, e.column, e.text);
+        reject(c, "malformed JSON at line %d column %d: %s", je.line, je.column, je.text);
         return;
     }
     if (!json_is_object(root)) {
@@ -299,13 +333,8 @@ void ingest_dovecot_handle(struct conn *c, struct http_req *r, const struct prin
         goto done;
     }
     /* The owner of the user keeps its duplicate window: the request goes there whole. */
-    {
-        unsigned to;
-        if (conn_user_elsewhere(c, user, strlen(user), &to)) {
-            conn_handoff(c, to);
-            goto done;
-        }
-    }
+    if (worker_route(g->route, c, user, strlen(user)))
+        goto done;
     v = json_object_get(root, "folder");
     folder = json_string_value(v);
     if (folder == NULL || strlen(folder) != json_string_length(v)) {
@@ -334,7 +363,7 @@ void ingest_dovecot_handle(struct conn *c, struct http_req *r, const struct prin
         goto done;
     }
 
-    expire(s, now);
+    expire(g, now);
     if (has_uidv == 0 && has_uid == 0 && cfg->ingest_dedup_window > 0) {
         int n = snprintf(key, sizeof(key), "%llu:%llu:%s", (unsigned long long)uidv,
                          (unsigned long long)uid, folder);
@@ -347,12 +376,13 @@ void ingest_dovecot_handle(struct conn *c, struct http_req *r, const struct prin
             w->conn = c;
             w->next = entry->pending->waiters;
             entry->pending->waiters = w;
-            s->metrics.ingest_duplicates++;
-            conn_wait(c, w);
-            goto done;
+            g->metrics->ingest_duplicates++;
+            json_decref(root);
+            conn_hold(c, &waiter_holder, w, 0);
+            return;
         }
         if (entry) {
-            s->metrics.ingest_duplicates++;
+            g->metrics->ingest_duplicates++;
             answer(c, user, folder, entry->state, 1);
             goto done;
         }
@@ -369,7 +399,7 @@ void ingest_dovecot_handle(struct conn *c, struct http_req *r, const struct prin
         g->count++;
     }
     job = xcalloc(1, sizeof(*job));
-    job->srv = s;
+    job->g = g;
     job->user = xstrdup(user);
     job->folder = xstrdup(folder);
     job->ev.user = job->user;
@@ -379,14 +409,16 @@ void ingest_dovecot_handle(struct conn *c, struct http_req *r, const struct prin
     job->conn = c;
     if (entry)
         entry->pending = job;
-    conn_wait(c, job);
-    if (store_bump(s->store, &job->ev, 1, on_bumped, job) < 0) {
+    json_decref(root);
+    root = NULL;
+    conn_hold(c, &job_holder, job, 0);
+    if (store_bump(g->store, &job->ev, 1, on_bumped, job) < 0) {
         if (entry) {
             entry->pending = NULL;
             strmap_del(&g->map, entry->key, entry->klen);
             entry->dead = 1;
         }
-        conn_respond_error(c, 503, "store-error", "the store refused the event");
+        store_error(c, "the store refused the event");
         free(job->user);
         free(job->folder);
         free(job);

@@ -5,38 +5,41 @@
 #ifndef NUDGE_PING_H
 #define NUDGE_PING_H
 
-#include <stddef.h>
+#include "conn/conn.h"
 
-#include "server/metrics.h"
-
-struct conn;
+struct config;
+struct devices;
+struct heartbeat;
 struct http_req;
+struct metrics;
 struct principal;
-struct server;
-struct store_event;
+struct sessions;
+struct shard;
+struct store;
+struct udp;
 struct user;
 
-/* The route handler. */
-void ping_handle(struct conn *c, struct http_req *r, const struct principal *who);
+struct ping {
+    const struct config *cfg;
+    struct store *store;
+    struct shard *shard;
+    struct metrics *metrics;
+    struct heartbeat *hb;
+    struct sessions *sessions;
+    struct devices *devices;
+    struct udp *udp;            /* NULL when UDP is off */
+    struct conn_holder holder;  /* what a held ping's connection calls */
+};
 
-/* The held ping on c reached its heartbeat: answer "expired". */
-void ping_expired(struct conn *c);
+/* Sets p up with the modules it works with; all must outlive it. */
+void ping_init(struct ping *p, const struct config *cfg, struct store *store, struct shard *shard,
+               struct metrics *metrics, struct heartbeat *hb, struct sessions *sessions,
+               struct devices *devices, struct udp *udp);
 
-/* c closes while holding a ping: forget the hold. */
-void ping_conn_closed(struct conn *c);
+/* The route handler; 'arg' is the struct ping. */
+void ping_handle(void *arg, struct conn *c, struct http_req *r, const struct principal *who);
 
 /* Answers every held ping of u whose folders changed since the device's states. */
-void ping_wake_user(struct server *s, struct user *u);
-
-/*
- * The store committed ev[0..n) (events.c): wakes the held pings of their
- * users and tells UDP registrations, in that order. Events of a type that
- * says the user has seen the mail ("read", "expunge", "trash") first mark
- * their folder caught up for UDP, so no datagram announces mail already read.
- */
-void events_applied(struct server *s, struct store_event *ev, size_t n);
-
-/* At shutdown: answers the held ping on c with 503 shutting-down. */
-void ping_shutdown(struct conn *c);
+void ping_wake_user(struct ping *p, struct user *u);
 
 #endif

@@ -9,75 +9,119 @@
 #include "push/probe.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
+#include "auth/principal.h"
 #include "common/util.h"
+#include "http/error.h"
 #include "http/request.h"
-#include "push/handlers.h"
-#include "server/conn.h"
-#include "server/router.h"
-#include "server/server.h"
+#include "shard/shard.h"
 
-struct probe {
+/* The heartbeat ceiling: no heartbeat can be longer, so no probe need be. */
+#define PROBE_HOLD_MAX 3540
+
+/* One probe being held. */
+struct held_probe {
     struct user *user;
     unsigned hold;
 };
 
-void probe_end(struct probe *p)
+static uint32_t *probes_of(struct probe *pr, struct user *u)
 {
-    if (p->user->probes > 0)
-        p->user->probes--;
-    free(p);
+    return (uint32_t *)shard_slot(u, pr->uslot);
 }
 
-void probe_expired(struct conn *c)
+/* The probe's connection is done with it (answered or closed). */
+static void end(struct probe *pr, struct held_probe *hp)
 {
-    char body[48];
-    int n = snprintf(body, sizeof(body), "{\"held\":%u}", c->probe->hold);
+    uint32_t *n = probes_of(pr, hp->user);
 
+    if (*n > 0)
+        (*n)--;
+    free(hp);
+}
+
+/* Held its full time: answer {"held":N}. */
+static void on_expired(void *ctx, struct conn *c, void *arg)
+{
+    struct held_probe *hp = arg;
+    char body[48];
+    int n = snprintf(body, sizeof(body), "{\"held\":%u}", hp->hold);
+
+    end(ctx, hp);
     /* Keepalive is off on this socket: do not let it idle on as a keep-alive connection. */
-    c->keep_alive = 0;
+    conn_close_after_answer(c);
     conn_respond(c, 200, NULL, body, (size_t)n);
 }
 
-void probe_handle(struct conn *c, struct http_req *r, const struct principal *who)
+static void on_closed(void *ctx, struct conn *c, void *arg, enum conn_why why, const char *text)
 {
-    struct server *s = c->srv;
-    unsigned ceiling = 3540; /* the heartbeat ceiling: no heartbeat can be longer */
-    char val[16], msg[128];
+    (void)c;
+    (void)why;
+    (void)text;
+    end(ctx, arg);
+}
+
+/* A probe measures the path; at a stop there is nothing to answer. */
+static void on_shutdown(void *ctx, struct conn *c, void *arg)
+{
+    (void)ctx;
+    (void)arg;
+    conn_close(c, CONN_WHY_SHUTDOWN, NULL);
+}
+
+void probe_init(struct probe *pr, struct shard *sh)
+{
+    pr->shard = sh;
+    pr->uslot = shard_user_slot(sh, sizeof(uint32_t));
+    pr->holder = (struct conn_holder){
+        .expired = on_expired,
+        .closed = on_closed,
+        .shutdown = on_shutdown,
+        .ctx = pr,
+    };
+}
+
+void probe_handle(void *arg, struct conn *c, struct http_req *r, const struct principal *who)
+{
+    struct probe *pr = arg;
+    char val[16];
     long n = util_query_param(r->query, r->query_len, "hold", val, sizeof(val));
+    struct http_error e;
+    struct held_probe *hp;
     uint64_t hold;
     struct user *u;
-    struct probe *p;
-    uv_os_fd_t fd;
-    int off = 0;
+    int off = 0, fd;
 
-    if (n < 0 || util_parse_u64(val, (size_t)n, &hold) < 0 || hold < 1 || hold > ceiling) {
-        snprintf(msg, sizeof(msg), "hold must be a whole number of seconds from 1 to %u", ceiling);
-        conn_respond_error(c, 400, "bad-request", msg);
-        return;
+    if (n < 0 || util_parse_u64(val, (size_t)n, &hold) < 0 || hold < 1 || hold > PROBE_HOLD_MAX) {
+        http_error_bad(&e, "hold must be a whole number of seconds from 1 to %u", PROBE_HOLD_MAX);
+        goto refuse;
     }
-    u = shard_user(&s->shard, who->subject, 1);
-    if (u->probes >= PROBE_MAX_PER_USER) {
-        snprintf(msg, sizeof(msg), "at most %d probes per user at once", PROBE_MAX_PER_USER);
-        conn_respond_error(c, 429, "too-many-probes", msg);
-        return;
+    u = shard_user(pr->shard, who->subject, 1);
+    if (*probes_of(pr, u) >= PROBE_MAX_PER_USER) {
+        http_error_set(&e, 429, "too-many-probes", "at most %d probes per user at once",
+                       PROBE_MAX_PER_USER);
+        goto refuse;
     }
-    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) != 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &off, sizeof(off)) < 0) {
-        conn_respond_error(c, 503, "unavailable", "cannot switch keepalive off");
-        return;
+    fd = conn_fd(c);
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &off, sizeof(off)) < 0) {
+        http_error_set(&e, 503, "unavailable", "cannot switch keepalive off");
+        goto refuse;
     }
-    p = malloc(sizeof(*p));
-    if (p == NULL) {
-        conn_respond_error(c, 503, "unavailable", "out of memory");
-        return;
+    hp = malloc(sizeof(*hp));
+    if (hp == NULL) {
+        http_error_set(&e, 503, "unavailable", "out of memory");
+        goto refuse;
     }
-    p->user = u;
-    p->hold = (unsigned)hold;
-    u->probes++;
-    conn_hold_probe(c, p, util_now_ms() + hold * 1000);
+    hp->user = u;
+    hp->hold = (unsigned)hold;
+    (*probes_of(pr, u))++;
+    conn_hold(c, &pr->holder, hp, util_now_ms() + hold * 1000);
+    return;
+refuse:
+    conn_respond_error(c, &e);
 }

@@ -7,21 +7,27 @@
 #ifndef NUDGE_PROBE_H
 #define NUDGE_PROBE_H
 
-struct conn;
+#include <stddef.h>
+
+#include "conn/conn.h"
+
 struct http_req;
 struct principal;
-struct probe;
+struct shard;
 
 /* At most this many probes per user at once: a probe ladder needs a handful. */
 #define PROBE_MAX_PER_USER 16
 
-/* The route handler. */
-void probe_handle(struct conn *c, struct http_req *r, const struct principal *who);
+struct probe {
+    struct shard *shard;
+    size_t uslot;               /* of the user's count of probes held (uint32_t) */
+    struct conn_holder holder;
+};
 
-/* The probe on c has been held its full time: answer {"held":N}. */
-void probe_expired(struct conn *c);
+/* Sets pr up and reserves its slot in sh's users (before any user exists). */
+void probe_init(struct probe *pr, struct shard *sh);
 
-/* The probe's connection is done with it (answered or closed): free it. */
-void probe_end(struct probe *p);
+/* The route handler; 'arg' is the struct probe. */
+void probe_handle(void *arg, struct conn *c, struct http_req *r, const struct principal *who);
 
 #endif

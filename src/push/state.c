@@ -6,20 +6,26 @@
  * changed. Folders are sorted by name so the same states always give the
  * same body and ETag.
  */
+#include "push/state.h"
+
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "auth/principal.h"
+#include "common/config.h"
 #include "common/jsonw.h"
+#include "common/metrics.h"
 #include "common/util.h"
 #include "common/xalloc.h"
+#include "conn/conn.h"
+#include "http/error.h"
 #include "http/request.h"
-#include "push/handlers.h"
-#include "push/udp.h"
-#include "server/conn.h"
-#include "server/router.h"
-#include "server/server.h"
+#include "push/check.h"
+#include "shard/shard.h"
+#include "store/store.h"
+#include "udp/udp.h"
 
 struct folder_state {
     char *name;
@@ -98,9 +104,9 @@ static int etag_matches(const char *inm, const char *etag)
     return 0;
 }
 
-/* Splits ?folders=a,b on commas, then decodes each name. 0, or -1 after answering. */
-static int parse_folders(struct conn *c, const char *raw, long rawlen, struct store *st,
-                         const char *user, struct folder_list *l)
+/* Splits ?folders=a,b on commas, then decodes each name. 0, or -1 with e set. */
+static int parse_folders(const struct state *sv, const char *raw, long rawlen, const char *user,
+                         struct folder_list *l, struct http_error *e)
 {
     const char *p = raw, *end = raw + rawlen;
 
@@ -113,23 +119,18 @@ static int parse_folders(struct conn *c, const char *raw, long rawlen, struct st
         int dup = 0;
 
         if (why) {
-            char msg[128];
-            snprintf(msg, sizeof(msg), "folders: a folder name %s", why);
             free(name);
-            conn_respond_error(c, 400, "bad-request", msg);
-            return -1;
+            return http_error_bad(e, "folders: a folder name %s", why);
         }
         for (size_t i = 0; i < l->n && !dup; i++)
             dup = strcmp(l->v[i].name, name) == 0;
         if (dup)
             free(name);
         else
-            add(l, name, store_get(st, user, name));
-        if (l->n > c->srv->cfg->ping_max_folders) {
-            char body[96];
-            int len = snprintf(body, sizeof(body), "{\"status\":\"too-many-folders\",\"max\":%u}",
-                               c->srv->cfg->ping_max_folders);
-            conn_respond(c, 400, NULL, body, (size_t)len);
+            add(l, name, store_get(sv->store, user, name));
+        if (l->n > sv->cfg->ping_max_folders) {
+            http_error_set(e, 400, "too-many-folders", NULL);
+            http_error_num(e, "max", sv->cfg->ping_max_folders);
             return -1;
         }
         if (comma == NULL)
@@ -139,10 +140,21 @@ static int parse_folders(struct conn *c, const char *raw, long rawlen, struct st
     return 0;
 }
 
-void state_handle(struct conn *c, struct http_req *r, const struct principal *who)
+void state_init(struct state *sv, const struct config *cfg, struct store *store,
+                struct shard *shard, struct metrics *metrics, struct udp *udp)
 {
-    struct store *st = c->srv->store;
+    sv->cfg = cfg;
+    sv->store = store;
+    sv->shard = shard;
+    sv->metrics = metrics;
+    sv->udp = udp;
+}
+
+void state_handle(void *arg, struct conn *c, struct http_req *r, const struct principal *who)
+{
+    struct state *sv = arg;
     struct folder_list l = {0};
+    struct http_error e;
     const char *raw, *inm;
     long rawlen = util_query_raw(r->query, r->query_len, "folders", &raw);
     char etag[24], extra[64], device[3 * DEVICE_ID_MAX + 1];
@@ -151,18 +163,20 @@ void state_handle(struct conn *c, struct http_req *r, const struct principal *wh
     size_t len;
     char *body = NULL;
 
-    c->srv->metrics.state_reads++;
+    sv->metrics->state_reads++;
     dlen = util_query_param(r->query, r->query_len, "device", device, sizeof(device));
     if (dlen == -EINVAL || (dlen >= 0 && check_device_id(device, (size_t)dlen) != NULL)) {
-        conn_respond_error(c, 400, "bad-request",
-                           "query parameter device is badly encoded or not a valid device id");
+        http_error_bad(&e, "query parameter device is badly encoded or not a valid device id");
+        conn_respond_error(c, &e);
         goto done;
     }
     if (rawlen >= 0) {
-        if (parse_folders(c, raw, rawlen, st, who->subject, &l) < 0)
+        if (parse_folders(sv, raw, rawlen, who->subject, &l, &e) < 0) {
+            conn_respond_error(c, &e);
             goto done;
+        }
     } else {
-        store_list(st, who->subject, on_listed, &l);
+        store_list(sv->store, who->subject, on_listed, &l);
     }
     if (l.n > 1)
         qsort(l.v, l.n, sizeof(*l.v), by_name);
@@ -181,11 +195,11 @@ void state_handle(struct conn *c, struct http_req *r, const struct principal *wh
     snprintf(extra, sizeof(extra), "ETag: %s\r\nCache-Control: no-cache\r\n", etag);
     /* ?device=D: the device holds these states once it has this answer (a 304 included). */
     if (dlen >= 0) {
-        struct user *u = shard_user(&c->srv->shard, who->subject, 0);
-        struct device *d = u ? user_device(u, device, 0) : NULL;
-        if (d && d->udp)
+        struct user *u = shard_user(sv->shard, who->subject, 0);
+        struct device *d = u ? shard_device(sv->shard, u, device, 0) : NULL;
+        if (d && udp_reg_of(sv->udp, d))
             for (size_t i = 0; i < l.n; i++)
-                udp_knows(c->srv, d, l.v[i].name, l.v[i].state);
+                udp_knows(sv->udp, d, l.v[i].name, l.v[i].state);
     }
     inm = http_req_header(r, HDR_IF_NONE_MATCH);
     if (inm && etag_matches(inm, etag))

@@ -18,7 +18,7 @@
 #include "common/version.h"
 #include "server/server.h"
 #include "store/reshard.h"
-#include "worker/supervisor.h"
+#include "server/supervisor.h"
 #include "worker/worker.h"
 
 /* mkdir -p with mode 0700: data_dir holds the secret. */
@@ -108,7 +108,7 @@ int main(int argc, char **argv)
         workers = WORKERS_MAX;
     if (workers > 1)
         return supervisor_run(&cfg, &secret, workers);
-    if (reshard(&cfg, 1, err, sizeof(err)) < 0) {
+    if (reshard(&cfg, 1, worker_owner, err, sizeof(err)) < 0) {
         LOG(LOG_ERROR, startup_failed, "reason=%s", log_q(q, sizeof(q), err));
         fprintf(stderr, "nudged: %s\n", err);
         return 1;

@@ -13,17 +13,26 @@
 #include <strings.h>
 #include <time.h>
 
-#include "common/jsonw.h"
+#include "admin/admin.h"
+#include "admin/sessions_api.h"
+#include "auth/principal.h"
+#include "auth/secret.h"
+#include "common/config.h"
 #include "common/log.h"
+#include "common/metrics.h"
+#include "conn/conn.h"
+#include "http/error.h"
 #include "http/request.h"
-#include "push/handlers.h"
+#include "push/events.h"
 #include "push/ingest.h"
 #include "push/ping.h"
 #include "push/probe.h"
-#include "push/udp.h"
-#include "server/conn.h"
-#include "server/server.h"
-#include "session/session.h"
+#include "push/state.h"
+#include "push/udp_api.h"
+#include "worker/worker.h"
+
+typedef void (*route_handler)(void *arg, struct conn *c, struct http_req *r,
+                              const struct principal *who);
 
 struct route {
     const char *path;
@@ -31,25 +40,37 @@ struct route {
     unsigned method;       /* llhttp_method_t */
     enum token_kind need;  /* 0: no credential */
     route_handler fn;
+    enum route_target target; /* the handler's module */
 };
 
 static const struct route routes[] = {
-    {"/v1/ping", 0, HTTP_POST, TOKEN_USER, ping_handle},
-    {"/v1/state", 0, HTTP_GET, TOKEN_USER, state_handle},
-    {"/v1/probe", 0, HTTP_GET, TOKEN_USER, probe_handle},
-    {"/v1/udp", 0, HTTP_POST, TOKEN_USER, udp_register_handle},
-    {"/v1/udp/test", 0, HTTP_POST, TOKEN_USER, udp_test_handle},
-    {"/v1/udp/", 1, HTTP_DELETE, TOKEN_USER, udp_delete_handle},
-    {"/v1/events", 0, HTTP_POST, TOKEN_PUBLISHER, events_handle},
+    {"/v1/ping", 0, HTTP_POST, TOKEN_USER, ping_handle, ROUTE_PING},
+    {"/v1/state", 0, HTTP_GET, TOKEN_USER, state_handle, ROUTE_STATE},
+    {"/v1/probe", 0, HTTP_GET, TOKEN_USER, probe_handle, ROUTE_PROBE},
+    {"/v1/udp", 0, HTTP_POST, TOKEN_USER, udp_register_handle, ROUTE_UDP},
+    {"/v1/udp/test", 0, HTTP_POST, TOKEN_USER, udp_test_handle, ROUTE_UDP},
+    {"/v1/udp/", 1, HTTP_DELETE, TOKEN_USER, udp_delete_handle, ROUTE_UDP},
+    {"/v1/events", 0, HTTP_POST, TOKEN_PUBLISHER, events_handle, ROUTE_EVENTS},
     /* HTTP Basic, checked by the handler: the credential Dovecot's driver can send. */
-    {"/v1/ingest/dovecot", 0, HTTP_PUT, 0, ingest_dovecot_handle},
-    {"/v1/ingest/dovecot", 0, HTTP_POST, 0, ingest_dovecot_handle},
-    {"/v1/admin/sessions", 0, HTTP_GET, TOKEN_ADMIN, sessions_list_handle},
-    {"/v1/admin/sessions/", 1, HTTP_DELETE, TOKEN_ADMIN, sessions_end_handle},
-    {"/v1/admin/workers", 0, HTTP_GET, TOKEN_ADMIN, admin_workers},
-    {"/healthz", 0, HTTP_GET, 0, admin_healthz},
-    {"/metrics", 0, HTTP_GET, TOKEN_ADMIN, admin_metrics},
+    {"/v1/ingest/dovecot", 0, HTTP_PUT, 0, ingest_dovecot_handle, ROUTE_INGEST},
+    {"/v1/ingest/dovecot", 0, HTTP_POST, 0, ingest_dovecot_handle, ROUTE_INGEST},
+    {"/v1/admin/sessions", 0, HTTP_GET, TOKEN_ADMIN, sessions_list_handle, ROUTE_SESSIONS},
+    {"/v1/admin/sessions/", 1, HTTP_DELETE, TOKEN_ADMIN, sessions_end_handle, ROUTE_SESSIONS},
+    {"/v1/admin/workers", 0, HTTP_GET, TOKEN_ADMIN, admin_workers, ROUTE_ADMIN},
+    {"/healthz", 0, HTTP_GET, 0, admin_healthz, ROUTE_ADMIN},
+    {"/metrics", 0, HTTP_GET, TOKEN_ADMIN, admin_metrics, ROUTE_ADMIN},
 };
+
+void router_init(struct router *rt, const struct config *cfg, const struct secret *secret,
+                 struct metrics *metrics, const struct worker_route *route,
+                 void *const to[ROUTE_TARGET_COUNT])
+{
+    rt->cfg = cfg;
+    rt->secret = secret;
+    rt->metrics = metrics;
+    rt->route = route;
+    memcpy(rt->to, to, sizeof(rt->to));
+}
 
 static const char *kind_name(enum token_kind k)
 {
@@ -61,34 +82,24 @@ static const char *kind_name(enum token_kind k)
     return "?";
 }
 
-static void unauthorized(struct conn *c, const char *why, int token_sent)
+static void unauthorized(struct router *rt, struct conn *c, const char *why, int token_sent)
 {
-    char extra[256], peer[64], q[96];
-    struct jsonw w;
-    size_t len;
-    char *body;
+    char peer[64], q[96];
+    struct http_error e;
 
-    c->srv->metrics.auth_failures++;
+    rt->metrics->auth_failures++;
     LOG(LOG_INFO, auth_failed, "peer=%s reason=%s", conn_peer(c, peer, sizeof(peer)),
         log_q(q, sizeof(q), why));
+    http_error_set(&e, 401, "unauthorized", "%s", why);
     /* RFC 6750 section 3: no error attribute when no credential was sent. */
     if (token_sent)
-        snprintf(extra, sizeof(extra),
-                 "WWW-Authenticate: Bearer realm=\"nudge\", error=\"invalid_token\", "
-                 "error_description=\"%s\"\r\n",
-                 why);
+        http_error_header(&e,
+                          "WWW-Authenticate: Bearer realm=\"nudge\", error=\"invalid_token\", "
+                          "error_description=\"%s\"",
+                          why);
     else
-        snprintf(extra, sizeof(extra), "WWW-Authenticate: Bearer realm=\"nudge\"\r\n");
-    jw_init(&w);
-    jw_obj_begin(&w);
-    jw_key(&w, "status");
-    jw_str(&w, "unauthorized");
-    jw_key(&w, "error");
-    jw_str(&w, why);
-    jw_obj_end(&w);
-    body = jw_take(&w, &len);
-    conn_respond(c, 401, extra, body, len);
-    free(body);
+        http_error_header(&e, "WWW-Authenticate: Bearer realm=\"nudge\"");
+    conn_respond_error(c, &e);
 }
 
 /*
@@ -99,25 +110,24 @@ static void unauthorized(struct conn *c, const char *why, int token_sent)
  * (and answers 401 or 403 itself), so a moved request costs one HMAC, and
  * every request one parse of its token.
  */
-static int authenticate(struct conn *c, struct http_req *r, const struct route *rt,
-                        struct principal *who)
+static int authenticate(struct router *rt, struct conn *c, struct http_req *r,
+                        const struct route *route, struct principal *who)
 {
     const char *h = http_req_header(r, HDR_AUTHORIZATION);
     struct token_fields f;
     enum token_status st;
-    unsigned to;
     size_t n;
 
     who->kind = 0;
     who->subject[0] = '\0';
-    if (rt->need == 0)
+    if (route->need == 0)
         return 0;
     if (h == NULL || h[0] == '\0') {
-        unauthorized(c, "missing bearer token", 0);
+        unauthorized(rt, c, "missing bearer token", 0);
         return -1;
     }
     if (strncasecmp(h, "Bearer ", 7) != 0) {
-        unauthorized(c, "expected Authorization: Bearer <token>", 1);
+        unauthorized(rt, c, "expected Authorization: Bearer <token>", 1);
         return -1;
     }
     h += 7;
@@ -127,61 +137,62 @@ static int authenticate(struct conn *c, struct http_req *r, const struct route *
     while (n > 0 && (h[n - 1] == ' ' || h[n - 1] == '\t'))
         n--;
     st = token_parse(h, n, &f);
-    if (st == TOKEN_OK && rt->need == TOKEN_USER && f.kind == TOKEN_USER &&
-        conn_user_elsewhere(c, f.subject, f.subject_len, &to)) {
-        conn_handoff(c, to);
+    if (st == TOKEN_OK && route->need == TOKEN_USER && f.kind == TOKEN_USER &&
+        worker_route(rt->route, c, f.subject, f.subject_len))
         return -1;
-    }
     if (st == TOKEN_OK)
-        st = token_check(&c->srv->secret, h, &f, (int64_t)time(NULL));
+        st = token_check(rt->secret, h, &f, (int64_t)time(NULL));
     if (st != TOKEN_OK) {
-        unauthorized(c, token_status_str(st), 1);
+        unauthorized(rt, c, token_status_str(st), 1);
         return -1;
     }
     who->kind = f.kind;
     memcpy(who->subject, f.subject, f.subject_len + 1);
-    if (who->kind != rt->need) {
-        char msg[96], peer[64], q[300];
-        snprintf(msg, sizeof(msg), "this endpoint needs a %s token, not a %s token",
-                 kind_name(rt->need), kind_name(who->kind));
+    if (who->kind != route->need) {
+        char peer[64], q[300];
+        struct http_error e;
+        http_error_set(&e, 403, "forbidden", "this endpoint needs a %s token, not a %s token",
+                       kind_name(route->need), kind_name(who->kind));
         LOG(LOG_INFO, auth_forbidden, "peer=%s subject=%s path=%s",
-            conn_peer(c, peer, sizeof(peer)), log_q(q, sizeof(q), who->subject), rt->path);
-        conn_respond_error(c, 403, "forbidden", msg);
+            conn_peer(c, peer, sizeof(peer)), log_q(q, sizeof(q), who->subject), route->path);
+        conn_respond_error(c, &e);
         return -1;
     }
     return 0;
 }
 
-void router_dispatch(struct conn *c, struct http_req *r)
+void router_dispatch(struct router *rt, struct conn *c, struct http_req *r)
 {
     const struct route *path_match = NULL;
     struct principal who;
-    char allow[64];
+    struct http_error e;
 
-    if (c->srv->stopping) {
-        char extra[64];
-        snprintf(extra, sizeof(extra), "Retry-After: %u\r\n", c->srv->cfg->shutdown_retry_after);
-        CONN_RESPOND_LITERAL(c, 503, extra, "{\"status\":\"shutting-down\"}");
+    if (conn_stopping(c)) {
+        http_error_set(&e, 503, "shutting-down", NULL);
+        http_error_header(&e, "Retry-After: %u", rt->cfg->shutdown_retry_after);
+        conn_respond_error(c, &e);
         return;
     }
     for (size_t i = 0; i < sizeof(routes) / sizeof(routes[0]); i++) {
-        const struct route *rt = &routes[i];
-        size_t plen = strlen(rt->path);
-        if (rt->prefix ? r->path_len <= plen || memcmp(rt->path, r->path, plen) != 0
-                       : plen != r->path_len || memcmp(rt->path, r->path, plen) != 0)
+        const struct route *route = &routes[i];
+        size_t plen = strlen(route->path);
+        if (route->prefix ? r->path_len <= plen || memcmp(route->path, r->path, plen) != 0
+                          : plen != r->path_len || memcmp(route->path, r->path, plen) != 0)
             continue;
-        path_match = rt;
-        if (rt->method != r->method)
+        path_match = route;
+        if (route->method != r->method)
             continue;
-        if (authenticate(c, r, rt, &who) < 0)
+        if (authenticate(rt, c, r, route, &who) < 0)
             return;
-        rt->fn(c, r, &who);
+        route->fn(rt->to[route->target], c, r, &who);
         return;
     }
     if (path_match) {
-        snprintf(allow, sizeof(allow), "Allow: %s\r\n", http_method_str(path_match->method));
-        CONN_RESPOND_LITERAL(c, 405, allow, "{\"status\":\"method-not-allowed\"}");
+        http_error_set(&e, 405, "method-not-allowed", NULL);
+        http_error_header(&e, "Allow: %s", http_method_str(path_match->method));
+        conn_respond_error(c, &e);
         return;
     }
-    CONN_RESPOND_LITERAL(c, 404, NULL, "{\"status\":\"not-found\"}");
+    http_error_set(&e, 404, "not-found", NULL);
+    conn_respond_error(c, &e);
 }

@@ -1,10 +1,6 @@
 /*
- * server.c — the listener, the shared timers and the orderly stop.
- *
- * Timers: one uv_timer for all connection deadlines (see deadline.h), one
- * zero-delay timer that runs connections whose pipelined requests can go on
- * (deferred so that answering one connection from another's callback never
- * recurses into a third), one that bounds the drain at shutdown.
+ * server.c — one worker's modules set up in the order of their
+ * dependencies, its requests routed, and the orderly stop.
  *
  * Stop (SIGTERM/SIGINT): close the listener, answer every held ping 503
  * shutting-down (Retry-After), close idle connections, let requests in
@@ -13,116 +9,36 @@
  */
 #include "server/server.h"
 
-#include <errno.h>
+#include <signal.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "common/log.h"
-#include "common/util.h"
-#include "push/ingest.h"
-#include "push/ping.h"
-#include "push/udp.h"
-#include "server/conn.h"
-#include "server/listen.h"
-#include "session/heartbeat.h"
+#include "udp/udp.h"
 #include "worker/mesh.h"
+#include "worker/worker.h"
 
 /* Longest drain at shutdown: answers are small, so this is only for stuck peers. */
 #define STOP_GRACE_MS 2000
 
-static void on_deadline_timer(uv_timer_t *t)
+/* Every complete request on one of our connections (conn.h conn_request_fn). */
+static void on_request(void *arg, struct conn *c, struct http_req *r)
 {
-    struct server *s = t->data;
-    uint64_t now = util_now_ms();
-    struct deadline_node *n;
+    struct server *s = arg;
 
-    s->deadline_armed = 0;
-    while ((n = deadline_peek(&s->deadlines)) != NULL && n->at <= now) {
-        struct conn *c = (struct conn *)((char *)n - offsetof(struct conn, deadline));
-        deadline_clear(&s->deadlines, n);
-        conn_on_deadline(c);
-    }
-    server_deadlines_changed(s);
-}
-
-void server_deadlines_changed(struct server *s)
-{
-    struct deadline_node *n = deadline_peek(&s->deadlines);
-    uint64_t now;
-
-    if (n == NULL) {
-        if (s->deadline_armed) {
-            uv_timer_stop(&s->deadline_timer);
-            s->deadline_armed = 0;
-        }
-        return;
-    }
-    if (s->deadline_armed == n->at)
-        return;
-    now = util_now_ms();
-    s->deadline_armed = n->at;
-    uv_timer_start(&s->deadline_timer, on_deadline_timer, n->at > now ? n->at - now : 0, 0);
-}
-
-static void on_resume_timer(uv_timer_t *t)
-{
-    struct server *s = t->data;
-
-    while (s->resume_head) {
-        struct conn *c = s->resume_head;
-        s->resume_head = c->resume_next;
-        c->resume_next = NULL;
-        conn_resume(c);
-    }
-}
-
-void server_resume_soon(struct server *s)
-{
-    uv_timer_start(&s->resume_timer, on_resume_timer, 0, 0);
-}
-
-static void close_handle(uv_handle_t *h)
-{
-    if (!uv_is_closing(h))
-        uv_close(h, NULL);
+    router_dispatch(&s->router, c, r);
 }
 
 /* Leaves the loop: closes the server's own handles so uv_run returns. */
 static void finish_stop(struct server *s)
 {
-    close_handle((uv_handle_t *)&s->deadline_timer);
-    close_handle((uv_handle_t *)&s->resume_timer);
-    close_handle((uv_handle_t *)&s->stop_timer);
-    close_handle((uv_handle_t *)&s->sig_term);
-    close_handle((uv_handle_t *)&s->sig_int);
-    listen_stop(s);
-    udp_stop(s);
-    mesh_stop(s);
-}
-
-static void walk_stop(uv_handle_t *h, void *arg)
-{
-    struct server *s = arg;
-    struct conn *c;
-
-    (void)s;
-    if (h->type != UV_TCP || uv_is_closing(h))
-        return;
-    c = h->data;
-    if (c->flags & CONN_HELD)
-        ping_shutdown(c);
-    else if (c->flags & CONN_PROBE)
-        conn_close(c, "shutdown"); /* a probe measures the path; there is nothing to answer */
-    else if (!(c->flags & CONN_BUSY) && c->req == NULL && !(c->flags & CONN_LINGER))
-        conn_close(c, "shutdown");
-}
-
-static void walk_close(uv_handle_t *h, void *arg)
-{
-    (void)arg;
-    if (h->type == UV_TCP && !uv_is_closing(h))
-        conn_close(h->data, "shutdown");
+    uv_close((uv_handle_t *)&s->stop_timer, NULL);
+    uv_close((uv_handle_t *)&s->sig_term, NULL);
+    uv_close((uv_handle_t *)&s->sig_int, NULL);
+    conn_loop_close(&s->conns);
+    listen_stop(&s->listener);
+    udp_stop(s->udp);
+    mesh_stop(s->mesh);
 }
 
 static void on_stop_tick(uv_timer_t *t)
@@ -131,7 +47,7 @@ static void on_stop_tick(uv_timer_t *t)
 
     if (s->metrics.connections > 0 && uv_now(s->loop) - s->stop_started < STOP_GRACE_MS)
         return;
-    uv_walk(s->loop, walk_close, s);
+    conn_loop_close_all(&s->conns);
     finish_stop(s);
 }
 
@@ -140,53 +56,39 @@ static void on_signal(uv_signal_t *sig, int signum)
     struct server *s = sig->data;
     char q[64];
 
-    if (s->stopping)
+    if (s->conns.stopping)
         return;
-    s->stopping = 1;
     LOG(LOG_INFO, stopping, "signal=%s held=%llu connections=%llu",
         log_q(q, sizeof(q), strsignal(signum)),
         (unsigned long long)s->metrics.pings_held, (unsigned long long)s->metrics.connections);
-    listen_stop(s);
-    uv_walk(s->loop, walk_stop, s);
+    listen_stop(&s->listener);
+    conn_loop_stop(&s->conns);
     s->stop_started = uv_now(s->loop);
     /* Check every 50 ms whether the drain is over. */
     uv_timer_start(&s->stop_timer, on_stop_tick, 50, 50);
 }
 
-/* Start-up: rebuild the device records the store kept (last ping parameters). */
-static void on_device_loaded(void *arg, const struct store_device *sd)
+static int failed(const char *err)
 {
-    struct server *s = arg;
-    struct user *u = shard_user(&s->shard, sd->user, 1);
-    struct device *d = user_device(u, sd->device, 1);
+    char q[600];
 
-    device_set_folders(d, sd->folders, sd->nfolders);
-    d->heartbeat = sd->heartbeat;
-    d->heartbeat_hint = sd->heartbeat_hint;
-    d->heartbeat_good = sd->heartbeat_good;
-    d->heartbeat_ceiling = sd->heartbeat_ceiling;
-    d->ceiling_since = sd->ceiling_since;
-    if (sd->udp)
-        udp_restore(s, d, sd->udp);
+    LOG(LOG_ERROR, startup_failed, "reason=%s", log_q(q, sizeof(q), err));
+    return -1;
 }
 
 int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
                 const struct secret *secret, const struct worker_ctx *wk)
 {
     const struct store_backend *be;
+    const struct worker_route *route;
     char err[512];
 
     memset(s, 0, sizeof(*s));
-    s->listen_fd = -1;
     s->loop = loop;
     s->cfg = cfg;
     s->secret = *secret;
     s->wk = wk;
-    s->limits.max_header_bytes = cfg->max_header_bytes;
-    s->limits.max_body_bytes = cfg->max_body_bytes;
-    deadline_heap_init(&s->deadlines);
     shard_init(&s->shard);
-    ingest_init(s);
 
     be = store_backend_find(cfg->store_backend);
     if (be == NULL) {
@@ -194,34 +96,56 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
             log_q(err, sizeof(err), cfg->store_backend));
         return -1;
     }
-    if (be->open(&s->store, cfg, loop, err, sizeof(err)) < 0) {
-        char q[600];
-        LOG(LOG_ERROR, startup_failed, "reason=%s", log_q(q, sizeof(q), err));
-        return -1;
+    if (be->open(&s->store, cfg, loop, err, sizeof(err)) < 0)
+        return failed(err);
+
+    /* Every module keeping something per user or device reserves its slot before the first. */
+    hb_init(&s->hb, cfg, &s->shard);
+    probe_init(&s->probe, &s->shard);
+    devices_init(&s->devices, s->store, &s->shard, NULL);
+    /* The UDP socket before the records: they bring registrations, which may have datagrams due. */
+    if (udp_init(&s->udp, loop, cfg, wk ? wk->index : 0, s->store, &s->shard, &s->metrics,
+                 devices_on_save, &s->devices, err, sizeof(err)) < 0)
+        return failed(err);
+    s->devices.udp = s->udp;
+    sessions_init(&s->sessions, cfg, &s->shard, &s->metrics, &s->hb, s->udp, &s->devices);
+    devices_load(&s->devices);
+
+    if (wk && mesh_init(&s->mesh, loop, wk, (size_t)cfg->max_header_bytes + cfg->max_body_bytes,
+                        &s->metrics, err, sizeof(err)) < 0)
+        return failed(err);
+    conn_loop_init(&s->conns, loop, cfg, &s->metrics, wk != NULL, on_request, s);
+    if (listen_start(&s->listener, loop, cfg, &s->conns, &s->metrics, wk, s->mesh, err,
+                     sizeof(err)) < 0) {
+        conn_loop_close(&s->conns);
+        return failed(err);
+    }
+    handoff_init(&s->handoff, wk, s->mesh, &s->listener, &s->conns, &s->metrics);
+    /* Without workers every user is ours: nothing to route. */
+    route = wk ? &s->handoff.route : NULL;
+
+    ping_init(&s->ping, cfg, s->store, &s->shard, &s->metrics, &s->hb, &s->sessions, &s->devices,
+              s->udp);
+    state_init(&s->state, cfg, s->store, &s->shard, &s->metrics, s->udp);
+    events_init(&s->events, s->store, &s->shard, &s->metrics, wk, s->mesh, &s->ping, s->udp);
+    udp_api_init(&s->udp_api, cfg, s->store, &s->shard, &s->sessions, s->udp);
+    ingest_init(&s->ingest, cfg, s->store, &s->metrics, &s->events, route);
+    admin_init(&s->admin, &s->metrics, &s->sessions, &s->shard, wk, s->mesh);
+    sessions_api_init(&s->sessions_api, &s->sessions, &s->shard, wk, s->mesh, route);
+    {
+        void *to[ROUTE_TARGET_COUNT] = {
+            [ROUTE_PING] = &s->ping,
+            [ROUTE_STATE] = &s->state,
+            [ROUTE_PROBE] = &s->probe,
+            [ROUTE_UDP] = &s->udp_api,
+            [ROUTE_EVENTS] = &s->events,
+            [ROUTE_INGEST] = &s->ingest,
+            [ROUTE_SESSIONS] = &s->sessions_api,
+            [ROUTE_ADMIN] = &s->admin,
+        };
+        router_init(&s->router, cfg, &s->secret, &s->metrics, route, to);
     }
 
-    /* The UDP socket first: device records bring registrations, which may have datagrams due. */
-    if (udp_init(s, err, sizeof(err)) < 0) {
-        char q[600];
-        LOG(LOG_ERROR, startup_failed, "reason=%s", log_q(q, sizeof(q), err));
-        return -1;
-    }
-    store_device_load(s->store, on_device_loaded, s);
-    if (wk && mesh_init(s, err, sizeof(err)) < 0) {
-        char q[600];
-        LOG(LOG_ERROR, startup_failed, "reason=%s", log_q(q, sizeof(q), err));
-        return -1;
-    }
-
-    if (listen_start(s, err, sizeof(err)) < 0) {
-        char q[600];
-        LOG(LOG_ERROR, startup_failed, "reason=%s", log_q(q, sizeof(q), err));
-        return -1;
-    }
-    uv_timer_init(loop, &s->deadline_timer);
-    s->deadline_timer.data = s;
-    uv_timer_init(loop, &s->resume_timer);
-    s->resume_timer.data = s;
     uv_timer_init(loop, &s->stop_timer);
     s->stop_timer.data = s;
     uv_signal_init(loop, &s->sig_term);
@@ -230,7 +154,7 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
     s->sig_int.data = s;
     uv_signal_start(&s->sig_term, on_signal, SIGTERM);
     uv_signal_start(&s->sig_int, on_signal, SIGINT);
-    LOG(LOG_INFO, listening, "addr=%s", s->addr);
+    LOG(LOG_INFO, listening, "addr=%s", s->listener.addr);
     return 0;
 }
 
@@ -242,13 +166,15 @@ int server_run(struct server *s)
 
 void server_free(struct server *s)
 {
-    mesh_free(s);
-    udp_free(s);
-    ingest_free(s);
+    mesh_free(s->mesh);
+    s->mesh = NULL;
+    udp_free(s->udp);
+    s->udp = NULL;
+    ingest_free(&s->ingest);
     shard_free(&s->shard);
     store_close(s->store);
     s->store = NULL;
-    deadline_heap_free(&s->deadlines);
-    strmap_free(&s->per_ip);
-    hb_free_nets(s);
+    conn_loop_free(&s->conns);
+    listen_free(&s->listener);
+    hb_free(&s->hb);
 }

@@ -1,9 +1,12 @@
 /*
- * server.h — one nudged event loop: the listener, every connection, the
- * deadline heap, the shard of users and the store.
+ * server.h — one nudged worker: every module it runs, composed in one
+ * place, and the orderly stop.
  *
- * Nothing here is global: a later issue runs one server per worker process,
- * each owning its own users.
+ * This is the only file that knows every module. Each module gets, when it
+ * is set up, pointers to exactly the modules it works with, so a module can
+ * be read, tested and replaced with only those beside it; nothing reaches
+ * the others through this struct. The order of the set-up in server.c is
+ * the order of their dependencies.
  */
 #ifndef NUDGE_SERVER_H
 #define NUDGE_SERVER_H
@@ -11,16 +14,27 @@
 #include <stdint.h>
 #include <uv.h>
 
+#include "admin/admin.h"
+#include "admin/sessions_api.h"
 #include "auth/secret.h"
 #include "common/config.h"
-#include "http/request.h"
-#include "server/deadline.h"
-#include "server/metrics.h"
+#include "common/metrics.h"
+#include "conn/conn.h"
+#include "conn/listen.h"
+#include "push/events.h"
+#include "push/ingest.h"
+#include "push/ping.h"
+#include "push/probe.h"
+#include "push/state.h"
+#include "push/udp_api.h"
+#include "server/handoff.h"
+#include "server/router.h"
+#include "session/devices.h"
+#include "session/heartbeat.h"
+#include "session/session.h"
 #include "shard/shard.h"
 #include "store/store.h"
 
-struct conn;
-struct ingest;
 struct mesh;
 struct udp;
 struct worker_ctx;
@@ -29,46 +43,37 @@ struct server {
     uv_loop_t *loop;
     const struct config *cfg;
     struct secret secret;
-    struct http_limits limits;
+    const struct worker_ctx *wk;   /* NULL: a single process owning every user */
+    struct metrics metrics;
     struct store *store;
     struct shard shard;
-    struct metrics metrics;
-    struct udp *udp;           /* push/udp.c; NULL when [udp] listen is empty */
-    struct ingest *ingest;     /* push/ingest.c: the duplicate window */
-    const struct worker_ctx *wk; /* worker/worker.h; NULL: a single process owning every user */
-    struct mesh *mesh;         /* worker/mesh.h; NULL without workers */
-    unsigned handoff_to;       /* set by conn_handoff during a dispatch: the worker + 1 */
-
-    int listen_fd;             /* see listen.h */
-    uv_poll_t listen_poll;
-    uv_timer_t listen_retry;   /* resumes accepting after EMFILE */
-    int listen_paused;
-    unsigned max_conns;        /* max_connections within the descriptor limit */
-    struct strmap per_ip;      /* raw address -> struct ip_count, with max_per_ip */
-    struct strmap nets;        /* client network prefix -> struct hbnet (heartbeat.h) */
-    uv_timer_t deadline_timer; /* armed for the earliest connection deadline */
-    uint64_t deadline_armed;   /* when it is armed for, 0: not armed */
-    uv_timer_t resume_timer;   /* runs connections with pipelined requests waiting */
-    struct conn *resume_head;
+    struct mesh *mesh;             /* NULL without workers */
+    struct heartbeat hb;
+    struct udp *udp;               /* NULL when [udp] listen is empty */
+    struct devices devices;
+    struct sessions sessions;
+    struct conn_loop conns;
+    struct listener listener;
+    struct handoff handoff;
+    struct ping ping;
+    struct probe probe;
+    struct state state;
+    struct events events;
+    struct udp_api udp_api;
+    struct ingest ingest;
+    struct admin admin;
+    struct sessions_api sessions_api;
+    struct router router;
     uv_signal_t sig_term, sig_int;
-    uv_timer_t stop_timer;     /* bounds the drain at shutdown */
-    struct deadline_heap deadlines;
-
-    int stopping;
-    uint64_t stop_started;     /* uv_now() when the stop signal came */
-    char addr[64];             /* the bound address, "127.0.0.1:8080" */
-    /*
-     * One read buffer for all connections: libuv calls alloc then read
-     * synchronously, and on_read consumes or copies every byte before
-     * returning, so idle connections never own a read buffer.
-     */
-    char rbuf[64 * 1024];
+    uv_timer_t stop_timer;         /* bounds the drain at shutdown */
+    uint64_t stop_started;         /* uv_now() when the stop signal came */
 };
 
 /*
  * Sets up everything but the loop run: store, listener (bound; port 0 picks
  * one, logged as event 1001), signals, timers. 'cfg' and 'secret' must
- * outlive the server. Returns 0, or -1 after logging why.
+ * outlive the server; 'wk' is NULL for a single process. Returns 0, or -1
+ * after logging why.
  */
 int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
                 const struct secret *secret, const struct worker_ctx *wk);
@@ -78,11 +83,5 @@ int server_run(struct server *s);
 
 /* Frees what server_init made (after the loop stopped). */
 void server_free(struct server *s);
-
-/* Runs the resume list on the next loop iteration. */
-void server_resume_soon(struct server *s);
-
-/* Re-arms the deadline timer after the earliest deadline may have changed. */
-void server_deadlines_changed(struct server *s);
 
 #endif

@@ -11,31 +11,38 @@
 #include "common/log.h"
 #include "common/util.h"
 #include "common/xalloc.h"
-#include "server/server.h"
+#include "common/config.h"
 #include "shard/shard.h"
 
-unsigned hb_hint(const struct server *s, const struct device *d)
+void hb_init(struct heartbeat *hb, const struct config *cfg, struct shard *sh)
+{
+    hb->cfg = cfg;
+    strmap_init(&hb->nets);
+    hb->slot = shard_device_slot(sh, sizeof(struct hb_device));
+}
+
+unsigned hb_hint(const struct heartbeat *hb, const struct device *d)
 {
     unsigned h = d->heartbeat_hint;
 
-    if (h < s->cfg->heartbeat_min)
-        h = s->cfg->heartbeat_min;
-    if (h > s->cfg->heartbeat_max)
-        h = s->cfg->heartbeat_max;
+    if (h < hb->cfg->heartbeat_min)
+        h = hb->cfg->heartbeat_min;
+    if (h > hb->cfg->heartbeat_max)
+        h = hb->cfg->heartbeat_max;
     return h;
 }
 
-void hb_init(struct server *s, struct device *d, unsigned requested)
+void hb_first_hint(const struct heartbeat *hb, struct device *d, unsigned requested)
 {
     d->heartbeat_hint = requested;
-    d->heartbeat_hint = hb_hint(s, d);
+    d->heartbeat_hint = hb_hint(hb, d);
 }
 
 /* --- per-network averages -------------------------------------------------- */
 
-static void net_check(struct server *s, struct hbnet *n)
+static void net_check(struct heartbeat *hb, struct hbnet *n)
 {
-    unsigned threshold = s->cfg->heartbeat_alert_average;
+    unsigned threshold = hb->cfg->heartbeat_alert_average;
     uint64_t avg;
 
     if (n->counted == 0 || threshold == 0) {
@@ -55,23 +62,23 @@ static void net_check(struct server *s, struct hbnet *n)
 }
 
 /* Takes d's hint out of (or puts it into) its network's average. */
-static void net_count(struct server *s, struct device *d, int sign)
+static void net_count(struct heartbeat *hb, struct device *d, int sign)
 {
-    struct hbnet *n = d->net;
+    struct hbnet *n = hb_device(hb, d)->net;
 
     if (n == NULL || d->heartbeat_ceiling == 0)
         return;
     if (sign > 0) {
         n->counted++;
         n->hint_sum += d->heartbeat_hint;
-        net_check(s, n);
+        net_check(hb, n);
     } else {
         n->counted--;
         n->hint_sum -= d->heartbeat_hint;
     }
 }
 
-static struct hbnet *net_of(struct server *s, const struct sockaddr *peer)
+static struct hbnet *net_of(struct heartbeat *hb, const struct sockaddr *peer)
 {
     char key[8], ip[INET6_ADDRSTRLEN];
     size_t klen;
@@ -87,7 +94,7 @@ static struct hbnet *net_of(struct server *s, const struct sockaddr *peer)
     } else {
         return NULL;
     }
-    n = strmap_get(&s->nets, key, klen);
+    n = strmap_get(&hb->nets, key, klen);
     if (n)
         return n;
     n = xcalloc(1, sizeof(*n));
@@ -104,37 +111,39 @@ static struct hbnet *net_of(struct server *s, const struct sockaddr *peer)
         memcpy(&a, key, 7);
         snprintf(n->name, sizeof(n->name), "%s/56", inet_ntop(AF_INET6, &a, ip, sizeof(ip)));
     }
-    strmap_put(&s->nets, n->key, klen, n);
+    strmap_put(&hb->nets, n->key, klen, n);
     return n;
 }
 
-static void net_move(struct server *s, struct device *d, struct hbnet *to)
+static void net_move(struct heartbeat *hb, struct device *d, struct hbnet *to)
 {
-    if (d->net == to)
+    struct hb_device *e = hb_device(hb, d);
+
+    if (e->net == to)
         return;
-    net_count(s, d, -1);
-    if (d->net)
-        d->net->devices--;
-    d->net = to;
+    net_count(hb, d, -1);
+    if (e->net)
+        e->net->devices--;
+    e->net = to;
     if (to)
         to->devices++;
-    net_count(s, d, +1);
+    net_count(hb, d, +1);
 }
 
-void hb_forget(struct server *s, struct device *d)
+void hb_forget(struct heartbeat *hb, struct device *d)
 {
-    net_move(s, d, NULL);
+    net_move(hb, d, NULL);
 }
 
-void hb_free_nets(struct server *s)
+void hb_free(struct heartbeat *hb)
 {
     uint32_t pos = 0;
     const char *key;
     void *val;
 
-    while (strmap_next(&s->nets, &pos, &key, &val))
+    while (strmap_next(&hb->nets, &pos, &key, &val))
         free(val);
-    strmap_free(&s->nets);
+    strmap_free(&hb->nets);
 }
 
 /* --- learning -------------------------------------------------------------- */
@@ -154,9 +163,10 @@ static void log_change(const struct device *d, const char *why, unsigned hb, uns
  * followed the advice if hb >= under (it could not know of a raise that the
  * proof of its previous ping caused on arrival).
  */
-static void success(struct server *s, struct device *d, unsigned hb, unsigned under)
+static void success(struct heartbeat *hbm, struct device *d, unsigned hb, unsigned under)
 {
-    const struct config *cfg = s->cfg;
+    const struct config *cfg = hbm->cfg;
+    struct hb_device *e = hb_device(hbm, d);
     unsigned before = d->heartbeat_hint, next;
 
     if (hb > d->heartbeat_good)
@@ -164,10 +174,10 @@ static void success(struct server *s, struct device *d, unsigned hb, unsigned un
     /* Followed the advice: at least the hint it knew, or the hint now if that fell since. */
     if (hb < (under < d->heartbeat_hint ? under : d->heartbeat_hint) || hb < d->heartbeat_good)
         return; /* proves less than what is known already */
-    if (++d->heartbeat_successes < cfg->heartbeat_sample_size)
+    if (++e->successes < cfg->heartbeat_sample_size)
         return;
-    d->heartbeat_successes = 0;
-    net_count(s, d, -1);
+    e->successes = 0;
+    net_count(hbm, d, -1);
     if (d->heartbeat_ceiling &&
         (int64_t)time(NULL) - d->ceiling_since >= (int64_t)cfg->heartbeat_ceiling_retry)
         d->heartbeat_ceiling = 0; /* old news: the path may have changed */
@@ -178,17 +188,17 @@ static void success(struct server *s, struct device *d, unsigned hb, unsigned un
         next = cfg->heartbeat_max;
     if (next > d->heartbeat_hint)
         d->heartbeat_hint = next;
-    net_count(s, d, +1);
+    net_count(hbm, d, +1);
     log_change(d, "success", hb, before);
 }
 
-static void failure(struct server *s, struct device *d, unsigned hb, const char *why)
+static void failure(struct heartbeat *hbm, struct device *d, unsigned hb, const char *why)
 {
-    unsigned before = d->heartbeat_hint, min = s->cfg->heartbeat_min;
+    unsigned before = d->heartbeat_hint, min = hbm->cfg->heartbeat_min;
 
-    net_count(s, d, -1);
+    net_count(hbm, d, -1);
     if (d->heartbeat_ceiling == 0 || hb < d->heartbeat_ceiling ||
-        (int64_t)time(NULL) - d->ceiling_since >= (int64_t)s->cfg->heartbeat_ceiling_retry) {
+        (int64_t)time(NULL) - d->ceiling_since >= (int64_t)hbm->cfg->heartbeat_ceiling_retry) {
         d->heartbeat_ceiling = hb;
         d->ceiling_since = (int64_t)time(NULL);
     }
@@ -196,44 +206,47 @@ static void failure(struct server *s, struct device *d, unsigned hb, const char 
     if (d->heartbeat_good >= hb)
         d->heartbeat_good = 0;
     d->heartbeat_hint = d->heartbeat_good ? d->heartbeat_good : (hb / 2 > min ? hb / 2 : min);
-    d->heartbeat_successes = 0;
-    net_count(s, d, +1);
+    hb_device(hbm, d)->successes = 0;
+    net_count(hbm, d, +1);
     log_change(d, why, hb, before);
 }
 
-int hb_on_ping(struct server *s, struct device *d, const struct sockaddr *peer, int superseding)
+int hb_on_ping(struct heartbeat *hb, struct device *d, const struct sockaddr *peer,
+               int superseding)
 {
+    struct hb_device *e = hb_device(hb, d);
     uint64_t now = util_now_ms();
     unsigned before_hint = d->heartbeat_hint, before_good = d->heartbeat_good;
     unsigned before_ceiling = d->heartbeat_ceiling;
     unsigned known = d->heartbeat_hint; /* what this ping's sender was told last */
 
-    net_move(s, d, peer ? net_of(s, peer) : NULL);
+    net_move(hb, d, peer ? net_of(hb, peer) : NULL);
     if (superseding) {
-        failure(s, d, d->heartbeat, "new_ping_while_held");
-    } else if (d->expired_heartbeat) {
-        uint64_t gap = now - d->expired_at;
-        if (gap <= (uint64_t)s->cfg->heartbeat_grace * 1000)
-            success(s, d, d->expired_heartbeat, d->expired_under);
-        else if (gap <= (uint64_t)s->cfg->heartbeat_max * 1000)
-            failure(s, d, d->expired_heartbeat, "late_ping_after_expiry");
+        failure(hb, d, d->heartbeat, "new_ping_while_held");
+    } else if (e->expired_heartbeat) {
+        uint64_t gap = now - e->expired_at;
+        if (gap <= (uint64_t)hb->cfg->heartbeat_grace * 1000)
+            success(hb, d, e->expired_heartbeat, e->expired_under);
+        else if (gap <= (uint64_t)hb->cfg->heartbeat_max * 1000)
+            failure(hb, d, e->expired_heartbeat, "late_ping_after_expiry");
     }
-    d->expired_heartbeat = 0;
-    d->asked_under = known;
+    e->expired_heartbeat = 0;
+    e->asked_under = known;
     return d->heartbeat_hint != before_hint || d->heartbeat_good != before_good ||
            d->heartbeat_ceiling != before_ceiling;
 }
 
-void hb_on_expired(struct device *d, unsigned hb)
+void hb_on_expired(struct heartbeat *hb, struct device *d, unsigned seconds)
 {
-    d->expired_heartbeat = hb;
-    d->expired_under = d->asked_under;
-    d->expired_at = util_now_ms();
+    struct hb_device *e = hb_device(hb, d);
+
+    e->expired_heartbeat = seconds;
+    e->expired_under = e->asked_under;
+    e->expired_at = util_now_ms();
 }
 
-void hb_on_lost(struct server *s, struct device *d)
+void hb_on_lost(struct heartbeat *hb, struct device *d)
 {
-    d->expired_heartbeat = 0;
-    failure(s, d, d->heartbeat, "connection_lost_while_held");
-    device_persist(s->store, d);
+    hb_device(hb, d)->expired_heartbeat = 0;
+    failure(hb, d, d->heartbeat, "connection_lost_while_held");
 }

@@ -23,17 +23,26 @@
  * Per client network (/24 for IPv4, /56 for IPv6) the hints of devices that
  * have hit a ceiling are averaged; at or below [heartbeat] alert_average
  * (Exchange's 540 s, event 1040) event 1311 names the network once.
+ *
+ * The learned values (hint, proven, ceiling) are the device's data
+ * (shard.h) and saved with its record; the evidence awaiting a verdict and
+ * the device's network live in this module's slot of each device. Nothing
+ * here writes to the store: a caller told "changed" saves the record.
  */
 #ifndef NUDGE_HEARTBEAT_H
 #define NUDGE_HEARTBEAT_H
 
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/socket.h>
 
-struct server;
-struct device;
+#include "common/strmap.h"
 
-/* Per-network figures (kept in server->nets). */
+struct config;
+struct device;
+struct shard;
+
+/* Per-network figures (kept in heartbeat->nets). */
 struct hbnet {
     uint32_t devices;      /* devices whose last ping came from here */
     uint32_t counted;      /* of them, those with a learned ceiling */
@@ -44,30 +53,59 @@ struct hbnet {
     char name[48];         /* "10.1.2.0/24" */
 };
 
+/* What this module keeps per device (its shard slot). */
+struct hb_device {
+    uint32_t successes;            /* proofs at the hint since it last changed */
+    uint32_t expired_heartbeat;    /* the expiry answered last, awaiting its proof; 0: none */
+    uint32_t asked_under;          /* the hint the device knew when it sent its last ping */
+    uint32_t expired_under;        /* the same, for the expired ping awaiting proof */
+    uint64_t expired_at;           /* ms (monotonic) of that expiry answer */
+    struct hbnet *net;             /* the client network it last pinged from */
+};
+
+struct heartbeat {
+    const struct config *cfg;
+    struct strmap nets;            /* client network prefix -> struct hbnet */
+    size_t slot;                   /* of struct hb_device in each device */
+};
+
+/* Sets hb up and reserves its slot in sh's devices (before any user exists). */
+void hb_init(struct heartbeat *hb, const struct config *cfg, struct shard *sh);
+
+/* Frees the per-network table. */
+void hb_free(struct heartbeat *hb);
+
+/* This module's record of d. */
+static inline struct hb_device *hb_device(const struct heartbeat *hb, const struct device *d)
+{
+    return (struct hb_device *)((char *)d - hb->slot);
+}
+
 /*
  * A ping from d arrived from 'peer' (before it is answered or held). The
  * device's previous heartbeat is d->heartbeat; 'superseding' when its
  * previous ping is still held. Judges the pending evidence. Returns 1 when
  * the learned values changed (the record should be saved).
  */
-int hb_on_ping(struct server *s, struct device *d, const struct sockaddr *peer, int superseding);
+int hb_on_ping(struct heartbeat *hb, struct device *d, const struct sockaddr *peer,
+               int superseding);
 
 /* A new device's first hint: what it asked, within the bounds. */
-void hb_init(struct server *s, struct device *d, unsigned requested);
+void hb_first_hint(const struct heartbeat *hb, struct device *d, unsigned requested);
 
-/* d's held ping (heartbeat 'hb') expires now and is answered: await the proof. */
-void hb_on_expired(struct device *d, unsigned hb);
+/* d's held ping (heartbeat 'seconds') expires now and is answered: await the proof. */
+void hb_on_expired(struct heartbeat *hb, struct device *d, unsigned seconds);
 
-/* d's held ping died before its heartbeat ended (the path or the peer is gone). */
-void hb_on_lost(struct server *s, struct device *d);
+/*
+ * d's held ping died before its heartbeat ended (the path or the peer is
+ * gone). The learned values change: save the record.
+ */
+void hb_on_lost(struct heartbeat *hb, struct device *d);
 
 /* d is forgotten (a refused new device): leave its network. */
-void hb_forget(struct server *s, struct device *d);
+void hb_forget(struct heartbeat *hb, struct device *d);
 
 /* The hint to send: the learned one, within today's bounds. */
-unsigned hb_hint(const struct server *s, const struct device *d);
-
-/* Frees the per-network table. */
-void hb_free_nets(struct server *s);
+unsigned hb_hint(const struct heartbeat *hb, const struct device *d);
 
 #endif

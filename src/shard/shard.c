@@ -1,23 +1,28 @@
-/* shard.c — users and devices in memory; see shard.h. */
+/* shard.c — users and devices in memory, with the slots of the layers above; see shard.h. */
 #include "shard/shard.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/xalloc.h"
-#include "push/udp.h"
+
+/* Slots keep the alignment malloc gives the struct after them (they hold pointers, u64). */
+#define SLOT_ALIGN 8
 
 void shard_init(struct shard *sh)
 {
     strmap_init(&sh->users);
+    sh->user_ext = 0;
+    sh->device_ext = 0;
 }
 
-static void device_free(struct device *d)
+static void device_free(struct shard *sh, struct device *d)
 {
     for (uint32_t i = 0; i < d->nfolders; i++)
         free((char *)d->folders[i].name);
     free(d->folders);
-    free(d);
+    free((char *)d - sh->device_ext);
 }
 
 void shard_free(struct shard *sh)
@@ -30,11 +35,32 @@ void shard_free(struct shard *sh)
         struct user *u = uval;
         dpos = 0;
         while (strmap_next(&u->devices, &dpos, &key, &dval))
-            device_free(dval);
+            device_free(sh, dval);
         strmap_free(&u->devices);
-        free(u);
+        free((char *)u - sh->user_ext);
     }
     strmap_free(&sh->users);
+}
+
+static size_t reserve(struct shard *sh, size_t *ext, size_t size)
+{
+    if (sh->users.len > 0) {
+        /* A broken start-up order: existing users would have no room for the slot. */
+        fprintf(stderr, "nudged: shard slot reserved after users exist\n");
+        abort();
+    }
+    *ext += (size + SLOT_ALIGN - 1) / SLOT_ALIGN * SLOT_ALIGN;
+    return *ext;
+}
+
+size_t shard_user_slot(struct shard *sh, size_t size)
+{
+    return reserve(sh, &sh->user_ext, size);
+}
+
+size_t shard_device_slot(struct shard *sh, size_t size)
+{
+    return reserve(sh, &sh->device_ext, size);
 }
 
 struct user *shard_user(struct shard *sh, const char *id, int create)
@@ -43,7 +69,8 @@ struct user *shard_user(struct shard *sh, const char *id, int create)
     struct user *u = strmap_get(&sh->users, id, n);
 
     if (u == NULL && create) {
-        u = xcalloc(1, sizeof(*u) + n + 1);
+        char *base = xcalloc(1, sh->user_ext + sizeof(*u) + n + 1);
+        u = (struct user *)(base + sh->user_ext);
         memcpy(u->id, id, n + 1);
         strmap_init(&u->devices);
         strmap_put(&sh->users, u->id, n, u);
@@ -51,13 +78,14 @@ struct user *shard_user(struct shard *sh, const char *id, int create)
     return u;
 }
 
-struct device *user_device(struct user *u, const char *id, int create)
+struct device *shard_device(struct shard *sh, struct user *u, const char *id, int create)
 {
     size_t n = strlen(id);
     struct device *d = strmap_get(&u->devices, id, n);
 
     if (d == NULL && create) {
-        d = xcalloc(1, sizeof(*d) + n + 1);
+        char *base = xcalloc(1, sh->device_ext + sizeof(*d) + n + 1);
+        d = (struct device *)(base + sh->device_ext);
         memcpy(d->id, id, n + 1);
         d->user = u;
         strmap_put(&u->devices, d->id, n, d);
@@ -65,51 +93,13 @@ struct device *user_device(struct user *u, const char *id, int create)
     return d;
 }
 
-uint32_t user_sessions(const struct user *u)
+void shard_device_remove(struct shard *sh, struct device *d)
 {
-    uint32_t pos = 0, n = 0;
-    const char *key;
-    void *val;
-
-    if (u->held == 0 && u->udp == 0)
-        return 0;
-    while (strmap_next(&u->devices, &pos, &key, &val))
-        n += device_present(val) ? 1 : 0;
-    return n;
+    strmap_del(&d->user->devices, d->id, strlen(d->id));
+    device_free(sh, d);
 }
 
-void device_persist(struct store *s, const struct device *d)
-{
-    struct store_udp udp;
-    char addr[64];
-
-    struct store_device sd = {
-        .user = d->user->id,
-        .device = d->id,
-        .heartbeat = d->heartbeat,
-        .heartbeat_hint = d->heartbeat_hint,
-        .heartbeat_good = d->heartbeat_good,
-        .heartbeat_ceiling = d->heartbeat_ceiling,
-        .ceiling_since = d->ceiling_since,
-        .nfolders = d->nfolders,
-        .folders = d->folders,
-        .udp = NULL,
-    };
-
-    if (d->udp) {
-        udp_record(d->udp, &udp, addr, sizeof(addr));
-        sd.udp = &udp;
-    }
-    store_device_save(s, &sd);
-}
-
-void user_device_remove(struct user *u, struct device *d)
-{
-    strmap_del(&u->devices, d->id, strlen(d->id));
-    device_free(d);
-}
-
-void device_set_folders(struct device *d, const struct store_folder *src, size_t n)
+void shard_set_folders(struct device *d, const struct store_folder *src, size_t n)
 {
     struct store_folder *f = xcalloc(n, sizeof(*f));
 
@@ -122,4 +112,20 @@ void device_set_folders(struct device *d, const struct store_folder *src, size_t
     free(d->folders);
     d->folders = f;
     d->nfolders = (uint32_t)n;
+}
+
+void shard_record(const struct device *d, struct store_device *out)
+{
+    *out = (struct store_device){
+        .user = d->user->id,
+        .device = d->id,
+        .heartbeat = d->heartbeat,
+        .heartbeat_hint = d->heartbeat_hint,
+        .heartbeat_good = d->heartbeat_good,
+        .heartbeat_ceiling = d->heartbeat_ceiling,
+        .ceiling_since = d->ceiling_since,
+        .nfolders = d->nfolders,
+        .folders = d->folders,
+        .udp = NULL,
+    };
 }

@@ -1,15 +1,20 @@
 /*
- * shard.h — every piece of per-user state nudge keeps in memory besides
- * folder states (which are the store's): users, their devices, each
- * device's last ping parameters and its held ping.
+ * shard.h — the users and devices a worker keeps in memory, as plain data:
+ * who they are, each device's last ping parameters and its learned
+ * heartbeat (the device record the store saves). Folder states are the
+ * store's.
  *
- * A shard is reached only through user ids, and nothing outside it keeps
- * per-user state, so a later issue can run one shard per worker process
- * with users partitioned by a hash of their id.
+ * The shard knows nothing of what uses it. A module above that keeps
+ * something per user or per device (a held connection, a UDP registration,
+ * heartbeat evidence, a probe count) reserves a slot at start-up, before the
+ * first user exists, and finds its slot from the user or device pointer:
+ * the slots lie in the same allocation, right before the struct, so they
+ * cost no pointer and no second allocation (a held ping's device is part of
+ * the memory per held ping). Slots are zeroed when their user or device is
+ * made. This is nginx's per-module request context, laid out in place.
  *
- * Memory: a user is its id plus a small map; a device is ~130 bytes plus its
- * id and its folder list (names and states of its last ping), and its UDP
- * registration when it has one.
+ * Memory: a user is its id plus a small map and its slots; a device is ~56
+ * bytes plus its id, its slots and its folder list.
  */
 #ifndef NUDGE_SHARD_H
 #define NUDGE_SHARD_H
@@ -20,71 +25,61 @@
 #include "common/strmap.h"
 #include "store/store.h"
 
-struct conn;
-struct udp_reg;
-
 struct user;
 
 struct device {
     struct user *user;
-    struct conn *held;              /* the connection holding this device's ping */
     struct store_folder *folders;   /* last ping's folders; names owned here */
     uint32_t nfolders;
     uint32_t heartbeat;             /* last ping's heartbeat in s; 0: none yet */
     uint32_t heartbeat_hint;        /* what the device is advised (session/heartbeat.c) */
     uint32_t heartbeat_good;        /* longest heartbeat proven on its path; 0: none */
     uint32_t heartbeat_ceiling;     /* a heartbeat that failed on its path; 0: none */
-    uint32_t heartbeat_successes;   /* proofs at the hint since it last changed */
-    uint32_t expired_heartbeat;     /* the expiry answered last, awaiting its proof; 0: none */
-    uint32_t asked_under;           /* the hint the device knew when it sent its last ping */
-    uint32_t expired_under;         /* the same, for the expired ping awaiting proof */
     int64_t ceiling_since;          /* Unix time the ceiling was learned */
-    uint64_t expired_at;            /* ms (monotonic) of that expiry answer */
-    struct hbnet *net;              /* the client network it last pinged from */
-    uint64_t held_since;            /* ms (monotonic): when the held ping began */
-    uint64_t last_request;          /* ms (monotonic): the device's last ping */
-    struct udp_reg *udp;            /* its UDP registration (push/udp.h), or NULL */
     char id[];
 };
 
 struct user {
     struct strmap devices;
-    uint32_t held;                  /* devices with a held ping */
-    uint32_t udp;                   /* devices with a UDP registration */
-    uint32_t probes;                /* probes held now (push/probe.c) */
     char id[];
 };
 
 struct shard {
     struct strmap users;
+    size_t user_ext, device_ext;    /* slot bytes before each user, each device */
 };
 
 void shard_init(struct shard *sh);
-/* Frees users and devices (held connections must be gone already). */
+/* Frees users and devices (nothing may point into them any more). */
 void shard_free(struct shard *sh);
+
+/*
+ * Reserves 'size' bytes per user (per device) for a module above and
+ * returns the slot's offset, for shard_slot(). Only before the first user
+ * is made: slots change the layout of every user and device.
+ */
+size_t shard_user_slot(struct shard *sh, size_t size);
+size_t shard_device_slot(struct shard *sh, size_t size);
+
+/* The slot at 'offset' of a user or device (what shard_*_slot returned). */
+static inline void *shard_slot(const void *user_or_device, size_t offset)
+{
+    return (char *)user_or_device - offset;
+}
 
 /* The user with this id; created when 'create' (else NULL when unknown). */
 struct user *shard_user(struct shard *sh, const char *id, int create);
 
-/* The device of u with this id; created when 'create'. */
-struct device *user_device(struct user *u, const char *id, int create);
+/* The device of u with this id; created when 'create' (else NULL when unknown). */
+struct device *shard_device(struct shard *sh, struct user *u, const char *id, int create);
 
-/* Is d a session now: does it hold a ping or have a UDP registration? */
-static inline int device_present(const struct device *d)
-{
-    return d->held != NULL || d->udp != NULL;
-}
-
-/* How many of u's devices are sessions now (walks u's devices). */
-uint32_t user_sessions(const struct user *u);
-
-/* Hands d's record to the store (write-behind) so it outlives a restart. */
-void device_persist(struct store *s, const struct device *d);
-
-/* Removes and frees d (it must hold no ping). */
-void user_device_remove(struct user *u, struct device *d);
+/* Removes and frees d. */
+void shard_device_remove(struct shard *sh, struct device *d);
 
 /* Replaces d's folder list with n entries copied from f. */
-void device_set_folders(struct device *d, const struct store_folder *f, size_t n);
+void shard_set_folders(struct device *d, const struct store_folder *f, size_t n);
+
+/* The store's record of d, pointing into d (its UDP registration left NULL). */
+void shard_record(const struct device *d, struct store_device *out);
 
 #endif

@@ -14,7 +14,6 @@
 #include "common/config.h"
 #include "common/log.h"
 #include "store/store.h"
-#include "worker/worker.h"
 
 void reshard_path(const struct config *c, unsigned shard, char *out, size_t outlen)
 {
@@ -57,14 +56,20 @@ static int prepare(const struct config *c, const char *path, char *err, size_t e
     return rc;
 }
 
+/* The partition the rows are moved by: the owner function over n shards. */
+struct partition {
+    reshard_owner_fn owner;
+    unsigned n;
+};
+
 static void owner_fn(sqlite3_context *ctx, int argc, sqlite3_value **argv)
 {
-    unsigned n = *(unsigned *)sqlite3_user_data(ctx);
+    const struct partition *pt = sqlite3_user_data(ctx);
     const unsigned char *u = sqlite3_value_text(argv[0]);
     int len = sqlite3_value_bytes(argv[0]);
 
     (void)argc;
-    sqlite3_result_int(ctx, (int)worker_owner((const char *)u, (size_t)(u ? len : 0), n));
+    sqlite3_result_int(ctx, (int)pt->owner((const char *)u, (size_t)(u ? len : 0), pt->n));
 }
 
 static int exec(sqlite3 *db, const char *sql, const char *path, char *err, size_t errlen)
@@ -87,8 +92,10 @@ static const char DEVICE_COLUMNS[] = "user, device, heartbeat, heartbeat_hint, f
 
 /* Moves the rows of 'src' (shard k) that belong elsewhere; counts what moved. */
 static int move_out(const struct config *c, const char *src, unsigned k, unsigned n,
-                    long long *folders, long long *devices, char *err, size_t errlen)
+                    reshard_owner_fn owner, long long *folders, long long *devices, char *err,
+                    size_t errlen)
 {
+    struct partition pt = {.owner = owner, .n = n};
     sqlite3 *db = NULL;
     char sql[PATH_MAX * 2 + 1024], dst[PATH_MAX];
     int rc = -1;
@@ -98,7 +105,7 @@ static int move_out(const struct config *c, const char *src, unsigned k, unsigne
         goto fail;
     }
     sqlite3_busy_timeout(db, 5000);
-    sqlite3_create_function(db, "nudge_owner", 1, SQLITE_UTF8 | SQLITE_DETERMINISTIC, &n, owner_fn,
+    sqlite3_create_function(db, "nudge_owner", 1, SQLITE_UTF8 | SQLITE_DETERMINISTIC, &pt, owner_fn,
                             NULL, NULL);
     for (unsigned j = 0; j < n; j++) {
         char *qdst;
@@ -161,7 +168,7 @@ static int empty_file(const char *path)
     return empty;
 }
 
-int reshard(const struct config *c, unsigned n, char *err, size_t errlen)
+int reshard(const struct config *c, unsigned n, reshard_owner_fn owner, char *err, size_t errlen)
 {
     char path[PATH_MAX + 16], marker[PATH_MAX + 16], q[PATH_MAX + 64];
     unsigned last = 0, highest = 0;
@@ -180,7 +187,7 @@ int reshard(const struct config *c, unsigned n, char *err, size_t errlen)
             last = 0;
         fclose(f);
     }
-    for (unsigned k = 1; k < WORKERS_MAX; k++) {
+    for (unsigned k = 1; k < RESHARD_MAX_SHARDS; k++) {
         reshard_path(c, k, path, sizeof(path));
         if (exists(path)) {
             highest = k;
@@ -210,7 +217,7 @@ int reshard(const struct config *c, unsigned n, char *err, size_t errlen)
             continue;
         if (k >= n && prepare(c, path, err, errlen) < 0)
             return -1;
-        if (move_out(c, path, k, n, &folders, &devices, err, errlen) < 0)
+        if (move_out(c, path, k, n, owner, &folders, &devices, err, errlen) < 0)
             return -1;
         LOG(LOG_INFO, store_resharded, "file=%s workers=%u folders=%lld devices=%lld",
             log_q(q, sizeof(q), path), n, folders, devices);

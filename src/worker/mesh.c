@@ -12,13 +12,10 @@
 #include <uv.h>
 
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/strmap.h"
 #include "common/util.h"
 #include "common/xalloc.h"
-#include "server/conn.h"
-#include "server/listen.h"
-#include "server/server.h"
-#include "worker/mesh_handlers.h"
 #include "worker/worker.h"
 
 /* Messages read per readiness event: bounded so one busy peer cannot starve the loop. */
@@ -69,8 +66,12 @@ struct mesh_callrec {
     void *arg;
 };
 
+struct mesh_handler {
+    mesh_msg_fn fn;
+    void *arg;
+};
+
 struct mesh {
-    struct server *srv;
     struct mesh_peer *peers;     /* [count]; ours has fd -1 */
     unsigned count;
     struct strmap calls;         /* id (4 bytes) -> struct mesh_callrec */
@@ -83,13 +84,38 @@ struct mesh {
     char *rbuf;                  /* one receive buffer for every peer */
     size_t rbuf_len;
     size_t max_msg;              /* largest message the sockets take (their send buffer) */
+    struct metrics *metrics;
+    struct mesh_handler on[MESH_TYPE_MAX];
+    void (*on_reset)(void *arg, unsigned peer);
+    void *reset_arg;
 };
 
 static void peer_poll(struct mesh_peer *p);
 
-size_t mesh_max_payload(const struct server *s)
+size_t mesh_max_payload(const struct mesh *m)
 {
-    return s->mesh->max_msg - sizeof(struct mesh_hdr) - sizeof(uint32_t);
+    return m->max_msg - sizeof(struct mesh_hdr) - sizeof(uint32_t);
+}
+
+void mesh_on(struct mesh *m, unsigned type, mesh_msg_fn fn, void *arg)
+{
+    if (m == NULL)
+        return;
+    if (type < MESH_TYPE_FIRST || type >= MESH_TYPE_MAX || m->on[type].fn != NULL) {
+        /* Two modules chose one number, or one outside the range: a build error in effect. */
+        fprintf(stderr, "nudged: mesh message type %u is out of range or taken twice\n", type);
+        abort();
+    }
+    m->on[type].fn = fn;
+    m->on[type].arg = arg;
+}
+
+void mesh_on_reset(struct mesh *m, void (*fn)(void *arg, unsigned peer), void *arg)
+{
+    if (m == NULL)
+        return;
+    m->on_reset = fn;
+    m->reset_arg = arg;
 }
 
 /* ---- calls ------------------------------------------------------------ */
@@ -217,8 +243,8 @@ static int send_head(struct mesh_peer *p, size_t *count)
             iov[k++] = (struct iovec){.iov_base = (void *)zeros, .iov_len = FRAME_PAD(o->len)};
     }
     *count = n;
-    p->m->srv->metrics.mesh_batches++;
-    p->m->srv->metrics.mesh_batched += n;
+    p->m->metrics->mesh_batches++;
+    p->m->metrics->mesh_batched += n;
     return send_iov(p, iov, k, -1);
 }
 
@@ -258,10 +284,9 @@ static void on_prepare(uv_prepare_t *h)
             flush(&m->peers[i]);
 }
 
-int mesh_send(struct server *s, unsigned to, unsigned type, uint32_t id, const struct iovec *iov,
+int mesh_send(struct mesh *m, unsigned to, unsigned type, uint32_t id, const struct iovec *iov,
               int iovcnt, int fd)
 {
-    struct mesh *m = s->mesh;
     struct mesh_peer *p;
     struct mesh_hdr h = {.type = type, .id = id};
     struct mesh_out *o;
@@ -324,8 +349,8 @@ int mesh_send(struct server *s, unsigned to, unsigned type, uint32_t id, const s
     return 0;
 }
 
-int mesh_reply(struct server *s, unsigned to, unsigned type, uint32_t id, int more,
-               const struct iovec *iov, int iovcnt)
+int mesh_reply(struct mesh *m, unsigned to, uint32_t id, int more, const struct iovec *iov,
+               int iovcnt)
 {
     struct iovec all[8];
     uint32_t flags = more ? MESH_MORE : 0;
@@ -335,13 +360,12 @@ int mesh_reply(struct server *s, unsigned to, unsigned type, uint32_t id, int mo
     all[0] = (struct iovec){.iov_base = &flags, .iov_len = sizeof(flags)};
     for (int i = 0; i < iovcnt; i++)
         all[i + 1] = iov[i];
-    return mesh_send(s, to, type, id, all, iovcnt + 1, -1);
+    return mesh_send(m, to, MESH_REPLY, id, all, iovcnt + 1, -1);
 }
 
-int mesh_call(struct server *s, unsigned to, unsigned type, const struct iovec *iov, int iovcnt,
+int mesh_call(struct mesh *m, unsigned to, unsigned type, const struct iovec *iov, int iovcnt,
               mesh_reply_cb cb, void *arg)
 {
-    struct mesh *m = s->mesh;
     struct mesh_callrec *c;
     int rc;
 
@@ -349,7 +373,7 @@ int mesh_call(struct server *s, unsigned to, unsigned type, const struct iovec *
         return -EINVAL;
     if (++m->next_id == 0)
         m->next_id = 1;
-    rc = mesh_send(s, to, type, m->next_id, iov, iovcnt, -1);
+    rc = mesh_send(m, to, type, m->next_id, iov, iovcnt, -1);
     if (rc < 0)
         return rc;
     c = xcalloc(1, sizeof(*c));
@@ -371,12 +395,88 @@ int mesh_call(struct server *s, unsigned to, unsigned type, const struct iovec *
     return 0;
 }
 
-/* ---- receiving -------------------------------------------------------- */
+/* ---- gathers ---------------------------------------------------------- */
 
-static int is_reply(unsigned type)
+struct mesh_gather {
+    struct mesh *m;
+    mesh_part_cb on_part;
+    mesh_done_cb on_done;
+    void *arg;
+    unsigned holds;
+};
+
+/* One call of a gather: the mesh's callback argument. */
+struct gather_call {
+    struct mesh_gather *g;
+    void *arg;
+};
+
+struct mesh_gather *mesh_gather_new(struct mesh *m, mesh_part_cb on_part, mesh_done_cb on_done,
+                                    void *arg)
 {
-    return type == MESH_BUMP_REPLY || type == MESH_METRICS_REPLY || type == MESH_SESSIONS_REPLY;
+    struct mesh_gather *g = xcalloc(1, sizeof(*g));
+
+    g->m = m;
+    g->on_part = on_part;
+    g->on_done = on_done;
+    g->arg = arg;
+    g->holds = 1;
+    return g;
 }
+
+void mesh_gather_hold(struct mesh_gather *g)
+{
+    g->holds++;
+}
+
+void mesh_gather_release(struct mesh_gather *g)
+{
+    if (--g->holds > 0)
+        return;
+    g->on_done(g->arg);
+    free(g);
+}
+
+static void on_gather_reply(void *arg, unsigned from, const char *p, size_t len, int status)
+{
+    struct gather_call *gc = arg;
+    struct mesh_gather *g = gc->g;
+
+    g->on_part(g->arg, gc->arg, from, p, len, status);
+    if (status == MESH_MORE)
+        return;
+    free(gc);
+    mesh_gather_release(g);
+}
+
+int mesh_gather_call(struct mesh_gather *g, unsigned to, unsigned type, const struct iovec *iov,
+                     int iovcnt, void *call_arg)
+{
+    struct gather_call *gc;
+    int rc;
+
+    if (g->m == NULL)
+        return -EINVAL;
+    gc = xmalloc(sizeof(*gc));
+    gc->g = g;
+    gc->arg = call_arg;
+    g->holds++;
+    rc = mesh_call(g->m, to, type, iov, iovcnt, on_gather_reply, gc);
+    if (rc < 0) {
+        g->holds--;
+        free(gc);
+    }
+    return rc;
+}
+
+void mesh_gather_all(struct mesh_gather *g, unsigned type, const struct iovec *iov, int iovcnt)
+{
+    for (unsigned i = 0; g->m && i < g->m->count; i++)
+        if (g->m->peers[i].fd >= 0)
+            mesh_gather_call(g, i, type, iov, iovcnt, NULL);
+}
+
+/* ---- receiving -------------------------------------------------------- */
 
 static void dispatch(struct mesh *m, unsigned from, const struct mesh_hdr *h, const char *p,
                      size_t len, int fd);
@@ -397,7 +497,7 @@ static void dispatch_batch(struct mesh *m, unsigned from, const char *p, size_t 
             return;
         }
         memcpy(&h, p + FRAME_PREFIX, sizeof(h));
-        if (h.type == MESH_BATCH || h.type == MESH_HANDOFF)
+        if (h.type == MESH_BATCH)
             LOG(LOG_ERROR, handoff_failed, "from=%u reason=\"type %u inside a batch\"", from,
                 h.type);
         else
@@ -410,9 +510,7 @@ static void dispatch_batch(struct mesh *m, unsigned from, const char *p, size_t 
 static void dispatch(struct mesh *m, unsigned from, const struct mesh_hdr *h, const char *p,
                      size_t len, int fd)
 {
-    struct server *s = m->srv;
-
-    if (is_reply(h->type)) {
+    if (h->type == MESH_REPLY) {
         struct mesh_callrec *c = strmap_get(&m->calls, (const char *)&h->id, sizeof(h->id));
         uint32_t flags = 0;
         if (len >= sizeof(flags))
@@ -424,47 +522,23 @@ static void dispatch(struct mesh *m, unsigned from, const struct mesh_hdr *h, co
             else
                 finish_call(m, c, p + sizeof(flags), len - sizeof(flags), 0);
         }
-        if (fd >= 0)
-            close(fd);
-        return;
-    }
-    switch (h->type) {
-    case MESH_HANDOFF:
-        if (fd < 0 || len < sizeof(struct mesh_handoff)) {
-            LOG(LOG_ERROR, handoff_failed, "from=%u reason=\"handoff without a connection\"", from);
-            break;
-        }
-        conn_adopt(s, fd, from, (const struct mesh_handoff *)p, p + sizeof(struct mesh_handoff),
-                   len - sizeof(struct mesh_handoff));
-        return;
-    case MESH_IP_MOVE:
-        if (len == sizeof(struct mesh_ip_move))
-            listen_ip_move(s, (const struct mesh_ip_move *)p);
-        break;
-    case MESH_RESET:
+    } else if (h->type == MESH_RESET) {
         LOG(LOG_INFO, worker_peer_reset, "peer=%u", from);
         fail_calls_to(m, from, -ECONNRESET);
-        listen_peer_reset(s, from);
-        break;
-    case MESH_BATCH:
+        if (m->on_reset)
+            m->on_reset(m->reset_arg, from);
+    } else if (h->type == MESH_BATCH) {
         if (fd < 0) {
             dispatch_batch(m, from, p, len);
             return;
         }
         LOG(LOG_ERROR, handoff_failed, "from=%u reason=\"a batch with a descriptor\"", from);
-        break;
-    case MESH_BUMP:
-        events_remote_bump(s, from, h->id, p, len);
-        break;
-    case MESH_METRICS:
-        admin_metrics_remote(s, from, h->id);
-        break;
-    case MESH_SESSIONS:
-        sessions_remote(s, from, h->id, p, len);
-        break;
-    default:
+    } else if (h->type < MESH_TYPE_MAX && m->on[h->type].fn) {
+        /* The descriptor is the handler's now. */
+        m->on[h->type].fn(m->on[h->type].arg, from, h->id, p, len, fd);
+        return;
+    } else {
         LOG(LOG_ERROR, handoff_failed, "from=%u reason=\"unknown message type %u\"", from, h->type);
-        break;
     }
     if (fd >= 0)
         close(fd);
@@ -551,31 +625,30 @@ static void peer_poll(struct mesh_peer *p)
 
 /* ---- set-up ----------------------------------------------------------- */
 
-int mesh_init(struct server *s, char *err, size_t errlen)
+int mesh_init(struct mesh **out, uv_loop_t *loop, const struct worker_ctx *wk, size_t max_request,
+              struct metrics *metrics, char *err, size_t errlen)
 {
-    const struct worker_ctx *wk = s->wk;
     struct mesh *m;
 
     (void)err;
     (void)errlen;
     m = xcalloc(1, sizeof(*m));
-    m->srv = s;
     m->count = wk->count;
+    m->metrics = metrics;
     m->peers = xcalloc(wk->count, sizeof(*m->peers));
     /* Room for the largest request a client may send, handed off with what follows it. */
-    m->rbuf_len = (size_t)s->cfg->max_header_bytes + s->cfg->max_body_bytes + 4096;
+    m->rbuf_len = max_request + 4096;
     if (m->rbuf_len < 64 * 1024)
         m->rbuf_len = 64 * 1024;
     m->rbuf = xmalloc(m->rbuf_len);
     m->max_msg = m->rbuf_len;
     strmap_init(&m->calls);
-    uv_timer_init(s->loop, &m->timer);
+    uv_timer_init(loop, &m->timer);
     m->timer.data = m;
     m->timer_open = 1;
-    uv_prepare_init(s->loop, &m->prepare);
+    uv_prepare_init(loop, &m->prepare);
     m->prepare.data = m;
     m->prepare_open = 1;
-    s->mesh = m;
     for (unsigned i = 0; i < wk->count; i++) {
         struct mesh_peer *p = &m->peers[i];
         p->m = m;
@@ -591,18 +664,17 @@ int mesh_init(struct server *s, char *err, size_t errlen)
                 (size_t)sndbuf - 1024 < m->max_msg)
                 m->max_msg = (size_t)sndbuf - 1024;
         }
-        uv_poll_init(s->loop, &p->poll, p->fd);
+        uv_poll_init(loop, &p->poll, p->fd);
         p->poll.data = p;
         p->poll_open = 1;
         uv_poll_start(&p->poll, UV_READABLE, on_peer);
     }
+    *out = m;
     return 0;
 }
 
-void mesh_stop(struct server *s)
+void mesh_stop(struct mesh *m)
 {
-    struct mesh *m = s->mesh;
-
     if (m == NULL)
         return;
     fail_calls_to(m, MESH_NOBODY, -ECANCELED);
@@ -622,10 +694,8 @@ void mesh_stop(struct server *s)
     m->timer_open = 0;
 }
 
-void mesh_free(struct server *s)
+void mesh_free(struct mesh *m)
 {
-    struct mesh *m = s->mesh;
-
     if (m == NULL)
         return;
     for (unsigned i = 0; i < m->count; i++) {
@@ -641,5 +711,4 @@ void mesh_free(struct server *s)
     free(m->peers);
     free(m->rbuf);
     free(m);
-    s->mesh = NULL;
 }

@@ -21,6 +21,13 @@
  * once, after them. One the socket cannot take now stays queued (with a
  * dup of its descriptor) and is written when the socket is writable again.
  * Messages to one peer arrive in the order they were sent.
+ *
+ * The mesh is a transport: it frames, batches, passes descriptors, matches
+ * replies to calls and times them out, and knows no message but its own
+ * (MESH_RESET, MESH_BATCH, MESH_REPLY). A module that sends a message
+ * numbers its type in its own header, from MESH_TYPE_FIRST, and registers
+ * the receiving end with mesh_on() at start-up; a number taken twice is a
+ * start-up failure, not a silent clash.
  */
 #ifndef NUDGE_MESH_H
 #define NUDGE_MESH_H
@@ -28,21 +35,18 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/uio.h>
+#include <uv.h>
 
-struct server;
+struct mesh;
+struct metrics;
+struct worker_ctx;
 
-enum mesh_type {
-    MESH_HANDOFF = 1,     /* fd + struct mesh_handoff + the bytes read from the client */
-    MESH_IP_MOVE,         /* struct mesh_ip_move: a max_per_ip count changed holder */
-    MESH_RESET,           /* from the supervisor, as a worker that died */
-    MESH_BUMP,            /* events for the receiver's users (push/events.c) */
-    MESH_BUMP_REPLY,
-    MESH_METRICS,         /* the receiver's counters (server/admin.c) */
-    MESH_METRICS_REPLY,
-    MESH_SESSIONS,        /* the receiver's sessions (session/session.c) */
-    MESH_SESSIONS_REPLY,
+enum mesh_own_type {
+    MESH_RESET = 1,       /* from the supervisor, as a worker that died */
     MESH_BATCH,           /* several messages without descriptors, as frames (mesh.c) */
-    MESH_TYPE_COUNT,
+    MESH_REPLY,           /* the answer to a call: flags (MESH_MORE) then the payload */
+    MESH_TYPE_FIRST = 16, /* the first number a module may give its messages */
+    MESH_TYPE_MAX = 64,   /* one past the last */
 };
 
 struct mesh_hdr {
@@ -50,25 +54,17 @@ struct mesh_hdr {
     uint32_t id;          /* a call's id; 0 for plain messages */
 };
 
-/* The head of a MESH_HANDOFF payload; the client's bytes follow. */
-struct mesh_handoff {
-    uint16_t ip_owner;    /* the worker counting its address for max_per_ip; 0xffff: none */
-    uint8_t klen;         /* 4, 16, or 0 */
-    uint8_t pad;
-    uint8_t key[16];
-};
-
 #define MESH_NOBODY 0xffffu
 
-/* A connection from address 'key' moved from worker 'from' to 'to' (MESH_NOBODY: it closed). */
-struct mesh_ip_move {
-    uint16_t from, to;
-    uint8_t klen;
-    uint8_t pad[3];
-    uint8_t key[16];
-};
-
 #define MESH_CALL_TIMEOUT_MS 5000
+
+/*
+ * The receiving end of a message type: 'id' is the call's (0 for a plain
+ * message); 'fd' is a descriptor that came with it, now the handler's to
+ * close or keep, or -1.
+ */
+typedef void (*mesh_msg_fn)(void *arg, unsigned from, uint32_t id, const char *p, size_t len,
+                            int fd);
 
 /*
  * status: 0 with the reply's (last) payload; MESH_MORE with one part of a
@@ -78,31 +74,69 @@ typedef void (*mesh_reply_cb)(void *arg, unsigned from, const char *p, size_t le
 
 #define MESH_MORE 1
 
-/* Starts reading the peers' sockets (s->wk set). 0, or -1 with err. */
-int mesh_init(struct server *s, char *err, size_t errlen);
+/*
+ * Starts reading the peers' sockets of worker 'wk'. 'max_request' is the
+ * largest client request (headers and body) a message may have to carry.
+ * Counts its batches in 'metrics'. 0 with *out set, or -1 with err.
+ */
+int mesh_init(struct mesh **out, uv_loop_t *loop, const struct worker_ctx *wk, size_t max_request,
+              struct metrics *metrics, char *err, size_t errlen);
 /* Closes the handles (at stop); pending calls fail with -ECANCELED. */
-void mesh_stop(struct server *s);
-void mesh_free(struct server *s);
+void mesh_stop(struct mesh *m);
+void mesh_free(struct mesh *m);
+
+/* Registers the receiving end of 'type' (MESH_TYPE_FIRST..MESH_TYPE_MAX-1); once per type. */
+void mesh_on(struct mesh *m, unsigned type, mesh_msg_fn fn, void *arg);
+
+/* 'fn' runs when a peer restarted (MESH_RESET), after its calls have failed. */
+void mesh_on_reset(struct mesh *m, void (*fn)(void *arg, unsigned peer), void *arg);
 
 /* Largest payload a message can carry. */
-size_t mesh_max_payload(const struct server *s);
+size_t mesh_max_payload(const struct mesh *m);
 
 /*
  * Sends a message; 'fd' >= 0 travels with it (the caller keeps its own
  * descriptor). 0, or a negative errno (-EMSGSIZE: too big; nothing sent).
  */
-int mesh_send(struct server *s, unsigned to, unsigned type, uint32_t id, const struct iovec *iov,
+int mesh_send(struct mesh *m, unsigned to, unsigned type, uint32_t id, const struct iovec *iov,
               int iovcnt, int fd);
 
 /* Answers call 'id' of worker 'to'; 'more': further parts follow (MESH_MORE to the caller). */
-int mesh_reply(struct server *s, unsigned to, unsigned type, uint32_t id, int more,
-               const struct iovec *iov, int iovcnt);
+int mesh_reply(struct mesh *m, unsigned to, uint32_t id, int more, const struct iovec *iov,
+               int iovcnt);
 
 /*
  * Sends a request. 0: cb runs later (never from inside this call), until a
  * final status; or a negative errno and cb never runs.
  */
-int mesh_call(struct server *s, unsigned to, unsigned type, const struct iovec *iov, int iovcnt,
+int mesh_call(struct mesh *m, unsigned to, unsigned type, const struct iovec *iov, int iovcnt,
               mesh_reply_cb cb, void *arg);
+
+/*
+ * A gather: several calls (to every other worker, or one part each to a few)
+ * and perhaps work of the caller's own, with one callback when all are done.
+ * on_part runs for each part of each answer, as a mesh_reply_cb does, with
+ * the call's own 'call_arg'; on_done runs once, after the last, and the
+ * gather is freed then. mesh_gather_new holds the gather once for its
+ * builder, so nothing ends while calls are still being made: release that
+ * hold when the last call is out (on_done may run right then). Works with
+ * m NULL (no workers): every call fails, the holds still count.
+ */
+typedef void (*mesh_part_cb)(void *arg, void *call_arg, unsigned from, const char *p, size_t len,
+                             int status);
+typedef void (*mesh_done_cb)(void *arg);
+struct mesh_gather;
+
+struct mesh_gather *mesh_gather_new(struct mesh *m, mesh_part_cb on_part, mesh_done_cb on_done,
+                                    void *arg);
+/* One more call in the gather. 0, or a negative errno (on_part never runs for it). */
+int mesh_gather_call(struct mesh_gather *g, unsigned to, unsigned type, const struct iovec *iov,
+                     int iovcnt, void *call_arg);
+/* The same call to every other worker; one that cannot be sent is left out. */
+void mesh_gather_all(struct mesh_gather *g, unsigned type, const struct iovec *iov, int iovcnt);
+/* The caller has work of its own outstanding: done waits for one more release. */
+void mesh_gather_hold(struct mesh_gather *g);
+/* One hold ends; at the last, on_done runs and g is freed. */
+void mesh_gather_release(struct mesh_gather *g);
 
 #endif

@@ -17,6 +17,7 @@
 #define NUDGE_WORKER_H
 
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
 
@@ -44,5 +45,25 @@ struct worker_ctx {
 
 /* The worker that owns 'user' among 'count' (count >= 1). */
 unsigned worker_owner(const char *user, size_t len, unsigned count);
+
+struct conn;
+
+/*
+ * How a handler moves a request to the worker owning the user it is about
+ * (server/handoff.c implements it; NULL in a single process). elsewhere()
+ * returns 1 when 'user' is another worker's and the connection was handed
+ * there (or, when that failed, answered 503), 0 when the user is ours.
+ */
+struct worker_route {
+    int (*elsewhere)(void *arg, struct conn *c, const char *user, size_t len);
+    void *arg;
+};
+
+/* route->elsewhere, or 0 (ours) without workers. */
+static inline int worker_route(const struct worker_route *route, struct conn *c, const char *user,
+                               size_t len)
+{
+    return route && route->elsewhere ? route->elsewhere(route->arg, c, user, len) : 0;
+}
 
 #endif

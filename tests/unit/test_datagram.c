@@ -51,7 +51,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 
-#include "push/datagram.h"
+#include "udp/datagram.h"
 
 static uint8_t key_a[DGRAM_KEY_LEN], key_b[DGRAM_KEY_LEN];
 

@@ -6,7 +6,7 @@
 #include <cmocka.h>
 #include <stdlib.h>
 
-#include "server/deadline.h"
+#include "common/deadline.h"
 
 static void test_order_and_churn(void **state)
 {

@@ -1,6 +1,6 @@
 /*
- * test_heartbeat.c — the adaptive heartbeat's rules, step by step, on a real
- * server object (memory store): raises after sample_size proofs, the fall
+ * test_heartbeat.c — the adaptive heartbeat's rules, step by step, on the
+ * heartbeat module and a shard of its own: raises after sample_size proofs, the fall
  * back to the proven heartbeat with the failed one as a ceiling, closing in
  * on a ceiling without reaching it, ceilings that expire, halving when
  * nothing was proven, and the per-network average.
@@ -17,20 +17,17 @@
 
 #include "common/config.h"
 #include "common/log.h"
-#include "server/server.h"
 #include "session/heartbeat.h"
 #include "shard/shard.h"
 
-static struct server srv;
+static struct heartbeat hb;
+static struct shard shard;
 static struct config cfg;
 
 static int setup(void **state)
 {
-    char err[128];
-
     (void)state;
     log_init(NULL, LOG_ERROR);
-    memset(&srv, 0, sizeof(srv));
     config_defaults(&cfg);
     cfg.heartbeat_min = 60;
     cfg.heartbeat_max = 1680;
@@ -39,18 +36,16 @@ static int setup(void **state)
     cfg.heartbeat_grace = 30;
     cfg.heartbeat_ceiling_retry = 86400;
     cfg.heartbeat_alert_average = 540;
-    srv.cfg = &cfg;
-    shard_init(&srv.shard);
-    assert_int_equal(store_mem_backend.open(&srv.store, &cfg, NULL, err, sizeof(err)), 0);
+    shard_init(&shard);
+    hb_init(&hb, &cfg, &shard);
     return 0;
 }
 
 static int teardown(void **state)
 {
     (void)state;
-    shard_free(&srv.shard);
-    store_close(srv.store);
-    hb_free_nets(&srv);
+    shard_free(&shard);
+    hb_free(&hb);
     return 0;
 }
 
@@ -62,24 +57,25 @@ static struct sockaddr_in peer(const char *ip)
 }
 
 /* The device pings with heartbeat hb, it expires, and (after 'gap_ms') it pings again. */
-static void cycle(struct device *d, unsigned hb, uint64_t gap_ms, const char *ip)
+static void cycle(struct device *d, unsigned seconds, uint64_t gap_ms, const char *ip)
 {
     struct sockaddr_in a = peer(ip);
 
-    d->heartbeat = hb;
-    hb_on_expired(d, hb);
-    d->expired_at -= gap_ms; /* as if the next ping came gap_ms after the answer */
-    hb_on_ping(&srv, d, (struct sockaddr *)&a, 0);
+    d->heartbeat = seconds;
+    hb_on_expired(&hb, d, seconds);
+    hb_device(&hb, d)->expired_at -= gap_ms; /* as if the next ping came gap_ms after the answer */
+    hb_on_ping(&hb, d, (struct sockaddr *)&a, 0);
 }
 
-static struct device *new_device(const char *user, const char *id, unsigned hb, const char *ip)
+static struct device *new_device(const char *user, const char *id, unsigned seconds,
+                                 const char *ip)
 {
-    struct user *u = shard_user(&srv.shard, user, 1);
-    struct device *d = user_device(u, id, 1);
+    struct user *u = shard_user(&shard, user, 1);
+    struct device *d = shard_device(&shard, u, id, 1);
     struct sockaddr_in a = peer(ip);
 
-    hb_init(&srv, d, hb);
-    hb_on_ping(&srv, d, (struct sockaddr *)&a, 0);
+    hb_first_hint(&hb, d, seconds);
+    hb_on_ping(&hb, d, (struct sockaddr *)&a, 0);
     return d;
 }
 
@@ -88,7 +84,7 @@ static void test_raise_after_sample_then_fall_back(void **state)
     struct device *d = new_device("u1", "phone", 60, "10.0.0.5");
 
     (void)state;
-    assert_int_equal(hb_hint(&srv, d), 60);
+    assert_int_equal(hb_hint(&hb, d), 60);
     cycle(d, 60, 100, "10.0.0.5");
     assert_int_equal(d->heartbeat_hint, 60); /* one proof of two */
     cycle(d, 60, 100, "10.0.0.5");
@@ -137,7 +133,7 @@ static void test_away_device_is_no_evidence_and_supersede_is(void **state)
     assert_int_equal(d->heartbeat_ceiling, 0);
     /* A new ping while the 600 s one is held: the path ate something. */
     d->heartbeat = 600;
-    hb_on_ping(&srv, d, (struct sockaddr *)&a, 1);
+    hb_on_ping(&hb, d, (struct sockaddr *)&a, 1);
     assert_int_equal(d->heartbeat_ceiling, 600);
     assert_int_equal(d->heartbeat_hint, 300);
 }
@@ -147,11 +143,11 @@ static void test_network_average(void **state)
     struct device *a = new_device("n1", "a", 600, "192.0.2.10");
     struct device *b = new_device("n2", "b", 600, "192.0.2.20");
     struct device *c = new_device("n3", "c", 600, "198.51.100.7");
-    struct hbnet *net = a->net;
+    struct hbnet *net = hb_device(&hb, a)->net;
 
     (void)state;
-    assert_ptr_equal(a->net, b->net);
-    assert_ptr_not_equal(a->net, c->net);
+    assert_ptr_equal(hb_device(&hb, a)->net, hb_device(&hb, b)->net);
+    assert_ptr_not_equal(hb_device(&hb, a)->net, hb_device(&hb, c)->net);
     assert_string_equal(net->name, "192.0.2.0/24");
     assert_int_equal(net->devices, 2);
     assert_int_equal(net->counted, 0); /* nobody has hit a middlebox yet */
@@ -160,13 +156,13 @@ static void test_network_average(void **state)
     assert_int_equal(net->counted, 2);
     assert_int_equal(net->hint_sum, 600);
     assert_true(net->alerted);
-    assert_false(c->net->alerted);
+    assert_false(hb_device(&hb, c)->net->alerted);
     /* A device moving to another network takes its hint along. */
     cycle(b, 300, 100, "198.51.100.9");
     assert_int_equal(net->devices, 1);
     assert_int_equal(net->counted, 1);
     assert_int_equal(net->hint_sum, 300);
-    hb_forget(&srv, a);
+    hb_forget(&hb, a);
     assert_int_equal(net->devices, 0);
     assert_int_equal(net->counted, 0);
 }

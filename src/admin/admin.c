@@ -7,6 +7,8 @@
  * the totals, then the per-worker figures; a worker that does not answer
  * (restarting) is shown as down and left out of the totals.
  */
+#include "admin/admin.h"
+
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -15,50 +17,35 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "push/handlers.h"
 #include "common/jsonw.h"
-#include "server/conn.h"
-#include "server/server.h"
+#include "common/metrics.h"
+#include "conn/conn.h"
+#include "http/error.h"
+#include "session/session.h"
+#include "shard/shard.h"
 #include "worker/mesh.h"
-#include "worker/mesh_handlers.h"
 #include "worker/worker.h"
 
-void admin_healthz(struct conn *c, struct http_req *r, const struct principal *who)
+void admin_healthz(void *arg, struct conn *c, struct http_req *r, const struct principal *who)
 {
+    (void)arg;
     (void)r;
     (void)who;
     CONN_RESPOND_LITERAL(c, 200, NULL, "{\"status\":\"ok\"}");
-}
-
-/* Devices that hold a ping or a UDP registration (one session each). */
-static uint64_t sessions_now(struct server *s)
-{
-    uint64_t both = 0;
-    uint32_t pos = 0;
-    const char *key;
-    void *val;
-
-    if (s->metrics.udp_registrations == 0)
-        return s->metrics.pings_held;
-    /* Only the devices with both are counted twice by the two gauges: walk the users. */
-    while (strmap_next(&s->shard.users, &pos, &key, &val)) {
-        struct user *u = val;
-        uint32_t dpos = 0;
-        void *dval;
-        if (u->held == 0 || u->udp == 0)
-            continue;
-        while (strmap_next(&u->devices, &dpos, &key, &dval)) {
-            struct device *d = dval;
-            both += d->held && d->udp;
-        }
-    }
-    return s->metrics.pings_held + s->metrics.udp_registrations - both;
 }
 
 struct text {
     char *buf;
     size_t len, cap;
 };
+
+static void unavailable(struct conn *c)
+{
+    struct http_error e;
+
+    http_error_set(&e, 503, "unavailable", "out of memory");
+    conn_respond_error(c, &e);
+}
 
 static void emit(struct text *t, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
@@ -160,20 +147,20 @@ struct snapshot {
     uint32_t pad;
 };
 
+/* A scrape waiting for every worker's snapshot. */
 struct gather {
-    struct conn *conn;     /* first: conn_close clears it (conn_wait) */
-    struct server *srv;
-    unsigned left;
+    struct conn *conn;     /* NULL once the scraper went away */
+    struct admin *a;
     int json;              /* /v1/admin/workers rather than /metrics */
     struct snapshot snap[];
 };
 
-static void take_snapshot(struct server *s, struct snapshot *sn)
+static void take_snapshot(struct admin *a, struct snapshot *sn)
 {
     memset(sn, 0, sizeof(*sn));
-    sn->m = s->metrics;
-    sn->sessions = sessions_now(s);
-    sn->users = s->shard.users.len;
+    sn->m = *a->metrics;
+    sn->sessions = sessions_now(a->sessions);
+    sn->users = a->shard->users.len;
     sn->pid = (int64_t)getpid();
     sn->up = 1;
 }
@@ -192,7 +179,7 @@ static void per_worker(struct text *t, const struct gather *g, const char *name,
                        const char *help, size_t offset)
 {
     emit(t, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
-    for (unsigned i = 0; i < g->srv->wk->count; i++) {
+    for (unsigned i = 0; i < g->a->wk->count; i++) {
         const struct snapshot *sn = &g->snap[i];
         uint64_t v;
         if (!sn->up)
@@ -207,10 +194,10 @@ static void answer_metrics(struct gather *g)
     struct text t = {.buf = malloc(8192), .len = 0, .cap = 8192};
     struct metrics total;
     uint64_t sessions = 0;
-    unsigned count = g->srv->wk->count;
+    unsigned count = g->a->wk->count;
 
     if (t.buf == NULL) {
-        conn_respond_error(g->conn, 503, "unavailable", "out of memory");
+        unavailable(g->conn);
         return;
     }
     memset(&total, 0, sizeof(total));
@@ -280,7 +267,7 @@ static void snapshot_json(struct jsonw *w, const struct snapshot *sn, uint64_t s
 
 static void answer_workers(struct gather *g)
 {
-    unsigned count = g->srv->wk ? g->srv->wk->count : 1;
+    unsigned count = g->a->wk ? g->a->wk->count : 1;
     struct snapshot total;
     struct jsonw w;
     size_t len;
@@ -319,10 +306,23 @@ static void answer_workers(struct gather *g)
     free(body);
 }
 
-static void gather_done(struct gather *g)
+static void on_scraper_gone(void *ctx, struct conn *c, void *arg, enum conn_why why,
+                            const char *text)
 {
-    if (--g->left > 0)
-        return;
+    (void)ctx;
+    (void)c;
+    (void)why;
+    (void)text;
+    ((struct gather *)arg)->conn = NULL;
+}
+
+static const struct conn_holder gather_holder = {.closed = on_scraper_gone};
+
+/* Every worker answered (or is down): answer the scrape. */
+static void on_gathered(void *arg)
+{
+    struct gather *g = arg;
+
     if (g->conn) {
         if (g->json)
             answer_workers(g);
@@ -332,77 +332,90 @@ static void gather_done(struct gather *g)
     free(g);
 }
 
-static void on_snapshot(void *arg, unsigned from, const char *p, size_t len, int status)
+static void on_snapshot(void *arg, void *call_arg, unsigned from, const char *p, size_t len,
+                        int status)
 {
     struct gather *g = arg;
 
-    if (status == MESH_MORE)
-        return;
+    (void)call_arg;
     if (status == 0 && len == sizeof(struct snapshot))
         memcpy(&g->snap[from], p, sizeof(struct snapshot));
-    gather_done(g);
 }
 
-static void gather(struct conn *c, int json)
+/* Asks every other worker for its snapshot; the answer goes out when all are in. */
+static void gather(struct admin *a, struct conn *c, int json)
 {
-    struct server *s = c->srv;
-    unsigned count = s->wk ? s->wk->count : 1;
+    unsigned count = a->wk ? a->wk->count : 1;
     struct gather *g = calloc(1, sizeof(*g) + count * sizeof(struct snapshot));
+    struct mesh_gather *mg;
 
     if (g == NULL) {
-        conn_respond_error(c, 503, "unavailable", "out of memory");
+        unavailable(c);
         return;
     }
-    g->srv = s;
+    g->a = a;
     g->json = json;
     g->conn = c;
-    g->left = 1;
-    take_snapshot(s, &g->snap[s->wk ? s->wk->index : 0]);
-    conn_wait(c, g);
-    for (unsigned i = 0; s->wk && i < count; i++) {
-        if (i == s->wk->index)
-            continue;
-        g->left++;
-        if (mesh_call(s, i, MESH_METRICS, NULL, 0, on_snapshot, g) < 0)
-            g->left--; /* shown as down */
-    }
-    gather_done(g);
+    take_snapshot(a, &g->snap[a->wk ? a->wk->index : 0]);
+    conn_hold(c, &gather_holder, g, 0);
+    mg = mesh_gather_new(a->mesh, on_snapshot, on_gathered, g);
+    /* A worker that cannot be asked (restarting) is shown as down. */
+    mesh_gather_all(mg, ADMIN_MSG_METRICS, NULL, 0);
+    mesh_gather_release(mg);
 }
 
-void admin_metrics(struct conn *c, struct http_req *r, const struct principal *who)
+void admin_metrics(void *arg, struct conn *c, struct http_req *r, const struct principal *who)
 {
+    struct admin *a = arg;
     struct text t;
 
     (void)r;
     (void)who;
-    if (c->srv->wk) {
-        gather(c, 0);
+    if (a->wk) {
+        gather(a, c, 0);
         return;
     }
     t.buf = malloc(4096);
     t.len = 0;
     t.cap = 4096;
     if (t.buf == NULL) {
-        conn_respond_error(c, 503, "unavailable", "out of memory");
+        unavailable(c);
         return;
     }
-    render_totals(&t, &c->srv->metrics, sessions_now(c->srv));
+    render_totals(&t, a->metrics, sessions_now(a->sessions));
     conn_respond_typed(c, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, t.buf, t.len);
     free(t.buf);
 }
 
-void admin_workers(struct conn *c, struct http_req *r, const struct principal *who)
+void admin_workers(void *arg, struct conn *c, struct http_req *r, const struct principal *who)
 {
     (void)r;
     (void)who;
-    gather(c, 1);
+    gather(arg, c, 1);
 }
 
-void admin_metrics_remote(struct server *s, unsigned from, uint32_t id)
+/* ADMIN_MSG_METRICS: replies with this worker's snapshot. */
+static void on_metrics_msg(void *arg, unsigned from, uint32_t id, const char *p, size_t len, int fd)
 {
+    struct admin *a = arg;
     struct snapshot sn;
     struct iovec iov = {.iov_base = &sn, .iov_len = sizeof(sn)};
 
-    take_snapshot(s, &sn);
-    mesh_reply(s, from, MESH_METRICS_REPLY, id, 0, &iov, 1);
+    (void)p;
+    (void)len;
+    if (fd >= 0)
+        close(fd);
+    take_snapshot(a, &sn);
+    mesh_reply(a->mesh, from, id, 0, &iov, 1);
+}
+
+void admin_init(struct admin *a, struct metrics *metrics, struct sessions *sessions,
+                struct shard *shard, const struct worker_ctx *wk, struct mesh *mesh)
+{
+    a->metrics = metrics;
+    a->sessions = sessions;
+    a->shard = shard;
+    a->wk = wk;
+    a->mesh = mesh;
+    mesh_on(mesh, ADMIN_MSG_METRICS, on_metrics_msg, a);
 }

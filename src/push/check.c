@@ -1,7 +1,7 @@
-/* validate.c — the rules for names, shared by every endpoint; see handlers.h. */
-#include <stdio.h>
+/* check.c — the rules for names, shared by every endpoint; see check.h. */
+#include "push/check.h"
 
-#include "push/handlers.h"
+#include <stdio.h>
 
 static const char *check_name(const char *s, size_t len, size_t max, const char *too_long)
 {

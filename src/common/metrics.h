@@ -1,6 +1,11 @@
 /*
  * metrics.h — the counters behind GET /metrics. Plain integers bumped on the
  * loop thread: no atomics, no locks, no allocation.
+ *
+ * One struct per worker, owned by its server (server/server.h), and handed
+ * by pointer to each module that counts something; admin/admin.c renders it
+ * and sums the workers' copies field by field. Every field is a uint64_t,
+ * which that sum relies on.
  */
 #ifndef NUDGE_METRICS_H
 #define NUDGE_METRICS_H

@@ -1,5 +1,5 @@
 /* supervisor.c — start, watch, restart and stop the workers; see supervisor.h. */
-#include "worker/supervisor.h"
+#include "server/supervisor.h"
 
 #include <errno.h>
 #include <linux/filter.h>
@@ -27,6 +27,8 @@
 #include "store/reshard.h"
 #include "worker/mesh.h"
 #include "worker/worker.h"
+
+_Static_assert(WORKERS_MAX <= RESHARD_MAX_SHARDS, "every worker needs a shard file reshard can see");
 
 /* Backlog of each worker's listener (as listen.c's own). */
 #define LISTEN_BACKLOG 4096
@@ -349,7 +351,7 @@ int supervisor_run(struct config *cfg, const struct secret *secret, unsigned wor
     sp.n = workers;
     for (unsigned i = 0; i < WORKERS_MAX; i++)
         sp.listen_fd[i] = -1;
-    if (reshard(cfg, workers, err, sizeof(err)) < 0 || make_listeners(&sp, err, sizeof(err)) < 0 ||
+    if (reshard(cfg, workers, worker_owner, err, sizeof(err)) < 0 || make_listeners(&sp, err, sizeof(err)) < 0 ||
         make_mesh(&sp, err, sizeof(err)) < 0) {
         LOG(LOG_ERROR, startup_failed, "reason=%s", log_q(q, sizeof(q), err));
         fprintf(stderr, "nudged: %s\n", err);

@@ -10,7 +10,7 @@
  * answer and re-poll, so most moves cost nothing; profiled at 100k held
  * pings, sifting on every move was 4% of a worker's CPU during a fan-out.
  */
-#include "server/deadline.h"
+#include "common/deadline.h"
 
 #include <stdlib.h>
 

@@ -5,7 +5,7 @@
  * one-shot HMAC(), a few microseconds) and no allocation; parsing reads the
  * fixed header and never looks past 'len'.
  */
-#include "push/datagram.h"
+#include "udp/datagram.h"
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>

@@ -1,9 +1,10 @@
 /*
- * deadline.h — one min-heap of deadlines for all connections of a server.
+ * deadline.h — a min-heap of deadlines behind one timer: the connections of
+ * a loop use one (conn/conn.c), the UDP registrations another (udp/udp.c).
  *
  * Each connection has at most one deadline at a time (the request timeout,
  * the keep-alive idle timeout or its held ping's heartbeat), so it embeds
- * one 16-byte node instead of a 152-byte uv_timer_t. The server arms a
+ * one 16-byte node instead of a 152-byte uv_timer_t. Its owner arms a
  * single uv_timer for the earliest deadline; nothing scans connections per
  * tick, so 100k idle connections cost nothing until one of them is due.
  * Insert, remove and moving a deadline earlier are O(log n); moving one

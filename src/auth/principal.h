@@ -1,0 +1,16 @@
+/*
+ * principal.h — who sent a request, as the router established it from its
+ * credential, handed to every route handler. A handler acting for a user
+ * uses 'subject' as the user id, never a name from the request.
+ */
+#ifndef NUDGE_PRINCIPAL_H
+#define NUDGE_PRINCIPAL_H
+
+#include "auth/token.h"
+
+struct principal {
+    enum token_kind kind;      /* 0 for routes that need no credential */
+    char subject[TOKEN_SUBJECT_MAX + 1];
+};
+
+#endif

@@ -1,7 +1,8 @@
 # nudge — one non-recursive Makefile.
 #   make            build bin/nudged and bin/nudge
 #   make run        install missing Debian packages, build, start nudged on defaults
-#   make test       install, build, run unit + end-to-end tests, then again under ASan+UBSan
+#   make test       install, build, check the layers, run unit + end-to-end tests, then again
+#                   under ASan+UBSan
 #   make SAN=1      build with AddressSanitizer+UndefinedBehaviorSanitizer into build-san/
 #   make deps       install missing Debian packages only
 #   make bench      nudge against nginx+nchan at N=10k and 100k (make bench N=1000000: 1M)
@@ -84,8 +85,10 @@ UNIT_TESTS := \
 	tests/unit/test_events \
 	tests/unit/test_net \
 	tests/unit/test_heartbeat \
+	tests/unit/test_shard \
 	tests/unit/test_datagram \
-	tests/unit/test_owner
+	tests/unit/test_owner \
+	tests/unit/test_mesh
 test_token_SRC       := $(COMMON_SRC) $(AUTH_SRC)
 test_config_SRC      := $(COMMON_SRC)
 test_http_SRC        := $(COMMON_SRC) $(HTTP_SRC)
@@ -95,8 +98,10 @@ test_deadline_SRC    := $(COMMON_SRC)
 test_events_SRC      := $(COMMON_SRC)
 test_net_SRC         := $(COMMON_SRC) $(NET_SRC)
 test_heartbeat_SRC   := $(COMMON_SRC) $(STORE_SRC) $(SHARD_SRC) $(HB_SRC)
+test_shard_SRC       := $(COMMON_SRC) $(STORE_SRC) $(SHARD_SRC)
 test_datagram_SRC    := $(COMMON_SRC) $(DGRAM_SRC)
 test_owner_SRC       := $(COMMON_SRC) $(STORE_SRC) $(WORKER_SRC)
+test_mesh_SRC        := $(COMMON_SRC) $(WORKER_SRC)
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 
@@ -106,7 +111,7 @@ LLHTTP_LIB     := $(BUILD)/libllhttp.a
 LLHTTP_OBJ     := $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o $(BUILD)/llhttp/llhttp.o
 UNIT_BIN       := $(patsubst tests/unit/%,$(BUILD)/tests/%,$(UNIT_TESTS))
 
-.PHONY: all run test test-unit test-e2e test-e2e-workers test-san deps deps-test deps-bench clean \
+.PHONY: all run test check-layers test-unit test-e2e test-e2e-workers test-san deps deps-test deps-bench clean \
 	bench bench-nudge
 
 comma := ,
@@ -174,13 +179,18 @@ run: deps
 
 test: deps-test
 	@$(MAKE) --no-print-directory all
-	@$(MAKE) --no-print-directory test-unit test-e2e test-e2e-workers
+	@$(MAKE) --no-print-directory check-layers test-unit test-e2e test-e2e-workers
 	@$(MAKE) --no-print-directory SAN=1 test-san
 
 # End-to-end tests run PYTEST_JOBS at a time (pytest-xdist): they mostly wait
 # on heartbeats and timers, so on 2 cores 3 at once take half the time.
 PYTEST_JOBS ?= 3
 PYTEST := $(PYTHON) -m pytest -q -n $(PYTEST_JOBS) tests/e2e tests/netlab
+
+# The dependency rules of src/ (docs/architecture.md, "Layers"), and the check's own tests.
+check-layers:
+	$(PYTHON) scripts/check-layers.py
+	$(PYTHON) -m pytest -q tests/tools
 
 test-unit: $(UNIT_BIN)
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; $$t; done

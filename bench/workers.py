@@ -72,7 +72,7 @@ SOURCES = 8
 PER_PROCESS = 12000
 # Connects in progress at once in one client process.
 CONNECTS_IN_FLIGHT = 256
-# nudged keeps 64 descriptors back from its connection limit (src/server/listen.c,
+# nudged keeps 64 descriptors back from its connection limit (src/conn/listen.c,
 # FD_RESERVE); a configuration is run only if every process stays this far below that.
 FD_RESERVE = 64
 DESCRIPTOR_MARGIN = 500

@@ -306,18 +306,6 @@ static void answer_workers(struct gather *g)
     free(body);
 }
 
-static void on_scraper_gone(void *ctx, struct conn *c, void *arg, enum conn_why why,
-                            const char *text)
-{
-    (void)ctx;
-    (void)c;
-    (void)why;
-    (void)text;
-    ((struct gather *)arg)->conn = NULL;
-}
-
-static const struct conn_holder gather_holder = {.closed = on_scraper_gone};
-
 /* Every worker answered (or is down): answer the scrape. */
 static void on_gathered(void *arg)
 {
@@ -357,7 +345,7 @@ static void gather(struct admin *a, struct conn *c, int json)
     g->json = json;
     g->conn = c;
     take_snapshot(a, &g->snap[a->wk ? a->wk->index : 0]);
-    conn_hold(c, &gather_holder, g, 0);
+    conn_wait(c, &g->conn);
     mg = mesh_gather_new(a->mesh, on_snapshot, on_gathered, g);
     /* A worker that cannot be asked (restarting) is shown as down. */
     mesh_gather_all(mg, ADMIN_MSG_METRICS, NULL, 0);

@@ -77,18 +77,6 @@ static void list_add(struct list_job *j, const char *arr, size_t len)
     j->items = 1;
 }
 
-static void on_admin_gone(void *ctx, struct conn *c, void *arg, enum conn_why why,
-                          const char *text)
-{
-    (void)ctx;
-    (void)c;
-    (void)why;
-    (void)text;
-    ((struct list_job *)arg)->conn = NULL;
-}
-
-static const struct conn_holder list_holder = {.closed = on_admin_gone};
-
 static void on_listed(void *arg)
 {
     struct list_job *j = arg;
@@ -131,7 +119,7 @@ static void list_all_workers(struct sessions_api *a, struct conn *c)
     list_add(j, mine, len);
     free(mine);
     j->conn = c;
-    conn_hold(c, &list_holder, j, 0);
+    conn_wait(c, &j->conn);
     g = mesh_gather_new(a->mesh, on_part, on_listed, j);
     mesh_gather_all(g, SESSIONS_API_MSG_LIST, NULL, 0);
     mesh_gather_release(g);

@@ -201,6 +201,15 @@ void conn_reject(struct conn *c, const struct http_error *e);
  */
 void conn_hold(struct conn *c, const struct conn_holder *h, void *arg, uint64_t deadline_ms);
 
+/*
+ * The current request waits for a job that answers it later through *slot,
+ * which holds c (a publish waiting for the store, a scrape waiting for the
+ * other workers): if c closes first, *slot becomes NULL and the job answers
+ * nobody. No deadline. A conn_hold with a holder whose only operation is
+ * that cleanup (nginx's ngx_http_cleanup_add).
+ */
+void conn_wait(struct conn *c, struct conn **slot);
+
 /* The answer to the current request is the connection's last (Connection: close). */
 static inline void conn_close_after_answer(struct conn *c)
 {

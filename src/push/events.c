@@ -183,21 +183,6 @@ static void answer_error(struct conn *c, int status, const char *word, const cha
     conn_respond_error(c, &e);
 }
 
-/* The publisher hung up while its job waits: the job answers nobody. */
-static void on_publisher_gone(void *ctx, struct conn *c, void *arg, enum conn_why why,
-                              const char *text)
-{
-    struct publish_job *job = arg;
-
-    (void)ctx;
-    (void)c;
-    (void)why;
-    (void)text;
-    job->conn = NULL;
-}
-
-static const struct conn_holder publish_holder = {.closed = on_publisher_gone};
-
 static void on_bumped(void *arg, struct store_event *e, size_t n, int status)
 {
     struct publish_job *job = arg;
@@ -525,7 +510,7 @@ void events_handle(void *arg, struct conn *c, struct http_req *r, const struct p
         }
     }
     job->conn = c;
-    conn_hold(c, &publish_holder, job, 0);
+    conn_wait(c, &job->conn);
     if (ev->wk) {
         distribute(job);
         return;

@@ -155,29 +155,6 @@ static void store_error(struct conn *c, const char *msg)
     conn_respond_error(c, &e);
 }
 
-/* Dovecot hung up while its delivery (or a repeat of it) waits for the commit. */
-static void on_job_gone(void *ctx, struct conn *c, void *arg, enum conn_why why, const char *text)
-{
-    (void)ctx;
-    (void)c;
-    (void)why;
-    (void)text;
-    ((struct ingest_job *)arg)->conn = NULL;
-}
-
-static void on_waiter_gone(void *ctx, struct conn *c, void *arg, enum conn_why why,
-                           const char *text)
-{
-    (void)ctx;
-    (void)c;
-    (void)why;
-    (void)text;
-    ((struct waiter *)arg)->conn = NULL;
-}
-
-static const struct conn_holder job_holder = {.closed = on_job_gone};
-static const struct conn_holder waiter_holder = {.closed = on_waiter_gone};
-
 static void on_bumped(void *arg, struct store_event *ev, size_t n, int status)
 {
     struct ingest_job *job = arg;
@@ -378,7 +355,7 @@ void ingest_dovecot_handle(void *arg, struct conn *c, struct http_req *r,
             entry->pending->waiters = w;
             g->metrics->ingest_duplicates++;
             json_decref(root);
-            conn_hold(c, &waiter_holder, w, 0);
+            conn_wait(c, &w->conn);
             return;
         }
         if (entry) {
@@ -411,7 +388,7 @@ void ingest_dovecot_handle(void *arg, struct conn *c, struct http_req *r,
         entry->pending = job;
     json_decref(root);
     root = NULL;
-    conn_hold(c, &job_holder, job, 0);
+    conn_wait(c, &job->conn);
     if (store_bump(g->store, &job->ev, 1, on_bumped, job) < 0) {
         if (entry) {
             entry->pending = NULL;

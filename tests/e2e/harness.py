@@ -891,7 +891,7 @@ def wait_event(n, event, pred, what, timeout=WAIT):
 
 
 # ---------------------------------------------------------------------------
-# UDP datagrams (docs/udp.md, src/push/datagram.h), written independently of
+# UDP datagrams (docs/udp.md, src/udp/datagram.h), written independently of
 # the C codec so that the tests check it rather than share its mistakes.
 
 DGRAM_NOTIFY, DGRAM_ACK, DGRAM_TEST = 1, 2, 3

@@ -1,5 +1,5 @@
 /*
- * test_datagram.c — the UDP datagram codec (src/push/datagram.c) and its
+ * test_datagram.c — the UDP datagram codec (src/udp/datagram.c) and its
  * documentation (docs/udp.md, "Datagram format").
  *
  * The codec is checked from the outside. forge() is an independent encoder,

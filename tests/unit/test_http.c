@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "http/error.h"
 #include "http/request.h"
 #include "http/response.h"
 
@@ -229,6 +230,51 @@ static void test_response_exact(void **state)
     }
 }
 
+/* Errors as values: the body's keys in order, numbers, header lines, and a cut that never tears one. */
+static void test_error_values(void **state)
+{
+    struct http_error e;
+    size_t len;
+    char *body;
+
+    (void)state;
+    assert_int_equal(http_error_bad(&e, "folders.%s: state must be a decimal string", "INBOX"), -1);
+    assert_int_equal(e.status, 400);
+    body = http_error_body(&e, &len);
+    assert_string_equal(body, "{\"status\":\"bad-request\",\"error\":\"folders.INBOX: state must be "
+                              "a decimal string\"}");
+    assert_int_equal(len, strlen(body));
+    free(body);
+    assert_string_equal(e.extra, "");
+
+    http_error_set(&e, 400, "heartbeat-out-of-range", NULL);
+    http_error_num(&e, "min", 60);
+    http_error_num(&e, "max", 1680);
+    http_error_num(&e, "dropped", 1); /* beyond HTTP_ERROR_NUMS */
+    body = http_error_body(&e, &len);
+    assert_string_equal(body, "{\"status\":\"heartbeat-out-of-range\",\"min\":60,\"max\":1680}");
+    free(body);
+
+    http_error_set(&e, 429, "session-limit", NULL);
+    http_error_num(&e, "limit", 32);
+    http_error_header(&e, "Retry-After: %u", 5u);
+    http_error_header(&e, "X-Two: %s", "yes");
+    assert_string_equal(e.extra, "Retry-After: 5\r\nX-Two: yes\r\n");
+    /* A line that does not fit is left out whole: a cut header would corrupt the head. */
+    {
+        char big[400];
+        memset(big, 'a', sizeof(big) - 1);
+        big[sizeof(big) - 1] = '\0';
+        http_error_header(&e, "X-Big: %s", big);
+        assert_string_equal(e.extra, "Retry-After: 5\r\nX-Two: yes\r\n");
+    }
+    /* Quotes and control bytes in a message are escaped, so the body stays JSON. */
+    http_error_set(&e, 401, "unauthorized", "bad \"token\"\n");
+    body = http_error_body(&e, &len);
+    assert_string_equal(body, "{\"status\":\"unauthorized\",\"error\":\"bad \\\"token\\\"\\u000a\"}");
+    free(body);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -241,6 +287,7 @@ int main(void)
         cmocka_unit_test(test_expect_continue),
         cmocka_unit_test(test_response),
         cmocka_unit_test(test_response_exact),
+        cmocka_unit_test(test_error_values),
     };
     return cmocka_run_group_tests_name("http", tests, NULL, NULL);
 }

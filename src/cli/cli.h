@@ -1,8 +1,9 @@
 /*
  * cli.h — what nudge's subcommands share: their entry points and usage
- * texts (main.c dispatches to them), the options of every command that
- * talks to the server, usage errors, and token minting (cmd_token.c) which
- * publish and ping borrow for local use.
+ * texts (main.c dispatches to them), their start-up (cli_parse_args, with
+ * the options of every command that talks to the server), usage errors,
+ * and token minting (cmd_token.c) which publish and ping borrow for local
+ * use.
  *
  * Exit codes are the same for every subcommand: CLI_EXIT_OK, CLI_EXIT_FAIL
  * (the server said no, or the network failed), CLI_EXIT_USAGE (the command
@@ -11,6 +12,7 @@
 #ifndef NUDGE_CLI_H
 #define NUDGE_CLI_H
 
+#include <getopt.h>
 #include <stdint.h>
 #include <stdio.h>
 
@@ -26,7 +28,11 @@
 /* User tokens expire so a leaked one stops working; a month spares re-minting. */
 #define CLI_USER_TTL (30 * 86400)
 
-/* getopt_long values of the long-only options shared by several commands. */
+/*
+ * getopt_long values of the long-only options shared by several commands.
+ * They start at 256 because smaller values are option characters: an
+ * option whose value is one also has that short form (-c for --config).
+ */
 enum cli_opt {
     CLI_OPT_URL = 256,
     CLI_OPT_TOKEN,
@@ -34,14 +40,7 @@ enum cli_opt {
     CLI_OPT_FIRST_OWN, /* each command numbers its own long-only options from here */
 };
 
-/* The option table entries every server-talking command accepts. */
-#define CLI_SERVER_LONGOPTS                                        \
-    {"url", required_argument, NULL, CLI_OPT_URL},                 \
-    {"token", required_argument, NULL, CLI_OPT_TOKEN},             \
-    {"config", required_argument, NULL, 'c'},                      \
-    {"secret-file", required_argument, NULL, CLI_OPT_SECRET_FILE}
-
-/* The --help lines describing CLI_SERVER_LONGOPTS. */
+/* The --help lines describing the server options (--url, --token, -c, --secret-file). */
 #define CLI_SERVER_HELP                                                                 \
     "  --url URL             server, http://HOST[:PORT][/PATH] (default $NUDGE_URL,\n"  \
     "                        else " CLI_DEFAULT_URL ")\n"                              \
@@ -59,14 +58,42 @@ struct cli_server {
     const char *secret_file;  /* --secret-file: mint from this secret */
 };
 
-/* Fills 'srv' from the environment (main.c). */
-void cli_server_init(struct cli_server *srv);
+/*
+ * What cli_parse_args returns when the command line is fine and the command
+ * should run: negative, so never one of the exit codes.
+ */
+#define CLI_ARGS_PARSED (-1)
 
 /*
- * Applies getopt_long's 'opt' if it is one of CLI_SERVER_LONGOPTS. Returns 1
- * when it was, 0 when it is the command's own.
+ * The start-up of every subcommand (main.c): parses its command line
+ * (argv[0] is the subcommand's name, 'cmd') with getopt_long.
+ *
+ * The options accepted are, in this order: 'own', the command's own
+ * (ending with an all-zero entry; long-only ones valued from
+ * CLI_OPT_FIRST_OWN, and one valued with a character is also that short
+ * option); -h/--help; and, when 'srv' is not NULL, the server options
+ * --url, --token, -c/--config and --secret-file. Long options may be
+ * abbreviated as getopt_long allows. 'srv' is filled from the environment
+ * (NUDGE_URL, NUDGE_TOKEN), then from its options. Each of the command's own
+ * options, in command-line order, goes to on_option(arg, cmd, opt, value)
+ * ('opt' its getopt_long value, 'value' its argument in argv, which it may
+ * cut up in place, or NULL), which returns 0 to go on, or the exit code to
+ * stop with after printing why.
+ *
+ * Returns CLI_ARGS_PARSED when the command should run. Otherwise returns
+ * the exit code to end with, having printed what to: CLI_EXIT_OK after the
+ * first -h/--help printed usage(stdout); CLI_EXIT_USAGE after a usage error
+ * for an unknown option, a missing value, or an argument that is not an
+ * option (no subcommand takes operands); on_option's code when it stopped;
+ * CLI_EXIT_FAIL when out of memory. The first -h/--help, bad option or stop
+ * by on_option decides; an operand is reported only when the options are
+ * fine. Holds nothing once it returns: the strings it leaves in 'srv'
+ * point into argv or the environment.
  */
-int cli_server_opt(struct cli_server *srv, int opt, const char *arg);
+int cli_parse_args(const char *cmd, int argc, char **argv, const struct option *own,
+                   struct cli_server *srv, void (*usage)(FILE *out),
+                   int (*on_option)(void *arg, const char *cmd, int opt, char *value),
+                   void *arg);
 
 /*
  * Picks the credential (cmd_token.c): --token wins, then a token minted from -c /
@@ -87,8 +114,20 @@ struct httpc_response;
  */
 int cli_check_mint_user(const struct cli_server *srv, const char *cmd, const char *user);
 
-/* Prints "nudge CMD: HTTP 403: <the answer's error field, else its body on one line>". */
+/*
+ * Prints "nudge CMD: HTTP 403: <the answer's error field, else its body on
+ * one line>" to stderr, for a command that stops at an error answer.
+ */
 void cli_print_http_error(const char *cmd, const struct httpc_response *resp);
+
+/*
+ * Describes an error answer in one line for a command that reports it and
+ * goes on (listen, doctor): "HTTP 501 udp-disabled: UDP is off" from
+ * nudged's JSON (status word and error sentence), else "HTTP 502 " and the
+ * start of the body. Writes it into out[outlen], truncated if need be,
+ * control characters turned into spaces.
+ */
+void cli_describe_answer(const struct httpc_response *resp, char *out, size_t outlen);
 
 /*
  * Prints "nudge CMD: <message>; see 'nudge CMD --help'" to stderr (main.c).

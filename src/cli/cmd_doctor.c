@@ -158,25 +158,6 @@ static void report(struct doctor *d, enum level lvl, const char *fmt, ...)
         d->failed = 1;
 }
 
-/* "HTTP 401 unauthorized: bad signature", or the start of a body that is not nudged's JSON. */
-static void describe_answer(const struct httpc_response *resp, char *out, size_t outlen)
-{
-    json_t *root = json_loadb(resp->body, resp->body_len, 0, NULL);
-    const char *status = json_string_value(json_object_get(root, "status"));
-    const char *error = json_string_value(json_object_get(root, "error"));
-
-    if (status != NULL)
-        snprintf(out, outlen, "HTTP %d %s%s%s", resp->status, status, error ? ": " : "",
-                 error ? error : "");
-    else
-        snprintf(out, outlen, "HTTP %d %.*s", resp->status,
-                 (int)(resp->body_len < 200 ? resp->body_len : 200), resp->body);
-    for (char *c = out; *c; c++)
-        if ((unsigned char)*c < ' ' || *c == 0x7f)
-            *c = ' ';
-    json_decref(root);
-}
-
 /* One request; remembers the answer's Date for the clock check. Returns httpc's result. */
 static int request(struct doctor *d, const char *method, const char *path, const char *token,
                    const char *body, struct httpc_response *resp, char *err, size_t errlen)
@@ -231,7 +212,7 @@ static int check_server(struct doctor *d, const char *url)
          strcmp(json_string_value(json_object_get(root, "status")), "ok") == 0;
     json_decref(root);
     if (!ok) {
-        describe_answer(&resp, why, sizeof(why));
+        cli_describe_answer(&resp, why, sizeof(why));
         httpc_response_free(&resp);
         report(d, LVL_FAIL, "server: GET /healthz answered %s, not {\"status\":\"ok\"}; fix: "
                             "check that --url names nudged (host, port and path)",
@@ -265,7 +246,7 @@ static int check_token(struct doctor *d)
         return -1;
     }
     if (resp.status != 200) {
-        describe_answer(&resp, why, sizeof(why));
+        cli_describe_answer(&resp, why, sizeof(why));
         if (resp.status == 401)
             report(d, LVL_FAIL, "token: refused (%s); fix: mint a new one with nudge token "
                                 "--user ID against this server's secret",
@@ -405,7 +386,7 @@ static void check_udp(struct doctor *d)
         goto done;
     }
     if (resp.status != 200) {
-        describe_answer(&resp, why, sizeof(why));
+        cli_describe_answer(&resp, why, sizeof(why));
         httpc_response_free(&resp);
         report(d, LVL_FAIL, "UDP: POST /v1/udp/test answered %s", why);
         goto done;
@@ -491,7 +472,7 @@ static int check_ping(struct doctor *d)
     if (resp.status != 400 || status == NULL || strcmp(status, "heartbeat-out-of-range") != 0 ||
         json_uint(root, "min", &d->hb_min) < 0 || json_uint(root, "max", &d->hb_max) < 0 ||
         d->hb_min == 0 || d->hb_min > d->hb_max) {
-        describe_answer(&resp, why, sizeof(why));
+        cli_describe_answer(&resp, why, sizeof(why));
         report(d, LVL_FAIL, "ping: a ping with heartbeat 0 was answered %s, not 400 "
                             "heartbeat-out-of-range with the server's bounds",
                why);
@@ -524,7 +505,7 @@ static int check_ping(struct doctor *d)
     status = json_string_value(json_object_get(root, "status"));
     if (resp.status != 200 || status == NULL || strcmp(status, "changed") != 0 ||
         json_uint(root, "heartbeat_hint", &hint) < 0) {
-        describe_answer(&resp, why, sizeof(why));
+        cli_describe_answer(&resp, why, sizeof(why));
         report(d, LVL_FAIL, "ping: a ping presenting INBOX=%llu (the server has %llu) was "
                             "answered %s after %llu ms, not at once with \"changed\" and a "
                             "heartbeat_hint",
@@ -580,9 +561,65 @@ static void check_idle_timeout(struct doctor *d)
     }
 }
 
+/* What on_option fills: the checks' settings, and what only start-up needs. */
+struct doctor_args {
+    struct doctor *d;
+    const char *user;
+    int probe_opt; /* one of --probe-min, --probe-max, --probe-precision was given */
+};
+
+static int on_option(void *arg, const char *cmd, int opt, char *value)
+{
+    struct doctor_args *a = arg;
+    struct doctor *d = a->d;
+    uint64_t v;
+
+    switch (opt) {
+    case OPT_DEVICE:
+        d->device = value;
+        break;
+    case OPT_PORT:
+        if (cli_parse_number(cmd, "--port", value, 0, 65535, &v) != 0)
+            return CLI_EXIT_USAGE;
+        d->udp_port = (unsigned)v;
+        break;
+    case OPT_UDP_TIMEOUT:
+        if (cli_parse_number(cmd, "--udp-timeout", value, 1, DOCTOR_UDP_TIMEOUT_MAX_S, &v) != 0)
+            return CLI_EXIT_USAGE;
+        d->udp_timeout = (unsigned)v;
+        break;
+    case OPT_PROBE:
+        d->probe = 1;
+        break;
+    case OPT_PROBE_MIN:
+        if (cli_parse_number(cmd, "--probe-min", value, 1, CLI_PROBE_HOLD_CEILING, &v) != 0)
+            return CLI_EXIT_USAGE;
+        d->probe_opts.min = (unsigned)v;
+        a->probe_opt = 1;
+        break;
+    case OPT_PROBE_MAX:
+        if (cli_parse_number(cmd, "--probe-max", value, 1, CLI_PROBE_MAX_MAX, &v) != 0)
+            return CLI_EXIT_USAGE;
+        d->probe_opts.max = (unsigned)v;
+        d->probe_max_given = 1;
+        a->probe_opt = 1;
+        break;
+    case OPT_PROBE_PRECISION:
+        if (cli_probe_parse_precision(cmd, "--probe-precision", value,
+                                      &d->probe_opts.precision) != 0)
+            return CLI_EXIT_USAGE;
+        a->probe_opt = 1;
+        break;
+    case OPT_USER:
+        a->user = value;
+        break;
+    }
+    return 0;
+}
+
 int cmd_doctor(int argc, char **argv)
 {
-    static const struct option longopts[] = {
+    static const struct option options[] = {
         {"device", required_argument, NULL, OPT_DEVICE},
         {"port", required_argument, NULL, OPT_PORT},
         {"udp-timeout", required_argument, NULL, OPT_UDP_TIMEOUT},
@@ -591,17 +628,14 @@ int cmd_doctor(int argc, char **argv)
         {"probe-max", required_argument, NULL, OPT_PROBE_MAX},
         {"probe-precision", required_argument, NULL, OPT_PROBE_PRECISION},
         {"user", required_argument, NULL, OPT_USER},
-        {"help", no_argument, NULL, 'h'},
-        CLI_SERVER_LONGOPTS,
         {NULL, 0, NULL, 0},
     };
     const char *cmd = "doctor";
-    const char *user = NULL;
     struct doctor d;
+    struct doctor_args a = {.d = &d};
     struct cli_server srv;
     char token[TOKEN_MAX], err[512];
-    int opt, rc, probe_opt = 0;
-    uint64_t v;
+    int rc;
 
     memset(&d, 0, sizeof(d));
     d.http.fd = -1;
@@ -610,62 +644,10 @@ int cmd_doctor(int argc, char **argv)
     d.date = -1;
     cli_probe_defaults(&d.probe_opts);
     setvbuf(stdout, NULL, _IOLBF, 0);
-    cli_server_init(&srv);
-    opterr = 0;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, ":c:h", longopts, NULL)) != -1) {
-        if (cli_server_opt(&srv, opt, optarg))
-            continue;
-        switch (opt) {
-        case OPT_DEVICE:
-            d.device = optarg;
-            break;
-        case OPT_PORT:
-            if (cli_parse_number(cmd, "--port", optarg, 0, 65535, &v) != 0)
-                return CLI_EXIT_USAGE;
-            d.udp_port = (unsigned)v;
-            break;
-        case OPT_UDP_TIMEOUT:
-            if (cli_parse_number(cmd, "--udp-timeout", optarg, 1, DOCTOR_UDP_TIMEOUT_MAX_S, &v) !=
-                0)
-                return CLI_EXIT_USAGE;
-            d.udp_timeout = (unsigned)v;
-            break;
-        case OPT_PROBE:
-            d.probe = 1;
-            break;
-        case OPT_PROBE_MIN:
-            if (cli_parse_number(cmd, "--probe-min", optarg, 1, CLI_PROBE_HOLD_CEILING, &v) != 0)
-                return CLI_EXIT_USAGE;
-            d.probe_opts.min = (unsigned)v;
-            probe_opt = 1;
-            break;
-        case OPT_PROBE_MAX:
-            if (cli_parse_number(cmd, "--probe-max", optarg, 1, CLI_PROBE_MAX_MAX, &v) != 0)
-                return CLI_EXIT_USAGE;
-            d.probe_opts.max = (unsigned)v;
-            d.probe_max_given = 1;
-            probe_opt = 1;
-            break;
-        case OPT_PROBE_PRECISION:
-            if (cli_probe_parse_precision(cmd, "--probe-precision", optarg,
-                                          &d.probe_opts.precision) != 0)
-                return CLI_EXIT_USAGE;
-            probe_opt = 1;
-            break;
-        case OPT_USER:
-            user = optarg;
-            break;
-        case 'h':
-            cmd_doctor_usage(stdout);
-            return CLI_EXIT_OK;
-        default:
-            return cli_getopt_error(cmd, opt, argv);
-        }
-    }
-    if (optind < argc)
-        return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
-    if (probe_opt && !d.probe)
+    rc = cli_parse_args(cmd, argc, argv, options, &srv, cmd_doctor_usage, on_option, &a);
+    if (rc != CLI_ARGS_PARSED)
+        return rc;
+    if (a.probe_opt && !d.probe)
         return cli_usage_error(cmd, "--probe-min, --probe-max and --probe-precision go with "
                                     "--probe");
     if (d.probe_max_given && d.probe_opts.min > d.probe_opts.max)
@@ -677,9 +659,9 @@ int cmd_doctor(int argc, char **argv)
         if ((unsigned char)*c < ' ' || *c == 0x7f)
             return cli_usage_error(cmd, "--device: control characters are not allowed in a "
                                         "device id");
-    if (cli_check_mint_user(&srv, cmd, user) != 0)
+    if (cli_check_mint_user(&srv, cmd, a.user) != 0)
         return CLI_EXIT_USAGE;
-    rc = cli_server_token(&srv, cmd, TOKEN_USER, user, CLI_USER_TTL, token);
+    rc = cli_server_token(&srv, cmd, TOKEN_USER, a.user, CLI_USER_TTL, token);
     if (rc != CLI_EXIT_OK)
         return rc;
     d.token = token;

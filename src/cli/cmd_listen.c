@@ -220,28 +220,6 @@ static void print_change(struct listener *l, const struct lfolder *f, const char
     l->changes++;
 }
 
-/*
- * "HTTP 501 udp-disabled: UDP is off" from an error answer: its status word
- * and error sentence, else the start of its body on one line.
- */
-static void describe_answer(const struct httpc_response *resp, char *out, size_t outlen)
-{
-    json_t *root = json_loadb(resp->body, resp->body_len, 0, NULL);
-    const char *status = json_string_value(json_object_get(root, "status"));
-    const char *error = json_string_value(json_object_get(root, "error"));
-
-    if (status != NULL)
-        snprintf(out, outlen, "HTTP %d %s%s%s", resp->status, status, error ? ": " : "",
-                 error ? error : "");
-    else
-        snprintf(out, outlen, "HTTP %d %.*s", resp->status,
-                 (int)(resp->body_len < 200 ? resp->body_len : 200), resp->body);
-    for (char *c = out; *c; c++)
-        if ((unsigned char)*c < ' ' || *c == 0x7f)
-            *c = ' ';
-    json_decref(root);
-}
-
 static struct lfolder *find_folder(struct listener *l, const char *name, size_t len)
 {
     for (size_t i = 0; i < l->nfolders; i++)
@@ -337,7 +315,7 @@ static int poll_states(struct listener *l, int first)
     if (resp.status == 304)
         goto done;
     if (resp.status != 200) {
-        describe_answer(&resp, reason, sizeof(reason));
+        cli_describe_answer(&resp, reason, sizeof(reason));
         fprintf(stderr, "nudge listen: poll: %s\n", reason);
         if (resp.status == 401 || resp.status == 403) {
             l->fatal = 1;
@@ -525,7 +503,7 @@ static void do_register(struct listener *l)
         goto failed;
     }
     if (resp.status != 200) {
-        describe_answer(&resp, reason, sizeof(reason));
+        cli_describe_answer(&resp, reason, sizeof(reason));
         /* Only overload and server trouble may pass; a refusal stays a refusal. */
         retry = resp.status == 429 || resp.status >= 500;
         if (resp.status == 501)
@@ -586,7 +564,7 @@ static void unregister(struct listener *l)
         fprintf(stderr, "nudge listen: ending the registration: %s\n", err);
     } else {
         if (resp.status != 200 && resp.status != 404) {
-            describe_answer(&resp, reason, sizeof(reason));
+            cli_describe_answer(&resp, reason, sizeof(reason));
             fprintf(stderr, "nudge listen: ending the registration: %s\n", reason);
         }
         httpc_response_free(&resp);
@@ -843,9 +821,71 @@ static int check_folder(const char *cmd, const char *name)
     return 0;
 }
 
+/* What on_option fills: the listener itself, and what only start-up needs. */
+struct listen_args {
+    struct listener *l;
+    const char *user;
+};
+
+static int on_option(void *arg, const char *cmd, int opt, char *value)
+{
+    struct listen_args *a = arg;
+    struct listener *l = a->l;
+    unsigned char addr[sizeof(struct in6_addr)];
+    uint64_t v;
+
+    switch (opt) {
+    case OPT_DEVICE:
+        l->device = value;
+        break;
+    case OPT_FOLDER:
+        if (check_folder(cmd, value) != 0)
+            return CLI_EXIT_USAGE;
+        if (find_folder(l, value, strlen(value)) != NULL)
+            return cli_usage_error(cmd, "--folder '%s' is given twice", value);
+        l->folders[l->nfolders++].name = value;
+        break;
+    case OPT_PORT:
+        if (cli_parse_number(cmd, "--port", value, 0, 65535, &v) != 0)
+            return CLI_EXIT_USAGE;
+        l->port = (unsigned)v;
+        break;
+    case OPT_HOST:
+        if (inet_pton(AF_INET, value, addr) != 1 && inet_pton(AF_INET6, value, addr) != 1)
+            return cli_usage_error(cmd, "--host '%s': expected an IPv4 or IPv6 address (no "
+                                        "name, no brackets, no port)",
+                                   value);
+        l->host = value;
+        break;
+    case OPT_POLL_INTERVAL:
+        if (cli_parse_number(cmd, "--poll-interval", value, 1, LISTEN_POLL_MAX_S, &v) != 0)
+            return CLI_EXIT_USAGE;
+        l->poll_interval = (unsigned)v;
+        break;
+    case OPT_COUNT:
+        if (cli_parse_number(cmd, "--count", value, 1, UINT32_MAX, &v) != 0)
+            return CLI_EXIT_USAGE;
+        l->count = (unsigned long)v;
+        break;
+    case OPT_DURATION:
+        /* A year: longer is "forever", which is leaving --duration out. */
+        if (cli_parse_number(cmd, "--duration", value, 1, 366 * 86400, &v) != 0)
+            return CLI_EXIT_USAGE;
+        l->duration = (unsigned)v;
+        break;
+    case OPT_NO_ACK:
+        l->no_ack = 1;
+        break;
+    case OPT_USER:
+        a->user = value;
+        break;
+    }
+    return 0;
+}
+
 int cmd_listen(int argc, char **argv)
 {
-    static const struct option longopts[] = {
+    static const struct option options[] = {
         {"device", required_argument, NULL, OPT_DEVICE},
         {"folder", required_argument, NULL, OPT_FOLDER},
         {"port", required_argument, NULL, OPT_PORT},
@@ -855,19 +895,15 @@ int cmd_listen(int argc, char **argv)
         {"duration", required_argument, NULL, OPT_DURATION},
         {"no-ack", no_argument, NULL, OPT_NO_ACK},
         {"user", required_argument, NULL, OPT_USER},
-        {"help", no_argument, NULL, 'h'},
-        CLI_SERVER_LONGOPTS,
         {NULL, 0, NULL, 0},
     };
     static struct lfolder inbox = {.name = "INBOX"};
     const char *cmd = "listen";
-    const char *user = NULL;
     struct listener l;
+    struct listen_args a = {.l = &l};
     struct cli_server srv;
     char token[TOKEN_MAX], err[512];
-    int opt, rc = CLI_EXIT_USAGE;
-    uint64_t v;
-    unsigned char addr[sizeof(struct in6_addr)];
+    int rc;
 
     memset(&l, 0, sizeof(l));
     l.fd = -1;
@@ -880,85 +916,21 @@ int cmd_listen(int argc, char **argv)
         return CLI_EXIT_FAIL;
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
-    cli_server_init(&srv);
-    opterr = 0;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, ":c:h", longopts, NULL)) != -1) {
-        if (cli_server_opt(&srv, opt, optarg))
-            continue;
-        switch (opt) {
-        case OPT_DEVICE:
-            l.device = optarg;
-            break;
-        case OPT_FOLDER:
-            if (check_folder(cmd, optarg) != 0)
-                goto done;
-            if (find_folder(&l, optarg, strlen(optarg)) != NULL) {
-                cli_usage_error(cmd, "--folder '%s' is given twice", optarg);
-                goto done;
-            }
-            l.folders[l.nfolders++].name = optarg;
-            break;
-        case OPT_PORT:
-            if (cli_parse_number(cmd, "--port", optarg, 0, 65535, &v) != 0)
-                goto done;
-            l.port = (unsigned)v;
-            break;
-        case OPT_HOST:
-            if (inet_pton(AF_INET, optarg, addr) != 1 && inet_pton(AF_INET6, optarg, addr) != 1) {
-                cli_usage_error(cmd, "--host '%s': expected an IPv4 or IPv6 address (no name, "
-                                     "no brackets, no port)",
-                                optarg);
-                goto done;
-            }
-            l.host = optarg;
-            break;
-        case OPT_POLL_INTERVAL:
-            if (cli_parse_number(cmd, "--poll-interval", optarg, 1, LISTEN_POLL_MAX_S, &v) != 0)
-                goto done;
-            l.poll_interval = (unsigned)v;
-            break;
-        case OPT_COUNT:
-            if (cli_parse_number(cmd, "--count", optarg, 1, UINT32_MAX, &v) != 0)
-                goto done;
-            l.count = (unsigned long)v;
-            break;
-        case OPT_DURATION:
-            /* A year: longer is "forever", which is leaving --duration out. */
-            if (cli_parse_number(cmd, "--duration", optarg, 1, 366 * 86400, &v) != 0)
-                goto done;
-            l.duration = (unsigned)v;
-            break;
-        case OPT_NO_ACK:
-            l.no_ack = 1;
-            break;
-        case OPT_USER:
-            user = optarg;
-            break;
-        case 'h':
-            cmd_listen_usage(stdout);
-            rc = CLI_EXIT_OK;
-            goto done;
-        default:
-            cli_getopt_error(cmd, opt, argv);
-            goto done;
-        }
-    }
-    if (optind < argc) {
-        cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+    rc = cli_parse_args(cmd, argc, argv, options, &srv, cmd_listen_usage, on_option, &a);
+    if (rc != CLI_ARGS_PARSED)
         goto done;
-    }
     if (l.device == NULL) {
-        cli_usage_error(cmd, "--device ID is required");
+        rc = cli_usage_error(cmd, "--device ID is required");
         goto done;
     }
     if (l.device[0] == '\0' || strlen(l.device) > DEVICE_MAX) {
-        cli_usage_error(cmd, "--device: a device id is 1 to %d bytes", DEVICE_MAX);
+        rc = cli_usage_error(cmd, "--device: a device id is 1 to %d bytes", DEVICE_MAX);
         goto done;
     }
     for (const char *c = l.device; *c; c++) {
         if ((unsigned char)*c < ' ' || *c == 0x7f) {
-            cli_usage_error(cmd, "--device: control characters are not allowed in a device id");
+            rc = cli_usage_error(cmd, "--device: control characters are not allowed in a "
+                                      "device id");
             goto done;
         }
     }
@@ -967,13 +939,13 @@ int cmd_listen(int argc, char **argv)
         l.folders = &inbox;
         l.nfolders = 1;
     }
-    if (cli_check_mint_user(&srv, cmd, user) != 0)
+    if ((rc = cli_check_mint_user(&srv, cmd, a.user)) != 0)
         goto done;
     if (httpc_init(&l.http, srv.url, LISTEN_HTTP_TIMEOUT_MS, err, sizeof(err)) < 0) {
-        cli_usage_error(cmd, "%s", err);
+        rc = cli_usage_error(cmd, "%s", err);
         goto done;
     }
-    rc = cli_server_token(&srv, cmd, TOKEN_USER, user, CLI_USER_TTL, token);
+    rc = cli_server_token(&srv, cmd, TOKEN_USER, a.user, CLI_USER_TTL, token);
     if (rc != CLI_EXIT_OK)
         goto done;
     l.token = token;

@@ -446,9 +446,62 @@ static int run(struct ping *p, struct httpc *http, const char *token, int loop)
     return last_ok ? CLI_EXIT_OK : CLI_EXIT_FAIL;
 }
 
+/* What on_option fills: the ping itself, and what only start-up needs. */
+struct ping_args {
+    struct ping *p;
+    const char *user;
+    int loop;
+};
+
+static int on_option(void *arg, const char *cmd, int opt, char *value)
+{
+    struct ping_args *a = arg;
+    struct ping *p = a->p;
+    uint64_t v;
+
+    switch (opt) {
+    case OPT_DEVICE:
+        p->device = value;
+        break;
+    case OPT_HEARTBEAT:
+        if (cli_parse_number(cmd, "--heartbeat", value, 0, PING_HEARTBEAT_MAX, &v) != 0)
+            return CLI_EXIT_USAGE;
+        p->heartbeat = (long)v;
+        break;
+    case OPT_FOLDER:
+        if (folder_parse(cmd, value, &p->folders[p->nfolders]) != 0)
+            return CLI_EXIT_USAGE;
+        p->nfolders++;
+        break;
+    case OPT_LOOP:
+        a->loop = 1;
+        break;
+    case OPT_COUNT:
+        if (cli_parse_number(cmd, "--count", value, 1, UINT32_MAX, &v) != 0)
+            return CLI_EXIT_USAGE;
+        p->count = (unsigned long)v;
+        break;
+    case OPT_EMPTY:
+        p->empty = 1;
+        break;
+    case OPT_ADAPTIVE:
+        p->adaptive = 1;
+        break;
+    case OPT_SLACK:
+        if (cli_parse_number(cmd, "--slack", value, 1, 86400, &v) != 0)
+            return CLI_EXIT_USAGE;
+        p->slack = (unsigned)v;
+        break;
+    case OPT_USER:
+        a->user = value;
+        break;
+    }
+    return 0;
+}
+
 int cmd_ping(int argc, char **argv)
 {
-    static const struct option longopts[] = {
+    static const struct option options[] = {
         {"device", required_argument, NULL, OPT_DEVICE},
         {"heartbeat", required_argument, NULL, OPT_HEARTBEAT},
         {"folder", required_argument, NULL, OPT_FOLDER},
@@ -458,18 +511,15 @@ int cmd_ping(int argc, char **argv)
         {"adaptive", no_argument, NULL, OPT_ADAPTIVE},
         {"slack", required_argument, NULL, OPT_SLACK},
         {"user", required_argument, NULL, OPT_USER},
-        {"help", no_argument, NULL, 'h'},
-        CLI_SERVER_LONGOPTS,
         {NULL, 0, NULL, 0},
     };
     const char *cmd = "ping";
-    const char *user = NULL;
     struct ping p = {.heartbeat = -1, .slack = PING_MARGIN_S, .answered_hb = -1};
+    struct ping_args a = {.p = &p};
     struct cli_server srv;
     struct httpc http;
     char token[TOKEN_MAX], err[512];
-    int opt, loop = 0, rc = CLI_EXIT_USAGE;
-    uint64_t v;
+    int rc;
     unsigned timeout_s;
 
     /* argc bounds the number of --folder options. */
@@ -479,86 +529,34 @@ int cmd_ping(int argc, char **argv)
         return CLI_EXIT_FAIL;
     }
     setvbuf(stdout, NULL, _IOLBF, 0);
-    cli_server_init(&srv);
-    opterr = 0;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, ":c:h", longopts, NULL)) != -1) {
-        if (cli_server_opt(&srv, opt, optarg))
-            continue;
-        switch (opt) {
-        case OPT_DEVICE:
-            p.device = optarg;
-            break;
-        case OPT_HEARTBEAT:
-            if (cli_parse_number(cmd, "--heartbeat", optarg, 0, PING_HEARTBEAT_MAX, &v) != 0)
-                goto done;
-            p.heartbeat = (long)v;
-            break;
-        case OPT_FOLDER:
-            if (folder_parse(cmd, optarg, &p.folders[p.nfolders]) != 0)
-                goto done;
-            p.nfolders++;
-            break;
-        case OPT_LOOP:
-            loop = 1;
-            break;
-        case OPT_COUNT:
-            if (cli_parse_number(cmd, "--count", optarg, 1, UINT32_MAX, &v) != 0)
-                goto done;
-            p.count = (unsigned long)v;
-            break;
-        case OPT_EMPTY:
-            p.empty = 1;
-            break;
-        case OPT_ADAPTIVE:
-            p.adaptive = 1;
-            break;
-        case OPT_SLACK:
-            if (cli_parse_number(cmd, "--slack", optarg, 1, 86400, &v) != 0)
-                goto done;
-            p.slack = (unsigned)v;
-            break;
-        case OPT_USER:
-            user = optarg;
-            break;
-        case 'h':
-            cmd_ping_usage(stdout);
-            rc = CLI_EXIT_OK;
-            goto done;
-        default:
-            cli_getopt_error(cmd, opt, argv);
-            goto done;
-        }
-    }
-    if (optind < argc) {
-        cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+    rc = cli_parse_args(cmd, argc, argv, options, &srv, cmd_ping_usage, on_option, &a);
+    if (rc != CLI_ARGS_PARSED)
         goto done;
-    }
     if (p.device == NULL) {
-        cli_usage_error(cmd, "--device is required");
+        rc = cli_usage_error(cmd, "--device is required");
         goto done;
     }
-    if (p.adaptive && (!loop || p.heartbeat < 0 || p.empty)) {
-        cli_usage_error(cmd, "--adaptive needs --loop and a first --heartbeat (and a body)");
+    if (p.adaptive && (!a.loop || p.heartbeat < 0 || p.empty)) {
+        rc = cli_usage_error(cmd, "--adaptive needs --loop and a first --heartbeat (and a body)");
         goto done;
     }
     if (p.empty && (p.nfolders > 0 || p.heartbeat >= 0)) {
-        cli_usage_error(cmd, "--empty sends no body: it cannot carry --folder or --heartbeat");
+        rc = cli_usage_error(cmd, "--empty sends no body: it cannot carry --folder or --heartbeat");
         goto done;
     }
-    if (cli_check_mint_user(&srv, cmd, user) != 0)
+    if ((rc = cli_check_mint_user(&srv, cmd, a.user)) != 0)
         goto done;
 
     timeout_s = (p.heartbeat >= 0 ? (unsigned)p.heartbeat : PING_UNKNOWN_HEARTBEAT_S) +
                 PING_MARGIN_S;
     if (httpc_init(&http, srv.url, timeout_s * 1000u, err, sizeof(err)) < 0) {
-        cli_usage_error(cmd, "%s", err);
+        rc = cli_usage_error(cmd, "%s", err);
         goto done;
     }
-    rc = cli_server_token(&srv, cmd, TOKEN_USER, user, CLI_USER_TTL, token);
+    rc = cli_server_token(&srv, cmd, TOKEN_USER, a.user, CLI_USER_TTL, token);
     if (rc != CLI_EXIT_OK)
         goto done;
-    rc = run(&p, &http, token, loop);
+    rc = run(&p, &http, token, a.loop);
     httpc_close(&http);
 done:
     free(p.folders);

@@ -959,73 +959,73 @@ done:
     return rc;
 }
 
+/* The run asked for, filled by on_option. */
+struct probe_args {
+    struct cli_probe_opts opts;
+    const char *user;
+};
+
+static int on_option(void *arg, const char *cmd, int opt, char *value)
+{
+    struct probe_args *a = arg;
+    uint64_t val;
+
+    switch (opt) {
+    case OPT_MIN:
+        if (cli_parse_number(cmd, "--min", value, 1, PROBE_HOLD_CEILING, &val) != 0)
+            return CLI_EXIT_USAGE;
+        a->opts.min = (unsigned)val;
+        break;
+    case OPT_MAX:
+        if (cli_parse_number(cmd, "--max", value, 1, CLI_PROBE_MAX_MAX, &val) != 0)
+            return CLI_EXIT_USAGE;
+        a->opts.max = (unsigned)val;
+        break;
+    case OPT_PRECISION:
+        if (cli_probe_parse_precision(cmd, "--precision", value, &a->opts.precision) != 0)
+            return CLI_EXIT_USAGE;
+        break;
+    case OPT_USER:
+        a->user = value;
+        break;
+    }
+    return 0;
+}
+
 int cmd_probe(int argc, char **argv)
 {
-    static const struct option longopts[] = {
+    static const struct option options[] = {
         {"min", required_argument, NULL, OPT_MIN},
         {"max", required_argument, NULL, OPT_MAX},
         {"precision", required_argument, NULL, OPT_PRECISION},
         {"user", required_argument, NULL, OPT_USER},
-        {"help", no_argument, NULL, 'h'},
-        CLI_SERVER_LONGOPTS,
         {NULL, 0, NULL, 0},
     };
     const char *cmd = "probe";
-    const char *user = NULL;
+    struct probe_args a = {0};
     struct cli_server srv;
-    struct cli_probe_opts opts;
     struct probe_run *r = NULL;
     struct httpc http;
     enum verdict v = VERDICT_NONE;
     char token[TOKEN_MAX], err[512];
-    int opt, rc = CLI_EXIT_USAGE;
-    uint64_t val;
+    int rc;
 
-    cli_probe_defaults(&opts);
+    cli_probe_defaults(&a.opts);
     setvbuf(stdout, NULL, _IOLBF, 0);
-    cli_server_init(&srv);
-    opterr = 0;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, ":c:h", longopts, NULL)) != -1) {
-        if (cli_server_opt(&srv, opt, optarg))
-            continue;
-        switch (opt) {
-        case OPT_MIN:
-            if (cli_parse_number(cmd, "--min", optarg, 1, PROBE_HOLD_CEILING, &val) != 0)
-                return CLI_EXIT_USAGE;
-            opts.min = (unsigned)val;
-            break;
-        case OPT_MAX:
-            if (cli_parse_number(cmd, "--max", optarg, 1, CLI_PROBE_MAX_MAX, &val) != 0)
-                return CLI_EXIT_USAGE;
-            opts.max = (unsigned)val;
-            break;
-        case OPT_PRECISION:
-            if (cli_probe_parse_precision(cmd, "--precision", optarg, &opts.precision) != 0)
-                return CLI_EXIT_USAGE;
-            break;
-        case OPT_USER:
-            user = optarg;
-            break;
-        case 'h':
-            cmd_probe_usage(stdout);
-            return CLI_EXIT_OK;
-        default:
-            return cli_getopt_error(cmd, opt, argv);
-        }
-    }
-    if (optind < argc)
-        return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
-    if (opts.min > opts.max)
-        return cli_usage_error(cmd, "--min (%u) is greater than --max (%u)", opts.min, opts.max);
-    if (cli_check_mint_user(&srv, cmd, user) != 0)
+    rc = cli_parse_args(cmd, argc, argv, options, &srv, cmd_probe_usage, on_option, &a);
+    if (rc != CLI_ARGS_PARSED)
+        return rc;
+    if (a.opts.min > a.opts.max)
+        return cli_usage_error(cmd, "--min (%u) is greater than --max (%u)", a.opts.min,
+                               a.opts.max);
+    if (cli_check_mint_user(&srv, cmd, a.user) != 0)
         return CLI_EXIT_USAGE;
     if (httpc_init(&http, srv.url, 0, err, sizeof(err)) < 0)
         return cli_usage_error(cmd, "%s", err);
-    rc = cli_server_token(&srv, cmd, TOKEN_USER, user, CLI_USER_TTL, token);
+    rc = cli_server_token(&srv, cmd, TOKEN_USER, a.user, CLI_USER_TTL, token);
     if (rc != CLI_EXIT_OK)
         return rc;
-    r = probe_run_new(cmd, &http, token, &opts, stdout);
+    r = probe_run_new(cmd, &http, token, &a.opts, stdout);
     if (r == NULL)
         return CLI_EXIT_FAIL;
     rc = CLI_EXIT_FAIL;

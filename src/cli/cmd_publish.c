@@ -134,103 +134,94 @@ static int print_states(const struct httpc_response *resp)
     return CLI_EXIT_OK;
 }
 
+/* The events to send, filled by on_option. Both lists are bounded by argc. */
+struct publish_args {
+    const char *user, *type;
+    char **folders, **metas;
+    size_t nfolders, nmetas;
+};
+
+static int on_option(void *arg, const char *cmd, int opt, char *value)
+{
+    struct publish_args *a = arg;
+    char *eq;
+    size_t klen;
+
+    switch (opt) {
+    case OPT_USER:
+        a->user = value;
+        break;
+    case OPT_FOLDER:
+        a->folders[a->nfolders++] = value;
+        break;
+    case OPT_TYPE:
+        a->type = value;
+        break;
+    case OPT_META:
+        eq = strchr(value, '=');
+        klen = eq ? (size_t)(eq - value) : 0;
+        if (eq == NULL || klen == 0 || klen > 255)
+            return cli_usage_error(cmd, "--meta '%s': expected KEY=VALUE with a 1 to 255 byte KEY",
+                                   value);
+        if ((klen == 4 && memcmp(value, "user", 4) == 0) ||
+            (klen == 6 && memcmp(value, "folder", 6) == 0) ||
+            (klen == 4 && memcmp(value, "type", 4) == 0))
+            return cli_usage_error(cmd, "--meta '%s': use --%.*s for this field", value, (int)klen,
+                                   value);
+        for (size_t i = 0; i < a->nmetas; i++)
+            if (strncmp(a->metas[i], value, klen + 1) == 0)
+                return cli_usage_error(cmd, "--meta: key '%.*s' given twice", (int)klen, value);
+        a->metas[a->nmetas++] = value;
+        break;
+    }
+    return 0;
+}
+
 int cmd_publish(int argc, char **argv)
 {
-    static const struct option longopts[] = {
+    static const struct option options[] = {
         {"user", required_argument, NULL, OPT_USER},
         {"folder", required_argument, NULL, OPT_FOLDER},
         {"type", required_argument, NULL, OPT_TYPE},
         {"meta", required_argument, NULL, OPT_META},
-        {"help", no_argument, NULL, 'h'},
-        CLI_SERVER_LONGOPTS,
         {NULL, 0, NULL, 0},
     };
     const char *cmd = "publish";
-    const char *user = NULL, *type = NULL, *bad = NULL;
+    const char *bad = NULL;
+    struct publish_args a = {0};
     struct cli_server srv;
     struct httpc http;
     struct httpc_response resp;
     char token[TOKEN_MAX], err[512];
-    /* argc bounds both lists: each entry is one argument. */
-    char **folders = calloc((size_t)argc, sizeof(char *));
-    char **metas = calloc((size_t)argc, sizeof(char *));
-    size_t nfolders = 0, nmetas = 0;
     json_t *payload = NULL;
     char *body = NULL;
-    int opt, rc = CLI_EXIT_USAGE;
+    int rc;
 
-    if (folders == NULL || metas == NULL) {
+    /* argc bounds both lists: each entry is one argument. */
+    a.folders = calloc((size_t)argc, sizeof(*a.folders));
+    a.metas = calloc((size_t)argc, sizeof(*a.metas));
+    if (a.folders == NULL || a.metas == NULL) {
         fprintf(stderr, "nudge publish: out of memory\n");
         rc = CLI_EXIT_FAIL;
         goto done;
     }
-    cli_server_init(&srv);
-    opterr = 0;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, ":c:h", longopts, NULL)) != -1) {
-        if (cli_server_opt(&srv, opt, optarg))
-            continue;
-        switch (opt) {
-        case OPT_USER:
-            user = optarg;
-            break;
-        case OPT_FOLDER:
-            folders[nfolders++] = optarg;
-            break;
-        case OPT_TYPE:
-            type = optarg;
-            break;
-        case OPT_META: {
-            const char *eq = strchr(optarg, '=');
-            size_t klen = eq ? (size_t)(eq - optarg) : 0;
-            if (eq == NULL || klen == 0 || klen > 255) {
-                cli_usage_error(cmd, "--meta '%s': expected KEY=VALUE with a 1 to 255 byte KEY",
-                                optarg);
-                goto done;
-            }
-            if ((klen == 4 && memcmp(optarg, "user", 4) == 0) ||
-                (klen == 6 && memcmp(optarg, "folder", 6) == 0) ||
-                (klen == 4 && memcmp(optarg, "type", 4) == 0)) {
-                cli_usage_error(cmd, "--meta '%s': use --%.*s for this field", optarg, (int)klen,
-                                optarg);
-                goto done;
-            }
-            for (size_t i = 0; i < nmetas; i++) {
-                if (strncmp(metas[i], optarg, klen + 1) == 0) {
-                    cli_usage_error(cmd, "--meta: key '%.*s' given twice", (int)klen, optarg);
-                    goto done;
-                }
-            }
-            metas[nmetas++] = optarg;
-            break;
-        }
-        case 'h':
-            cmd_publish_usage(stdout);
-            rc = CLI_EXIT_OK;
-            goto done;
-        default:
-            cli_getopt_error(cmd, opt, argv);
-            goto done;
-        }
-    }
-    if (optind < argc) {
-        cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+    rc = cli_parse_args(cmd, argc, argv, options, &srv, cmd_publish_usage, on_option, &a);
+    if (rc != CLI_ARGS_PARSED)
         goto done;
-    }
-    if (user == NULL || nfolders == 0) {
-        cli_usage_error(cmd, "missing %s",
-                        user != NULL   ? "--folder"
-                        : nfolders > 0 ? "--user"
-                                       : "--user and --folder");
+    if (a.user == NULL || a.nfolders == 0) {
+        rc = cli_usage_error(cmd, "missing %s",
+                             a.user != NULL   ? "--folder"
+                             : a.nfolders > 0 ? "--user"
+                                              : "--user and --folder");
         goto done;
     }
 
-    if (nfolders == 1) {
-        payload = event_new(user, folders[0], type, metas, nmetas, &bad);
+    if (a.nfolders == 1) {
+        payload = event_new(a.user, a.folders[0], a.type, a.metas, a.nmetas, &bad);
     } else {
         payload = json_array();
-        for (size_t i = 0; payload != NULL && i < nfolders; i++) {
-            json_t *ev = event_new(user, folders[i], type, metas, nmetas, &bad);
+        for (size_t i = 0; payload != NULL && i < a.nfolders; i++) {
+            json_t *ev = event_new(a.user, a.folders[i], a.type, a.metas, a.nmetas, &bad);
             if (ev == NULL || json_array_append_new(payload, ev) < 0) {
                 json_decref(payload);
                 payload = NULL;
@@ -239,7 +230,7 @@ int cmd_publish(int argc, char **argv)
     }
     if (payload == NULL) {
         if (bad != NULL && strcmp(bad, "memory") != 0) {
-            cli_usage_error(cmd, "%s: not valid UTF-8, which JSON requires", bad);
+            rc = cli_usage_error(cmd, "%s: not valid UTF-8, which JSON requires", bad);
         } else {
             fprintf(stderr, "nudge publish: out of memory\n");
             rc = CLI_EXIT_FAIL;
@@ -254,7 +245,7 @@ int cmd_publish(int argc, char **argv)
     }
 
     if (httpc_init(&http, srv.url, PUBLISH_TIMEOUT_MS, err, sizeof(err)) < 0) {
-        cli_usage_error(cmd, "%s", err);
+        rc = cli_usage_error(cmd, "%s", err);
         goto done;
     }
     rc = cli_server_token(&srv, cmd, TOKEN_PUBLISHER, "nudge publish", PUBLISH_MINT_TTL, token);
@@ -281,7 +272,7 @@ int cmd_publish(int argc, char **argv)
 done:
     free(body);
     json_decref(payload);
-    free(folders);
-    free(metas);
+    free(a.folders);
+    free(a.metas);
     return rc;
 }

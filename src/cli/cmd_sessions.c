@@ -315,81 +315,81 @@ static int list_sessions(struct httpc *http, const char *token, const char *user
     return rc;
 }
 
+/* The session to end, or the list's filter: filled by on_option. */
+struct sessions_args {
+    const char *user, *end, *end_user, *end_device;
+};
+
+static int on_option(void *arg, const char *cmd, int opt, char *value)
+{
+    struct sessions_args *a = arg;
+
+    (void)cmd;
+    switch (opt) {
+    case OPT_USER:
+        a->user = value;
+        break;
+    case OPT_END:
+        a->end = value;
+        break;
+    case OPT_END_USER:
+        a->end_user = value;
+        break;
+    case OPT_END_DEVICE:
+        a->end_device = value;
+        break;
+    }
+    return 0;
+}
+
 int cmd_sessions(int argc, char **argv)
 {
-    static const struct option longopts[] = {
+    static const struct option options[] = {
         {"user", required_argument, NULL, OPT_USER},
         {"end", required_argument, NULL, OPT_END},
         {"end-user", required_argument, NULL, OPT_END_USER},
         {"end-device", required_argument, NULL, OPT_END_DEVICE},
-        {"help", no_argument, NULL, 'h'},
-        CLI_SERVER_LONGOPTS,
         {NULL, 0, NULL, 0},
     };
     const char *cmd = "sessions";
-    const char *user = NULL, *end = NULL, *end_user = NULL, *end_device = NULL;
+    struct sessions_args a = {0};
     char end_buf[2 * ID_MAX + 2];
     struct cli_server srv;
     struct httpc http;
     char token[TOKEN_MAX], err[512];
-    int opt, rc;
+    int rc;
 
-    cli_server_init(&srv);
-    opterr = 0;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, ":c:h", longopts, NULL)) != -1) {
-        if (cli_server_opt(&srv, opt, optarg))
-            continue;
-        switch (opt) {
-        case OPT_USER:
-            user = optarg;
-            break;
-        case OPT_END:
-            end = optarg;
-            break;
-        case OPT_END_USER:
-            end_user = optarg;
-            break;
-        case OPT_END_DEVICE:
-            end_device = optarg;
-            break;
-        case 'h':
-            cmd_sessions_usage(stdout);
-            return CLI_EXIT_OK;
-        default:
-            return cli_getopt_error(cmd, opt, argv);
-        }
-    }
-    if (optind < argc)
-        return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
-    if (end != NULL && (end_user != NULL || end_device != NULL))
+    rc = cli_parse_args(cmd, argc, argv, options, &srv, cmd_sessions_usage, on_option, &a);
+    if (rc != CLI_ARGS_PARSED)
+        return rc;
+    if (a.end != NULL && (a.end_user != NULL || a.end_device != NULL))
         return cli_usage_error(cmd, "give either --end USER/DEVICE or --end-user with "
                                     "--end-device, not both");
-    if ((end_user != NULL) != (end_device != NULL))
+    if ((a.end_user != NULL) != (a.end_device != NULL))
         return cli_usage_error(cmd, "--end-user and --end-device go together");
-    if (user != NULL && (end != NULL || end_user != NULL))
+    if (a.user != NULL && (a.end != NULL || a.end_user != NULL))
         return cli_usage_error(cmd, "--user filters the list; name the session to end as "
                                     "--end USER/DEVICE");
-    if (end != NULL) {
-        const char *slash = strchr(end, '/');
-        size_t ulen = slash ? (size_t)(slash - end) : 0;
+    if (a.end != NULL) {
+        const char *slash = strchr(a.end, '/');
+        size_t ulen = slash ? (size_t)(slash - a.end) : 0;
 
         if (slash == NULL || ulen == 0 || slash[1] == '\0')
             return cli_usage_error(cmd, "--end '%s': expected USER/DEVICE (the user ends at "
                                         "the first '/'; a user id holding '/' needs "
                                         "--end-user and --end-device)",
-                                   end);
-        if (strlen(end) >= sizeof(end_buf))
+                                   a.end);
+        if (strlen(a.end) >= sizeof(end_buf))
             return cli_usage_error(cmd, "--end: longer than %zu bytes", sizeof(end_buf) - 1);
-        memcpy(end_buf, end, strlen(end) + 1);
+        memcpy(end_buf, a.end, strlen(a.end) + 1);
         end_buf[ulen] = '\0';
-        end_user = end_buf;
-        end_device = end_buf + ulen + 1;
+        a.end_user = end_buf;
+        a.end_device = end_buf + ulen + 1;
     }
-    if (end_user != NULL && ((rc = check_id(cmd, "the user id", end_user)) != 0 ||
-                             (rc = check_id(cmd, "the device id", end_device)) != 0))
+    if (a.end_user != NULL && ((rc = check_id(cmd, "the user id", a.end_user)) != 0 ||
+                               (rc = check_id(cmd, "the device id", a.end_device)) != 0))
         return rc;
-    if (user != NULL && (rc = check_id(cmd, "--user", user)) != 0)
+    if (a.user != NULL && (rc = check_id(cmd, "--user", a.user)) != 0)
         return rc;
 
     if (httpc_init(&http, srv.url, SESSIONS_TIMEOUT_MS, err, sizeof(err)) < 0)
@@ -397,10 +397,10 @@ int cmd_sessions(int argc, char **argv)
     rc = cli_server_token(&srv, cmd, TOKEN_ADMIN, "nudge sessions", SESSIONS_MINT_TTL, token);
     if (rc != CLI_EXIT_OK)
         return rc;
-    if (end_user != NULL)
-        rc = end_session(&http, token, end_user, end_device);
+    if (a.end_user != NULL)
+        rc = end_session(&http, token, a.end_user, a.end_device);
     else
-        rc = list_sessions(&http, token, user);
+        rc = list_sessions(&http, token, a.user);
     httpc_close(&http);
     if (fflush(stdout) != 0) {
         fprintf(stderr, "nudge sessions: writing the answer failed\n");

@@ -215,9 +215,77 @@ static int tokens_from_file(const struct secret *s, const char *path, int64_t ex
     return rc;
 }
 
+/* What the command line asks for, filled by on_option. */
+struct token_args {
+    enum mode mode;
+    int nmodes; /* how many of --user, --publisher, --admin, ... were given: one is right */
+    const char *user, *label, *ttl, *prefix, *from;
+    uint64_t count, start;
+    int have_count, have_start;
+    const char *config_file, *secret_file;
+};
+
+static int on_option(void *arg, const char *cmd, int opt, char *value)
+{
+    struct token_args *a = arg;
+
+    switch (opt) {
+    case OPT_USER:
+        a->user = value;
+        a->mode = MODE_USER;
+        a->nmodes++;
+        break;
+    case OPT_PUBLISHER:
+        a->mode = MODE_PUBLISHER;
+        a->nmodes++;
+        break;
+    case OPT_ADMIN:
+        a->mode = MODE_ADMIN;
+        a->nmodes++;
+        break;
+    case OPT_USER_PREFIX:
+        a->prefix = value;
+        a->mode = MODE_PREFIX;
+        a->nmodes++;
+        break;
+    case OPT_USERS_FROM:
+        a->from = value;
+        a->mode = MODE_FROM;
+        a->nmodes++;
+        break;
+    case OPT_NAME:
+        a->label = value;
+        break;
+    case OPT_TTL:
+        a->ttl = value;
+        break;
+    case OPT_COUNT:
+        if (cli_parse_number(cmd, "--count", value, 1, COUNT_MAX, &a->count) != 0)
+            return CLI_EXIT_USAGE;
+        a->have_count = 1;
+        break;
+    case OPT_START:
+        if (cli_parse_number(cmd, "--start", value, 0, UINT64_MAX - COUNT_MAX, &a->start) != 0)
+            return CLI_EXIT_USAGE;
+        a->have_start = 1;
+        break;
+    case 'c':
+        a->config_file = value;
+        break;
+    case CLI_OPT_SECRET_FILE:
+        a->secret_file = value;
+        break;
+    }
+    return 0;
+}
+
 int cmd_token(int argc, char **argv)
 {
-    static const struct option longopts[] = {
+    /*
+     * -c/--config and --secret-file are token's own, not the server options:
+     * token talks to no server, so --url and --token stay unknown options.
+     */
+    static const struct option options[] = {
         {"user", required_argument, NULL, OPT_USER},
         {"publisher", no_argument, NULL, OPT_PUBLISHER},
         {"admin", no_argument, NULL, OPT_ADMIN},
@@ -229,131 +297,74 @@ int cmd_token(int argc, char **argv)
         {"users-from", required_argument, NULL, OPT_USERS_FROM},
         {"config", required_argument, NULL, 'c'},
         {"secret-file", required_argument, NULL, CLI_OPT_SECRET_FILE},
-        {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     static char outbuf[BATCH_BUF];
     const char *cmd = "token";
-    const char *user = NULL, *label = NULL, *ttl = NULL, *prefix = NULL, *from = NULL;
-    const char *config_file = NULL, *secret_file = NULL;
-    enum mode mode = MODE_NONE;
-    int nmodes = 0, have_count = 0, have_start = 0, opt, rc = CLI_EXIT_OK;
-    uint64_t count = 0, start = 0;
+    struct token_args a = {.mode = MODE_NONE};
+    int rc;
     int64_t ttl_s = -1, expires;
     char err[512 + PATH_MAX];
     struct secret secret;
 
-    opterr = 0;
-    optind = 1;
-    while ((opt = getopt_long(argc, argv, ":c:h", longopts, NULL)) != -1) {
-        switch (opt) {
-        case OPT_USER:
-            user = optarg;
-            mode = MODE_USER;
-            nmodes++;
-            break;
-        case OPT_PUBLISHER:
-            mode = MODE_PUBLISHER;
-            nmodes++;
-            break;
-        case OPT_ADMIN:
-            mode = MODE_ADMIN;
-            nmodes++;
-            break;
-        case OPT_USER_PREFIX:
-            prefix = optarg;
-            mode = MODE_PREFIX;
-            nmodes++;
-            break;
-        case OPT_USERS_FROM:
-            from = optarg;
-            mode = MODE_FROM;
-            nmodes++;
-            break;
-        case OPT_NAME:
-            label = optarg;
-            break;
-        case OPT_TTL:
-            ttl = optarg;
-            break;
-        case OPT_COUNT:
-            if (cli_parse_number(cmd, "--count", optarg, 1, COUNT_MAX, &count) != 0)
-                return CLI_EXIT_USAGE;
-            have_count = 1;
-            break;
-        case OPT_START:
-            if (cli_parse_number(cmd, "--start", optarg, 0, UINT64_MAX - COUNT_MAX, &start) != 0)
-                return CLI_EXIT_USAGE;
-            have_start = 1;
-            break;
-        case 'c':
-            config_file = optarg;
-            break;
-        case CLI_OPT_SECRET_FILE:
-            secret_file = optarg;
-            break;
-        case 'h':
-            cmd_token_usage(stdout);
-            return CLI_EXIT_OK;
-        default:
-            return cli_getopt_error(cmd, opt, argv);
-        }
-    }
-    if (optind < argc)
-        return cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
-    if (nmodes == 0)
+    rc = cli_parse_args(cmd, argc, argv, options, NULL, cmd_token_usage, on_option, &a);
+    if (rc != CLI_ARGS_PARSED)
+        return rc;
+    if (a.nmodes == 0)
         return cli_usage_error(cmd, "say which token: --user ID, --publisher, --admin, "
                                     "--user-prefix PREFIX --count N, or --users-from FILE");
-    if (nmodes > 1)
+    if (a.nmodes > 1)
         return cli_usage_error(cmd, "give only one of --user, --publisher, --admin, "
                                     "--user-prefix and --users-from");
-    if (label != NULL && mode != MODE_PUBLISHER && mode != MODE_ADMIN)
+    if (a.label != NULL && a.mode != MODE_PUBLISHER && a.mode != MODE_ADMIN)
         return cli_usage_error(cmd, "--name labels publisher and admin tokens; a user token "
                                     "names its user");
-    if ((have_count || have_start) && mode != MODE_PREFIX)
+    if ((a.have_count || a.have_start) && a.mode != MODE_PREFIX)
         return cli_usage_error(cmd, "--count and --start go with --user-prefix");
-    if (mode == MODE_PREFIX && !have_count)
+    if (a.mode == MODE_PREFIX && !a.have_count)
         return cli_usage_error(cmd, "--user-prefix needs --count N");
-    if (mode == MODE_USER && (user[0] == '\0' || strlen(user) > TOKEN_SUBJECT_MAX))
+    if (a.mode == MODE_USER && (a.user[0] == '\0' || strlen(a.user) > TOKEN_SUBJECT_MAX))
         return cli_usage_error(cmd, "--user: a user id is 1 to %d bytes", TOKEN_SUBJECT_MAX);
-    if (label != NULL && (label[0] == '\0' || strlen(label) > TOKEN_SUBJECT_MAX))
+    if (a.label != NULL && (a.label[0] == '\0' || strlen(a.label) > TOKEN_SUBJECT_MAX))
         return cli_usage_error(cmd, "--name: a label is 1 to %d bytes", TOKEN_SUBJECT_MAX);
     /* The longest name is the prefix followed by the 20 digits of the largest uint64. */
-    if (mode == MODE_PREFIX && strlen(prefix) + 20 > TOKEN_SUBJECT_MAX)
+    if (a.mode == MODE_PREFIX && strlen(a.prefix) + 20 > TOKEN_SUBJECT_MAX)
         return cli_usage_error(cmd, "--user-prefix: at most %d bytes", TOKEN_SUBJECT_MAX - 20);
-    if (ttl != NULL) {
-        if (strcmp(ttl, "never") == 0)
+    if (a.ttl != NULL) {
+        if (strcmp(a.ttl, "never") == 0)
             ttl_s = 0;
-        else if (token_parse_duration(ttl, &ttl_s) < 0 || ttl_s <= 0)
+        else if (token_parse_duration(a.ttl, &ttl_s) < 0 || ttl_s <= 0)
             return cli_usage_error(cmd, "--ttl '%s': expected a duration such as 3600, 90s, "
                                         "15m, 12h, 30d, 1w, or never",
-                                   ttl);
+                                   a.ttl);
     } else {
-        ttl_s = mode == MODE_PUBLISHER || mode == MODE_ADMIN ? 0 : CLI_USER_TTL;
+        ttl_s = a.mode == MODE_PUBLISHER || a.mode == MODE_ADMIN ? 0 : CLI_USER_TTL;
     }
     expires = ttl_s > 0 ? (int64_t)time(NULL) + ttl_s : 0;
 
-    if (cli_secret_load(config_file, secret_file, &secret, err, sizeof(err)) < 0) {
+    if (cli_secret_load(a.config_file, a.secret_file, &secret, err, sizeof(err)) < 0) {
         fprintf(stderr, "nudge token: %s\n", err);
         return CLI_EXIT_FAIL;
     }
     setvbuf(stdout, outbuf, _IOFBF, sizeof(outbuf));
 
-    switch (mode) {
+    rc = CLI_EXIT_OK;
+    switch (a.mode) {
     case MODE_USER:
-        if (print_token(&secret, TOKEN_USER, user, expires) < 0)
+        if (print_token(&secret, TOKEN_USER, a.user, expires) < 0)
             rc = cli_usage_error(cmd, "--user: cannot sign a token for this user id");
         break;
     case MODE_PUBLISHER:
     case MODE_ADMIN:
-        if (print_token(&secret, mode == MODE_ADMIN ? TOKEN_ADMIN : TOKEN_PUBLISHER,
-                        label ? label : mode == MODE_ADMIN ? "admin" : "publisher", expires) < 0)
+        if (print_token(&secret, a.mode == MODE_ADMIN ? TOKEN_ADMIN : TOKEN_PUBLISHER,
+                        a.label ? a.label : a.mode == MODE_ADMIN ? "admin" : "publisher",
+                        expires) < 0)
             rc = cli_usage_error(cmd, "--name: cannot sign a token with this label");
         break;
     case MODE_PREFIX: {
         char subject[TOKEN_SUBJECT_MAX + 1];
-        for (uint64_t i = start; i < start + count; i++) {
-            snprintf(subject, sizeof(subject), "%s%llu", prefix, (unsigned long long)i);
+        for (uint64_t i = a.start; i < a.start + a.count; i++) {
+            snprintf(subject, sizeof(subject), "%s%llu", a.prefix, (unsigned long long)i);
             if (print_token(&secret, TOKEN_USER, subject, expires) < 0) {
                 rc = cli_usage_error(cmd, "--user-prefix: cannot sign a token for '%s'",
                                      subject);
@@ -363,7 +374,7 @@ int cmd_token(int argc, char **argv)
         break;
     }
     case MODE_FROM:
-        rc = tokens_from_file(&secret, from, expires);
+        rc = tokens_from_file(&secret, a.from, expires);
         break;
     case MODE_NONE:
         break;

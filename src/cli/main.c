@@ -1,11 +1,13 @@
 /*
  * main.c — nudge, the command-line client of nudged: subcommand dispatch,
- * the top-level --help / --version / `help CMD`, and the small helpers every
- * subcommand's option parsing shares (server options, usage errors,
- * numbers).
+ * the top-level --help / --version / `help CMD`, and what every subcommand
+ * shares: its start-up (cli_parse_args: option table, --help, the server
+ * options, usage errors for the rest), numbers, and error answers told in
+ * one line.
  *
- * Each subcommand lives in its own cmd_<name>.c and parses its own options
- * with getopt_long over argv shifted by one, so argv[0] is its name.
+ * Each subcommand lives in its own cmd_<name>.c, owns the table of its own
+ * options and what they mean, and hands argv shifted by one (so argv[0] is
+ * its name) to cli_parse_args.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -94,6 +96,37 @@ void cli_print_http_error(const char *cmd, const struct httpc_response *resp)
     json_decref(root);
 }
 
+/*
+ * The start of a report line is enough to recognise an answer (an HTML error
+ * page, a proxy's text); the rest would drown the line.
+ */
+#define DESCRIBE_BODY_MAX 200
+
+/*
+ * Not built on cli_print_http_error, nor it on this: its line has no status
+ * word, keeps 300 bytes of a body with NULs and trailing spaces dealt with,
+ * marks a cut with "..." and says "(no body)". Users and scripts read both
+ * lines as they are; a common core would change one of them.
+ */
+void cli_describe_answer(const struct httpc_response *resp, char *out, size_t outlen)
+{
+    json_t *root = json_loadb(resp->body, resp->body_len, 0, NULL);
+    const char *status = json_string_value(json_object_get(root, "status"));
+    const char *error = json_string_value(json_object_get(root, "error"));
+
+    if (status != NULL)
+        snprintf(out, outlen, "HTTP %d %s%s%s", resp->status, status, error ? ": " : "",
+                 error ? error : "");
+    else
+        snprintf(out, outlen, "HTTP %d %.*s", resp->status,
+                 (int)(resp->body_len < DESCRIBE_BODY_MAX ? resp->body_len : DESCRIBE_BODY_MAX),
+                 resp->body);
+    for (char *c = out; *c; c++)
+        if ((unsigned char)*c < ' ' || *c == 0x7f)
+            *c = ' ';
+    json_decref(root);
+}
+
 int cli_check_mint_user(const struct cli_server *srv, const char *cmd, const char *user)
 {
     int minting = srv->token_flag == NULL && (srv->config_file != NULL || srv->secret_file != NULL);
@@ -149,7 +182,18 @@ int cli_parse_number(const char *cmd, const char *name, const char *arg, uint64_
     return 0;
 }
 
-void cli_server_init(struct cli_server *srv)
+/* The server options, read into struct cli_server; CLI_SERVER_HELP describes them. */
+static const struct option server_options[] = {
+    {"url", required_argument, NULL, CLI_OPT_URL},
+    {"token", required_argument, NULL, CLI_OPT_TOKEN},
+    {"config", required_argument, NULL, 'c'},
+    {"secret-file", required_argument, NULL, CLI_OPT_SECRET_FILE},
+};
+#define NSERVER_OPTIONS (sizeof(server_options) / sizeof(server_options[0]))
+
+static const struct option help_option = {"help", no_argument, NULL, 'h'};
+
+static void server_init(struct cli_server *srv)
 {
     const char *url = getenv("NUDGE_URL");
     const char *token = getenv("NUDGE_TOKEN");
@@ -159,7 +203,8 @@ void cli_server_init(struct cli_server *srv)
     srv->token_env = token && token[0] ? token : NULL;
 }
 
-int cli_server_opt(struct cli_server *srv, int opt, const char *arg)
+/* Applies 'opt' if it is one of server_options: 1 when it was, 0 when it is not. */
+static int server_opt(struct cli_server *srv, int opt, const char *arg)
 {
     switch (opt) {
     case CLI_OPT_URL:
@@ -177,6 +222,83 @@ int cli_server_opt(struct cli_server *srv, int opt, const char *arg)
     default:
         return 0;
     }
+}
+
+/*
+ * getopt_long's optstring for 'table' (n entries): each entry valued with a
+ * character gives that short option, with its argument as in the table.
+ * 'out' holds 3 * n + 2 bytes: the leading ':', at most "x::" per entry, NUL.
+ */
+static void short_options(const struct option *table, size_t n, char *out)
+{
+    /*
+     * ':' first: a missing value comes back as ':' (not '?') and, with
+     * opterr = 0, getopt prints nothing, so cli_getopt_error's messages
+     * name the subcommand.
+     */
+    *out++ = ':';
+    for (size_t i = 0; i < n; i++) {
+        if (table[i].flag != NULL || table[i].val <= 0 || table[i].val >= 256)
+            continue;
+        *out++ = (char)table[i].val;
+        if (table[i].has_arg != no_argument)
+            *out++ = ':';
+        if (table[i].has_arg == optional_argument)
+            *out++ = ':';
+    }
+    *out = '\0';
+}
+
+int cli_parse_args(const char *cmd, int argc, char **argv, const struct option *own,
+                   struct cli_server *srv, void (*usage)(FILE *out),
+                   int (*on_option)(void *arg, const char *cmd, int opt, char *value),
+                   void *arg)
+{
+    size_t nown = 0, n;
+    struct option *table;
+    char *shorts;
+    int opt, rc = CLI_ARGS_PARSED;
+
+    while (own[nown].name != NULL)
+        nown++;
+    n = nown + 1 + (srv != NULL ? NSERVER_OPTIONS : 0);
+    /* One entry more than the options: getopt_long's all-zero end mark. */
+    table = calloc(n + 1, sizeof(*table));
+    shorts = malloc(3 * n + 2);
+    if (table == NULL || shorts == NULL) {
+        fprintf(stderr, "nudge %s: out of memory\n", cmd);
+        rc = CLI_EXIT_FAIL;
+        goto done;
+    }
+    memcpy(table, own, nown * sizeof(*table));
+    table[nown] = help_option;
+    if (srv != NULL) {
+        memcpy(table + nown + 1, server_options, sizeof(server_options));
+        server_init(srv);
+    }
+    short_options(table, n, shorts);
+
+    opterr = 0;
+    optind = 1;
+    while (rc == CLI_ARGS_PARSED && (opt = getopt_long(argc, argv, shorts, table, NULL)) != -1) {
+        if (opt == 'h') {
+            usage(stdout);
+            rc = CLI_EXIT_OK;
+        } else if (opt == '?' || opt == ':') {
+            rc = cli_getopt_error(cmd, opt, argv);
+        } else if (srv == NULL || !server_opt(srv, opt, optarg)) {
+            int stop = on_option(arg, cmd, opt, optarg);
+
+            if (stop != 0)
+                rc = stop;
+        }
+    }
+    if (rc == CLI_ARGS_PARSED && optind < argc)
+        rc = cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+done:
+    free(shorts);
+    free(table);
+    return rc;
 }
 
 int main(int argc, char **argv)

@@ -34,6 +34,7 @@
 #include "http/request.h"
 #include "push/check.h"
 #include "push/ping.h"
+#include "session/session.h"
 #include "shard/shard.h"
 #include "store/store.h"
 #include "udp/udp.h"
@@ -143,8 +144,10 @@ void events_applied(struct events *ev, struct store_event *e, size_t n)
             continue;
         /* Each looks at all of the user's folders: once per run of the user's events. */
         last = u;
-        ping_wake_user(ev->ping, u);
-        udp_on_change(ev->udp, u);
+        if (session_held_count(ev->ping->sessions, u))
+            ping_wake_user(ev->ping, u);
+        if (udp_user_count(ev->udp, u))
+            udp_on_change(ev->udp, u);
     }
 }
 

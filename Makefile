@@ -28,7 +28,7 @@ LLHTTP_INC_DIR := /usr/share/include/llhttp
 CPPFLAGS := -Isrc -I$(LLHTTP_INC_DIR) -D_GNU_SOURCE
 CFLAGS   := -std=c11 $(OPT) -g -Wall -Wextra -Werror -MMD -MP $(SANFLAGS)
 LDFLAGS  := $(SANFLAGS)
-LIBS     := -luv -ljansson -linih -lcrypto -lsqlite3 -lpthread
+LIBS     := -luv -ljansson -linih -lcrypto -lsqlite3 -lcrypt -lpthread
 
 # Sources by layer, lowest first (docs/architecture.md, "Layers"; make check-layers).
 COMMON_SRC := \
@@ -40,7 +40,8 @@ COMMON_SRC := \
 	src/common/jsonw.c \
 	src/common/deadline.c \
 	src/common/metrics.c
-AUTH_SRC    := src/auth/token.c src/auth/secret.c
+AUTH_SRC    := src/auth/token.c src/auth/secret.c src/auth/basic.c src/auth/limit.c
+PASSWD_SRC  := src/auth/passwd.c src/auth/passwd_dovecot.c src/auth/passwd_file.c
 HTTP_SRC    := src/http/request.c src/http/response.c src/http/error.c
 NET_SRC     := src/net/sockopt.c
 STORE_SRC   := src/store/store.c src/store/statemap.c src/store/store_mem.c \
@@ -53,12 +54,12 @@ UDP_SRC     := src/udp/socket.c src/udp/udp.c
 HB_SRC      := src/session/heartbeat.c
 SESSION_SRC := src/session/session.c src/session/devices.c
 PUSH_SRC    := src/push/check.c src/push/ping.c src/push/probe.c src/push/state.c \
-	src/push/events.c src/push/udp_api.c src/push/ingest.c
-ADMIN_SRC   := src/admin/admin.c src/admin/sessions_api.c
+	src/push/events.c src/push/udp_api.c src/push/ingest.c src/push/login.c
+ADMIN_SRC   := src/admin/admin.c src/admin/sessions_api.c src/admin/revoke.c
 SERVER_SRC  := src/server/server.c src/server/router.c src/server/handoff.c \
 	src/server/supervisor.c
 
-NUDGED_SRC := $(COMMON_SRC) $(AUTH_SRC) $(HTTP_SRC) $(NET_SRC) $(STORE_SRC) $(SHARD_SRC) \
+NUDGED_SRC := $(COMMON_SRC) $(AUTH_SRC) $(PASSWD_SRC) $(HTTP_SRC) $(NET_SRC) $(STORE_SRC) $(SHARD_SRC) \
 	$(WORKER_SRC) $(CONN_SRC) $(DGRAM_SRC) $(UDP_SRC) $(HB_SRC) $(SESSION_SRC) $(PUSH_SRC) \
 	$(ADMIN_SRC) $(SERVER_SRC) src/server/main.c
 
@@ -77,6 +78,7 @@ NUDGE_SRC := $(COMMON_SRC) $(AUTH_SRC) $(HTTP_SRC) $(DGRAM_SRC) \
 # Each unit test links the modules it tests and what they stand on, nothing else.
 UNIT_TESTS := \
 	tests/unit/test_token \
+	tests/unit/test_auth \
 	tests/unit/test_config \
 	tests/unit/test_http \
 	tests/unit/test_store \
@@ -90,6 +92,7 @@ UNIT_TESTS := \
 	tests/unit/test_owner \
 	tests/unit/test_mesh
 test_token_SRC       := $(COMMON_SRC) $(AUTH_SRC)
+test_auth_SRC        := $(COMMON_SRC) $(AUTH_SRC)
 test_config_SRC      := $(COMMON_SRC)
 test_http_SRC        := $(COMMON_SRC) $(HTTP_SRC)
 test_store_SRC       := $(COMMON_SRC) $(STORE_SRC)

@@ -134,6 +134,21 @@ static void render_totals(struct text *t, const struct metrics *m, uint64_t sess
     metric(t, "nudge_udp_resends_exhausted_total", "counter",
            "Changes resent [udp] max_resends times without the device catching up.",
            m->udp_resends_exhausted);
+    metric(t, "nudge_logins_total", "counter", "Tokens handed out by POST /v1/login.", m->logins);
+    emit(t, "# HELP nudge_password_checks_total Sign-ins with a password, by result.\n"
+             "# TYPE nudge_password_checks_total counter\n");
+    for (int i = 0; i < PASSWORD_RESULT_COUNT; i++)
+        emit(t, "nudge_password_checks_total{result=\"%s\"} %" PRIu64 "\n",
+             password_result_names[i], m->password_checks[i]);
+    metric(t, "nudge_password_cache_hits_total", "counter",
+           "Password sign-ins answered from the cache of verified passwords.",
+           m->password_cache_hits);
+    metric(t, "nudge_password_backend_requests_total", "counter",
+           "Passwords asked of the backend ([auth] passwords).", m->password_backend_requests);
+    metric(t, "nudge_signins_limited_total", "counter",
+           "Password sign-ins refused 429 for too many failures.", m->signins_limited);
+    metric(t, "nudge_tokens_revoked_total", "counter", "Users whose tokens an admin revoked.",
+           m->tokens_revoked);
 }
 
 /* ---- gathering over the workers ------------------------------------- */

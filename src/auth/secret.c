@@ -1,8 +1,9 @@
 /*
  * secret.c — loading and creating the server secret file (see secret.h).
  *
- * The file holds 64 lower-case hexadecimal characters and a newline; upper
- * case is accepted on reading so a secret made by other tools works too.
+ * The file holds 64 lower-case hexadecimal characters and a newline, and
+ * after a rotation a second such line with the previous key; upper case is
+ * accepted on reading so a secret made by other tools works too.
  * Anything else is refused rather than guessed at: a secret that silently
  * changed would invalidate every token in circulation.
  *
@@ -31,10 +32,40 @@
 #include <unistd.h>
 
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
 #include <openssl/rand.h>
 
 /* 64 hexadecimal characters; one more byte for the optional newline. */
 #define SECRET_HEX (2 * SECRET_BYTES)
+/* The longest valid file: two keys, each with its newline. */
+#define SECRET_FILE_MAX (2 * (SECRET_HEX + 1))
+
+uint32_t secret_key_id(const unsigned char *key)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int mdlen = 0;
+
+    /* SHA-256 cannot fail on 32 bytes short of a broken library: then every id is 0. */
+    if (EVP_Digest(key, SECRET_BYTES, md, &mdlen, EVP_sha256(), NULL) != 1 || mdlen < 4)
+        return 0;
+    return (uint32_t)md[0] << 24 | (uint32_t)md[1] << 16 | (uint32_t)md[2] << 8 | md[3];
+}
+
+/* Decodes 64 checked hexadecimal characters into key. */
+static void hex_decode(const char *hex, unsigned char *key)
+{
+    for (size_t i = 0; i < SECRET_BYTES; i++)
+        key[i] = (unsigned char)(util_hex_value(hex[2 * i]) << 4 | util_hex_value(hex[2 * i + 1]));
+}
+
+/* The index of the first byte of hex[0..64) that is not a hexadecimal digit, or -1. */
+static long bad_hex(const char *hex)
+{
+    for (size_t i = 0; i < SECRET_HEX; i++)
+        if (util_hex_value(hex[i]) < 0)
+            return (long)i;
+    return -1;
+}
 
 static void hex_encode(const unsigned char *in, size_t n, char *out)
 {
@@ -68,10 +99,11 @@ static int write_all(int fd, const char *buf, size_t n)
  */
 static int read_secret(int fd, const char *path, struct secret *out, char *err, size_t errlen)
 {
-    char buf[SECRET_HEX + 2];
+    char buf[SECRET_FILE_MAX + 1];
     size_t n = 0;
     struct stat st;
-    int rc = -1;
+    long bad;
+    int rc = -1, two;
 
     if (fstat(fd, &st) != 0) {
         snprintf(err, errlen, "%s: cannot stat: %s", path, strerror(errno));
@@ -105,26 +137,41 @@ static int read_secret(int fd, const char *path, struct secret *out, char *err, 
                  path);
         goto out;
     }
-    if (!(n == SECRET_HEX || (n == SECRET_HEX + 1 && buf[SECRET_HEX] == '\n'))) {
-        snprintf(err, errlen,
-                 "%s: expected 64 hexadecimal characters and an optional newline, got %s%zu "
-                 "byte%s",
-                 path, n == sizeof(buf) ? "more than " : "", n == sizeof(buf) ? n - 1 : n,
-                 n == 1 ? "" : "s");
+    /* One key and an optional newline, or two keys, the first with its newline. */
+    two = (n == 2 * SECRET_HEX + 1 || (n == SECRET_FILE_MAX && buf[SECRET_FILE_MAX - 1] == '\n')) &&
+          buf[SECRET_HEX] == '\n';
+    if (!two && !(n == SECRET_HEX || (n == SECRET_HEX + 1 && buf[SECRET_HEX] == '\n'))) {
+        if (n < SECRET_HEX)
+            snprintf(err, errlen,
+                     "%s: expected 64 hexadecimal characters and an optional newline, got %zu "
+                     "byte%s",
+                     path, n, n == 1 ? "" : "s");
+        else
+            snprintf(err, errlen,
+                     "%s: expected 64 hexadecimal characters and an optional newline (after a "
+                     "rotation, a second such line), got more than %d bytes",
+                     path, SECRET_HEX + 1);
         goto out;
     }
-    for (size_t i = 0; i < SECRET_HEX; i++) {
-        /* The offending byte is not echoed: the file is secret. */
-        if (util_hex_value(buf[i]) < 0) {
-            snprintf(err, errlen,
-                     "%s: byte %zu is not a hexadecimal digit; expected 64 hexadecimal "
-                     "characters and an optional newline",
-                     path, i + 1);
-            goto out;
-        }
+    /* The offending byte is not echoed: the file is secret. */
+    bad = bad_hex(buf);
+    if (bad < 0 && two && (bad = bad_hex(buf + SECRET_HEX + 1)) >= 0)
+        bad += SECRET_HEX + 1;
+    if (bad >= 0) {
+        snprintf(err, errlen,
+                 "%s: byte %ld is not a hexadecimal digit; expected 64 hexadecimal "
+                 "characters and an optional newline",
+                 path, bad + 1);
+        goto out;
     }
-    for (size_t i = 0; i < SECRET_BYTES; i++)
-        out->key[i] = (unsigned char)(util_hex_value(buf[2 * i]) << 4 | util_hex_value(buf[2 * i + 1]));
+    memset(out, 0, sizeof(*out));
+    hex_decode(buf, out->key);
+    out->id = secret_key_id(out->key);
+    if (two) {
+        hex_decode(buf + SECRET_HEX + 1, out->previous);
+        out->previous_id = secret_key_id(out->previous);
+        out->has_previous = 1;
+    }
     rc = 0;
 out:
     OPENSSL_cleanse(buf, sizeof(buf));
@@ -200,7 +247,9 @@ static int create_secret(const char *path, struct secret *out, char *err, size_t
     }
     unlink(tmp);
     sync_parent_dir(path);
+    memset(out, 0, sizeof(*out));
     memcpy(out->key, key, sizeof(key));
+    out->id = secret_key_id(out->key);
     rc = 0;
     goto fail;
 
@@ -254,4 +303,60 @@ int secret_load(const char *path, int create, int *created, struct secret *out, 
     }
     snprintf(err, errlen, "%s: cannot open: appeared and vanished while being created", path);
     return -1;
+}
+
+int secret_rotate(const char *path, struct secret *out, char *err, size_t errlen)
+{
+    struct secret cur;
+    unsigned char suffix[8];
+    char text[SECRET_FILE_MAX], tmp[PATH_MAX], sfx[2 * sizeof(suffix) + 1];
+    int fd = -1, rc = -1;
+
+    if (secret_load(path, 0, NULL, &cur, err, errlen) < 0)
+        return -1;
+    if (RAND_bytes(out->key, SECRET_BYTES) != 1 || RAND_bytes(suffix, sizeof(suffix)) != 1) {
+        snprintf(err, errlen, "%s: cannot rotate: OpenSSL's RAND_bytes failed", path);
+        goto done;
+    }
+    out->id = secret_key_id(out->key);
+    memcpy(out->previous, cur.key, SECRET_BYTES);
+    out->previous_id = cur.id;
+    out->has_previous = 1;
+    hex_encode(suffix, sizeof(suffix), sfx);
+    sfx[2 * sizeof(suffix)] = '\0';
+    if (snprintf(tmp, sizeof(tmp), "%s.tmp.%s", path, sfx) >= (int)sizeof(tmp)) {
+        snprintf(err, errlen, "%s: cannot rotate: path too long", path);
+        goto done;
+    }
+    hex_encode(out->key, SECRET_BYTES, text);
+    text[SECRET_HEX] = '\n';
+    hex_encode(out->previous, SECRET_BYTES, text + SECRET_HEX + 1);
+    text[SECRET_FILE_MAX - 1] = '\n';
+    fd = open(tmp, O_CREAT | O_EXCL | O_WRONLY | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        snprintf(err, errlen, "%s: cannot rotate: %s: %s", path, tmp, strerror(errno));
+        goto done;
+    }
+    /* Written whole, synced, then renamed over the old file: a reader sees the old or the new. */
+    if (fchmod(fd, 0600) != 0 || write_all(fd, text, sizeof(text)) != 0 || fsync(fd) != 0 ||
+        close(fd) != 0) {
+        snprintf(err, errlen, "%s: cannot rotate: writing %s: %s", path, tmp, strerror(errno));
+        fd = -1;
+        unlink(tmp);
+        goto done;
+    }
+    fd = -1;
+    if (rename(tmp, path) != 0) {
+        snprintf(err, errlen, "%s: cannot rotate: %s", path, strerror(errno));
+        unlink(tmp);
+        goto done;
+    }
+    sync_parent_dir(path);
+    rc = 0;
+done:
+    if (fd >= 0)
+        close(fd);
+    OPENSSL_cleanse(&cur, sizeof(cur));
+    OPENSSL_cleanse(text, sizeof(text));
+    return rc;
 }

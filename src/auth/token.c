@@ -24,10 +24,13 @@
  */
 #include "auth/token.h"
 
+#include "common/util.h"
+
 #include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include <openssl/core_names.h>
 #include <openssl/crypto.h>
@@ -41,6 +44,8 @@
 #define SUBJECT_B64_MAX 340
 /* INT64_MAX has 19 decimal digits. */
 #define EXPIRES_DIGITS_MAX 19
+/* A key id: 4 bytes in lower-case hexadecimal. */
+#define KEY_ID_LEN 8
 
 /*
  * Longest duration token_parse_duration accepts: 100 years of 365.25 days
@@ -178,8 +183,8 @@ static void mac_key_init(void)
     mac_key_ok = pthread_key_create(&mac_key, mac_ctx_free) == 0;
 }
 
-/* This thread's context, keyed with s and ready for a MAC; NULL on failure. */
-static EVP_MAC_CTX *mac_ctx_for(const struct secret *s)
+/* This thread's context, keyed with key and ready for a MAC; NULL on failure. */
+static EVP_MAC_CTX *mac_ctx_for(const unsigned char *key)
 {
     OSSL_PARAM params[] = {
         OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
@@ -187,7 +192,7 @@ static EVP_MAC_CTX *mac_ctx_for(const struct secret *s)
     };
     EVP_MAC *alg;
 
-    if (mac_ctx_keyed && CRYPTO_memcmp(mac_ctx_key, s->key, SECRET_BYTES) == 0)
+    if (mac_ctx_keyed && CRYPTO_memcmp(mac_ctx_key, key, SECRET_BYTES) == 0)
         return EVP_MAC_init(mac_ctx, NULL, 0, NULL) == 1 ? mac_ctx : NULL;
     if (mac_ctx == NULL) {
         pthread_once(&mac_once, mac_key_init);
@@ -200,18 +205,18 @@ static EVP_MAC_CTX *mac_ctx_for(const struct secret *s)
             pthread_setspecific(mac_key, mac_ctx);
     }
     mac_ctx_keyed = 0;
-    if (EVP_MAC_init(mac_ctx, s->key, SECRET_BYTES, params) != 1)
+    if (EVP_MAC_init(mac_ctx, key, SECRET_BYTES, params) != 1)
         return NULL;
-    memcpy(mac_ctx_key, s->key, SECRET_BYTES);
+    memcpy(mac_ctx_key, key, SECRET_BYTES);
     mac_ctx_keyed = 1;
     return mac_ctx;
 }
 
-/* HMAC-SHA256 of data[0..n) under the secret. Returns 0, or -1. */
-static int mac_compute(const struct secret *s, const char *data, size_t n,
+/* HMAC-SHA256 of data[0..n) under key[SECRET_BYTES]. Returns 0, or -1. */
+static int mac_compute(const unsigned char *key, const char *data, size_t n,
                        unsigned char mac[MAC_BYTES])
 {
-    EVP_MAC_CTX *ctx = mac_ctx_for(s);
+    EVP_MAC_CTX *ctx = mac_ctx_for(key);
     size_t maclen = 0;
 
     if (ctx == NULL)
@@ -222,42 +227,80 @@ static int mac_compute(const struct secret *s, const char *data, size_t n,
     return 0;
 }
 
-/*
- * On top of token.h: a negative 'expires' is -EINVAL (the format has no
- * sign), and a failure inside OpenSSL's HMAC (it does not allocate for
- * SHA-256 in practice) is -EIO.
- */
+int64_t token_now_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Writes v in decimal at out (no NUL); returns the length. v >= 0. */
+static size_t put_decimal(char *out, int64_t v)
+{
+    char digits[EXPIRES_DIGITS_MAX + 1];
+    size_t n = 0, k = 0;
+
+    do {
+        digits[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v > 0);
+    while (n > 0)
+        out[k++] = digits[--n];
+    return k;
+}
+
 int token_sign(const struct secret *s, enum token_kind kind, const char *subject,
                int64_t expires, char *out, size_t outlen)
 {
+    return token_sign_at(s, kind, subject, expires, token_now_ms(), out, outlen);
+}
+
+/*
+ * On top of token.h: a negative 'expires' or issue time is -EINVAL (the
+ * format has no sign), and a failure inside OpenSSL's HMAC (it does not
+ * allocate for SHA-256 in practice) is -EIO.
+ */
+int token_sign_at(const struct secret *s, enum token_kind kind, const char *subject,
+                  int64_t expires, int64_t issued_ms, char *out, size_t outlen)
+{
+    static const char hex[] = "0123456789abcdef";
     unsigned char mac[MAC_BYTES];
-    char digits[EXPIRES_DIGITS_MAX + 1];
     size_t sublen, need, n = 0;
-    int dlen;
 
     if (kind != TOKEN_USER && kind != TOKEN_PUBLISHER && kind != TOKEN_ADMIN)
         return -EINVAL;
-    if (subject == NULL || expires < 0)
+    if (subject == NULL || expires < 0 || issued_ms < 0)
         return -EINVAL;
     sublen = strnlen(subject, TOKEN_SUBJECT_MAX + 1);
     if (sublen == 0 || sublen > TOKEN_SUBJECT_MAX)
         return -EINVAL;
-    dlen = snprintf(digits, sizeof(digits), "%lld", (long long)expires);
-    /* "v1." kind "." b64 "." digits "." mac NUL */
-    need = 3 + 1 + 1 + b64_encoded_len(sublen) + 1 + (size_t)dlen + 1 + MAC_B64_LEN + 1;
+    /* "v2." kind "." b64 "." expires "." issued "." key id "." mac NUL, digits at their longest */
+    need = 3 + 1 + 1 + b64_encoded_len(sublen) + 1 + EXPIRES_DIGITS_MAX + 1 +
+           EXPIRES_DIGITS_MAX + 1 + KEY_ID_LEN + 1 + MAC_B64_LEN + 1;
+    {
+        /* The exact length, so that a buffer of exactly that size works. */
+        char tmp[2 * (EXPIRES_DIGITS_MAX + 1)];
+        need -= 2 * EXPIRES_DIGITS_MAX;
+        need += put_decimal(tmp, expires) + put_decimal(tmp, issued_ms);
+    }
     if (need > outlen)
         return -ENOSPC;
 
-    memcpy(out, "v1.", 3);
+    memcpy(out, "v2.", 3);
     n = 3;
     out[n++] = (char)kind;
     out[n++] = '.';
     b64_encode((const unsigned char *)subject, sublen, out + n);
     n += b64_encoded_len(sublen);
     out[n++] = '.';
-    memcpy(out + n, digits, (size_t)dlen);
-    n += (size_t)dlen;
-    if (mac_compute(s, out, n, mac) != 0)
+    n += put_decimal(out + n, expires);
+    out[n++] = '.';
+    n += put_decimal(out + n, issued_ms);
+    out[n++] = '.';
+    for (int i = 0; i < KEY_ID_LEN; i++)
+        out[n++] = hex[(s->id >> (28 - 4 * i)) & 15];
+    if (mac_compute(s->key, out, n, mac) != 0)
         return -EIO;
     out[n++] = '.';
     b64_encode(mac, MAC_BYTES, out + n);
@@ -291,57 +334,124 @@ static int parse_expires(const char *p, size_t n, int64_t *out)
 
 _Static_assert(TOKEN_MAC_BYTES == MAC_BYTES, "token.h and token.c must agree on the MAC's size");
 
+/* The lower-case hexadecimal key id hex[0..8), or -1. */
+static int parse_key_id(const char *hex, size_t n, uint32_t *out)
+{
+    uint32_t v = 0;
+
+    if (n != KEY_ID_LEN)
+        return -1;
+    for (size_t i = 0; i < n; i++) {
+        int d = util_hex_lower(hex[i]);
+        if (d < 0)
+            return -1;
+        v = v << 4 | (uint32_t)d;
+    }
+    *out = v;
+    return 0;
+}
+
+/* The next field of [p, end) up to a dot: *field and its length, p moved past the dot. -1: none. */
+static long next_field(const char **p, const char *end, const char **field)
+{
+    const char *dot = memchr(*p, '.', (size_t)(end - *p));
+    long n;
+
+    if (dot == NULL)
+        return -1;
+    *field = *p;
+    n = (long)(dot - *p);
+    *p = dot + 1;
+    return n;
+}
+
 enum token_status token_parse(const char *tok, size_t len, struct token_fields *f)
 {
-    const char *end, *sub_b64, *dot, *exp_txt;
-    long sublen;
+    const char *end, *p, *field;
+    long sublen, n;
     char k;
 
-    if (tok == NULL || len < 5 || len > TOKEN_MAX || memcmp(tok, "v1.", 3) != 0)
+    if (tok == NULL || len < 5 || len > TOKEN_MAX || tok[0] != 'v' || tok[2] != '.' ||
+        (tok[1] != '1' && tok[1] != '2'))
         return TOKEN_MALFORMED;
+    f->version = tok[1] - '0';
     end = tok + len;
     k = tok[3];
     if ((k != TOKEN_USER && k != TOKEN_PUBLISHER && k != TOKEN_ADMIN) || tok[4] != '.')
         return TOKEN_MALFORMED;
     f->kind = (enum token_kind)k;
+    p = tok + 5;
 
     /* Subject: base64url up to the next dot, 1..255 bytes without NUL. */
-    sub_b64 = tok + 5;
-    dot = memchr(sub_b64, '.', (size_t)(end - sub_b64));
-    if (dot == NULL || dot - sub_b64 > SUBJECT_B64_MAX)
+    n = next_field(&p, end, &field);
+    if (n < 0 || n > SUBJECT_B64_MAX)
         return TOKEN_MALFORMED;
-    sublen = b64_decode(sub_b64, (size_t)(dot - sub_b64), (unsigned char *)f->subject,
-                        TOKEN_SUBJECT_MAX);
+    sublen = b64_decode(field, (size_t)n, (unsigned char *)f->subject, TOKEN_SUBJECT_MAX);
     if (sublen < 1 || memchr(f->subject, '\0', (size_t)sublen) != NULL)
         return TOKEN_MALFORMED;
     f->subject[sublen] = '\0';
     f->subject_len = (size_t)sublen;
 
     /* Expiry: canonical decimal up to the next dot. */
-    exp_txt = dot + 1;
-    dot = memchr(exp_txt, '.', (size_t)(end - exp_txt));
-    if (dot == NULL || parse_expires(exp_txt, (size_t)(dot - exp_txt), &f->expires) != 0)
+    n = next_field(&p, end, &field);
+    if (n < 0 || parse_expires(field, (size_t)n, &f->expires) != 0)
         return TOKEN_MALFORMED;
 
+    f->issued_ms = 0;
+    f->key_id = 0;
+    if (f->version == 2) {
+        /* Issue time (canonical decimal, ms) and the signing key's id. */
+        n = next_field(&p, end, &field);
+        if (n < 0 || parse_expires(field, (size_t)n, &f->issued_ms) != 0)
+            return TOKEN_MALFORMED;
+        n = next_field(&p, end, &field);
+        if (n < 0 || parse_key_id(field, (size_t)n, &f->key_id) != 0)
+            return TOKEN_MALFORMED;
+    }
+
     /* MAC: exactly 43 characters to the end, no further dot. */
-    f->signed_len = (size_t)(dot - tok);
-    if (end - (dot + 1) != MAC_B64_LEN ||
-        b64_decode(dot + 1, MAC_B64_LEN, f->mac, sizeof(f->mac)) != MAC_BYTES)
+    f->signed_len = (size_t)(p - 1 - tok);
+    if (end - p != MAC_B64_LEN || b64_decode(p, MAC_B64_LEN, f->mac, sizeof(f->mac)) != MAC_BYTES)
         return TOKEN_MALFORMED;
     return TOKEN_OK;
 }
 
-/* A failure inside OpenSSL's HMAC is reported as TOKEN_BAD_SIGNATURE: fail closed. */
-enum token_status token_check(const struct secret *s, const char *tok,
-                              const struct token_fields *f, int64_t now)
+/* Does key[SECRET_BYTES] sign tok's f? */
+static int mac_matches(const unsigned char *key, const char *tok, const struct token_fields *f)
 {
     unsigned char want[MAC_BYTES];
 
-    if (mac_compute(s, tok, f->signed_len, want) != 0 ||
-        CRYPTO_memcmp(f->mac, want, MAC_BYTES) != 0)
+    return mac_compute(key, tok, f->signed_len, want) == 0 &&
+           CRYPTO_memcmp(f->mac, want, MAC_BYTES) == 0;
+}
+
+/*
+ * A failure inside OpenSSL's HMAC is reported as TOKEN_BAD_SIGNATURE: fail
+ * closed. A v2 token is checked with the key its id names, one MAC; a v1
+ * token (no id) with the current key, then the previous one.
+ */
+enum token_status token_check(const struct secret *s, const char *tok,
+                              const struct token_fields *f, int64_t now)
+{
+    int ok;
+
+    if (f->version == 2)
+        ok = (f->key_id == s->id && mac_matches(s->key, tok, f)) ||
+             (s->has_previous && f->key_id == s->previous_id && f->key_id != s->id &&
+              mac_matches(s->previous, tok, f));
+    else
+        ok = mac_matches(s->key, tok, f) || (s->has_previous && mac_matches(s->previous, tok, f));
+    if (!ok)
         return TOKEN_BAD_SIGNATURE;
     if (f->expires != 0 && f->expires < now)
         return TOKEN_EXPIRED;
+    return TOKEN_OK;
+}
+
+enum token_status token_revocation(const struct token_fields *f, uint64_t revoked_ms)
+{
+    if (f->kind == TOKEN_USER && revoked_ms != 0 && (uint64_t)f->issued_ms <= revoked_ms)
+        return TOKEN_REVOKED;
     return TOKEN_OK;
 }
 
@@ -383,6 +493,8 @@ const char *token_status_str(enum token_status st)
         return "bad signature";
     case TOKEN_EXPIRED:
         return "token expired";
+    case TOKEN_REVOKED:
+        return "token revoked";
     }
     return "unknown token status";
 }

@@ -8,6 +8,13 @@
  * --users-from) exist for benchmarks that need 100k tokens: the secret is
  * loaded once, each token costs one HMAC-SHA256 and one buffered write, so
  * 100k tokens take a fraction of a second.
+ *
+ * Two forms act on a server's tokens instead: --revoke USER asks nudged
+ * (DELETE /v1/admin/tokens/USER, an admin token minted from the same secret
+ * unless --token gives one) to refuse every token of USER issued until now;
+ * --rotate-secret writes a new signing key into the secret file, keeping the
+ * current one as the previous key, so that tokens already handed out stay
+ * valid (nudged signs with the new key once restarted).
  */
 #include <errno.h>
 #include <getopt.h>
@@ -18,7 +25,10 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include <jansson.h>
+
 #include "cli/cli.h"
+#include "cli/httpc.h"
 #include "common/config.h"
 
 enum {
@@ -31,9 +41,25 @@ enum {
     OPT_COUNT,
     OPT_START,
     OPT_USERS_FROM,
+    OPT_REVOKE,
+    OPT_ROTATE,
+    OPT_URL,
+    OPT_TOKEN,
 };
 
-enum mode { MODE_NONE, MODE_USER, MODE_PUBLISHER, MODE_ADMIN, MODE_PREFIX, MODE_FROM };
+enum mode {
+    MODE_NONE,
+    MODE_USER,
+    MODE_PUBLISHER,
+    MODE_ADMIN,
+    MODE_PREFIX,
+    MODE_FROM,
+    MODE_REVOKE,
+    MODE_ROTATE,
+};
+
+/* How long --revoke waits for nudged's answer. */
+#define REVOKE_TIMEOUT_MS 10000
 
 /* Batch output goes through one large stdio buffer: a write(2) per 64 KiB, not per token. */
 #define BATCH_BUF (64 * 1024)
@@ -49,6 +75,8 @@ void cmd_token_usage(FILE *out)
             "       nudge token --user-prefix PREFIX --count N [--start N] [--ttl DURATION] "
             "[SECRET]\n"
             "       nudge token --users-from FILE [--ttl DURATION] [SECRET]\n"
+            "       nudge token --revoke USER [--url URL] [--token TOKEN] [SECRET]\n"
+            "       nudge token --rotate-secret [SECRET]\n"
             "\n"
             "Prints bearer tokens signed with nudged's secret, one per line.\n"
             "\n"
@@ -64,6 +92,14 @@ void cmd_token_usage(FILE *out)
             "  --start N             first number for --user-prefix (default 0)\n"
             "  --users-from FILE     a user token for each line of FILE, in order (one user\n"
             "                        id per line, '-' for standard input)\n"
+            "  --revoke USER         make nudged refuse every token of USER issued until now\n"
+            "                        (and end USER's sessions); tokens minted afterwards work\n"
+            "  --url URL             with --revoke: the server (default $NUDGE_URL, else\n"
+            "                        " CLI_DEFAULT_URL ")\n"
+            "  --token TOKEN         with --revoke: an admin token (default: minted from SECRET)\n"
+            "  --rotate-secret       put a new signing key in the secret file; the current one\n"
+            "                        stays as the previous key, so tokens out there stay valid;\n"
+            "                        restart nudged to sign with the new key\n"
             "  -h, --help            show this help\n"
             "\n"
             "SECRET, where the signing secret is read from (it is never created here: start\n"
@@ -215,11 +251,35 @@ static int tokens_from_file(const struct secret *s, const char *path, int64_t ex
     return rc;
 }
 
+/* The secret file's path as nudged finds it (cli_secret_load's rules). */
+static void secret_path(const char *config_file, const char *secret_file, char *out, size_t len)
+{
+    static struct config c; /* large: not on the stack */
+
+    if (secret_file != NULL) {
+        snprintf(out, len, "%s", secret_file);
+        return;
+    }
+    config_defaults(&c);
+    if (config_file != NULL) {
+        char err[512];
+        if (config_load_file(&c, config_file, err, sizeof(err)) < 0) {
+            out[0] = '\0';
+            return;
+        }
+    }
+    config_secret_path(&c, out, len);
+}
+
+struct token_args;
+static int rotate(const struct token_args *a);
+static int revoke(const struct token_args *a);
+
 /* What the command line asks for, filled by on_option. */
 struct token_args {
     enum mode mode;
     int nmodes; /* how many of --user, --publisher, --admin, ... were given: one is right */
-    const char *user, *label, *ttl, *prefix, *from;
+    const char *user, *label, *ttl, *prefix, *from, *url, *token;
     uint64_t count, start;
     int have_count, have_start;
     const char *config_file, *secret_file;
@@ -253,6 +313,21 @@ static int on_option(void *arg, const char *cmd, int opt, char *value)
         a->mode = MODE_FROM;
         a->nmodes++;
         break;
+    case OPT_REVOKE:
+        a->user = value;
+        a->mode = MODE_REVOKE;
+        a->nmodes++;
+        break;
+    case OPT_ROTATE:
+        a->mode = MODE_ROTATE;
+        a->nmodes++;
+        break;
+    case OPT_URL:
+        a->url = value;
+        break;
+    case OPT_TOKEN:
+        a->token = value;
+        break;
     case OPT_NAME:
         a->label = value;
         break;
@@ -283,7 +358,7 @@ int cmd_token(int argc, char **argv)
 {
     /*
      * -c/--config and --secret-file are token's own, not the server options:
-     * token talks to no server, so --url and --token stay unknown options.
+     * only --revoke talks to a server, so --url and --token are its own too.
      */
     static const struct option options[] = {
         {"user", required_argument, NULL, OPT_USER},
@@ -295,6 +370,10 @@ int cmd_token(int argc, char **argv)
         {"count", required_argument, NULL, OPT_COUNT},
         {"start", required_argument, NULL, OPT_START},
         {"users-from", required_argument, NULL, OPT_USERS_FROM},
+        {"revoke", required_argument, NULL, OPT_REVOKE},
+        {"rotate-secret", no_argument, NULL, OPT_ROTATE},
+        {"url", required_argument, NULL, OPT_URL},
+        {"token", required_argument, NULL, OPT_TOKEN},
         {"config", required_argument, NULL, 'c'},
         {"secret-file", required_argument, NULL, CLI_OPT_SECRET_FILE},
         {NULL, 0, NULL, 0},
@@ -315,7 +394,18 @@ int cmd_token(int argc, char **argv)
                                     "--user-prefix PREFIX --count N, or --users-from FILE");
     if (a.nmodes > 1)
         return cli_usage_error(cmd, "give only one of --user, --publisher, --admin, "
-                                    "--user-prefix and --users-from");
+                                    "--user-prefix, --users-from, --revoke and --rotate-secret");
+    if ((a.url != NULL || a.token != NULL) && a.mode != MODE_REVOKE)
+        return cli_usage_error(cmd, "--url and --token go with --revoke");
+    if ((a.mode == MODE_REVOKE || a.mode == MODE_ROTATE) && a.ttl != NULL)
+        return cli_usage_error(cmd, "--ttl goes with the tokens printed, not with --%s",
+                               a.mode == MODE_REVOKE ? "revoke" : "rotate-secret");
+    if (a.mode == MODE_REVOKE && (a.user[0] == '\0' || strlen(a.user) > TOKEN_SUBJECT_MAX))
+        return cli_usage_error(cmd, "--revoke: a user id is 1 to %d bytes", TOKEN_SUBJECT_MAX);
+    if (a.mode == MODE_ROTATE)
+        return rotate(&a);
+    if (a.mode == MODE_REVOKE)
+        return revoke(&a);
     if (a.label != NULL && a.mode != MODE_PUBLISHER && a.mode != MODE_ADMIN)
         return cli_usage_error(cmd, "--name labels publisher and admin tokens; a user token "
                                     "names its user");
@@ -377,7 +467,9 @@ int cmd_token(int argc, char **argv)
         rc = tokens_from_file(&secret, a.from, expires);
         break;
     case MODE_NONE:
-        break;
+    case MODE_REVOKE:
+    case MODE_ROTATE:
+        break; /* handled before */
     }
     memset(&secret, 0, sizeof(secret));
 
@@ -385,5 +477,79 @@ int cmd_token(int argc, char **argv)
         fprintf(stderr, "nudge token: writing the tokens: %s\n", strerror(errno));
         return CLI_EXIT_FAIL;
     }
+    return rc;
+}
+
+/* --rotate-secret: a new current key, the current one kept as the previous. */
+static int rotate(const struct token_args *a)
+{
+    char path[PATH_MAX], err[512 + PATH_MAX];
+    struct secret s;
+
+    /* Loaded first, with cli_secret_load's own messages when it is missing or wrong. */
+    if (cli_secret_load(a->config_file, a->secret_file, &s, err, sizeof(err)) < 0) {
+        fprintf(stderr, "nudge token: %s\n", err);
+        return CLI_EXIT_FAIL;
+    }
+    secret_path(a->config_file, a->secret_file, path, sizeof(path));
+    if (secret_rotate(path, &s, err, sizeof(err)) < 0) {
+        fprintf(stderr, "nudge token: %s\n", err);
+        return CLI_EXIT_FAIL;
+    }
+    printf("rotated %s: new key %08x, previous key %08x; restart nudged to sign with the new "
+           "key (tokens of the previous key stay valid until they expire or the next rotation)\n",
+           path, s.id, s.previous_id);
+    memset(&s, 0, sizeof(s));
+    return CLI_EXIT_OK;
+}
+
+/* --revoke USER: DELETE /v1/admin/tokens/USER with an admin token. */
+static int revoke(const struct token_args *a)
+{
+    const char *url = a->url ? a->url : getenv("NUDGE_URL");
+    char token[TOKEN_MAX], err[512 + PATH_MAX], euser[3 * TOKEN_SUBJECT_MAX + 1];
+    char path[sizeof("/v1/admin/tokens/") + sizeof(euser)];
+    struct httpc http;
+    struct httpc_response resp;
+    json_t *root;
+    int rc = CLI_EXIT_FAIL;
+
+    if (url == NULL || url[0] == '\0')
+        url = CLI_DEFAULT_URL;
+    if (a->token != NULL) {
+        snprintf(token, sizeof(token), "%s", a->token);
+    } else {
+        struct secret s;
+        if (cli_secret_load(a->config_file, a->secret_file, &s, err, sizeof(err)) < 0) {
+            fprintf(stderr, "nudge token: %s (or give an admin token with --token)\n", err);
+            return CLI_EXIT_FAIL;
+        }
+        if (token_sign(&s, TOKEN_ADMIN, "revoke", time(NULL) + 300, token, sizeof(token)) < 0) {
+            fprintf(stderr, "nudge token: cannot sign an admin token\n");
+            return CLI_EXIT_FAIL;
+        }
+        memset(&s, 0, sizeof(s));
+    }
+    if (httpc_init(&http, url, REVOKE_TIMEOUT_MS, err, sizeof(err)) < 0)
+        return cli_usage_error("token", "--url: %s", err);
+    httpc_query_escape(a->user, euser, sizeof(euser));
+    snprintf(path, sizeof(path), "/v1/admin/tokens/%s", euser);
+    if (httpc_request(&http, "DELETE", path, token, NULL, 0, &resp, err, sizeof(err)) < 0) {
+        fprintf(stderr, "nudge token: %s\n", err);
+        httpc_close(&http);
+        return CLI_EXIT_FAIL;
+    }
+    root = json_loadb(resp.body, resp.body_len, 0, NULL);
+    if (resp.status == 200 && json_is_integer(json_object_get(root, "before"))) {
+        printf("revoked the tokens of %s issued until %lld ms; %lld sessions ended\n", a->user,
+               (long long)json_integer_value(json_object_get(root, "before")),
+               (long long)json_integer_value(json_object_get(root, "sessions")));
+        rc = CLI_EXIT_OK;
+    } else {
+        cli_print_http_error("token", &resp);
+    }
+    json_decref(root);
+    httpc_response_free(&resp);
+    httpc_close(&http);
     return rc;
 }

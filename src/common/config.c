@@ -74,6 +74,7 @@ struct option_def {
 
 static const char *const store_backends[] = {"sqlite", "memory", NULL};
 static const char *const store_syncs[] = {"full", "normal", NULL};
+static const char *const yes_no[] = {"yes", "no", NULL};
 
 /* Indexed by enum log_level; the spelling config_print writes back. */
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
@@ -186,6 +187,39 @@ static const struct option_def options[] = {
     {"ingest", "dedup_max", "ingest-dedup-max", OPT_UINT, FIELD(ingest_dedup_max), 1, 10000000,
      "100000", NULL, "N", "Most deliveries remembered for dedup_window; past it the oldest are "
      "forgotten first."},
+    {"auth", "passwords", "auth-passwords", OPT_STRING, FIELD(auth_passwords), 0, 0, "", NULL,
+     "BACKEND:PATH",
+     "Where users' mail passwords are checked, for POST /v1/login and HTTP Basic: "
+     "dovecot:/path/to/auth-client-socket (Dovecot's auth service) or "
+     "passwd-file:/path/to/file (Dovecot's passwd-file format, crypt(3) hashes); empty: "
+     "tokens only."},
+    {"auth", "basic", "auth-basic", OPT_CHOICE, FIELD(auth_basic), 0, 0, "no", yes_no, "yes|no",
+     "Accept HTTP Basic (the mail login and password) on every user endpoint besides tokens; "
+     "needs passwords."},
+    {"auth", "cache_ttl", "auth-cache-ttl", OPT_UINT, FIELD(auth_cache_ttl), 0, 86400, "300",
+     NULL, "SECONDS", "A verified password is taken as right this long without asking the "
+     "backend again (a changed password is refused once it passes); 0: no cache."},
+    {"auth", "negative_ttl", "auth-negative-ttl", OPT_UINT, FIELD(auth_negative_ttl), 0, 86400,
+     "60", NULL, "SECONDS", "A refused password is refused this long without asking again; 0: "
+     "always ask."},
+    {"auth", "cache_max", "auth-cache-max", OPT_UINT, FIELD(auth_cache_max), 0, 10000000,
+     "100000", NULL, "N", "Most verified (and, apart, most refused) passwords cached; past it "
+     "the oldest are forgotten first."},
+    {"auth", "timeout", "auth-timeout", OPT_UINT, FIELD(auth_timeout), 1, 300, "10", NULL,
+     "SECONDS", "Longest wait for the password backend's answer (longer than Dovecot's "
+     "auth_failure_delay); then the client gets 503 and Retry-After."},
+    {"auth", "token_ttl", "auth-token-ttl", OPT_UINT, FIELD(auth_token_ttl), 60, 315360000,
+     "2592000", NULL, "SECONDS", "Lifetime of the user tokens POST /v1/login hands out (30 days)."},
+    {"auth", "max_failures_per_ip", "auth-max-failures-per-ip", OPT_UINT,
+     FIELD(auth_max_failures_ip), 0, 1000000, "20", NULL, "N",
+     "Wrong passwords one client address may send in failure_window before its sign-ins are "
+     "answered 429; 0: no limit."},
+    {"auth", "max_failures_per_user", "auth-max-failures-per-user", OPT_UINT,
+     FIELD(auth_max_failures_user), 0, 1000000, "50", NULL, "N",
+     "Wrong passwords for one user, from anywhere, in failure_window before its sign-ins are "
+     "answered 429; 0: no limit."},
+    {"auth", "failure_window", "auth-failure-window", OPT_UINT, FIELD(auth_failure_window), 1,
+     86400, "300", NULL, "SECONDS", "The window the failure limits count in."},
     {"store", "backend", "store-backend", OPT_CHOICE, FIELD(store_backend), 0, 0, "sqlite",
      store_backends, "NAME",
      "Where folder states and device records are kept: sqlite (one database file, survives "
@@ -883,6 +917,17 @@ int config_check(const struct config *c, char *err, size_t errlen)
     if (strchr(c->ingest_basic_user, ':') != NULL) {
         snprintf(err, errlen, "[ingest] basic_user: must not contain ':' (HTTP Basic "
                               "separates the user from the password with it)");
+        return -1;
+    }
+    if (c->auth_passwords[0] != '\0' && strncmp(c->auth_passwords, "dovecot:", 8) != 0 &&
+        strncmp(c->auth_passwords, "passwd-file:", 12) != 0) {
+        snprintf(err, errlen, "[auth] passwords: expected dovecot:/path/to/auth-client-socket "
+                              "or passwd-file:/path/to/file");
+        return -1;
+    }
+    if (strcmp(c->auth_basic, "yes") == 0 && c->auth_passwords[0] == '\0') {
+        snprintf(err, errlen, "[auth] basic = yes needs [auth] passwords: where should a "
+                              "password be checked?");
         return -1;
     }
     if (c->heartbeat_max != 0 && c->heartbeat_min > c->heartbeat_max) {

@@ -62,6 +62,17 @@ struct config {
     char ingest_basic_password[CONFIG_STR_MAX];
     unsigned ingest_dedup_window;     /* s, 600: a retried delivery is recognised this long */
     unsigned ingest_dedup_max;        /* 100000 deliveries remembered at most */
+    /* [auth] */
+    char auth_passwords[CONFIG_STR_MAX]; /* "dovecot:PATH", "passwd-file:PATH"; "": tokens only */
+    char auth_basic[4];               /* "yes" or "no": HTTP Basic on user endpoints */
+    unsigned auth_cache_ttl;          /* s, 300: a verified password is cached this long */
+    unsigned auth_negative_ttl;       /* s, 60: a refused one */
+    unsigned auth_cache_max;          /* 100000 entries of each kind */
+    unsigned auth_timeout;            /* s, 10: longest wait for the backend */
+    unsigned auth_token_ttl;          /* s, 2592000: tokens of POST /v1/login */
+    unsigned auth_max_failures_ip;    /* 20 wrong passwords per address per window */
+    unsigned auth_max_failures_user;  /* 50 per user per window */
+    unsigned auth_failure_window;     /* s, 300 */
     /* [store] */
     char store_backend[32];           /* "sqlite" or "memory" */
     char store_sync[16];              /* "full" or "normal" (sqlite) */

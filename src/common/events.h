@@ -29,6 +29,13 @@
     EVENT(1106, conn_refused, "a connection was refused: over max_per_ip")         \
     EVENT(1200, auth_failed, "a request carried a missing, invalid or expired credential") \
     EVENT(1201, auth_forbidden, "a valid credential was used for an endpoint it may not use") \
+    EVENT(1202, signed_in, "a user signed in with a password and was given a token (POST /v1/login)") \
+    EVENT(1203, password_refused, "a user's mail password was refused (wrong, or no such user)") \
+    EVENT(1204, signin_limited, "an address or a user reached the failed sign-in limit; answered 429 until the window ends") \
+    EVENT(1205, passwords_unavailable, "the password backend cannot answer (Dovecot away, a file unreadable, a check timed out)") \
+    EVENT(1206, passwords_ready, "the password backend is ready (connected to Dovecot, or the file read)") \
+    EVENT(1207, passwd_line_refused, "a line of the passwd-file was skipped (plain text or weak scheme, bad syntax)") \
+    EVENT(1208, tokens_revoked, "an admin revoked every token of a user") \
     EVENT(1300, ping_superseded, "a device's held ping was answered because it sent a newer one") \
     EVENT(1301, session_limit, "a user at the session cap was refused a new session (429)") \
     EVENT(1310, heartbeat_learned, "a device's heartbeat hint moved on new evidence (debug)") \

@@ -21,3 +21,9 @@ const char *const udp_reject_names[UDP_REJECT_COUNT] = {
     [UDP_REJECT_BAD_TAG] = "bad-tag",
     [UDP_REJECT_REPLAY] = "replay",
 };
+
+const char *const password_result_names[PASSWORD_RESULT_COUNT] = {
+    [PASSWORD_OK] = "ok",
+    [PASSWORD_REFUSED] = "refused",
+    [PASSWORD_UNAVAILABLE] = "unavailable",
+};

@@ -39,6 +39,14 @@ enum udp_reject {
     UDP_REJECT_COUNT,
 };
 
+/* How a password sign-in ended; labels of nudge_password_checks_total. */
+enum password_result {
+    PASSWORD_OK,
+    PASSWORD_REFUSED,
+    PASSWORD_UNAVAILABLE,
+    PASSWORD_RESULT_COUNT,
+};
+
 struct metrics {
     uint64_t connections;          /* gauge */
     uint64_t connections_total;
@@ -70,10 +78,17 @@ struct metrics {
     uint64_t remote_events;        /* events other workers sent us to apply */
     uint64_t mesh_batches;         /* mesh packets sent carrying several messages */
     uint64_t mesh_batched;         /* the messages in them */
+    uint64_t logins;               /* tokens handed out by POST /v1/login */
+    uint64_t password_checks[PASSWORD_RESULT_COUNT]; /* sign-ins with a password, by result */
+    uint64_t password_cache_hits;  /* of them, answered from the cache */
+    uint64_t password_backend_requests; /* questions asked of the backend */
+    uint64_t signins_limited;      /* sign-ins refused 429 for too many failures */
+    uint64_t tokens_revoked;       /* users whose tokens an admin revoked */
 };
 
 extern const char *const ping_outcome_names[PING_OUTCOME_COUNT];
 extern const char *const udp_sent_names[UDP_SENT_COUNT];
 extern const char *const udp_reject_names[UDP_REJECT_COUNT];
+extern const char *const password_result_names[PASSWORD_RESULT_COUNT];
 
 #endif

@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/util.h"
 #include "common/xalloc.h"
 
 static char tomb_marker;
@@ -16,30 +17,10 @@ void strmap_seed(uint64_t seed)
     strmap_seed_value = seed | 1;
 }
 
-/*
- * A seeded multiply-xorshift hash over 8-byte words. Not a cryptographic
- * PRF, but with a secret seed the bucket of a key cannot be predicted from
- * outside the process, which is what protects against flooding.
- */
+/* The seeded hash (util.h): with a secret seed a key's bucket cannot be predicted from outside. */
 static uint32_t hash_bytes(const char *s, size_t n)
 {
-    uint64_t h = strmap_seed_value ^ (n * 0xff51afd7ed558ccdull);
-    uint64_t w;
-
-    while (n >= 8) {
-        memcpy(&w, s, 8);
-        h = (h ^ w) * 0x9e3779b97f4a7c15ull;
-        h ^= h >> 29;
-        s += 8;
-        n -= 8;
-    }
-    w = 0;
-    memcpy(&w, s, n);
-    h = (h ^ w) * 0xc4ceb9fe1a85ec53ull;
-    h ^= h >> 32;
-    h *= 0xff51afd7ed558ccdull;
-    h ^= h >> 29;
-    return (uint32_t)h;
+    return (uint32_t)util_hash(strmap_seed_value, s, n);
 }
 
 void strmap_init(struct strmap *m)

@@ -106,6 +106,15 @@ int util_parse_u64(const char *s, size_t len, uint64_t *out)
     return 0;
 }
 
+int util_hex_lower(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
 int util_hex_value(char c)
 {
     if (c >= '0' && c <= '9')

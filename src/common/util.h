@@ -6,6 +6,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 #include <sys/socket.h>
 
 /*
@@ -28,6 +29,37 @@ int util_parse_u64(const char *s, size_t len, uint64_t *out);
 
 /* The value of one hexadecimal digit, or -1. */
 int util_hex_value(char c);
+
+/* The value of one lower-case hexadecimal digit (0-9, a-f), or -1. */
+int util_hex_lower(char c);
+
+/*
+ * A seeded 64-bit hash of p[0..n): multiply-xorshift over 8-byte words. Not
+ * a cryptographic PRF, but with a secret seed nobody outside can predict
+ * where a key lands (strmap's buckets, the sign-in limiter's slots).
+ */
+static inline uint64_t util_hash(uint64_t seed, const void *p, size_t n)
+{
+    const char *s = p;
+    uint64_t h = seed ^ (n * 0xff51afd7ed558ccdull);
+    uint64_t w;
+
+    /* Inline: every hash map lookup pays it (it was strmap.c's own before it was shared). */
+    while (n >= 8) {
+        memcpy(&w, s, 8);
+        h = (h ^ w) * 0x9e3779b97f4a7c15ull;
+        h ^= h >> 29;
+        s += 8;
+        n -= 8;
+    }
+    w = 0;
+    memcpy(&w, s, n);
+    h = (h ^ w) * 0xc4ceb9fe1a85ec53ull;
+    h ^= h >> 32;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 29;
+    return h;
+}
 
 /* Decodes %XX and '+' (as space) in place; returns the new length, or -EINVAL on a bad escape. */
 long util_url_decode(char *s, size_t len);

@@ -40,6 +40,7 @@ enum conn_flag {
     CONN_LINGER = 1 << 2,  /* answered and shut down; draining input until EOF */
     CONN_RESUME = 1 << 3,  /* on the loop's resume list */
     CONN_HANDED = 1 << 4,  /* handed off to another worker: closed here, lives on there */
+    CONN_ADOPTED = 1 << 5, /* accepted by another worker and handed here */
 };
 
 const char *const conn_why_text[CONN_WHY_COUNT] = {
@@ -154,6 +155,7 @@ void conn_loop_init(struct conn_loop *cl, uv_loop_t *loop, const struct config *
     cl->resume_head = NULL;
     cl->rest = NULL;
     cl->rest_len = 0;
+    cl->dispatching = NULL;
 }
 
 void conn_loop_on_closed(struct conn_loop *cl, conn_closed_fn fn, void *arg)
@@ -446,7 +448,11 @@ static const struct conn_holder waiter = {.closed = on_waiter_closed};
 
 void conn_wait(struct conn *c, struct conn **slot)
 {
-    conn_hold(c, &waiter, slot, 0);
+    /* The request stays: a job may go on with it (a handler run once a password is checked). */
+    c->holder = &waiter;
+    c->hold_arg = slot;
+    deadline_clear(&c->cl->deadlines, &c->deadline);
+    deadlines_changed(c->cl);
 }
 
 uint64_t conn_deadline(const struct conn *c)
@@ -458,7 +464,11 @@ void conn_unanswered(struct conn *c, struct iovec iov[3])
 {
     iov[0] = (struct iovec){.iov_base = c->req ? c->req->raw : NULL,
                             .iov_len = c->req ? c->req->raw_len : 0};
-    iov[1] = (struct iovec){.iov_base = (void *)c->cl->rest, .iov_len = c->cl->rest_len};
+    /* The rest of the read is c's only while c's request is being dispatched. */
+    if (c->cl->dispatching == c)
+        iov[1] = (struct iovec){.iov_base = (void *)c->cl->rest, .iov_len = c->cl->rest_len};
+    else
+        iov[1] = (struct iovec){.iov_base = NULL, .iov_len = 0};
     iov[2] = (struct iovec){.iov_base = c->pending, .iov_len = c->pending_len};
 }
 
@@ -570,7 +580,9 @@ static void process(struct conn *c, const char *data, size_t len)
         /* What follows this request in the read, should the handler move the connection. */
         cl->rest = data;
         cl->rest_len = len;
+        cl->dispatching = c;
         cl->on_request(cl->request_arg, c, c->req);
+        cl->dispatching = NULL;
         cl->rest = NULL;
         cl->rest_len = 0;
     }
@@ -706,8 +718,14 @@ int conn_adopt(struct conn_loop *cl, int fd, void *counted, const char *bytes, s
 
     if (c == NULL)
         return err;
+    c->flags |= CONN_ADOPTED;
     process(c, bytes, len);
     return 0;
+}
+
+int conn_adopted(const struct conn *c)
+{
+    return (c->flags & CONN_ADOPTED) != 0;
 }
 
 /* ---- stopping --------------------------------------------------------- */

@@ -101,7 +101,8 @@ struct conn_loop {
     uint64_t deadline_armed;     /* when it is armed for, 0: not armed */
     uv_timer_t resume_timer;     /* runs connections with pipelined requests waiting */
     struct conn *resume_head;
-    /* While a request is dispatched: the bytes read behind it in this read. */
+    /* While a request is dispatched: its connection, and the bytes read behind it. */
+    struct conn *dispatching;
     const char *rest;
     size_t rest_len;
     /*
@@ -170,6 +171,9 @@ struct conn *conn_open(struct conn_loop *cl, int fd, void *counted);
  */
 int conn_adopt(struct conn_loop *cl, int fd, void *counted, const char *bytes, size_t len);
 
+/* 1 when c came from another worker (conn_adopt), 0 when this one accepted it. */
+int conn_adopted(const struct conn *c);
+
 /*
  * Answers the current request: writes the response (JSON body; 'extra' are
  * header lines ending in "\r\n", or NULL), ends the request, and moves on to
@@ -204,9 +208,10 @@ void conn_hold(struct conn *c, const struct conn_holder *h, void *arg, uint64_t 
 /*
  * The current request waits for a job that answers it later through *slot,
  * which holds c (a publish waiting for the store, a scrape waiting for the
- * other workers): if c closes first, *slot becomes NULL and the job answers
- * nobody. No deadline. A conn_hold with a holder whose only operation is
- * that cleanup (nginx's ngx_http_cleanup_add).
+ * other workers, a password being checked): if c closes first, *slot
+ * becomes NULL and the job answers nobody. The request stays (c->req), for
+ * a job that goes on with it; no deadline. A conn_hold with a holder whose
+ * only operation is that cleanup (nginx's ngx_http_cleanup_add).
  */
 void conn_wait(struct conn *c, struct conn **slot);
 
@@ -221,9 +226,10 @@ uint64_t conn_deadline(const struct conn *c);
 
 /*
  * The bytes of c not yet answered, for moving it to another process: the
- * current request's (kept with keep_raw), those read behind it, those kept
- * pending. Fills iov[0..3) (parts may be empty). Valid until the request
- * callback returns.
+ * current request's (kept with keep_raw), those read behind it in the read
+ * being dispatched, those kept pending. Fills iov[0..3) (parts may be
+ * empty). Valid until the request callback returns, or, outside it, until
+ * the loop reads again.
  */
 void conn_unanswered(struct conn *c, struct iovec iov[3]);
 

@@ -10,26 +10,40 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <strings.h>
 #include <time.h>
 
 #include "admin/admin.h"
+#include "admin/revoke.h"
 #include "admin/sessions_api.h"
+#include "auth/basic.h"
+#include "auth/limit.h"
+#include "auth/passwd.h"
 #include "auth/principal.h"
 #include "auth/secret.h"
 #include "common/config.h"
 #include "common/log.h"
 #include "common/metrics.h"
+#include "common/util.h"
+#include "common/xalloc.h"
 #include "conn/conn.h"
 #include "http/error.h"
 #include "http/request.h"
+#include "push/check.h"
 #include "push/events.h"
 #include "push/ingest.h"
+#include "push/login.h"
 #include "push/ping.h"
 #include "push/probe.h"
 #include "push/state.h"
 #include "push/udp_api.h"
+#include "store/store.h"
 #include "worker/worker.h"
+
+/* What a client whose password could not be checked is told to wait. */
+#define UNAVAILABLE_RETRY_S 5
 
 typedef void (*route_handler)(void *arg, struct conn *c, struct http_req *r,
                               const struct principal *who);
@@ -41,34 +55,43 @@ struct route {
     enum token_kind need;  /* 0: no credential */
     route_handler fn;
     enum route_target target; /* the handler's module */
+    int password;          /* a user's password in HTTP Basic, nothing else (sign-in) */
 };
 
 static const struct route routes[] = {
-    {"/v1/ping", 0, HTTP_POST, TOKEN_USER, ping_handle, ROUTE_PING},
-    {"/v1/state", 0, HTTP_GET, TOKEN_USER, state_handle, ROUTE_STATE},
-    {"/v1/probe", 0, HTTP_GET, TOKEN_USER, probe_handle, ROUTE_PROBE},
-    {"/v1/udp", 0, HTTP_POST, TOKEN_USER, udp_register_handle, ROUTE_UDP},
-    {"/v1/udp/test", 0, HTTP_POST, TOKEN_USER, udp_test_handle, ROUTE_UDP},
-    {"/v1/udp/", 1, HTTP_DELETE, TOKEN_USER, udp_delete_handle, ROUTE_UDP},
-    {"/v1/events", 0, HTTP_POST, TOKEN_PUBLISHER, events_handle, ROUTE_EVENTS},
+    {"/v1/ping", 0, HTTP_POST, TOKEN_USER, ping_handle, ROUTE_PING, 0},
+    {"/v1/state", 0, HTTP_GET, TOKEN_USER, state_handle, ROUTE_STATE, 0},
+    {"/v1/probe", 0, HTTP_GET, TOKEN_USER, probe_handle, ROUTE_PROBE, 0},
+    {"/v1/udp", 0, HTTP_POST, TOKEN_USER, udp_register_handle, ROUTE_UDP, 0},
+    {"/v1/udp/test", 0, HTTP_POST, TOKEN_USER, udp_test_handle, ROUTE_UDP, 0},
+    {"/v1/udp/", 1, HTTP_DELETE, TOKEN_USER, udp_delete_handle, ROUTE_UDP, 0},
+    {"/v1/events", 0, HTTP_POST, TOKEN_PUBLISHER, events_handle, ROUTE_EVENTS, 0},
     /* HTTP Basic, checked by the handler: the credential Dovecot's driver can send. */
-    {"/v1/ingest/dovecot", 0, HTTP_PUT, 0, ingest_dovecot_handle, ROUTE_INGEST},
-    {"/v1/ingest/dovecot", 0, HTTP_POST, 0, ingest_dovecot_handle, ROUTE_INGEST},
-    {"/v1/admin/sessions", 0, HTTP_GET, TOKEN_ADMIN, sessions_list_handle, ROUTE_SESSIONS},
-    {"/v1/admin/sessions/", 1, HTTP_DELETE, TOKEN_ADMIN, sessions_end_handle, ROUTE_SESSIONS},
-    {"/v1/admin/workers", 0, HTTP_GET, TOKEN_ADMIN, admin_workers, ROUTE_ADMIN},
-    {"/healthz", 0, HTTP_GET, 0, admin_healthz, ROUTE_ADMIN},
-    {"/metrics", 0, HTTP_GET, TOKEN_ADMIN, admin_metrics, ROUTE_ADMIN},
+    {"/v1/ingest/dovecot", 0, HTTP_PUT, 0, ingest_dovecot_handle, ROUTE_INGEST, 0},
+    {"/v1/ingest/dovecot", 0, HTTP_POST, 0, ingest_dovecot_handle, ROUTE_INGEST, 0},
+    {"/v1/admin/sessions", 0, HTTP_GET, TOKEN_ADMIN, sessions_list_handle, ROUTE_SESSIONS, 0},
+    {"/v1/admin/sessions/", 1, HTTP_DELETE, TOKEN_ADMIN, sessions_end_handle, ROUTE_SESSIONS, 0},
+    {"/v1/admin/workers", 0, HTTP_GET, TOKEN_ADMIN, admin_workers, ROUTE_ADMIN, 0},
+    {"/healthz", 0, HTTP_GET, 0, admin_healthz, ROUTE_ADMIN, 0},
+    {"/metrics", 0, HTTP_GET, TOKEN_ADMIN, admin_metrics, ROUTE_ADMIN, 0},
+    {"/v1/login", 0, HTTP_POST, TOKEN_USER, login_handle, ROUTE_LOGIN, 1},
+    {"/v1/admin/tokens/", 1, HTTP_DELETE, TOKEN_ADMIN, revoke_handle, ROUTE_REVOKE, 0},
 };
 
 void router_init(struct router *rt, const struct config *cfg, const struct secret *secret,
-                 struct metrics *metrics, const struct worker_route *route,
-                 void *const to[ROUTE_TARGET_COUNT])
+                 struct metrics *metrics, const struct worker_route *route, struct store *store,
+                 struct passwords *passwords, struct auth_limit *fail_ip,
+                 struct auth_limit *fail_user, void *const to[ROUTE_TARGET_COUNT])
 {
     rt->cfg = cfg;
     rt->secret = secret;
     rt->metrics = metrics;
     rt->route = route;
+    rt->store = store;
+    rt->passwords = passwords;
+    rt->fail_ip = fail_ip;
+    rt->fail_user = fail_user;
+    rt->basic = strcmp(cfg->auth_basic, "yes") == 0 && passwords != NULL;
     memcpy(rt->to, to, sizeof(rt->to));
 }
 
@@ -82,7 +105,16 @@ static const char *kind_name(enum token_kind k)
     return "?";
 }
 
-static void unauthorized(struct router *rt, struct conn *c, const char *why, int token_sent)
+/* The Basic challenge (RFC 7617): the realm, and that user and password are UTF-8. */
+#define BASIC_CHALLENGE "WWW-Authenticate: Basic realm=\"nudge\", charset=\"UTF-8\""
+
+/*
+ * 401 for a route's credential: a Bearer challenge (RFC 6750; with its
+ * error only when a token was sent), and a Basic one when the route takes a
+ * password too; a sign-in route takes only a password.
+ */
+static void unauthorized(struct router *rt, struct conn *c, const struct route *route,
+                         const char *why, int token_sent)
 {
     char peer[64], q[96];
     struct http_error e;
@@ -91,15 +123,237 @@ static void unauthorized(struct router *rt, struct conn *c, const char *why, int
     LOG(LOG_INFO, auth_failed, "peer=%s reason=%s", conn_peer(c, peer, sizeof(peer)),
         log_q(q, sizeof(q), why));
     http_error_set(&e, 401, "unauthorized", "%s", why);
-    /* RFC 6750 section 3: no error attribute when no credential was sent. */
-    if (token_sent)
+    if (route->password)
+        ; /* no bearer token here */
+    else if (token_sent)
         http_error_header(&e,
                           "WWW-Authenticate: Bearer realm=\"nudge\", error=\"invalid_token\", "
                           "error_description=\"%s\"",
                           why);
     else
         http_error_header(&e, "WWW-Authenticate: Bearer realm=\"nudge\"");
+    if (route->password || (rt->basic && route->need == TOKEN_USER))
+        http_error_header(&e, BASIC_CHALLENGE);
     conn_respond_error(c, &e);
+}
+
+/* ---- passwords ----------------------------------------------------- */
+
+/* A sign-in with a password waiting for the backend's answer. */
+struct signin {
+    struct conn *conn;                 /* NULL once the client went away */
+    struct router *rt;
+    const struct route *route;
+    char login[BASIC_USER_MAX + 1];    /* the user as the client sent it */
+    char limit_key[BASIC_USER_MAX + 1]; /* the same, lower case: one count for Alice and alice */
+    size_t login_len;
+    char peer[64];                     /* the client's address, without the port */
+    unsigned char addr[16];            /* its bytes, the per-address count's key */
+    size_t addr_len;
+};
+
+/* The client's address of c into s (text and bytes); 1 when it is a loopback address. */
+static int peer_of(struct conn *c, struct signin *s)
+{
+    struct sockaddr_storage ss;
+    int loopback = 0;
+
+    s->peer[0] = '\0';
+    s->addr_len = 0;
+    if (conn_peer_addr(c, &ss) != 0)
+        return 0;
+    if (ss.ss_family == AF_INET) {
+        const struct sockaddr_in *in = (const struct sockaddr_in *)&ss;
+        memcpy(s->addr, &in->sin_addr, 4);
+        s->addr_len = 4;
+        loopback = s->addr[0] == 127;
+        inet_ntop(AF_INET, &in->sin_addr, s->peer, sizeof(s->peer));
+    } else if (ss.ss_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)&ss;
+        memcpy(s->addr, &in6->sin6_addr, 16);
+        s->addr_len = 16;
+        loopback = IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr) ||
+                   (IN6_IS_ADDR_V4MAPPED(&in6->sin6_addr) && s->addr[12] == 127);
+        inet_ntop(AF_INET6, &in6->sin6_addr, s->peer, sizeof(s->peer));
+    }
+    return loopback;
+}
+
+/* Seconds before this address or this user may try a password again, or 0. */
+static unsigned limited(struct router *rt, const struct signin *s)
+{
+    uint64_t now = util_now_ms() / 1000;
+    unsigned a = auth_limit_check(rt->fail_ip, s->addr, s->addr_len, now);
+    unsigned b = auth_limit_check(rt->fail_user, s->limit_key, s->login_len, now);
+
+    return a > b ? a : b;
+}
+
+/* A wrong password: counted for the address and the user, logged, answered 401. */
+static void refused(struct router *rt, struct conn *c, struct signin *s, int cached)
+{
+    uint64_t now = util_now_ms() / 1000;
+    unsigned a = auth_limit_fail(rt->fail_ip, s->addr, s->addr_len, now);
+    unsigned b = auth_limit_fail(rt->fail_user, s->limit_key, s->login_len, now);
+    char q1[300], q2[80];
+    struct http_error e;
+
+    rt->metrics->password_checks[PASSWORD_REFUSED]++;
+    LOG(LOG_INFO, password_refused, "user=%s peer=%s cached=%d",
+        log_q(q1, sizeof(q1), s->login), log_q(q2, sizeof(q2), s->peer), cached);
+    if (a)
+        LOG(LOG_WARN, signin_limited, "key=address value=%s failures=%u retry_after=%u",
+            log_q(q2, sizeof(q2), s->peer), rt->fail_ip->max, a);
+    if (b)
+        LOG(LOG_WARN, signin_limited, "key=user value=%s failures=%u retry_after=%u",
+            log_q(q1, sizeof(q1), s->login), rt->fail_user->max, b);
+    /* The same words whether the user exists or not. */
+    http_error_set(&e, 401, "unauthorized", "wrong user or password");
+    http_error_header(&e, BASIC_CHALLENGE);
+    conn_respond_error(c, &e);
+}
+
+/* The password is right and 'user' is who the backend says it is: on to the handler. */
+static void signed_in(struct router *rt, struct conn *c, const struct route *route,
+                      const char *user)
+{
+    struct principal who;
+    struct http_error e;
+    size_t len = strlen(user);
+
+    rt->metrics->password_checks[PASSWORD_OK]++;
+    if (check_user_id(user, len) != NULL) {
+        http_error_set(&e, 503, "unavailable", "the password backend named a user nudge cannot serve");
+        conn_respond_error(c, &e);
+        return;
+    }
+    /*
+     * The backend may name the user otherwise than the login did (Dovecot
+     * rewrites names): the owner of that name serves the request. A token
+     * is minted anywhere.
+     */
+    if (route->target != ROUTE_LOGIN && worker_route(rt->route, c, user, len))
+        return;
+    who.kind = TOKEN_USER;
+    memcpy(who.subject, user, len + 1);
+    route->fn(rt->to[route->target], c, c->req, &who);
+}
+
+static void unavailable(struct router *rt, struct conn *c)
+{
+    struct http_error e;
+
+    rt->metrics->password_checks[PASSWORD_UNAVAILABLE]++;
+    http_error_set(&e, 503, "unavailable",
+                   "the password service is unavailable; try again shortly");
+    http_error_header(&e, "Retry-After: %d", UNAVAILABLE_RETRY_S);
+    conn_respond_error(c, &e);
+}
+
+/* The backend answered a sign-in that waited. */
+static void on_checked(void *arg, enum passwd_status st, const char *user)
+{
+    struct signin *s = arg;
+    struct conn *c = s->conn;
+
+    if (c != NULL) {
+        if (st == PASSWD_OK)
+            signed_in(s->rt, c, s->route, user);
+        else if (st == PASSWD_FAIL)
+            refused(s->rt, c, s, 0);
+        else
+            unavailable(s->rt, c);
+    }
+    free(s);
+}
+
+/*
+ * A request with a password in HTTP Basic: to the owner of its login, then
+ * past the limits, then checked (from the cache, or waiting for the
+ * backend). Answers, moves or holds c.
+ */
+static void password_signin(struct router *rt, struct conn *c, const struct route *route,
+                            const char *header)
+{
+    char user[PASSWD_USER_MAX + 1];
+    struct basic_credential bc;
+    struct passwd_request rq;
+    enum passwd_status st;
+    struct signin *s;
+    const char *why;
+    unsigned wait;
+
+    if (rt->passwords == NULL) {
+        struct http_error e;
+        http_error_set(&e, 501, "signin-disabled",
+                       "signing in with a password is off on this server: set [auth] passwords");
+        conn_respond_error(c, &e);
+        return;
+    }
+    if (!basic_is(header)) {
+        unauthorized(rt, c, route,
+                     header == NULL || header[0] == '\0'
+                         ? "missing credential: send Authorization: Basic (user:password)"
+                         : "expected Authorization: Basic (user:password)",
+                     0);
+        return;
+    }
+    if (basic_decode(header, &bc, &why) < 0) {
+        unauthorized(rt, c, route, why, 0);
+        return;
+    }
+    /*
+     * Checked by the owner of the login, so that its cache and its waiting
+     * checks are in one place; a connection handed here already went
+     * where its login or its user led, and going back could go round.
+     */
+    if (!conn_adopted(c) && worker_route(rt->route, c, bc.user, bc.user_len)) {
+        basic_wipe(&bc);
+        return;
+    }
+    s = xcalloc(1, sizeof(*s));
+    s->rt = rt;
+    s->route = route;
+    memcpy(s->login, bc.user, bc.user_len + 1);
+    s->login_len = bc.user_len;
+    for (size_t i = 0; i < bc.user_len; i++)
+        s->limit_key[i] = (char)((bc.user[i] >= 'A' && bc.user[i] <= 'Z') ? bc.user[i] + 32
+                                                                        : bc.user[i]);
+    rq.secured = peer_of(c, s);
+    rq.user = bc.user;
+    rq.password = bc.password;
+    rq.peer = s->peer[0] ? s->peer : NULL;
+    if ((wait = limited(rt, s)) > 0 && passwd_cached_ok(rt->passwords, &rq, user)) {
+        /* A password verified before: a guesser does not lock its owner out. */
+        basic_wipe(&bc);
+        free(s);
+        signed_in(rt, c, route, user);
+        return;
+    }
+    if (wait > 0) {
+        struct http_error e;
+        rt->metrics->signins_limited++;
+        http_error_set(&e, 429, "too-many-failures",
+                       "too many wrong passwords from this address or for this user; try again "
+                       "later");
+        http_error_header(&e, "Retry-After: %u", wait);
+        conn_respond_error(c, &e);
+        basic_wipe(&bc);
+        free(s);
+        return;
+    }
+    st = passwd_check(rt->passwords, &rq, user, on_checked, s);
+    basic_wipe(&bc);
+    if (st == PASSWD_PENDING) {
+        s->conn = c;
+        conn_wait(c, &s->conn);
+        return;
+    }
+    if (st == PASSWD_OK)
+        signed_in(rt, c, route, user);
+    else
+        refused(rt, c, s, 1);
+    free(s);
 }
 
 /*
@@ -122,12 +376,16 @@ static int authenticate(struct router *rt, struct conn *c, struct http_req *r,
     who->subject[0] = '\0';
     if (route->need == 0)
         return 0;
+    if (route->password || (rt->basic && route->need == TOKEN_USER && basic_is(h))) {
+        password_signin(rt, c, route, h);
+        return -1;
+    }
     if (h == NULL || h[0] == '\0') {
-        unauthorized(rt, c, "missing bearer token", 0);
+        unauthorized(rt, c, route, "missing bearer token", 0);
         return -1;
     }
     if (strncasecmp(h, "Bearer ", 7) != 0) {
-        unauthorized(rt, c, "expected Authorization: Bearer <token>", 1);
+        unauthorized(rt, c, route, "expected Authorization: Bearer <token>", 1);
         return -1;
     }
     h += 7;
@@ -142,8 +400,11 @@ static int authenticate(struct router *rt, struct conn *c, struct http_req *r,
         return -1;
     if (st == TOKEN_OK)
         st = token_check(rt->secret, h, &f, (int64_t)time(NULL));
+    /* The owner of the user keeps the time before which its tokens are revoked. */
+    if (st == TOKEN_OK && f.kind == TOKEN_USER)
+        st = token_revocation(&f, store_get(rt->store, f.subject, TOKEN_REVOKED_FOLDER));
     if (st != TOKEN_OK) {
-        unauthorized(rt, c, token_status_str(st), 1);
+        unauthorized(rt, c, route, token_status_str(st), 1);
         return -1;
     }
     who->kind = f.kind;

@@ -1,16 +1,30 @@
 /*
  * router.h — maps (method, path) to a handler and checks the credential the
- * route needs before calling it. A user's request is moved to the worker
- * owning the user (worker_route) before its token's MAC is checked.
+ * route needs before calling it: a bearer token (its kind, its MAC, its
+ * expiry, and for a user token its user's revocation time), or a user's
+ * mail password in HTTP Basic ([auth] passwords; for every user endpoint
+ * when [auth] basic = yes, always for POST /v1/login). A user's request is
+ * moved to the worker owning the user (worker_route) before its credential
+ * is checked: by the token's subject, or by the login a Basic credential
+ * names (and again by the name the password backend answers, when that
+ * differs).
+ *
+ * A password is checked by the backend, later: the request waits (conn_wait)
+ * and its handler runs when the answer comes. Wrong passwords are counted
+ * per client address and per user (auth/limit.h); past a limit, sign-ins
+ * are answered 429 before any password is looked at.
  */
 #ifndef NUDGE_ROUTER_H
 #define NUDGE_ROUTER_H
 
+struct auth_limit;
 struct config;
 struct conn;
 struct http_req;
 struct metrics;
+struct passwords;
 struct secret;
+struct store;
 struct worker_route;
 
 /* The modules the routes lead to: each route's handler gets its own as 'arg'. */
@@ -23,6 +37,8 @@ enum route_target {
     ROUTE_INGEST,          /* struct ingest */
     ROUTE_SESSIONS,        /* struct sessions_api */
     ROUTE_ADMIN,           /* struct admin */
+    ROUTE_LOGIN,           /* struct login */
+    ROUTE_REVOKE,          /* struct revoke */
     ROUTE_TARGET_COUNT,
 };
 
@@ -31,6 +47,10 @@ struct router {
     const struct secret *secret;
     struct metrics *metrics;
     const struct worker_route *route;  /* to the owner of a user; NULL: all ours */
+    struct store *store;               /* users' token revocation times */
+    struct passwords *passwords;       /* NULL: tokens only */
+    struct auth_limit *fail_ip, *fail_user; /* failed sign-ins per address, per user */
+    int basic;                         /* [auth] basic = yes */
     void *to[ROUTE_TARGET_COUNT];
 };
 
@@ -39,8 +59,9 @@ struct router {
  * Everything it points to must outlive it.
  */
 void router_init(struct router *rt, const struct config *cfg, const struct secret *secret,
-                 struct metrics *metrics, const struct worker_route *route,
-                 void *const to[ROUTE_TARGET_COUNT]);
+                 struct metrics *metrics, const struct worker_route *route, struct store *store,
+                 struct passwords *passwords, struct auth_limit *fail_ip,
+                 struct auth_limit *fail_user, void *const to[ROUTE_TARGET_COUNT]);
 
 /* Dispatches a complete request; the handler answers (now or later). */
 void router_dispatch(struct router *rt, struct conn *c, struct http_req *r);

@@ -13,7 +13,11 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <openssl/rand.h>
+
+#include "auth/passwd.h"
 #include "common/log.h"
+#include "common/xalloc.h"
 #include "udp/udp.h"
 #include "worker/mesh.h"
 #include "worker/worker.h"
@@ -36,6 +40,7 @@ static void finish_stop(struct server *s)
     uv_close((uv_handle_t *)&s->sig_term, NULL);
     uv_close((uv_handle_t *)&s->sig_int, NULL);
     conn_loop_close(&s->conns);
+    passwd_stop(s->passwords);
     listen_stop(&s->listener);
     udp_stop(s->udp);
     mesh_stop(s->mesh);
@@ -132,6 +137,27 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
     ingest_init(&s->ingest, cfg, s->store, &s->metrics, &s->events, route);
     admin_init(&s->admin, &s->metrics, &s->sessions, &s->shard, wk, s->mesh);
     sessions_api_init(&s->sessions_api, &s->sessions, &s->shard, wk, s->mesh, route);
+    login_init(&s->login, cfg, &s->secret, &s->metrics);
+    revoke_init(&s->revoke, s->store, &s->shard, &s->sessions, &s->metrics, route);
+    if (cfg->auth_passwords[0] &&
+        passwd_open(&s->passwords, cfg->auth_passwords, loop, cfg, &s->metrics, err,
+                    sizeof(err)) < 0)
+        return failed(err);
+    if (wk) {
+        auth_limit_init(&s->fail_ip, wk->shared->signin_fail_ip, wk->shared->signin_seed,
+                        cfg->auth_max_failures_ip, cfg->auth_failure_window);
+        auth_limit_init(&s->fail_user, wk->shared->signin_fail_user, wk->shared->signin_seed,
+                        cfg->auth_max_failures_user, cfg->auth_failure_window);
+    } else {
+        uint64_t seed;
+        if (RAND_bytes((unsigned char *)&seed, sizeof(seed)) != 1)
+            return failed("no random bytes for the sign-in limits");
+        s->fail_slots = xcalloc(2 * AUTH_LIMIT_SLOTS, sizeof(*s->fail_slots));
+        auth_limit_init(&s->fail_ip, s->fail_slots, seed, cfg->auth_max_failures_ip,
+                        cfg->auth_failure_window);
+        auth_limit_init(&s->fail_user, s->fail_slots + AUTH_LIMIT_SLOTS, seed,
+                        cfg->auth_max_failures_user, cfg->auth_failure_window);
+    }
     {
         void *to[ROUTE_TARGET_COUNT] = {
             [ROUTE_PING] = &s->ping,
@@ -142,8 +168,11 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
             [ROUTE_INGEST] = &s->ingest,
             [ROUTE_SESSIONS] = &s->sessions_api,
             [ROUTE_ADMIN] = &s->admin,
+            [ROUTE_LOGIN] = &s->login,
+            [ROUTE_REVOKE] = &s->revoke,
         };
-        router_init(&s->router, cfg, &s->secret, &s->metrics, route, to);
+        router_init(&s->router, cfg, &s->secret, &s->metrics, route, s->store, s->passwords,
+                    &s->fail_ip, &s->fail_user, to);
     }
 
     uv_timer_init(loop, &s->stop_timer);
@@ -177,4 +206,7 @@ void server_free(struct server *s)
     conn_loop_free(&s->conns);
     listen_free(&s->listener);
     hb_free(&s->hb);
+    passwd_free(s->passwords);
+    s->passwords = NULL;
+    free(s->fail_slots);
 }

@@ -15,7 +15,9 @@
 #include <uv.h>
 
 #include "admin/admin.h"
+#include "admin/revoke.h"
 #include "admin/sessions_api.h"
+#include "auth/limit.h"
 #include "auth/secret.h"
 #include "common/config.h"
 #include "common/metrics.h"
@@ -23,6 +25,7 @@
 #include "conn/listen.h"
 #include "push/events.h"
 #include "push/ingest.h"
+#include "push/login.h"
 #include "push/ping.h"
 #include "push/probe.h"
 #include "push/state.h"
@@ -36,6 +39,7 @@
 #include "store/store.h"
 
 struct mesh;
+struct passwords;
 struct udp;
 struct worker_ctx;
 
@@ -63,6 +67,11 @@ struct server {
     struct ingest ingest;
     struct admin admin;
     struct sessions_api sessions_api;
+    struct passwords *passwords;   /* NULL: tokens only ([auth] passwords empty) */
+    struct auth_limit fail_ip, fail_user;
+    _Atomic uint64_t *fail_slots;  /* without workers: the limits' own slots (2 tables) */
+    struct login login;
+    struct revoke revoke;
     struct router router;
     uv_signal_t sig_term, sig_int;
     uv_timer_t stop_timer;         /* bounds the drain at shutdown */

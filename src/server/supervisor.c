@@ -364,6 +364,11 @@ int supervisor_run(struct config *cfg, const struct secret *secret, unsigned wor
         return 1;
     }
     memset(sp.shared, 0, sizeof(*sp.shared));
+    /* One seed for all workers: they count sign-in failures in the same slots. */
+    if (RAND_bytes((unsigned char *)&sp.shared->signin_seed, sizeof(sp.shared->signin_seed)) != 1) {
+        LOG(LOG_ERROR, startup_failed, "reason=\"no random bytes for the sign-in limits\"");
+        return 1;
+    }
 
     sigemptyset(&set);
     sigaddset(&set, SIGCHLD);

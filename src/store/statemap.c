@@ -94,7 +94,7 @@ size_t statemap_list(const struct statemap *m, const char *user,
         return 0;
     while (strmap_next(&u->folders, &pos, &key, &val)) {
         const struct statemap_folder *f = val;
-        if (f->committed == 0)
+        if (f->committed == 0 || key[0] == STORE_INTERNAL)
             continue;
         cb(arg, key, f->committed);
         n++;

@@ -25,6 +25,7 @@
 #include <stdint.h>
 
 #include "common/strmap.h"
+#include "store/store.h"
 
 struct statemap_folder {
     uint64_t assigned;  /* last state handed out; >= committed */
@@ -54,9 +55,16 @@ uint64_t statemap_get(const struct statemap *m, const char *user, const char *fo
 /*
  * Calls cb(arg, folder, committed) for each folder of 'user' whose committed
  * state is not 0 (a folder whose first bump is not yet durable does not
- * exist for readers). Returns the number of calls.
+ * exist for readers), internal counters left out (store.h STORE_INTERNAL).
+ * Returns the number of calls.
  */
 size_t statemap_list(const struct statemap *m, const char *user,
                      void (*cb)(void *arg, const char *folder, uint64_t state), void *arg);
+
+/* The state a bump gives f: one more than the last handed out, or at_least when higher. */
+static inline uint64_t statemap_next_state(const struct statemap_folder *f, uint64_t at_least)
+{
+    return f->assigned + 1 > at_least ? f->assigned + 1 : at_least;
+}
 
 #endif

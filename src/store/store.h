@@ -23,8 +23,19 @@ struct store_event {
     const char *user;   /* borrowed for the duration of the bump */
     const char *folder;
     const char *type;   /* the publisher's event type, or NULL; not stored */
+    uint64_t at_least;  /* the new state is at least this (0 for a publish: one more) */
     uint64_t state;     /* out: the folder's new state */
 };
+
+/*
+ * Folders whose name starts with this byte are nudge's own per-user
+ * counters, not mail folders: the time before which a user's tokens are
+ * revoked (auth/token.h TOKEN_REVOKED_FOLDER). They live, move between
+ * shard files and survive a crash as folder states do; no client can name
+ * one (push/check.h refuses control characters), and list() leaves them out.
+ */
+#define STORE_INTERNAL '\x01'
+
 
 /*
  * A device's record: what must survive a restart so that an empty-body ping
@@ -82,10 +93,11 @@ struct store_backend {
     void (*close)(struct store *s);
     /* The committed state of (user, folder); 0 when none. */
     uint64_t (*get)(struct store *s, const char *user, const char *folder);
-    /* Calls cb for each folder of the user with a state; returns the count. */
+    /* Calls cb for each folder of the user with a state (not STORE_INTERNAL ones); returns the count. */
     size_t (*list)(struct store *s, const char *user, store_list_cb cb, void *arg);
     /*
-     * Bumps each event's folder by one (events may repeat a folder: each counts).
+     * Bumps each event's folder by one, or to its at_least when that is more
+     * (events may repeat a folder: each counts).
      * ev[] must stay valid until done() runs. Returns 0 when done() will be
      * called (perhaps before bump returns), or a negative errno (no call).
      */

@@ -58,7 +58,7 @@ static int mem_bump(struct store *s, struct store_event *ev, size_t n, store_don
 
     for (size_t i = 0; i < n; i++) {
         struct statemap_folder *f = statemap_add(&m->states, ev[i].user, ev[i].folder);
-        ev[i].state = f->committed = ++f->assigned;
+        ev[i].state = f->committed = f->assigned = statemap_next_state(f, ev[i].at_least);
     }
     done(arg, ev, n, 0);
     return 0;

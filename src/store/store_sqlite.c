@@ -593,7 +593,7 @@ static int sq_bump(struct store *st, struct store_event *ev, size_t n, store_don
         return -ENOMEM;
     for (size_t i = 0; i < n; i++) {
         struct statemap_folder *f = statemap_add(&s->states, ev[i].user, ev[i].folder);
-        ev[i].state = ++f->assigned;
+        ev[i].state = f->assigned = statemap_next_state(f, ev[i].at_least);
         b->node[i] = f;
     }
     b->w.ev = ev;

@@ -21,6 +21,8 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+#include "auth/limit.h"
+
 #define WORKERS_MAX 256
 
 /*
@@ -33,6 +35,10 @@ struct worker_shared {
     _Atomic uint64_t connections;
     _Atomic uint64_t held_by[WORKERS_MAX];
     _Atomic int32_t pid[WORKERS_MAX];
+    /* Failed password sign-ins per address and per user (auth/limit.h), counted for all. */
+    uint64_t signin_seed;
+    _Atomic uint64_t signin_fail_ip[AUTH_LIMIT_SLOTS];
+    _Atomic uint64_t signin_fail_user[AUTH_LIMIT_SLOTS];
 };
 
 struct worker_ctx {

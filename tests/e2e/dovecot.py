@@ -76,6 +76,26 @@ def ensure_packages():
         raise AssertionError(f"apt-get could not install {still}:\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
 
 
+def crypt_hash(password, scheme="SHA512-CRYPT"):
+    """password hashed by libcrypt (the library Dovecot and nudge check with)
+    in a scheme's format: SHA512-CRYPT ($6$), BLF-CRYPT ($2b$), YESCRYPT ($y$,
+    written {CRYPT} in a passwd-file)."""
+    import ctypes
+    lib = ctypes.CDLL("libcrypt.so.1")
+    lib.crypt_gensalt.restype = ctypes.c_char_p
+    lib.crypt_gensalt.argtypes = [ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p, ctypes.c_int]
+    lib.crypt.restype = ctypes.c_char_p
+    lib.crypt.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    prefix = {"SHA512-CRYPT": b"$6$", "BLF-CRYPT": b"$2b$", "YESCRYPT": b"$y$"}[scheme]
+    # Low costs: the tests check many passwords, and cost changes nothing of how they are checked.
+    count = {"SHA512-CRYPT": 5000, "BLF-CRYPT": 5, "YESCRYPT": 0}[scheme]
+    setting = lib.crypt_gensalt(prefix, count, None, 0)
+    assert setting, f"crypt_gensalt refused {scheme}"
+    out = lib.crypt(password.encode(), setting)
+    assert out and not out.startswith(b"*"), f"crypt failed for {scheme}"
+    return out.decode()
+
+
 def free_port():
     """A port nothing listens on right now (the kernel's pick). Another
     process could take it before Dovecot binds: start() retries on that."""
@@ -88,11 +108,13 @@ def free_port():
 
 
 class Dovecot:
-    def __init__(self, artifacts_dir, driver, plugin=None):
+    def __init__(self, artifacts_dir, driver, plugin=None, settings=None):
         """artifacts_dir: where the log is kept after stop (the test's
-        tmp_path). driver: "ox" or "lua". plugin: the plugin { } settings,
-        push_notification_driver included."""
-        assert driver in ("ox", "lua"), driver
+        tmp_path). driver: "ox", "lua", or None (no push driver: a Dovecot
+        for signing in). plugin: the plugin { } settings,
+        push_notification_driver included. settings: more top-level
+        settings (auth_failure_delay = 5 secs, auth_debug = yes)."""
+        assert driver in ("ox", "lua", None), driver
         ensure_packages()
         self.artifacts = Path(artifacts_dir)
         self.artifacts.mkdir(parents=True, exist_ok=True)
@@ -107,6 +129,7 @@ class Dovecot:
         self.homes.mkdir()
         shutil.chown(self.homes, MAIL_USER, MAIL_GROUP)
         self.users = {}  # name -> (password, {extra userdb fields})
+        self.settings = dict(settings or {})
         self.users_dir.mkdir()
         self.proc = None
         self._out = None
@@ -119,9 +142,11 @@ class Dovecot:
             self.plugin.setdefault("push_notification_driver", f"lua:file={self.script}")
 
     # -- config -----------------------------------------------------------
-    def add_user(self, name, password="secret", **extra):
-        """Adds (or replaces) a passwd-file user. extra: userdb fields that
-        override plugin settings for this user only, e.g. nudge_token="bad".
+    def add_user(self, name, password="secret", scheme="PLAIN", **extra):
+        """Adds (or replaces) a passwd-file user. scheme: PLAIN or
+        SHA512-CRYPT (the password is stored hashed, as a real passdb would
+        have it). extra: userdb fields that override plugin settings for
+        this user only, e.g. nudge_token="bad".
 
         One passwd-file per user (the path in the config holds %u): Dovecot
         rereads a changed passwd-file at most once a second, so a user added
@@ -137,8 +162,16 @@ class Dovecot:
         # global mail_uid/mail_gid apply.
         fields = " ".join(f"userdb_{k}={v}" for k, v in extra.items())
         tmp = self.users_dir / f".{name}.new"
-        tmp.write_text(f"{name}:{{PLAIN}}{password}::::{home}::{fields}\n")
-        tmp.replace(self.users_dir / name)
+        stored = f"{{PLAIN}}{password}" if scheme == "PLAIN" else f"{{{scheme}}}{crypt_hash(password, scheme)}"
+        tmp.write_text(f"{name}:{stored}::::{home}::{fields}\n")
+        path = self.users_dir / name
+        if path.exists():
+            # Dovecot sees a change by size or mtime in whole seconds: a new
+            # hash of the same length written within the second would go
+            # unseen, so the new file is dated a second past the old one.
+            t = max(int(time.time()), int(path.stat().st_mtime) + 1)
+            os.utime(tmp, (t, t))
+        tmp.replace(path)
         if old is not None and self.running():
             self._wait_userdb(name, old, extra)
         return name
@@ -156,18 +189,33 @@ class Dovecot:
                 raise AssertionError(f"Dovecot's userdb answers {have} for {name}, not {want}")
             time.sleep(0.2)
 
+    @property
+    def auth_socket(self):
+        """Dovecot's auth-client socket: what [auth] passwords = dovecot:PATH names."""
+        return self.dir / "run" / "auth-client"
+
+    def wait_auth_socket(self, timeout=WAIT):
+        deadline = time.monotonic() + timeout
+        while not self.auth_socket.exists():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no auth-client socket at {self.auth_socket}\n{self.log_tail()}")
+            time.sleep(0.05)
+
     def home(self, user):
         return self.homes / user
 
     def write_config(self):
         # As docs/dovecot.md has it: the OX driver only acts on deliveries,
         # so it is loaded for LMTP and LDA; the Lua driver everywhere.
-        if self.driver == "lua":
+        if self.driver is None:
+            plugins = ""
+        elif self.driver == "lua":
             plugins = "mail_plugins = $mail_plugins notify push_notification mail_lua push_notification_lua"
         else:
             plugins = "\n".join(f"protocol {p} {{\n  mail_plugins = $mail_plugins notify push_notification\n}}"
                                 for p in ("lmtp", "lda"))
         plugin_lines = "\n".join(f"  {k} = {v}" for k, v in self.plugin.items())
+        settings_lines = "\n".join(f"{k} = {v}" for k, v in self.settings.items())
         self.conf.write_text(f"""\
 # Written by tests/e2e/dovecot.py: a self-contained Dovecot for one test module.
 base_dir = {self.dir}/run
@@ -214,6 +262,14 @@ service lmtp {{
     mode = 0
   }}
 }}
+# The socket nudge signs users in through ([auth] passwords = dovecot:PATH), as docs/auth.md has it.
+service auth {{
+  unix_listener auth-client {{
+    mode = 0600
+    user = root
+  }}
+}}
+{settings_lines}
 plugin {{
 {plugin_lines}
 }}

@@ -685,9 +685,10 @@ class Nudged:
         return Path(self.setting("server", "secret_file") or self.data_dir / "secret")
 
     def secret(self) -> bytes:
-        text = self.secret_path().read_text().strip()
-        assert re.fullmatch(r"[0-9a-fA-F]{64}", text), f"secret file holds {text!r}"
-        return bytes.fromhex(text)
+        """The current key: the first line (a second one is the previous key, after a rotation)."""
+        lines = self.secret_path().read_text().split("\n")
+        assert re.fullmatch(r"[0-9a-fA-F]{64}", lines[0]), f"secret file holds {lines!r}"
+        return bytes.fromhex(lines[0])
 
     def sign(self, kind, subject, expires=0):
         return sign_token(self.secret(), kind, subject, expires)

@@ -463,7 +463,7 @@ static void test_file_unknown_names(void **state)
 {
     (void)state;
     load_fails("[server]\nlisten = 127.0.0.1:1\n[srever]\nlisten = 1\n", 3,
-               "unknown section [srever] (known sections: server, heartbeat, sessions, network, ping, udp, ingest, store)");
+               "unknown section [srever] (known sections: server, heartbeat, sessions, network, ping, udp, ingest, auth, store)");
     load_fails("[nothing]\n", 1, "unknown section [nothing]");
     load_fails("[server]\nfoo = 1\n", 2, "unknown key 'foo' in [server]");
     load_fails("[server]\nmin = 60\n", 2, "unknown key 'min' in [server] (it belongs under [heartbeat])");
@@ -757,6 +757,22 @@ static void test_check(void **state)
     strcpy(c.listen, "bad");
     assert_int_equal(config_check(&c, err, sizeof(err)), -1);
     assert_non_null(strstr(err, "[server] listen:"));
+    /* [auth]: a password backend is named by kind and path; Basic needs one. */
+    config_defaults(&c);
+    assert_string_equal(c.auth_basic, "no");
+    strcpy(c.auth_basic, "yes");
+    assert_int_equal(config_check(&c, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "[auth] basic = yes needs [auth] passwords"));
+    strcpy(c.auth_passwords, "ldap:/x");
+    assert_int_equal(config_check(&c, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "[auth] passwords: expected dovecot:"));
+    strcpy(c.auth_passwords, "dovecot:/run/dovecot/auth-client");
+    assert_int_equal(config_check(&c, err, sizeof(err)), 0);
+    strcpy(c.auth_passwords, "passwd-file:/etc/nudge/passwd");
+    assert_int_equal(config_check(&c, err, sizeof(err)), 0);
+    strcpy(c.auth_basic, "maybe");
+    assert_int_equal(config_check(&c, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, "[auth] basic:"));
 }
 
 static char *capture(void (*fn)(const struct config *, FILE *), const struct config *c,

@@ -137,13 +137,106 @@ static void test_round_trip_each_kind(void **state)
 
 static void test_known_layout(void **state)
 {
+    struct secret k = key_a;
     char tok[TOKEN_MAX], want[TOKEN_MAX];
+    struct token_fields f;
 
     (void)state;
     /* "alice" is YWxpY2U in base64url; the MAC is over everything before the last dot. */
-    sign_ok(TOKEN_USER, "alice", 1700000000, tok);
-    forge("v1.u.YWxpY2U.1700000000", want, sizeof(want));
+    k.id = 0x1a2b3c4d;
+    assert_true(token_sign_at(&k, TOKEN_USER, "alice", 1700000000, 1699999999123, tok,
+                              sizeof(tok)) > 0);
+    forge("v2.u.YWxpY2U.1700000000.1699999999123.1a2b3c4d", want, sizeof(want));
     assert_string_equal(tok, want);
+    assert_int_equal(token_parse(tok, strlen(tok), &f), TOKEN_OK);
+    assert_int_equal(f.version, 2);
+    assert_int_equal(f.issued_ms, 1699999999123);
+    assert_int_equal(f.key_id, 0x1a2b3c4d);
+    assert_int_equal(token_check(&k, tok, &f, NOW - 200000000), TOKEN_OK);
+    /* token_sign issues now, in milliseconds. */
+    {
+        int64_t before = token_now_ms(), after;
+        sign_ok(TOKEN_USER, "alice", 0, tok);
+        after = token_now_ms();
+        assert_int_equal(token_parse(tok, strlen(tok), &f), TOKEN_OK);
+        assert_true(f.issued_ms >= before && f.issued_ms <= after);
+    }
+}
+
+/* The first format, without issue time or key id, is still accepted: as issued at 0. */
+static void test_v1_tokens_still_work(void **state)
+{
+    char tok[TOKEN_MAX];
+    struct token_fields f;
+
+    (void)state;
+    forge("v1.u.YWxpY2U.0", tok, sizeof(tok));
+    assert_int_equal(verify_str(&key_a, tok, NOW), TOKEN_OK);
+    assert_int_equal(token_parse(tok, strlen(tok), &f), TOKEN_OK);
+    assert_int_equal(f.version, 1);
+    assert_int_equal(f.issued_ms, 0);
+    /* Revoked once the user's tokens are revoked at all. */
+    assert_int_equal(token_revocation(&f, 1), TOKEN_REVOKED);
+    assert_int_equal(token_revocation(&f, 0), TOKEN_OK);
+}
+
+/* After a rotation: the current key signs, both keys verify, each by its id. */
+static void test_rotated_keys(void **state)
+{
+    struct secret before = key_a, after = key_b;
+    char old_v2[TOKEN_MAX], old_v1[TOKEN_MAX], fresh[TOKEN_MAX], lie[TOKEN_MAX];
+    struct token_fields f;
+
+    (void)state;
+    before.id = 0x11111111;
+    after.id = 0x22222222;
+    after.has_previous = 1;
+    memcpy(after.previous, before.key, SECRET_BYTES);
+    after.previous_id = before.id;
+    assert_true(token_sign_at(&before, TOKEN_USER, "alice", 0, 5, old_v2, sizeof(old_v2)) > 0);
+    forge("v1.u.YWxpY2U.0", old_v1, sizeof(old_v1)); /* key_a: the previous key now */
+    assert_true(token_sign_at(&after, TOKEN_USER, "alice", 0, 6, fresh, sizeof(fresh)) > 0);
+    assert_non_null(strstr(fresh, ".22222222."));
+    assert_int_equal(verify_str(&after, old_v2, NOW), TOKEN_OK);
+    assert_int_equal(verify_str(&after, old_v1, NOW), TOKEN_OK);
+    assert_int_equal(verify_str(&after, fresh, NOW), TOKEN_OK);
+    /* The old secret does not know the new key; dropping the previous key ends its tokens. */
+    assert_int_equal(verify_str(&before, fresh, NOW), TOKEN_BAD_SIGNATURE);
+    after.has_previous = 0;
+    assert_int_equal(verify_str(&after, old_v2, NOW), TOKEN_BAD_SIGNATURE);
+    assert_int_equal(verify_str(&after, old_v1, NOW), TOKEN_BAD_SIGNATURE);
+    /* A token naming one key but signed by the other fails: the id picks the only key tried. */
+    after.has_previous = 1;
+    forge("v2.u.YWxpY2U.0.6.22222222", lie, sizeof(lie)); /* key_a's MAC, the current key's id */
+    assert_int_equal(verify_str(&after, lie, NOW), TOKEN_BAD_SIGNATURE);
+    forge("v2.u.YWxpY2U.0.6.33333333", lie, sizeof(lie)); /* no such key */
+    assert_int_equal(verify_str(&after, lie, NOW), TOKEN_BAD_SIGNATURE);
+    /* Upper-case hex and short ids are malformed: one spelling per token. */
+    forge("v2.u.YWxpY2U.0.6.1111111A", lie, sizeof(lie));
+    assert_int_equal(token_parse(lie, strlen(lie), &f), TOKEN_MALFORMED);
+    forge("v2.u.YWxpY2U.0.6.1111111", lie, sizeof(lie));
+    assert_int_equal(token_parse(lie, strlen(lie), &f), TOKEN_MALFORMED);
+    forge("v2.u.YWxpY2U.0.06.11111111", lie, sizeof(lie));
+    assert_int_equal(token_parse(lie, strlen(lie), &f), TOKEN_MALFORMED);
+}
+
+/* A user's tokens issued at or before its revocation time are revoked; later ones, and other kinds, not. */
+static void test_revocation(void **state)
+{
+    char tok[TOKEN_MAX];
+    struct token_fields f;
+
+    (void)state;
+    assert_true(token_sign_at(&key_a, TOKEN_USER, "bob", 0, 1000, tok, sizeof(tok)) > 0);
+    assert_int_equal(token_parse(tok, strlen(tok), &f), TOKEN_OK);
+    assert_int_equal(token_revocation(&f, 0), TOKEN_OK);
+    assert_int_equal(token_revocation(&f, 999), TOKEN_OK);
+    assert_int_equal(token_revocation(&f, 1000), TOKEN_REVOKED);
+    assert_int_equal(token_revocation(&f, 5000), TOKEN_REVOKED);
+    assert_true(token_sign_at(&key_a, TOKEN_ADMIN, "bob", 0, 1000, tok, sizeof(tok)) > 0);
+    assert_int_equal(token_parse(tok, strlen(tok), &f), TOKEN_OK);
+    assert_int_equal(token_revocation(&f, 5000), TOKEN_OK);
+    assert_string_equal(token_status_str(TOKEN_REVOKED), "token revoked");
 }
 
 static void test_subjects_that_work(void **state)
@@ -806,6 +899,58 @@ static void test_secret_refuses_bad_content(void **state)
     assert_int_equal(s.key[10], 0xaa);
 }
 
+/* A rotated file: the new key first, the previous second; both load, with their ids. */
+static void test_secret_rotation(void **state)
+{
+    static const char two[] = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n"
+                              "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100\n";
+    char path[PATH_MAX], err[512], tok[TOKEN_MAX];
+    struct secret s, r, again;
+
+    (void)state;
+    path_in_tmp(path, sizeof(path), "rotated");
+    write_file(path, two, strlen(two), 0600);
+    assert_int_equal(secret_load(path, 0, NULL, &s, err, sizeof(err)), 0);
+    assert_int_equal(s.key[0], 0x00);
+    assert_true(s.has_previous);
+    assert_int_equal(s.previous[0], 0xff);
+    assert_int_equal(s.id, secret_key_id(s.key));
+    assert_int_equal(s.previous_id, secret_key_id(s.previous));
+    assert_true(s.id != s.previous_id);
+    /* Without the last newline too; a bad byte in the second line is named by its place. */
+    write_file(path, two, strlen(two) - 1, 0600);
+    assert_int_equal(secret_load(path, 0, NULL, &s, err, sizeof(err)), 0);
+    {
+        char bad[sizeof(two)];
+        memcpy(bad, two, sizeof(two));
+        bad[70] = 'x';
+        write_file(path, bad, strlen(bad), 0600);
+        assert_int_equal(secret_load(path, 0, NULL, &s, err, sizeof(err)), -1);
+        assert_non_null(strstr(err, "byte 71 "));
+    }
+    /* Rotating: a new current key, the old current becomes the previous, the oldest is dropped. */
+    write_file(path, two, strlen(two), 0600);
+    assert_int_equal(secret_load(path, 0, NULL, &s, err, sizeof(err)), 0);
+    assert_int_equal(token_sign(&s, TOKEN_USER, "alice", 0, tok, sizeof(tok)) > 0, 1);
+    assert_int_equal(secret_rotate(path, &r, err, sizeof(err)), 0);
+    assert_int_equal(secret_load(path, 0, NULL, &again, err, sizeof(err)), 0);
+    assert_memory_equal(again.key, r.key, SECRET_BYTES);
+    assert_memory_equal(again.previous, s.key, SECRET_BYTES);
+    assert_int_equal(again.previous_id, s.id);
+    assert_memory_not_equal(again.key, s.key, SECRET_BYTES);
+    /* A token of the key before still verifies after the rotation. */
+    assert_int_equal(verify_str(&again, tok, NOW), TOKEN_OK);
+    {
+        struct stat st;
+        assert_int_equal(stat(path, &st), 0);
+        assert_int_equal(st.st_mode & 0777, 0600);
+    }
+    /* Rotating a file that is not there, or is bad, fails and says where. */
+    path_in_tmp(path, sizeof(path), "not-there");
+    assert_int_equal(secret_rotate(path, &r, err, sizeof(err)), -1);
+    assert_non_null(strstr(err, path));
+}
+
 static void test_secret_missing(void **state)
 {
     char path[PATH_MAX], err[512], nodir[PATH_MAX];
@@ -847,6 +992,9 @@ int main(void)
     const struct CMUnitTest token_tests[] = {
         cmocka_unit_test(test_round_trip_each_kind),
         cmocka_unit_test(test_known_layout),
+        cmocka_unit_test(test_v1_tokens_still_work),
+        cmocka_unit_test(test_rotated_keys),
+        cmocka_unit_test(test_revocation),
         cmocka_unit_test(test_subjects_that_work),
         cmocka_unit_test(test_sign_rejects),
         cmocka_unit_test(test_sign_buffer_size),
@@ -874,6 +1022,7 @@ int main(void)
         cmocka_unit_test(test_secret_refuses_readable_file),
         cmocka_unit_test(test_secret_refuses_bad_content),
         cmocka_unit_test(test_secret_missing),
+        cmocka_unit_test(test_secret_rotation),
         cmocka_unit_test(test_secret_not_a_file),
     };
     int failed;

@@ -8,8 +8,9 @@ set -eu
 build_pkgs="gcc make pkg-config curl libuv1-dev node-llhttp libjansson-dev libinih-dev libssl-dev libsqlite3-dev libcrypt-dev"
 test_pkgs="libcmocka-dev python3 python3-pytest python3-pytest-xdist iproute2 nftables dovecot-core dovecot-lmtpd dovecot-imapd lua-socket lua-dkjson"
 
-# bench/compare.py measures nudge against nginx with the nchan module, and draws its chart with gnuplot.
-bench_pkgs="nginx libnginx-mod-nchan gnuplot-nox"
+# bench/compare.py measures nudge against nginx with the nchan module, and draws its chart with
+# gnuplot; bench/auth.py drives its requests with wrk.
+bench_pkgs="nginx libnginx-mod-nchan gnuplot-nox wrk"
 
 want="$build_pkgs"
 [ "${1:-build}" = test ] && want="$want $test_pkgs"

@@ -298,3 +298,82 @@ def test_a_flood_of_one_event_is_counted_not_written(make_nudged):
     assert written + held == 10, (written, held, text[-2000:])
     assert written <= 3 * processes(n), written
     assert '... and ' in text
+
+
+# ---- syslog and the journal ------------------------------------------------------
+
+
+def in_mount_namespace(n, src, dst):
+    """Runs n's nudged in a mount namespace of its own where src is mounted at
+    dst: the log socket the test reads sits where the system's would be."""
+    os.makedirs(dst, exist_ok=True)
+    n.command_prefix = ["unshare", "-m", "sh", "-c",
+                        f'mount --bind "{src}" "{dst}" && exec "$0" "$@"']
+
+
+def recv_until(s, want):
+    """Datagrams from s until one holds 'want'; all of them."""
+    got = []
+    while True:
+        got.append(s.recv(65536))
+        if want in got[-1]:
+            return got
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a mount namespace")
+def test_journal_target_sends_the_event_id_as_a_field(make_nudged):
+    d = tempfile.mkdtemp(prefix="nudge-journal-")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(os.path.join(d, "socket"))
+    s.settimeout(WAIT)
+    try:
+        n = make_nudged({"log": {"target": "journal"}}, start=False)
+        in_mount_namespace(n, d, "/run/systemd/journal")
+        n.write_config()
+        # The listening line goes to the journal, not to the harness's log: read it there.
+        n.proc = subprocess.Popen([*n.command_prefix, harness.nudged_path(), "-c", str(n.conf)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        got = b"\n".join(recv_until(s, b"NUDGE_EVENT=1001"))
+        assert b"NUDGE_EVENT_NAME=listening" in got, got
+        assert b"SYSLOG_IDENTIFIER=nudged" in got, got
+        assert b"PRIORITY=6" in got, got
+        m = re.search(rb"MESSAGE=level=info event=1001 name=listening addr=127\.0\.0\.1:(\d+)", got)
+        assert m, got
+        assert b"MESSAGE=ts=" not in got, "the journal stamps lines itself"
+        n.proc.terminate()
+        # Read on while it stops: a log socket nobody reads holds the writer, as journald's would.
+        got = b"\n".join(recv_until(s, b"exit=0 workers=" if n.workers > 1 else b"NUDGE_EVENT=1003"))
+        assert b"NUDGE_EVENT_NAME=stopped" in got, got
+        assert n.proc.wait(WAIT) == 0
+    finally:
+        if n.proc and n.proc.poll() is None:
+            n.proc.kill()
+        s.close()
+        shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root for a mount namespace")
+def test_syslog_target_writes_to_dev_log(make_nudged):
+    d = tempfile.mkdtemp(prefix="nudge-syslog-")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    s.bind(os.path.join(d, "log"))
+    s.settimeout(WAIT)
+    try:
+        n = make_nudged({"log": {"target": "syslog"}}, start=False)
+        n.write_config()
+        # /dev/log itself is replaced by a bind of the test's socket.
+        n.command_prefix = ["unshare", "-m", "sh", "-c",
+                            f'touch /dev/log 2>/dev/null; mount --bind "{d}/log" /dev/log && exec "$0" "$@"']
+        n.proc = subprocess.Popen([*n.command_prefix, harness.nudged_path(), "-c", str(n.conf)],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        got = b"\n".join(recv_until(s, b"name=listening"))
+        # <30> is facility daemon (3 * 8) + info (6).
+        assert re.search(rb"<30>.*nudged\[\d+\]: level=info event=1001 name=listening", got), got
+        n.proc.terminate()
+        recv_until(s, b"exit=0 workers=" if n.workers > 1 else b"name=stopped")
+        assert n.proc.wait(WAIT) == 0
+    finally:
+        if n.proc and n.proc.poll() is None:
+            n.proc.kill()
+        s.close()
+        shutil.rmtree(d, ignore_errors=True)

@@ -450,7 +450,7 @@ int listen_start(struct listener *l, uv_loop_t *loop, const struct config *cfg,
              addr.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
                                         : sizeof(struct sockaddr_in)) < 0 ||
         listen(fd, LISTEN_BACKLOG) < 0) {
-        snprintf(err, errlen, "cannot listen on %s: %s", cfg->listen, strerror(errno));
+        listen_bind_error((struct sockaddr *)&addr, errno, err, errlen);
         close(fd);
         return -1;
     }
@@ -473,6 +473,44 @@ bound:
     l->retry.data = l;
     uv_poll_start(&l->poll, UV_READABLE, on_readable);
     return 0;
+}
+
+void listen_bind_error(const struct sockaddr *addr, int errnum, char *err, size_t errlen)
+{
+    char a[64];
+
+    util_format_addr(addr, a, sizeof(a));
+    snprintf(err, errlen, "[server] listen: cannot listen on TCP %s: %s%s", a, strerror(errnum),
+             errnum == EADDRINUSE ? " (another program listens on this TCP port; set [server] "
+                                    "listen or --listen to a free one)"
+             : errnum == EACCES   ? " (ports below 1024 need root or CAP_NET_BIND_SERVICE; "
+                                    "set [server] listen or --listen)"
+             : errnum == EADDRNOTAVAIL ? " (no interface has this address; set [server] "
+                                         "listen or --listen)"
+                                       : "");
+}
+
+int listen_probe_free(const struct sockaddr_storage *addr, char *err, size_t errlen)
+{
+    socklen_t alen =
+        addr->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    uint16_t port = addr->ss_family == AF_INET6 ? ((const struct sockaddr_in6 *)addr)->sin6_port
+                                                : ((const struct sockaddr_in *)addr)->sin_port;
+    int one = 1, fd, rc = 0;
+
+    if (port == 0)
+        return 0;
+    fd = socket(addr->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return 0;   /* the real socket() reports it */
+    /* SO_REUSEADDR as the listeners have it: a closed connection in TIME_WAIT does not count. */
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, (const struct sockaddr *)addr, alen) < 0) {
+        listen_bind_error((const struct sockaddr *)addr, errno, err, errlen);
+        rc = -1;
+    }
+    close(fd);
+    return rc;
 }
 
 static void on_poll_closed(uv_handle_t *h)

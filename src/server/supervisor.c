@@ -22,6 +22,7 @@
 #include "common/strmap.h"
 #include "common/util.h"
 #include "common/version.h"
+#include "conn/listen.h"
 #include "net/sockopt.h"
 #include "server/server.h"
 #include "store/reshard.h"
@@ -76,6 +77,8 @@ static int make_listeners(struct sup *sp, char *err, size_t errlen)
     if (util_parse_addr(sp->cfg->listen, &addr, err, errlen) < 0)
         return -1;
     alen = addr.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    if (listen_probe_free(&addr, err, errlen) < 0)
+        return -1;
     for (unsigned i = 0; i < sp->n; i++) {
         int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
         if (fd < 0) {
@@ -89,7 +92,7 @@ static int make_listeners(struct sup *sp, char *err, size_t errlen)
             return -1;
         }
         if (bind(fd, (struct sockaddr *)&addr, alen) < 0 || listen(fd, LISTEN_BACKLOG) < 0) {
-            snprintf(err, errlen, "cannot listen on %s: %s", sp->cfg->listen, strerror(errno));
+            listen_bind_error((struct sockaddr *)&addr, errno, err, errlen);
             close(fd);
             return -1;
         }

@@ -102,3 +102,38 @@ def test_taken_udp_port_of_a_worker_is_the_one_named(tmp_path):
     assert f"UDP 127.0.0.1:{base + 1}" in reason, reason
     assert "worker 1" in reason and "[udp] listen" in reason, reason
     assert "TCP" not in reason and "[server] listen" not in reason, reason
+
+
+# -- item 7: nudge probe's recommendation ------------------------------------
+
+def recommended_config(out):
+    """{section: {key: value}} from the probe's 'nudged.conf: [s] k = v' lines."""
+    conf = {}
+    for section, key, value in re.findall(r"^nudged\.conf: \[(\w+)\] (\w+) = (\d+)", out, re.M):
+        conf.setdefault(section, {})[key] = value
+    return conf
+
+
+@pytest.mark.parametrize("top", [1, 8])
+def test_probe_capped_by_max_recommends_a_config_nudged_accepts(make_nudged, tmp_path, top):
+    srv = make_nudged()
+    user = srv.user("probe")
+    p = srv.cli("probe", "--url", srv.url, "--token", srv.token(user.name), "--max", str(top),
+                timeout=3 * top + WAIT)
+    assert p.returncode == 0, p.stdout + p.stderr
+    # Loopback forgets nothing: the measurement is capped, and says so.
+    assert re.search(rf"^bracket: no idle timeout up to {top} s: .*{top} s is a lower bound, "
+                     r"not the timeout \(raise --max to measure it\)$", p.stdout, re.M), p.stdout
+    assert re.search(r"^nudged\.conf: \[network\] idle_timeout = \d+ .*at least", p.stdout,
+                     re.M), p.stdout
+    rec = recommended_config(p.stdout)
+    assert "idle_timeout" in rec.get("network", {}), p.stdout
+    # The recommendation, on nudged's own defaults otherwise, is accepted as it stands.
+    conf = write_conf(tmp_path, rec, name="recommended.conf")
+    check = run_nudged(conf, "--print-config")
+    assert check.returncode == 0, f"{p.stdout}\n--- nudged refused it ---\n{check.stderr}"
+    # And the heartbeat it derives is the one the probe recommended.
+    m = re.search(r"heartbeat_max=(\d+)", check.stdout)
+    hb = re.search(r"^heartbeat: (\d+) s recommended", p.stdout, re.M)
+    assert m and hb, check.stdout + p.stdout
+    assert int(m.group(1)) == int(hb.group(1)), check.stdout + p.stdout

@@ -137,3 +137,85 @@ def test_probe_capped_by_max_recommends_a_config_nudged_accepts(make_nudged, tmp
     hb = re.search(r"^heartbeat: (\d+) s recommended", p.stdout, re.M)
     assert m and hb, check.stdout + p.stdout
     assert int(m.group(1)) == int(hb.group(1)), check.stdout + p.stdout
+
+
+# -- item 9: HEAD, reason phrases, versions ----------------------------------
+
+def raw_exchange(srv, data, n=1, head=False):
+    """Sends raw bytes on a new connection; the first n answers and what follows them."""
+    c = srv.connect()
+    try:
+        c.send(data)
+        out = [c.read_response(head=head and i == 0) for i in range(n)]
+        return out, c
+    except Exception:
+        c.close()
+        raise
+
+
+@pytest.mark.parametrize("path,admin", [("/healthz", False), ("/metrics", True)])
+def test_head_is_answered_like_get_without_the_body(srv, path, admin):
+    auth = f"Authorization: Bearer {srv.admin_token()}\r\n" if admin else ""
+    get = srv.request("GET", path, token=srv.admin_token() if admin else None)
+    assert get.status == 200, get
+    # HEAD, then a pipelined GET: if HEAD's answer carried a body, the GET's
+    # status line would not follow its head at once.
+    data = (f"HEAD {path} HTTP/1.1\r\nHost: t\r\n{auth}\r\n"
+            f"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n").encode()
+    (head, after), c = raw_exchange(srv, data, n=2, head=True)
+    c.close()
+    assert head.status == 200, head
+    assert head.header("Content-Type") == get.header("Content-Type"), head
+    n = int(head.header("Content-Length"))
+    if path == "/healthz":
+        assert n == len(get.body), (head, get)
+    else:
+        assert n > 0, head  # the counters move between two scrapes
+    assert after.status == 200 and after.json() == {"status": "ok"}, after
+
+
+def test_head_on_a_post_route_is_405_naming_its_method(srv):
+    (r,), c = raw_exchange(srv, b"HEAD /v1/ping HTTP/1.1\r\nHost: t\r\n\r\n", head=True)
+    c.close()
+    assert r.status == 405 and r.header("Allow") == "POST", r
+    (r,), c = raw_exchange(srv, b"POST /healthz HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+    c.close()
+    assert r.status == 405 and r.header("Allow") == "GET, HEAD", r
+
+
+@pytest.mark.parametrize("line", [b"GET /healthz HTTP/9.9", b"GET /healthz HTTP/2.0",
+                                  b"GET /healthz HTTP/1.2"])
+def test_an_unknown_http_version_is_505(srv, line):
+    (r,), c = raw_exchange(srv, line + b"\r\nHost: t\r\n\r\n")
+    c.close()
+    body = expect_error(r, 505, "http-version-not-supported", has_error=True)
+    assert r.reason == "HTTP Version Not Supported", r
+    assert "HTTP/1.1" in body["error"] and "llhttp" not in body["error"].lower(), body
+
+
+@pytest.mark.parametrize("version", [b"1.0", b"1.1"])
+def test_http_1_0_and_1_1_are_spoken(srv, version):
+    (r,), c = raw_exchange(srv, b"GET /healthz HTTP/" + version + b"\r\nHost: t\r\n\r\n")
+    c.close()
+    assert r.status == 200, r
+
+
+def test_an_http2_preface_is_told_to_use_http_1_1(srv):
+    (r,), c = raw_exchange(srv, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+    c.close()
+    body = expect_error(r, 505, "http-version-not-supported", has_error=True)
+    assert "HTTP/2 is not spoken here" in body["error"] and "use HTTP/1.1" in body["error"], body
+    assert "Pause" not in body["error"], body
+
+
+def test_501_has_its_reason_phrase(srv):
+    # Sign-in is off without [auth] passwords: 501.
+    r = srv.request("POST", "/v1/login", headers={"Authorization": "Basic YWxpY2U6c2VjcmV0"})
+    assert r.status == 501, r
+    assert r.reason == "Not Implemented", r
+
+
+def test_a_wrong_token_kind_for_admin_says_an_admin_token(srv):
+    r = srv.request("GET", "/v1/admin/workers", token=srv.token("alice"))
+    body = expect_error(r, 403, "forbidden", has_error=True)
+    assert "needs an admin token, not a user token" in body["error"], body

@@ -219,3 +219,23 @@ def test_a_wrong_token_kind_for_admin_says_an_admin_token(srv):
     r = srv.request("GET", "/v1/admin/workers", token=srv.token("alice"))
     body = expect_error(r, 403, "forbidden", has_error=True)
     assert "needs an admin token, not a user token" in body["error"], body
+
+
+# -- item 10: admin sessions' user= ------------------------------------------
+
+@pytest.mark.parametrize("user,why", [
+    ("a" * 256, "256 bytes decoded"),        # one past the longest id
+    ("%61" * 100 + "a" * 200, "300 bytes decoded"),  # fits the encoded buffer, not an id
+    ("", "0 bytes decoded"),
+    ("a" * 800, "longer than 255 bytes"),    # longer than any encoding of an id
+    ("%zz", "badly encoded"),
+], ids=["256", "300-encoded", "empty", "800", "bad-escape"])
+def test_admin_sessions_refuses_a_user_no_id_can_be(srv, user, why):
+    r = srv.request("GET", f"/v1/admin/sessions?user={user}", token=srv.admin_token())
+    body = expect_error(r, 400, "bad-request", has_error=True)
+    assert why in body["error"] and "user" in body["error"], body
+
+
+def test_admin_sessions_of_the_longest_user_id_is_a_list(srv):
+    r = srv.request("GET", f"/v1/admin/sessions?user={'a' * 255}", token=srv.admin_token())
+    assert r.status == 200 and r.json()["sessions"] == [], r

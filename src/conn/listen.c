@@ -452,17 +452,11 @@ int listen_bind(const char *addr, int reuseport, const struct config *cfg, char 
     if (bind(fd, (struct sockaddr *)&ss,
              ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
                                       : sizeof(struct sockaddr_in)) < 0) {
-        int e = errno;
-        snprintf(err, errlen, "[server] listen %s: cannot bind the TCP port: %s%s", addr,
-                 strerror(e),
-                 e == EADDRINUSE ? " (another process listens there: stop it or change [server] listen)"
-                 : e == EACCES   ? " (a port below 1024 needs root or CAP_NET_BIND_SERVICE)"
-                 : e == EADDRNOTAVAIL ? " (no interface of this machine has that address)"
-                                      : "");
+        listen_bind_error((struct sockaddr *)&ss, errno, err, errlen);
         goto fail;
     }
     if (listen(fd, LISTEN_BACKLOG) < 0) {
-        snprintf(err, errlen, "[server] listen %s: listen: %s", addr, strerror(errno));
+        listen_bind_error((struct sockaddr *)&ss, errno, err, errlen);
         goto fail;
     }
     if ((rc = net_set_listener(fd, cfg)) < 0) {
@@ -524,6 +518,44 @@ fail:
         close(l->socks[i].fd);
     l->nsocks = 0;
     return -1;
+}
+
+void listen_bind_error(const struct sockaddr *addr, int errnum, char *err, size_t errlen)
+{
+    char a[64];
+
+    util_format_addr(addr, a, sizeof(a));
+    snprintf(err, errlen, "[server] listen: cannot listen on TCP %s: %s%s", a, strerror(errnum),
+             errnum == EADDRINUSE ? " (another program listens on this TCP port; set [server] "
+                                    "listen or --listen to a free one)"
+             : errnum == EACCES   ? " (ports below 1024 need root or CAP_NET_BIND_SERVICE; "
+                                    "set [server] listen or --listen)"
+             : errnum == EADDRNOTAVAIL ? " (no interface has this address; set [server] "
+                                         "listen or --listen)"
+                                       : "");
+}
+
+int listen_probe_free(const struct sockaddr_storage *addr, char *err, size_t errlen)
+{
+    socklen_t alen =
+        addr->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    uint16_t port = addr->ss_family == AF_INET6 ? ((const struct sockaddr_in6 *)addr)->sin6_port
+                                                : ((const struct sockaddr_in *)addr)->sin_port;
+    int one = 1, fd, rc = 0;
+
+    if (port == 0)
+        return 0;
+    fd = socket(addr->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return 0;   /* the real socket() reports it */
+    /* SO_REUSEADDR as the listeners have it: a closed connection in TIME_WAIT does not count. */
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, (const struct sockaddr *)addr, alen) < 0) {
+        listen_bind_error((const struct sockaddr *)addr, errno, err, errlen);
+        rc = -1;
+    }
+    close(fd);
+    return rc;
 }
 
 static void on_poll_closed(uv_handle_t *h)

@@ -95,6 +95,23 @@ int listen_start(struct listener *l, uv_loop_t *loop, const struct config *cfg,
                  struct conn_loop *conns, struct metrics *metrics, const struct worker_ctx *wk,
                  struct mesh *mesh, char *err, size_t errlen);
 
+/*
+ * Writes into err why the TCP listener could not bind or listen on 'addr'
+ * (errno 'errnum'): the protocol, the exact address and the option that
+ * sets it, so the line names the socket that failed and what to change.
+ */
+void listen_bind_error(const struct sockaddr *addr, int errnum, char *err, size_t errlen);
+
+/*
+ * Whether the TCP address 'addr' is free for us alone: binds a plain socket
+ * (no SO_REUSEPORT) and closes it. Workers' listeners share their port with
+ * SO_REUSEPORT, and so would another nudged of the same user: without this
+ * look a second nudged would join the first one's port and take half its
+ * connections. 0, or -1 with err set as listen_bind_error does. Port 0 is
+ * always free.
+ */
+int listen_probe_free(const struct sockaddr_storage *addr, char *err, size_t errlen);
+
 /* Stops accepting for good (shutdown) and closes the socket. */
 void listen_stop(struct listener *l);
 

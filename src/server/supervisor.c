@@ -78,7 +78,11 @@ static int make_listeners(struct sup *sp, char *err, size_t errlen)
 
     sp->nlisten = config_listen_count(sp->cfg);
     for (unsigned a = 0; a < sp->nlisten; a++) {
+        struct sockaddr_storage ss;
         config_listen_addr(sp->cfg, a, addr, sizeof(addr));
+        /* Shared with SO_REUSEPORT, a port another nudged holds would be joined, not refused. */
+        if (util_parse_addr(addr, &ss, err, errlen) == 0 && listen_probe_free(&ss, err, errlen) < 0)
+            return -1;
         for (unsigned i = 0; i < sp->n; i++) {
             int fd = listen_bind(addr, 1, sp->cfg, err, errlen);
             if (fd < 0)
@@ -86,7 +90,6 @@ static int make_listeners(struct sup *sp, char *err, size_t errlen)
             sp->listen_fd[i][a] = fd;
             if (i == 0) {
                 /* Port 0 picked a port: the other workers join that one. */
-                struct sockaddr_storage ss;
                 socklen_t len = sizeof(ss);
                 getsockname(fd, (struct sockaddr *)&ss, &len);
                 util_format_addr((struct sockaddr *)&ss, addr, sizeof(addr));

@@ -218,7 +218,7 @@ def test_tcp_port_taken_names_tcp_and_the_address(make_nudged):
         with pytest.raises(AssertionError):
             n.start(timeout=WAIT)
         text = n.log_text()
-        assert f"[server] listen 127.0.0.1:{port}: cannot bind the TCP port: Address already in use" in text, text
+        assert f"[server] listen: cannot listen on TCP 127.0.0.1:{port}: Address already in use" in text, text
         assert "[udp]" not in text.split("startup_failed", 1)[-1].split("\n")[0], text
     finally:
         taken.close()

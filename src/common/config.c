@@ -355,6 +355,32 @@ static void store_string(struct config *c, const struct option_def *o, const cha
 }
 
 /*
+ * Entry i of a comma-separated list, without the blanks around it: its
+ * start and length (0 for an empty entry). 0, or -1 past the last entry.
+ */
+static int list_entry(const char *list, unsigned i, const char **start, size_t *len)
+{
+    const char *p = list, *end;
+    size_t n;
+
+    for (unsigned k = 0; k < i; k++) {
+        p = strchr(p, ',');
+        if (p == NULL)
+            return -1;
+        p++;
+    }
+    end = strchr(p, ',');
+    n = end ? (size_t)(end - p) : strlen(p);
+    while (n > 0 && (*p == ' ' || *p == '\t'))
+        p++, n--;
+    while (n > 0 && (p[n - 1] == ' ' || p[n - 1] == '\t'))
+        n--;
+    *start = p;
+    *len = n;
+    return 0;
+}
+
+/*
  * Checks 'v' for option 'o' and, when 'c' is not NULL, stores it. Returns 0,
  * or -1 with the reason (without any source prefix) in 'why'. The field is
  * left untouched on error.
@@ -393,21 +419,17 @@ static int set_value(struct config *c, const struct option_def *o, const char *v
     case OPT_ADDRS: {
         struct sockaddr_storage ss;
         char one[CONFIG_STR_MAX], e[160];
-        size_t n = 0;
+        const char *p;
+        size_t len;
+        unsigned i;
         if (check_string(o, v, why, whylen) != 0)
             return -1;
-        for (const char *p = v;; n++) {
-            const char *end = strchr(p, ',');
-            size_t len = end ? (size_t)(end - p) : strlen(p);
-            while (len > 0 && (*p == ' ' || *p == '\t'))
-                p++, len--;
-            while (len > 0 && (p[len - 1] == ' ' || p[len - 1] == '\t'))
-                len--;
+        for (i = 0; list_entry(v, i, &p, &len) == 0; i++) {
             if (len == 0) {
-                snprintf(why, whylen, "address %zu of the list is empty", n + 1);
+                snprintf(why, whylen, "address %u of the list is empty", i + 1);
                 return -1;
             }
-            if (n == CONFIG_LISTEN_MAX) {
+            if (i == CONFIG_LISTEN_MAX) {
                 snprintf(why, whylen, "more than %d addresses", CONFIG_LISTEN_MAX);
                 return -1;
             }
@@ -417,9 +439,6 @@ static int set_value(struct config *c, const struct option_def *o, const char *v
                 snprintf(why, whylen, "%s", e);
                 return -1;
             }
-            if (end == NULL)
-                break;
-            p = end + 1;
         }
         break;
     }
@@ -918,26 +937,15 @@ void config_derive(struct config *c)
 
 int config_listen_addr(const struct config *c, unsigned i, char *out, size_t outlen)
 {
-    const char *p = c->listen;
+    const char *p;
+    size_t len;
 
-    for (unsigned k = 0; k < i; k++) {
-        p = strchr(p, ',');
-        if (p == NULL)
-            return -1;
-        p++;
-    }
-    {
-        const char *end = strchr(p, ',');
-        size_t len = end ? (size_t)(end - p) : strlen(p);
-        while (len > 0 && (*p == ' ' || *p == '\t'))
-            p++, len--;
-        while (len > 0 && (p[len - 1] == ' ' || p[len - 1] == '\t'))
-            len--;
-        if (len >= outlen)
-            len = outlen - 1;
-        memcpy(out, p, len);
-        out[len] = '\0';
-    }
+    if (list_entry(c->listen, i, &p, &len) < 0)
+        return -1;
+    if (len >= outlen)
+        len = outlen - 1;
+    memcpy(out, p, len);
+    out[len] = '\0';
     return 0;
 }
 

@@ -168,8 +168,6 @@ int main(int argc, char **argv)
 
     uv_loop_init(&loop);
     if (server_init(&srv, &loop, &cfg, &secret, NULL) < 0) {
-        uv_run(&loop, UV_RUN_NOWAIT); /* let closed handles finish */
-        server_free(&srv);
         uv_loop_close(&loop);
         return 1;
     }

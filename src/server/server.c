@@ -99,11 +99,27 @@ static void on_log_tick(uv_timer_t *t)
     log_flush();
 }
 
-static int failed(const char *err)
+static void log_failure(const char *err)
 {
     char q[600];
 
     LOG(LOG_ERROR, startup_failed, "reason=%s", log_q(q, sizeof(q), err));
+}
+
+/*
+ * Undoes a server_init that failed part-way: every stop below is safe for a
+ * module that never started (NULL, or nothing bound), and one turn of the
+ * loop lets the closed handles go before their memory is freed.
+ */
+static int discard(struct server *s)
+{
+    conn_loop_close(&s->conns);
+    passwd_stop(s->passwords);
+    listen_stop(&s->listener);
+    udp_stop(s->udp);
+    mesh_stop(s->mesh);
+    uv_run(s->loop, UV_RUN_NOWAIT);
+    server_free(s);
     return -1;
 }
 
@@ -120,15 +136,17 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
     s->secret = *secret;
     s->wk = wk;
     shard_init(&s->shard);
+    /* First, so that a failure below always finds its timers to close. */
+    conn_loop_init(&s->conns, loop, cfg, &s->metrics, wk != NULL, on_request, s);
 
     be = store_backend_find(cfg->store_backend);
     if (be == NULL) {
         LOG(LOG_ERROR, startup_failed, "reason=\"unknown store backend\" backend=%s",
             log_q(err, sizeof(err), cfg->store_backend));
-        return -1;
+        goto fail;
     }
     if (be->open(&s->store, cfg, loop, err, sizeof(err)) < 0)
-        return failed(err);
+        goto fail_err;
 
     /* Every module keeping something per user or device reserves its slot before the first. */
     hb_init(&s->hb, cfg, &s->shard);
@@ -137,20 +155,17 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
     /* The UDP socket before the records: they bring registrations, which may have datagrams due. */
     if (udp_init(&s->udp, loop, cfg, wk ? wk->index : 0, s->store, &s->shard, &s->metrics,
                  devices_on_save, &s->devices, err, sizeof(err)) < 0)
-        return failed(err);
+        goto fail_err;
     s->devices.udp = s->udp;
     sessions_init(&s->sessions, cfg, &s->shard, &s->metrics, &s->hb, s->udp, &s->devices);
     devices_load(&s->devices);
 
     if (wk && mesh_init(&s->mesh, loop, wk, (size_t)cfg->max_header_bytes + cfg->max_body_bytes,
                         &s->metrics, err, sizeof(err)) < 0)
-        return failed(err);
-    conn_loop_init(&s->conns, loop, cfg, &s->metrics, wk != NULL, on_request, s);
+        goto fail_err;
     if (listen_start(&s->listener, loop, cfg, &s->conns, &s->metrics, wk, s->mesh, err,
-                     sizeof(err)) < 0) {
-        conn_loop_close(&s->conns);
-        return failed(err);
-    }
+                     sizeof(err)) < 0)
+        goto fail_err;
     handoff_init(&s->handoff, wk, s->mesh, &s->listener, &s->conns, &s->metrics);
     /* Without workers every user is ours: nothing to route. */
     route = wk ? &s->handoff.route : NULL;
@@ -168,7 +183,7 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
     if (cfg->auth_passwords[0] &&
         passwd_open(&s->passwords, cfg->auth_passwords, loop, cfg, &s->metrics, err,
                     sizeof(err)) < 0)
-        return failed(err);
+        goto fail_err;
     if (wk) {
         auth_limit_init(&s->fail_ip, wk->shared->signin_fail_ip, wk->shared->signin_seed,
                         cfg->auth_max_failures_ip, cfg->auth_failure_window);
@@ -176,8 +191,10 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
                         cfg->auth_max_failures_user, cfg->auth_failure_window);
     } else {
         uint64_t seed;
-        if (RAND_bytes((unsigned char *)&seed, sizeof(seed)) != 1)
-            return failed("no random bytes for the sign-in limits");
+        if (RAND_bytes((unsigned char *)&seed, sizeof(seed)) != 1) {
+            snprintf(err, sizeof(err), "no random bytes for the sign-in limits");
+            goto fail_err;
+        }
         s->fail_slots = xcalloc(2 * AUTH_LIMIT_SLOTS, sizeof(*s->fail_slots));
         auth_limit_init(&s->fail_ip, s->fail_slots, seed, cfg->auth_max_failures_ip,
                         cfg->auth_failure_window);
@@ -218,6 +235,10 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
     uv_unref((uv_handle_t *)&s->log_timer);
     LOG(LOG_INFO, listening, "addr=%s", s->listener.addr);
     return 0;
+fail_err:
+    log_failure(err);
+fail:
+    return discard(s);
 }
 
 int server_run(struct server *s)

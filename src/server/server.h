@@ -83,7 +83,8 @@ struct server {
  * Sets up everything but the loop run: store, listener (bound; port 0 picks
  * one, logged as event 1001), signals, timers. 'cfg' and 'secret' must
  * outlive the server; 'wk' is NULL for a single process. Returns 0, or -1
- * after logging why.
+ * after logging why and freeing everything it had made (the loop then only
+ * needs uv_loop_close).
  */
 int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
                 const struct secret *secret, const struct worker_ctx *wk);

@@ -200,8 +200,7 @@ static void run_worker(struct sup *sp, unsigned i, const sigset_t *old)
      */
     uv_loop_init(&loop);
     if (server_init(&srv, &loop, sp->cfg, sp->secret, &wk) < 0) {
-        uv_run(&loop, UV_RUN_NOWAIT);
-        server_free(&srv);
+        uv_loop_close(&loop);
         _exit(1);
     }
     privs_bound();

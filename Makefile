@@ -28,7 +28,7 @@ LLHTTP_INC_DIR := /usr/share/include/llhttp
 CPPFLAGS := -Isrc -I$(LLHTTP_INC_DIR) -D_GNU_SOURCE
 CFLAGS   := -std=c11 $(OPT) -g -Wall -Wextra -Werror -MMD -MP $(SANFLAGS)
 LDFLAGS  := $(SANFLAGS)
-LIBS     := -luv -ljansson -linih -lcrypto -lsqlite3 -lcrypt -lpthread
+LIBS     := -luv -ljansson -linih -lcrypto -lsqlite3 -lcrypt -lsystemd -lpthread
 
 # Sources by layer, lowest first (docs/architecture.md, "Layers"; make check-layers).
 COMMON_SRC := \
@@ -57,7 +57,7 @@ PUSH_SRC    := src/push/check.c src/push/ping.c src/push/probe.c src/push/state.
 	src/push/events.c src/push/udp_api.c src/push/ingest.c src/push/login.c
 ADMIN_SRC   := src/admin/admin.c src/admin/sessions_api.c src/admin/revoke.c
 SERVER_SRC  := src/server/server.c src/server/router.c src/server/handoff.c \
-	src/server/supervisor.c
+	src/server/supervisor.c src/server/reload.c src/server/privs.c
 
 NUDGED_SRC := $(COMMON_SRC) $(AUTH_SRC) $(PASSWD_SRC) $(HTTP_SRC) $(NET_SRC) $(STORE_SRC) $(SHARD_SRC) \
 	$(WORKER_SRC) $(CONN_SRC) $(DGRAM_SRC) $(UDP_SRC) $(HB_SRC) $(SESSION_SRC) $(PUSH_SRC) \

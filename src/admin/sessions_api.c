@@ -196,7 +196,22 @@ void sessions_list_handle(void *arg, struct conn *c, struct http_req *r, const s
 
     (void)who;
     if (ulen == -EINVAL) {
-        http_error_bad(&e, "query parameter user is badly encoded or too long");
+        /* Either an escape that does not decode or more than three bytes of encoding a byte. */
+        http_error_bad(&e, "query parameter user is badly encoded (a broken %%XX escape) or "
+                           "longer than %d bytes", USER_ID_MAX);
+        http_error_num(&e, "max_user_bytes", USER_ID_MAX);
+        conn_respond_error(c, &e);
+        return;
+    }
+    /*
+     * The buffer holds the encoded value, three bytes per byte, so a decoded
+     * id may still be too long: no user can have it, and an empty list would
+     * read as "no sessions" instead of "this is not a user id".
+     */
+    if (ulen == 0 || ulen > USER_ID_MAX) {
+        http_error_bad(&e, "query parameter user is %ld bytes decoded; a user id is 1..%d bytes",
+                       ulen, USER_ID_MAX);
+        http_error_num(&e, "max_user_bytes", USER_ID_MAX);
         conn_respond_error(c, &e);
         return;
     }

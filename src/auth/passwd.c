@@ -70,6 +70,7 @@ struct passwords {
     struct fifo ok, fail;
     uint32_t max;
     struct strmap pending;      /* key -> struct pending */
+    uint64_t epoch;             /* reloads so far: an answer from before one is not used */
 };
 
 static const struct passwd_backend *const backends[] = {
@@ -160,7 +161,7 @@ static void expire(struct passwords *p, struct fifo *f, uint64_t now)
 /* The backend's generation now, or 0 when it has none. */
 static uint64_t generation(struct passwords *p)
 {
-    return p->be->generation ? p->be->generation(p->bs) : 0;
+    return p->epoch << 40 | (p->be->generation ? p->be->generation(p->bs) : 0);
 }
 
 static void remember(struct passwords *p, const unsigned char *key, uint64_t gen, const char *user)
@@ -279,7 +280,11 @@ enum passwd_status passwd_check(struct passwords *p, const struct passwd_request
 
 void passwd_reload(struct passwords *p)
 {
-    if (p && p->be->reload)
+    if (p == NULL)
+        return;
+    /* An admin who changed a password and reloads expects it to count now, cache or not. */
+    p->epoch++;
+    if (p->be->reload)
         p->be->reload(p->bs);
 }
 

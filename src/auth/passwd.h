@@ -103,7 +103,7 @@ enum passwd_status passwd_check(struct passwords *p, const struct passwd_request
  */
 int passwd_cached_ok(struct passwords *p, const struct passwd_request *rq, char *user_out);
 
-/* Asks the backend to look at its source again (SIGHUP). */
+/* SIGHUP: the backend looks at its source again, and no answer cached before is used. */
 void passwd_reload(struct passwords *p);
 
 /* Stops the backend: pending checks are answered PASSWD_UNAVAILABLE. */

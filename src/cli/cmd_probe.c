@@ -816,14 +816,28 @@ static int poll_timeout(const struct probe_run *r, uint64_t now)
     return next <= now ? 0 : (int)(next - now);
 }
 
+/*
+ * nudged's bounds (src/common/config.c), which a recommendation must meet or
+ * nudged refuses to start with it: [network] idle_timeout is 2 s or more, the
+ * heartbeat max it derives is the timeout less a margin (120 s, 10% when
+ * smaller, at least 1 s) up to 3540 s, and [heartbeat] min (default 60 s)
+ * may not exceed that max. Below about 66 s the default min is too long.
+ */
+#define NUDGED_IDLE_TIMEOUT_MIN 2
+#define NUDGED_HEARTBEAT_MIN_DEFAULT 60
+
 /* Prints the bracket, the recommendations and the time taken. */
 static void report(const struct probe_run *r, enum verdict v, uint64_t now)
 {
-    unsigned alive = r->alive, margin, heartbeat, keepalive;
+    unsigned alive = r->alive, idle, margin, heartbeat, keepalive;
+    int capped = v == VERDICT_NO_TIMEOUT;
 
-    if (v == VERDICT_NO_TIMEOUT) {
-        say(r, "bracket: no idle timeout up to %u s: flows idle for %u s survive%s", r->top, r->top,
-            r->max_asked > r->top ? " (the server's longest probe)" : "");
+    if (capped) {
+        say(r, "bracket: no idle timeout up to %u s: flows idle for %u s survive%s; %u s is a "
+            "lower bound, not the timeout (%s)",
+            r->top, r->top, r->max_asked > r->top ? " (the server's longest probe)" : "", r->top,
+            r->max_asked > r->top ? "heartbeats cannot be longer, so it is all nudged needs"
+                                  : "raise --max to measure it");
     } else if (alive == 0) {
         say(r, "bracket: flows idle for %u s do not survive, the shortest probe (--min): the "
             "timeout is shorter",
@@ -834,19 +848,29 @@ static void report(const struct probe_run *r, enum verdict v, uint64_t now)
         say(r, "bracket: flows idle for %u s survive; %u s do not", alive, lost_bound(r));
     }
     if (alive > 0) {
+        /* A 1 s path gets nudged's least idle_timeout, whose derived heartbeat is still 1 s. */
+        idle = alive < NUDGED_IDLE_TIMEOUT_MIN ? NUDGED_IDLE_TIMEOUT_MIN : alive;
         /* nudged's rule ([network] idle_timeout): 120 s margin, 10% when smaller, at least 1 s. */
-        margin = alive / 10 < 120 ? alive / 10 : 120;
+        margin = idle / 10 < 120 ? idle / 10 : 120;
         if (margin == 0)
             margin = 1;
-        heartbeat = alive > margin ? alive - margin : 1;
+        heartbeat = idle - margin;
         if (heartbeat > PROBE_HOLD_CEILING)
             heartbeat = PROBE_HOLD_CEILING;
-        keepalive = alive / 2 < 300 ? alive / 2 : 300;
+        keepalive = idle / 2 < 300 ? idle / 2 : 300;
         if (keepalive == 0)
             keepalive = 1;
-        say(r, "heartbeat: %u s recommended (%u s less a %u s margin)", heartbeat, alive, margin);
+        say(r, "heartbeat: %u s recommended (%u s less a %u s margin)", heartbeat, idle, margin);
         say(r, "keepalive: idle %u s recommended", keepalive);
-        say(r, "nudged.conf: [network] idle_timeout = %u", alive);
+        if (capped)
+            say(r, "nudged.conf: [network] idle_timeout = %u   ; at least: no timeout was found "
+                "up to --max", idle);
+        else
+            say(r, "nudged.conf: [network] idle_timeout = %u", idle);
+        if (heartbeat < NUDGED_HEARTBEAT_MIN_DEFAULT)
+            say(r, "nudged.conf: [heartbeat] min = %u   ; the heartbeat max derived from this "
+                "timeout is %u s, below the default min (%d s), which nudged would refuse",
+                heartbeat, heartbeat, NUDGED_HEARTBEAT_MIN_DEFAULT);
     }
     say(r, "took %llu s, %u probes", (unsigned long long)((now - r->t0 + 500) / 1000), r->launched);
 }

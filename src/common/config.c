@@ -52,6 +52,7 @@ enum opt_type {
     OPT_STRING,  /* free text (paths) */
     OPT_UINT,    /* whole number within [min, max] */
     OPT_ADDR,    /* listen address, checked by util_parse_addr */
+    OPT_ADDRS,   /* comma-separated listen addresses, 1..CONFIG_LISTEN_MAX */
     OPT_LEVEL,   /* log level, checked by log_level_parse */
     OPT_CHOICE,  /* one of a fixed list of names */
     OPT_PREFIXES, /* comma-separated address prefixes, checked by util_prefix_list_check */
@@ -75,14 +76,15 @@ struct option_def {
 static const char *const store_backends[] = {"sqlite", "memory", NULL};
 static const char *const store_syncs[] = {"full", "normal", NULL};
 static const char *const yes_no[] = {"yes", "no", NULL};
+static const char *const log_targets[] = {"stderr", "file", "syslog", "journal", NULL};
 
 /* Indexed by enum log_level; the spelling config_print writes back. */
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
 
 static const struct option_def options[] = {
-    {"server", "listen", "listen", OPT_ADDR, FIELD(listen), 1, 0, "127.0.0.1:8080", NULL, "ADDR",
-     "Address to listen on: IPv4:PORT, [IPv6]:PORT or :PORT (every IPv4 address); "
-     "port 0: any free port."},
+    {"server", "listen", "listen", OPT_ADDRS, FIELD(listen), 1, 0, "127.0.0.1:8080", NULL, "ADDRS",
+     "Addresses to listen on, comma separated (at most 8): IPv4:PORT, [IPv6]:PORT or :PORT "
+     "(every IPv4 address), e.g. \"0.0.0.0:8080, [::]:8080\"; port 0: any free port."},
     {"server", "data_dir", "data-dir", OPT_STRING, FIELD(data_dir), 1, 0, "./var", NULL, "DIR",
      "Directory for nudged's files: the secret and the SQLite database, unless secret_file or "
      "[store] path say otherwise."},
@@ -110,7 +112,10 @@ static const struct option_def options[] = {
      "N", "Most connections from one client address; 0: no limit (carrier NAT puts many "
      "devices behind one address)."},
     {"server", "log_level", "log-level", OPT_LEVEL, FIELD(log_level), 0, 0, "info", NULL, "LEVEL",
-     "Least severe log lines written: debug, info, warn or error."},
+     "Least severe log lines written: debug, info, warn or error (SIGHUP applies a change)."},
+    {"server", "user", "user", OPT_STRING, FIELD(user), 0, 0, "", NULL, "NAME",
+     "Started as root: become this user (and its groups) once the sockets are bound; "
+     "empty: stay who started nudged."},
     {"heartbeat", "min", "heartbeat-min", OPT_UINT, FIELD(heartbeat_min), 1, 3540, "60", NULL,
      "SECONDS", "Shortest heartbeat a client may ask for."},
     {"heartbeat", "max", "heartbeat-max", OPT_UINT, FIELD(heartbeat_max), 0, 3540, "0", NULL,
@@ -155,9 +160,10 @@ static const struct option_def options[] = {
      "written to a dead peer is given up as fast as keepalive finds it."},
     {"ping", "max_folders", "ping-max-folders", OPT_UINT, FIELD(ping_max_folders), 1, 10000, "100",
      NULL, "N", "Most folders one ping may list."},
-    {"udp", "listen", "udp-listen", OPT_ADDR, FIELD(udp_listen), 0, 0, "127.0.0.1:8080", NULL,
+    {"udp", "listen", "udp-listen", OPT_ADDR, FIELD(udp_listen), 0, 0, "auto", NULL,
      "ADDR", "UDP socket for new-mail datagrams and their acks: IPv4:PORT, [IPv6]:PORT or :PORT; "
-     "port 0: any free port; empty: UDP notifications off."},
+     "auto: the host and port of the first [server] listen; port 0: any free port; empty: UDP "
+     "notifications off."},
     {"udp", "resend_interval", "udp-resend-interval", OPT_UINT, FIELD(udp_resend_interval), 1,
      86400, "60", NULL, "SECONDS", "A change the device has not caught up with is sent again "
      "this often (Exchange's cadence: every minute)."},
@@ -220,6 +226,14 @@ static const struct option_def options[] = {
      "answered 429; 0: no limit."},
     {"auth", "failure_window", "auth-failure-window", OPT_UINT, FIELD(auth_failure_window), 1,
      86400, "300", NULL, "SECONDS", "The window the failure limits count in."},
+    {"log", "target", "log-target", OPT_CHOICE, FIELD(log_target), 0, 0, "stderr", log_targets,
+     "TARGET", "Where log lines go: stderr, file ([log] file, reopened on SIGHUP), syslog "
+     "(daemon facility) or journal (systemd's, with the event id as NUDGE_EVENT)."},
+    {"log", "file", "log-file", OPT_STRING, FIELD(log_file), 0, 0, "", NULL, "PATH",
+     "With target = file: the file lines are appended to."},
+    {"log", "burst", "log-burst", OPT_UINT, FIELD(log_burst), 0, 1000000, "100", NULL, "N",
+     "Lines of one event written per 10 s; the rest are counted into one line (\"... and N "
+     "more\"), so a flood cannot fill a disk; 0: no limit."},
     {"store", "backend", "store-backend", OPT_CHOICE, FIELD(store_backend), 0, 0, "sqlite",
      store_backends, "NAME",
      "Where folder states and device records are kept: sqlite (one database file, survives "
@@ -368,11 +382,44 @@ static int set_value(struct config *c, const struct option_def *o, const char *v
         char e[160];
         if (check_string(o, v, why, whylen) != 0)
             return -1;
-        if (v[0] == '\0') /* only where min is 0: the feature is off */
+        if (v[0] == '\0' || strcmp(v, "auto") == 0) /* off (where min is 0), or derived */
             break;
         if (util_parse_addr(v, &ss, e, sizeof(e)) != 0) {
             snprintf(why, whylen, "%s", e);
             return -1;
+        }
+        break;
+    }
+    case OPT_ADDRS: {
+        struct sockaddr_storage ss;
+        char one[CONFIG_STR_MAX], e[160];
+        size_t n = 0;
+        if (check_string(o, v, why, whylen) != 0)
+            return -1;
+        for (const char *p = v;; n++) {
+            const char *end = strchr(p, ',');
+            size_t len = end ? (size_t)(end - p) : strlen(p);
+            while (len > 0 && (*p == ' ' || *p == '\t'))
+                p++, len--;
+            while (len > 0 && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+                len--;
+            if (len == 0) {
+                snprintf(why, whylen, "address %zu of the list is empty", n + 1);
+                return -1;
+            }
+            if (n == CONFIG_LISTEN_MAX) {
+                snprintf(why, whylen, "more than %d addresses", CONFIG_LISTEN_MAX);
+                return -1;
+            }
+            memcpy(one, p, len);
+            one[len] = '\0';
+            if (util_parse_addr(one, &ss, e, sizeof(e)) != 0) {
+                snprintf(why, whylen, "%s", e);
+                return -1;
+            }
+            if (end == NULL)
+                break;
+            p = end + 1;
         }
         break;
     }
@@ -862,6 +909,64 @@ void config_derive(struct config *c)
         c->user_timeout = c->keepalive_idle + c->keepalive_interval * c->keepalive_count;
         c->derived |= CONFIG_DERIVED_USER_TIMEOUT;
     }
+    if (strcmp(c->udp_listen, "auto") == 0) {
+        /* The datagrams come from where the pings go: the first TCP address, its port. */
+        config_listen_addr(c, 0, c->udp_listen, sizeof(c->udp_listen));
+        c->derived |= CONFIG_DERIVED_UDP_LISTEN;
+    }
+}
+
+int config_listen_addr(const struct config *c, unsigned i, char *out, size_t outlen)
+{
+    const char *p = c->listen;
+
+    for (unsigned k = 0; k < i; k++) {
+        p = strchr(p, ',');
+        if (p == NULL)
+            return -1;
+        p++;
+    }
+    {
+        const char *end = strchr(p, ',');
+        size_t len = end ? (size_t)(end - p) : strlen(p);
+        while (len > 0 && (*p == ' ' || *p == '\t'))
+            p++, len--;
+        while (len > 0 && (p[len - 1] == ' ' || p[len - 1] == '\t'))
+            len--;
+        if (len >= outlen)
+            len = outlen - 1;
+        memcpy(out, p, len);
+        out[len] = '\0';
+    }
+    return 0;
+}
+
+unsigned config_listen_count(const struct config *c)
+{
+    unsigned n = 1;
+
+    for (const char *p = c->listen; (p = strchr(p, ',')) != NULL; p++)
+        n++;
+    return n;
+}
+
+size_t config_diff(const struct config *a, const struct config *b, char *out, size_t outlen)
+{
+    size_t n = 0, count = 0;
+
+    out[0] = '\0';
+    for (size_t i = 0; i < NOPTIONS; i++) {
+        const struct option_def *o = &options[i];
+        if (memcmp(cfield_of(a, o), cfield_of(b, o),
+                   o->type == OPT_UINT ? sizeof(unsigned) : o->size) == 0)
+            continue;
+        if (o->type != OPT_UINT && strcmp(cfield_of(a, o), cfield_of(b, o)) == 0)
+            continue;
+        count++;
+        if (n < outlen)
+            n += (size_t)snprintf(out + n, outlen - n, "%s%s.%s", n ? "," : "", o->section, o->key);
+    }
+    return count;
 }
 
 void config_describe_derived(const struct config *c, char *out, size_t outlen)
@@ -928,6 +1033,15 @@ int config_check(const struct config *c, char *err, size_t errlen)
     if (strcmp(c->auth_basic, "yes") == 0 && c->auth_passwords[0] == '\0') {
         snprintf(err, errlen, "[auth] basic = yes needs [auth] passwords: where should a "
                               "password be checked?");
+        return -1;
+    }
+    if (strcmp(c->log_target, "file") == 0 && c->log_file[0] == '\0') {
+        snprintf(err, errlen, "[log] target = file needs [log] file = PATH");
+        return -1;
+    }
+    if (c->log_file[0] != '\0' && strcmp(c->log_target, "file") != 0) {
+        snprintf(err, errlen, "[log] file is set but target is %s: set target = file too",
+                 c->log_target);
         return -1;
     }
     if (c->heartbeat_max != 0 && c->heartbeat_min > c->heartbeat_max) {
@@ -1043,7 +1157,10 @@ void config_print(const struct config *c, FILE *out)
         if (i == 0 || strcmp(o->section, options[i - 1].section) != 0)
             fprintf(out, "\n[%s]\n", o->section);
         print_comment(out, o->help);
-        if (o->type == OPT_UINT && was_derived(c, f)) {
+        if (f == (const void *)c->udp_listen && (c->derived & CONFIG_DERIVED_UDP_LISTEN)) {
+            fprintf(out, "; in effect: %s, from [server] listen\n%s = auto\n", c->udp_listen,
+                    o->key);
+        } else if (o->type == OPT_UINT && was_derived(c, f)) {
             unsigned v;
             memcpy(&v, f, sizeof(v));
             fprintf(out, "; in effect: %u, derived\n%s = 0\n", v, o->key);

@@ -20,7 +20,7 @@
 
 struct config {
     /* [server] */
-    char listen[CONFIG_STR_MAX];      /* "127.0.0.1:8080", "[::1]:8080", port 0 = any free */
+    char listen[CONFIG_STR_MAX];      /* "127.0.0.1:8080, [::1]:8080": 1..CONFIG_LISTEN_MAX, port 0 = any free */
     char data_dir[PATH_MAX];          /* "./var" */
     char secret_file[PATH_MAX];       /* "" = <data_dir>/secret */
     unsigned max_header_bytes;        /* 8192: request line + headers */
@@ -32,6 +32,7 @@ struct config {
     unsigned max_connections;         /* 16000 */
     unsigned max_per_ip;              /* 0: no limit */
     char log_level[16];               /* "info" */
+    char user[64];                    /* "": stay who started us; else switch to it after binding */
     /* [heartbeat] */
     unsigned heartbeat_min;           /* s, 60 */
     unsigned heartbeat_max;           /* s; 0: derived (1680 at idle_timeout 1800) */
@@ -51,7 +52,7 @@ struct config {
     /* [ping] */
     unsigned ping_max_folders;        /* 100 */
     /* [udp] */
-    char udp_listen[CONFIG_STR_MAX];  /* "127.0.0.1:8080"; "": UDP off */
+    char udp_listen[CONFIG_STR_MAX];  /* "auto": the first [server] listen's; "": UDP off */
     unsigned udp_resend_interval;     /* s, 60 */
     unsigned udp_max_resends;         /* 60 */
     unsigned udp_ttl;                 /* s, 3600 */
@@ -73,6 +74,10 @@ struct config {
     unsigned auth_max_failures_ip;    /* 20 wrong passwords per address per window */
     unsigned auth_max_failures_user;  /* 50 per user per window */
     unsigned auth_failure_window;     /* s, 300 */
+    /* [log] */
+    char log_target[16];              /* "stderr", "file", "syslog" or "journal" */
+    char log_file[PATH_MAX];          /* target = file: the path, reopened on SIGHUP */
+    unsigned log_burst;               /* lines of one event per 10 s before the rest are counted */
     /* [store] */
     char store_backend[32];           /* "sqlite" or "memory" */
     char store_sync[16];              /* "full" or "normal" (sqlite) */
@@ -115,6 +120,26 @@ int config_from_args(struct config *c, int argc, char **argv, enum config_action
 #define CONFIG_DERIVED_KEEPALIVE_INTERVAL (1u << 2)
 #define CONFIG_DERIVED_KEEPALIVE_COUNT (1u << 3)
 #define CONFIG_DERIVED_USER_TIMEOUT (1u << 4)
+#define CONFIG_DERIVED_UDP_LISTEN (1u << 5)
+
+/* Most [server] listen addresses. */
+#define CONFIG_LISTEN_MAX 8
+
+/*
+ * The i-th address of [server] listen into out (trimmed), or -1 past the
+ * last. The list was checked when it was read.
+ */
+int config_listen_addr(const struct config *c, unsigned i, char *out, size_t outlen);
+
+/* How many addresses [server] listen holds. */
+unsigned config_listen_count(const struct config *c);
+
+/*
+ * The names of the options whose values differ between a and b, comma
+ * separated ("server.listen,server.workers"), into out; 0 when none differ.
+ * What a reload reports as needing a restart.
+ */
+size_t config_diff(const struct config *a, const struct config *b, char *out, size_t outlen);
 
 /*
  * Fills the settings left at 0 from [network] idle_timeout: heartbeat max

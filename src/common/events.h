@@ -20,6 +20,11 @@
     EVENT(1005, secret_created, "a new server secret file was created")            \
     EVENT(1006, startup_failed, "nudged could not start (bind, secret, store)")     \
     EVENT(1007, network_settings, "heartbeat max and keepalive in force, derived from idle_timeout or set") \
+    EVENT(1008, reloaded, "SIGHUP: what was reloaded (log level, log file, passwords) and what needs a restart") \
+    EVENT(1009, reload_failed, "SIGHUP: the configuration could not be read again; nothing changed") \
+    EVENT(1010, log_coalesced, "lines of one event over [log] burst in 10 s were counted, not written") \
+    EVENT(1011, privileges_dropped, "nudged switched to [server] user after binding its sockets") \
+    EVENT(1012, udp_loopback_only, "a public TCP listener is paired with a loopback UDP socket: devices elsewhere get no datagrams") \
     EVENT(1100, conn_closed, "a connection closed; why tells eof, idle, a socket error, ...")               \
     EVENT(1101, bad_request, "a request was refused as malformed (HTTP 4xx)")      \
     EVENT(1102, request_timeout, "a client did not send a complete request in time") \

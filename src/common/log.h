@@ -19,6 +19,29 @@ enum log_level { LOG_DEBUG, LOG_INFO, LOG_WARN, LOG_ERROR };
 
 /* Sends log lines to 'out' (stderr when NULL), dropping those below 'min'. */
 void log_init(FILE *out, enum log_level min);
+
+/*
+ * Sends log lines to a target: "stderr", "file" (appended to 'path' with
+ * O_APPEND, so the processes of one server share it line by line),
+ * "syslog" (the daemon facility, ident nudged) or "journal" (systemd's
+ * native protocol, with NUDGE_EVENT, NUDGE_EVENT_NAME and NUDGE_WORKER
+ * fields). 'burst': lines of one event per 10 s, the rest counted (0: all).
+ * 0, or -1 with err set (the file cannot be opened).
+ */
+int log_open(const char *target, const char *path, unsigned burst, char *err, size_t errlen);
+
+/* Opens the file again (after a rotation renamed it); other targets: nothing to do. 0 or -1. */
+int log_reopen(char *err, size_t errlen);
+
+/* Changes the least level written. */
+void log_set_level(enum log_level min);
+
+/*
+ * Writes the count of lines held back for every event whose 10 s window
+ * has ended. The log calls it itself on each line; a loop's timer calls it
+ * so that the count of a flood that stopped is written too.
+ */
+void log_flush(void);
 /* In a worker process: every line ends with worker=N (-1: none). */
 void log_set_worker(int index);
 

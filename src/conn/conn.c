@@ -41,6 +41,7 @@ enum conn_flag {
     CONN_RESUME = 1 << 3,  /* on the loop's resume list */
     CONN_HANDED = 1 << 4,  /* handed off to another worker: closed here, lives on there */
     CONN_ADOPTED = 1 << 5, /* accepted by another worker and handed here */
+    CONN_HEAD = 1 << 6,    /* the request is a HEAD: its answer goes without the body */
 };
 
 const char *const conn_why_text[CONN_WHY_COUNT] = {
@@ -364,7 +365,7 @@ static void end_request(struct conn *c)
     c->req = NULL;
     c->holder = NULL;
     c->hold_arg = NULL;
-    c->flags &= (uint8_t)~CONN_BUSY;
+    c->flags &= (uint8_t)~(CONN_BUSY | CONN_HEAD);
     if (!c->keep_alive) {
         start_linger(c);
         return;
@@ -389,7 +390,8 @@ void conn_respond_typed(struct conn *c, int status, const char *ctype, const cha
         m->responses_5xx++;
     else if (status >= 400)
         m->responses_4xx++;
-    out = http_response_build(status, ctype, extra, body, len, c->keep_alive, &outlen);
+    out = http_response_build(status, ctype, extra, body, len, c->keep_alive,
+                              (c->flags & CONN_HEAD) != 0, &outlen);
     if (out == NULL) {
         conn_close(c, CONN_WHY_NO_MEMORY, NULL);
         return;
@@ -483,6 +485,7 @@ static void refuse_request(struct conn *c, int status, const char *reason)
     } words[] = {
         {400, "bad-request"},     {408, "request-timeout"},   {411, "length-required"},
         {413, "body-too-large"},  {431, "headers-too-large"}, {503, "unavailable"},
+        {505, "http-version-not-supported"},
     };
     const char *word = "bad-request";
     char peer[64], q[192];
@@ -575,6 +578,8 @@ static void process(struct conn *c, const char *data, size_t len)
             return;
         }
         c->flags |= CONN_BUSY;
+        if (c->req->method == HTTP_HEAD)
+            c->flags |= CONN_HEAD;
         c->keep_alive = c->req->keep_alive;
         cl->metrics->requests_total++;
         /* What follows this request in the read, should the handler move the connection. */

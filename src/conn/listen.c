@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
+#include <netinet/ip.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,10 @@
 #include "net/sockopt.h"
 #include "worker/mesh.h"
 #include "worker/worker.h"
+
+_Static_assert(LISTEN_MAX == CONFIG_LISTEN_MAX, "one socket per [server] listen address");
+_Static_assert(LISTEN_MAX == sizeof(((struct worker_ctx *)0)->listen_fd) / sizeof(int),
+               "a worker is given one socket per address");
 
 /* Backlog for listen(): room for a burst of devices reconnecting after a network blip. */
 #define LISTEN_BACKLOG 4096
@@ -68,17 +73,19 @@ static void pause_accepting(struct listener *l, const char *why)
     if (l->paused)
         return;
     l->paused = 1;
-    uv_poll_stop(&l->poll);
+    for (unsigned i = 0; i < l->nsocks; i++)
+        uv_poll_stop(&l->socks[i].poll);
     LOG(LOG_WARN, listen_paused, "reason=%s connections=%llu limit=%u", why,
         (unsigned long long)l->metrics->connections, l->max_conns);
 }
 
 static void resume_accepting(struct listener *l)
 {
-    if (!l->paused || l->conns->stopping)
+    if (!l->paused || l->stopped || l->conns->stopping)
         return;
     l->paused = 0;
-    uv_poll_start(&l->poll, UV_READABLE, on_readable);
+    for (unsigned i = 0; i < l->nsocks; i++)
+        uv_poll_start(&l->socks[i].poll, UV_READABLE, on_readable);
     LOG(LOG_INFO, listen_resumed, "connections=%llu limit=%u",
         (unsigned long long)l->metrics->connections, l->max_conns);
 }
@@ -348,7 +355,8 @@ static void refuse_over_ip(struct listener *l, struct conn *c, const struct ip_c
 
 static void on_readable(uv_poll_t *p, int status, int events)
 {
-    struct listener *l = p->data;
+    struct listen_sock *ls = p->data;
+    struct listener *l = ls->l;
     char q[128];
 
     (void)events;
@@ -374,7 +382,7 @@ static void on_readable(uv_poll_t *p, int status, int events)
             uv_timer_start(&l->retry, on_fd_retry, SHARED_RETRY_MS, 0);
             return;
         }
-        fd = accept4(l->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        fd = accept4(ls->fd, (struct sockaddr *)&ss, &len, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0 && l->wk)
             atomic_fetch_sub(&l->wk->shared->connections, 1);
         if (fd >= 0 && l->wk)
@@ -417,79 +425,156 @@ static unsigned effective_max(const struct config *c)
     return max;
 }
 
+int listen_bind(const char *addr, int reuseport, const struct config *cfg, char *err,
+                size_t errlen)
+{
+    struct sockaddr_storage ss;
+    char why[160];
+    int one = 1, fd, rc;
+
+    if (util_parse_addr(addr, &ss, why, sizeof(why)) < 0) {
+        snprintf(err, errlen, "[server] listen %s: %s", addr, why);
+        return -1;
+    }
+    fd = socket(ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errlen, "[server] listen %s: cannot make a TCP socket: %s", addr,
+                 strerror(errno));
+        return -1;
+    }
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (ss.ss_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) {
+        snprintf(err, errlen, "[server] listen %s: SO_REUSEPORT: %s", addr, strerror(errno));
+        goto fail;
+    }
+    if (bind(fd, (struct sockaddr *)&ss,
+             ss.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                      : sizeof(struct sockaddr_in)) < 0) {
+        listen_bind_error((struct sockaddr *)&ss, errno, err, errlen);
+        goto fail;
+    }
+    if (listen(fd, LISTEN_BACKLOG) < 0) {
+        listen_bind_error((struct sockaddr *)&ss, errno, err, errlen);
+        goto fail;
+    }
+    if ((rc = net_set_listener(fd, cfg)) < 0) {
+        snprintf(err, errlen, "[server] listen %s: cannot set TCP options: %s", addr,
+                 strerror(-rc));
+        goto fail;
+    }
+    return fd;
+fail:
+    close(fd);
+    return -1;
+}
+
 int listen_start(struct listener *l, uv_loop_t *loop, const struct config *cfg,
                  struct conn_loop *conns, struct metrics *metrics, const struct worker_ctx *wk,
                  struct mesh *mesh, char *err, size_t errlen)
 {
-    struct sockaddr_storage addr, bound;
-    socklen_t len = sizeof(bound);
-    int one = 1, fd, rc;
+    char one[CONFIG_STR_MAX];
+    size_t n = 0;
 
     memset(l, 0, sizeof(*l));
-    l->fd = -1;
     l->cfg = cfg;
     l->conns = conns;
     l->metrics = metrics;
     l->wk = wk;
     l->mesh = mesh;
     strmap_init(&l->per_ip);
-    if (wk) {
-        /* The supervisor made it (SO_REUSEPORT, one per worker): see supervisor.c. */
-        fd = wk->listen_fd;
-        goto bound;
+    for (unsigned i = 0; i < LISTEN_MAX; i++)
+        l->socks[i].fd = -1;
+    for (unsigned i = 0; config_listen_addr(cfg, i, one, sizeof(one)) == 0 && i < LISTEN_MAX; i++) {
+        struct listen_sock *ls = &l->socks[i];
+        struct sockaddr_storage bound;
+        socklen_t len = sizeof(bound);
+        /* With workers the supervisor made them (SO_REUSEPORT, one per worker): supervisor.c. */
+        int fd = wk ? wk->listen_fd[i] : listen_bind(one, 0, cfg, err, errlen);
+        if (fd < 0)
+            goto fail;
+        ls->l = l;
+        ls->fd = fd;
+        l->nsocks = i + 1;
+        getsockname(fd, (struct sockaddr *)&bound, &len);
+        util_format_addr((struct sockaddr *)&bound, ls->addr, sizeof(ls->addr));
+        n += (size_t)snprintf(l->addr + n, sizeof(l->addr) - n, "%s%s", i ? "," : "", ls->addr);
     }
-    if (util_parse_addr(cfg->listen, &addr, err, errlen) < 0)
-        return -1;
-    fd = socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        snprintf(err, errlen, "socket: %s", strerror(errno));
-        return -1;
-    }
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (bind(fd, (struct sockaddr *)&addr,
-             addr.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6)
-                                        : sizeof(struct sockaddr_in)) < 0 ||
-        listen(fd, LISTEN_BACKLOG) < 0) {
-        snprintf(err, errlen, "cannot listen on %s: %s", cfg->listen, strerror(errno));
-        close(fd);
-        return -1;
-    }
-    if ((rc = net_set_listener(fd, cfg)) < 0) {
-        snprintf(err, errlen, "cannot set TCP options on %s: %s", cfg->listen, strerror(-rc));
-        close(fd);
-        return -1;
-    }
-bound:
-    getsockname(fd, (struct sockaddr *)&bound, &len);
-    util_format_addr((struct sockaddr *)&bound, l->addr, sizeof(l->addr));
-    l->fd = fd;
     l->max_conns = effective_max(cfg);
     conn_loop_on_closed(conns, on_conn_closed, l);
     mesh_on(mesh, LISTEN_MSG_IP_MOVE, on_ip_move, l);
     mesh_on_reset(mesh, on_peer_reset, l);
-    uv_poll_init(loop, &l->poll, fd);
-    l->poll.data = l;
     uv_timer_init(loop, &l->retry);
     l->retry.data = l;
-    uv_poll_start(&l->poll, UV_READABLE, on_readable);
+    for (unsigned i = 0; i < l->nsocks; i++) {
+        uv_poll_init(loop, &l->socks[i].poll, l->socks[i].fd);
+        l->socks[i].poll.data = &l->socks[i];
+        uv_poll_start(&l->socks[i].poll, UV_READABLE, on_readable);
+    }
     return 0;
+fail:
+    for (unsigned i = 0; i < l->nsocks; i++)
+        close(l->socks[i].fd);
+    l->nsocks = 0;
+    return -1;
+}
+
+void listen_bind_error(const struct sockaddr *addr, int errnum, char *err, size_t errlen)
+{
+    char a[64];
+
+    util_format_addr(addr, a, sizeof(a));
+    snprintf(err, errlen, "[server] listen: cannot listen on TCP %s: %s%s", a, strerror(errnum),
+             errnum == EADDRINUSE ? " (another program listens on this TCP port; set [server] "
+                                    "listen or --listen to a free one)"
+             : errnum == EACCES   ? " (ports below 1024 need root or CAP_NET_BIND_SERVICE; "
+                                    "set [server] listen or --listen)"
+             : errnum == EADDRNOTAVAIL ? " (no interface has this address; set [server] "
+                                         "listen or --listen)"
+                                       : "");
+}
+
+int listen_probe_free(const struct sockaddr_storage *addr, char *err, size_t errlen)
+{
+    socklen_t alen =
+        addr->ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
+    uint16_t port = addr->ss_family == AF_INET6 ? ((const struct sockaddr_in6 *)addr)->sin6_port
+                                                : ((const struct sockaddr_in *)addr)->sin_port;
+    int one = 1, fd, rc = 0;
+
+    if (port == 0)
+        return 0;
+    fd = socket(addr->ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return 0;   /* the real socket() reports it */
+    /* SO_REUSEADDR as the listeners have it: a closed connection in TIME_WAIT does not count. */
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (bind(fd, (const struct sockaddr *)addr, alen) < 0) {
+        listen_bind_error((const struct sockaddr *)addr, errno, err, errlen);
+        rc = -1;
+    }
+    close(fd);
+    return rc;
 }
 
 static void on_poll_closed(uv_handle_t *h)
 {
-    struct listener *l = h->data;
+    struct listen_sock *ls = h->data;
 
-    close(l->fd);
-    l->fd = -1;
+    close(ls->fd);
+    ls->fd = -1;
 }
 
 void listen_stop(struct listener *l)
 {
-    if (l->fd < 0 || uv_is_closing((uv_handle_t *)&l->poll))
+    if (l->stopped)
         return;
+    l->stopped = 1;
     l->paused = 1;
-    uv_close((uv_handle_t *)&l->poll, on_poll_closed);
-    if (!uv_is_closing((uv_handle_t *)&l->retry))
+    for (unsigned i = 0; i < l->nsocks; i++)
+        uv_close((uv_handle_t *)&l->socks[i].poll, on_poll_closed);
+    if (l->nsocks > 0 && !uv_is_closing((uv_handle_t *)&l->retry))
         uv_close((uv_handle_t *)&l->retry, NULL);
 }
 

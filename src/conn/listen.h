@@ -37,20 +37,44 @@ struct worker_ctx;
 /* The mesh message that moves an address's count between holders (mesh.h numbering). */
 #define LISTEN_MSG_IP_MOVE 17
 
+/* Most listening sockets: [server] listen's addresses (config.h CONFIG_LISTEN_MAX). */
+#define LISTEN_MAX 8
+
+struct listener;
+
+/* One listening socket of the listener. */
+struct listen_sock {
+    struct listener *l;
+    int fd;
+    uv_poll_t poll;
+    char addr[64];                 /* the bound address, "127.0.0.1:8080" */
+};
+
 struct listener {
     const struct config *cfg;
     struct conn_loop *conns;
     struct metrics *metrics;
     const struct worker_ctx *wk;   /* NULL: a single process */
     struct mesh *mesh;             /* NULL without workers */
-    int fd;
-    uv_poll_t poll;
+    unsigned nsocks;
+    struct listen_sock socks[LISTEN_MAX];
     uv_timer_t retry;              /* resumes accepting after EMFILE */
     int paused;
+    int stopped;
     unsigned max_conns;            /* max_connections within the descriptor limit */
-    struct strmap per_ip;          /* raw address -> struct ip_count, with max_per_ip */
-    char addr[64];                 /* the bound address, "127.0.0.1:8080" */
+    struct strmap per_ip;          /* raw address -> struct ip_count, with max_per_ip; every socket's */
+    char addr[LISTEN_MAX * 66];    /* the bound addresses, "127.0.0.1:8080,[::1]:8080" */
 };
+
+/*
+ * A listening TCP socket bound to addr (one entry of [server] listen),
+ * non-blocking, with the listener's TCP options; SO_REUSEPORT when
+ * 'reuseport' (one per worker). An IPv6 address listens on IPv6 only, so
+ * that "0.0.0.0:8080, [::]:8080" works. The fd, or -1 with err naming the
+ * address, the protocol and the option to change.
+ */
+int listen_bind(const char *addr, int reuseport, const struct config *cfg, char *err,
+                size_t errlen);
 
 /*
  * Which worker counts a connection's address and which address it is: what
@@ -70,6 +94,23 @@ struct listen_ref {
 int listen_start(struct listener *l, uv_loop_t *loop, const struct config *cfg,
                  struct conn_loop *conns, struct metrics *metrics, const struct worker_ctx *wk,
                  struct mesh *mesh, char *err, size_t errlen);
+
+/*
+ * Writes into err why the TCP listener could not bind or listen on 'addr'
+ * (errno 'errnum'): the protocol, the exact address and the option that
+ * sets it, so the line names the socket that failed and what to change.
+ */
+void listen_bind_error(const struct sockaddr *addr, int errnum, char *err, size_t errlen);
+
+/*
+ * Whether the TCP address 'addr' is free for us alone: binds a plain socket
+ * (no SO_REUSEPORT) and closes it. Workers' listeners share their port with
+ * SO_REUSEPORT, and so would another nudged of the same user: without this
+ * look a second nudged would join the first one's port and take half its
+ * connections. 0, or -1 with err set as listen_bind_error does. Port 0 is
+ * always free.
+ */
+int listen_probe_free(const struct sockaddr_storage *addr, char *err, size_t errlen);
 
 /* Stops accepting for good (shutdown) and closes the socket. */
 void listen_stop(struct listener *l);

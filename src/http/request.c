@@ -26,6 +26,10 @@ static struct http_req *req_of(llhttp_t *p)
     return (struct http_req *)p->data;
 }
 
+/* The sentences of a 505: what is spoken here, and what to do. */
+#define HTTP_ONLY_H1 "HTTP version not supported: only HTTP/1.0 and HTTP/1.1 are spoken here"
+#define HTTP_NO_H2 "HTTP/2 is not spoken here: use HTTP/1.1 (nudged speaks HTTP/1.0 and 1.1 only)"
+
 static int fail(struct http_req *r, int status, const char *reason)
 {
     if (r->err_status == 0) {
@@ -142,8 +146,14 @@ static int on_headers_complete(llhttp_t *p)
 
     r->headers_done = 1;
     r->method = (uint8_t)p->method;
-    if (p->http_major != 1 || p->http_minor > 1) {
+    if (p->http_major == 0) {
+        /* No version on the request line: llhttp calls it HTTP/0.9, a malformed request. */
         fail(r, 400, "malformed request: only HTTP/1.0 and HTTP/1.1 are spoken here");
+        return -1;
+    }
+    if (p->http_major != 1 || p->http_minor > 1) {
+        /* A well-formed request in a version we do not speak: RFC 9110 15.6.6. */
+        fail(r, 505, p->http_major == 2 ? HTTP_NO_H2 : HTTP_ONLY_H1);
         return -1;
     }
     if (p->flags & (F_CHUNKED | F_TRANSFER_ENCODING)) {
@@ -247,8 +257,23 @@ static void split_url(struct http_req *r)
 static void parse_error(struct http_req *r)
 {
     const char *reason = llhttp_get_error_reason(&r->parser);
+    llhttp_errno_t e = llhttp_get_errno(&r->parser);
     char buf[128];
 
+    /*
+     * llhttp stops at HTTP/2's connection preface ("PRI * HTTP/2.0") and
+     * refuses a version it does not know (HTTP/9.9) before the headers: both
+     * are a client speaking another HTTP, answered as such, not as a parser's
+     * inner words.
+     */
+    if (e == HPE_PAUSED_H2_UPGRADE) {
+        fail(r, 505, HTTP_NO_H2);
+        return;
+    }
+    if (e == HPE_INVALID_VERSION) {
+        fail(r, 505, HTTP_ONLY_H1);
+        return;
+    }
     snprintf(buf, sizeof(buf), "malformed request: %s", reason ? reason : "parse error");
     fail(r, 400, buf);
 }

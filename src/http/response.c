@@ -24,10 +24,13 @@ const char *http_status_text(int status)
     case 411: return "Length Required";
     case 413: return "Content Too Large";
     case 415: return "Unsupported Media Type";
+    case 422: return "Unprocessable Content";
     case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";
     case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
     case 503: return "Service Unavailable";
+    case 505: return "HTTP Version Not Supported";
     default: return "Unknown";
     }
 }
@@ -66,7 +69,7 @@ static const char *date_header(void)
  * instructions an answer).
  */
 char *http_response_build(int status, const char *ctype, const char *extra, const char *body,
-                          size_t body_len, int keep_alive, size_t *outlen)
+                          size_t body_len, int keep_alive, int head_only, size_t *outlen)
 {
     int bodyless = status == 304 || (status >= 100 && status < 200);
     const char *text = http_status_text(status), *date = date_header();
@@ -106,7 +109,7 @@ char *http_response_build(int status, const char *ctype, const char *extra, cons
     if (extra_len)
         PUTN(extra, extra_len);
     PUT("\r\n");
-    if (body_len)
+    if (body_len && !head_only)
         PUTN(body, body_len);
     *outlen = (size_t)(at - out);
     return out;

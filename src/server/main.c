@@ -8,14 +8,19 @@
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <netinet/in.h>
 #include <sys/stat.h>
+#include <systemd/sd-daemon.h>
 #include <uv.h>
 
 #include "auth/secret.h"
 #include "common/config.h"
 #include "common/log.h"
 #include "common/strmap.h"
+#include "common/util.h"
 #include "common/version.h"
+#include "server/privs.h"
+#include "server/reload.h"
 #include "server/server.h"
 #include "store/reshard.h"
 #include "server/supervisor.h"
@@ -46,6 +51,36 @@ static int make_dirs(const char *path, char *err, size_t errlen)
         }
     }
     return 0;
+}
+
+static int is_loopback(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)ss)->sin_addr.s_addr) >> 24) == 127;
+    return ss->ss_family == AF_INET6 &&
+           IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)ss)->sin6_addr);
+}
+
+/*
+ * Devices reach the TCP address; datagrams come from the UDP one. A public
+ * listener beside a loopback UDP socket is a set-up where no device gets a
+ * datagram, which nothing else would say.
+ */
+static void check_udp_pairing(const struct config *cfg)
+{
+    struct sockaddr_storage ss;
+    char addr[CONFIG_STR_MAX], e[160], q[CONFIG_STR_MAX + 8];
+
+    if (cfg->udp_listen[0] == '\0' || util_parse_addr(cfg->udp_listen, &ss, e, sizeof(e)) < 0 ||
+        !is_loopback(&ss))
+        return;
+    for (unsigned i = 0; config_listen_addr(cfg, i, addr, sizeof(addr)) == 0; i++)
+        if (util_parse_addr(addr, &ss, e, sizeof(e)) == 0 && !is_loopback(&ss)) {
+            LOG(LOG_WARN, udp_loopback_only, "listen=%s udp=%s note=\"set [udp] listen to an "
+                "address devices reach, or empty to turn UDP off\"",
+                log_q(q, sizeof(q), addr), cfg->udp_listen);
+            return;
+        }
 }
 
 int main(int argc, char **argv)
@@ -83,6 +118,23 @@ int main(int argc, char **argv)
     log_init(stderr, level);
     /* A client that goes away mid-write must not kill the server. */
     signal(SIGPIPE, SIG_IGN);
+    /* Nor a reload that arrives before the loop listens for it. */
+    signal(SIGHUP, SIG_IGN);
+    reload_init(argc, argv);
+
+    /* Who we run as first: then every file below is created as that user. */
+    if (privs_drop(cfg.user, err, sizeof(err)) < 0) {
+        LOG(LOG_ERROR, startup_failed, "reason=%s", log_q(q, sizeof(q), err));
+        fprintf(stderr, "nudged: %s\n", err);
+        return 1;
+    }
+    if (log_open(cfg.log_target, cfg.log_file, cfg.log_burst, err, sizeof(err)) < 0) {
+        LOG(LOG_ERROR, startup_failed, "reason=%s", log_q(q, sizeof(q), err));
+        fprintf(stderr, "nudged: %s\n", err);
+        return 1;
+    }
+    privs_log();
+    check_udp_pairing(&cfg);
 
     if (RAND_bytes((unsigned char *)&seed, sizeof(seed)) != 1) {
         LOG(LOG_ERROR, startup_failed, "reason=\"no random bytes for the hash seed\"");
@@ -121,10 +173,12 @@ int main(int argc, char **argv)
         uv_loop_close(&loop);
         return 1;
     }
+    privs_bound();
     LOG(LOG_INFO, started, "version=%s store=%s heartbeat_min=%u heartbeat_max=%u", NUDGE_VERSION,
         cfg.store_backend, cfg.heartbeat_min, cfg.heartbeat_max);
     config_describe_derived(&cfg, err, sizeof(err));
     LOG(LOG_INFO, network_settings, "%s", err);
+    sd_notifyf(0, "READY=1\nSTATUS=listening on %s", srv.listener.addr);
     server_run(&srv);
     server_free(&srv);
     if (uv_loop_close(&loop) != 0)

@@ -56,26 +56,33 @@ struct route {
     route_handler fn;
     enum route_target target; /* the handler's module */
     int password;          /* a user's password in HTTP Basic, nothing else (sign-in) */
+    /*
+     * A GET route whose HEAD is answered by the same handler, the connection
+     * dropping the body (conn.c): only routes that read and change nothing,
+     * so a load balancer's HEAD costs what its GET would. Not /v1/probe: it
+     * holds the connection for a measurement.
+     */
+    int head;
 };
 
 static const struct route routes[] = {
-    {"/v1/ping", 0, HTTP_POST, TOKEN_USER, ping_handle, ROUTE_PING, 0},
-    {"/v1/state", 0, HTTP_GET, TOKEN_USER, state_handle, ROUTE_STATE, 0},
-    {"/v1/probe", 0, HTTP_GET, TOKEN_USER, probe_handle, ROUTE_PROBE, 0},
-    {"/v1/udp", 0, HTTP_POST, TOKEN_USER, udp_register_handle, ROUTE_UDP, 0},
-    {"/v1/udp/test", 0, HTTP_POST, TOKEN_USER, udp_test_handle, ROUTE_UDP, 0},
-    {"/v1/udp/", 1, HTTP_DELETE, TOKEN_USER, udp_delete_handle, ROUTE_UDP, 0},
-    {"/v1/events", 0, HTTP_POST, TOKEN_PUBLISHER, events_handle, ROUTE_EVENTS, 0},
+    {"/v1/ping", 0, HTTP_POST, TOKEN_USER, ping_handle, ROUTE_PING, 0, 0},
+    {"/v1/state", 0, HTTP_GET, TOKEN_USER, state_handle, ROUTE_STATE, 0, 1},
+    {"/v1/probe", 0, HTTP_GET, TOKEN_USER, probe_handle, ROUTE_PROBE, 0, 0},
+    {"/v1/udp", 0, HTTP_POST, TOKEN_USER, udp_register_handle, ROUTE_UDP, 0, 0},
+    {"/v1/udp/test", 0, HTTP_POST, TOKEN_USER, udp_test_handle, ROUTE_UDP, 0, 0},
+    {"/v1/udp/", 1, HTTP_DELETE, TOKEN_USER, udp_delete_handle, ROUTE_UDP, 0, 0},
+    {"/v1/events", 0, HTTP_POST, TOKEN_PUBLISHER, events_handle, ROUTE_EVENTS, 0, 0},
     /* HTTP Basic, checked by the handler: the credential Dovecot's driver can send. */
-    {"/v1/ingest/dovecot", 0, HTTP_PUT, 0, ingest_dovecot_handle, ROUTE_INGEST, 0},
-    {"/v1/ingest/dovecot", 0, HTTP_POST, 0, ingest_dovecot_handle, ROUTE_INGEST, 0},
-    {"/v1/admin/sessions", 0, HTTP_GET, TOKEN_ADMIN, sessions_list_handle, ROUTE_SESSIONS, 0},
-    {"/v1/admin/sessions/", 1, HTTP_DELETE, TOKEN_ADMIN, sessions_end_handle, ROUTE_SESSIONS, 0},
-    {"/v1/admin/workers", 0, HTTP_GET, TOKEN_ADMIN, admin_workers, ROUTE_ADMIN, 0},
-    {"/healthz", 0, HTTP_GET, 0, admin_healthz, ROUTE_ADMIN, 0},
-    {"/metrics", 0, HTTP_GET, TOKEN_ADMIN, admin_metrics, ROUTE_ADMIN, 0},
-    {"/v1/login", 0, HTTP_POST, TOKEN_USER, login_handle, ROUTE_LOGIN, 1},
-    {"/v1/admin/tokens/", 1, HTTP_DELETE, TOKEN_ADMIN, revoke_handle, ROUTE_REVOKE, 0},
+    {"/v1/ingest/dovecot", 0, HTTP_PUT, 0, ingest_dovecot_handle, ROUTE_INGEST, 0, 0},
+    {"/v1/ingest/dovecot", 0, HTTP_POST, 0, ingest_dovecot_handle, ROUTE_INGEST, 0, 0},
+    {"/v1/admin/sessions", 0, HTTP_GET, TOKEN_ADMIN, sessions_list_handle, ROUTE_SESSIONS, 0, 1},
+    {"/v1/admin/sessions/", 1, HTTP_DELETE, TOKEN_ADMIN, sessions_end_handle, ROUTE_SESSIONS, 0, 0},
+    {"/v1/admin/workers", 0, HTTP_GET, TOKEN_ADMIN, admin_workers, ROUTE_ADMIN, 0, 1},
+    {"/healthz", 0, HTTP_GET, 0, admin_healthz, ROUTE_ADMIN, 0, 1},
+    {"/metrics", 0, HTTP_GET, TOKEN_ADMIN, admin_metrics, ROUTE_ADMIN, 0, 1},
+    {"/v1/login", 0, HTTP_POST, TOKEN_USER, login_handle, ROUTE_LOGIN, 1, 0},
+    {"/v1/admin/tokens/", 1, HTTP_DELETE, TOKEN_ADMIN, revoke_handle, ROUTE_REVOKE, 0, 0},
 };
 
 void router_init(struct router *rt, const struct config *cfg, const struct secret *secret,
@@ -412,8 +419,13 @@ static int authenticate(struct router *rt, struct conn *c, struct http_req *r,
     if (who->kind != route->need) {
         char peer[64], q[300];
         struct http_error e;
-        http_error_set(&e, 403, "forbidden", "this endpoint needs a %s token, not a %s token",
-                       kind_name(route->need), kind_name(who->kind));
+        const char *need = kind_name(route->need), *got = kind_name(who->kind);
+        /*
+         * The kinds are user, publisher and admin: only "admin" takes "an"
+         * ("a user": its u sounds like "you").
+         */
+        http_error_set(&e, 403, "forbidden", "this endpoint needs %s %s token, not %s %s token",
+                       need[0] == 'a' ? "an" : "a", need, got[0] == 'a' ? "an" : "a", got);
         LOG(LOG_INFO, auth_forbidden, "peer=%s subject=%s path=%s",
             conn_peer(c, peer, sizeof(peer)), log_q(q, sizeof(q), who->subject), route->path);
         conn_respond_error(c, &e);
@@ -441,7 +453,7 @@ void router_dispatch(struct router *rt, struct conn *c, struct http_req *r)
                           : plen != r->path_len || memcmp(route->path, r->path, plen) != 0)
             continue;
         path_match = route;
-        if (route->method != r->method)
+        if (route->method != r->method && !(r->method == HTTP_HEAD && route->head))
             continue;
         if (authenticate(rt, c, r, route, &who) < 0)
             return;
@@ -450,7 +462,8 @@ void router_dispatch(struct router *rt, struct conn *c, struct http_req *r)
     }
     if (path_match) {
         http_error_set(&e, 405, "method-not-allowed", NULL);
-        http_error_header(&e, "Allow: %s", http_method_str(path_match->method));
+        http_error_header(&e, "Allow: %s%s", http_method_str(path_match->method),
+                          path_match->head ? ", HEAD" : "");
         conn_respond_error(c, &e);
         return;
     }

@@ -14,10 +14,12 @@
 #include <string.h>
 
 #include <openssl/rand.h>
+#include <systemd/sd-daemon.h>
 
 #include "auth/passwd.h"
 #include "common/log.h"
 #include "common/xalloc.h"
+#include "server/reload.h"
 #include "udp/udp.h"
 #include "worker/mesh.h"
 #include "worker/worker.h"
@@ -39,6 +41,8 @@ static void finish_stop(struct server *s)
     uv_close((uv_handle_t *)&s->stop_timer, NULL);
     uv_close((uv_handle_t *)&s->sig_term, NULL);
     uv_close((uv_handle_t *)&s->sig_int, NULL);
+    uv_close((uv_handle_t *)&s->sig_hup, NULL);
+    uv_close((uv_handle_t *)&s->log_timer, NULL);
     conn_loop_close(&s->conns);
     passwd_stop(s->passwords);
     listen_stop(&s->listener);
@@ -66,11 +70,33 @@ static void on_signal(uv_signal_t *sig, int signum)
     LOG(LOG_INFO, stopping, "signal=%s held=%llu connections=%llu",
         log_q(q, sizeof(q), strsignal(signum)),
         (unsigned long long)s->metrics.pings_held, (unsigned long long)s->metrics.connections);
+    if (s->wk == NULL)
+        sd_notify(0, "STOPPING=1");
     listen_stop(&s->listener);
     conn_loop_stop(&s->conns);
     s->stop_started = uv_now(s->loop);
     /* Check every 50 ms whether the drain is over. */
     uv_timer_start(&s->stop_timer, on_stop_tick, 50, 50);
+}
+
+/* SIGHUP: reload what can change under running connections (reload.h). */
+static void on_hup(uv_signal_t *sig, int signum)
+{
+    struct server *s = sig->data;
+
+    (void)signum;
+    /* With workers the supervisor tells systemd; alone, this process is the service. */
+    if (s->wk == NULL)
+        sd_notify(0, "RELOADING=1");
+    reload_run(s->cfg, s->passwords, s->wk ? (int)s->wk->index : -1);
+    if (s->wk == NULL)
+        sd_notify(0, "READY=1");
+}
+
+static void on_log_tick(uv_timer_t *t)
+{
+    (void)t;
+    log_flush();
 }
 
 static int failed(const char *err)
@@ -183,6 +209,13 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
     s->sig_int.data = s;
     uv_signal_start(&s->sig_term, on_signal, SIGTERM);
     uv_signal_start(&s->sig_int, on_signal, SIGINT);
+    uv_signal_init(loop, &s->sig_hup);
+    s->sig_hup.data = s;
+    uv_signal_start(&s->sig_hup, on_hup, SIGHUP);
+    uv_timer_init(loop, &s->log_timer);
+    uv_timer_start(&s->log_timer, on_log_tick, 1000, 1000);
+    /* It must not keep a draining loop alive. */
+    uv_unref((uv_handle_t *)&s->log_timer);
     LOG(LOG_INFO, listening, "addr=%s", s->listener.addr);
     return 0;
 }

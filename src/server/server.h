@@ -73,8 +73,9 @@ struct server {
     struct login login;
     struct revoke revoke;
     struct router router;
-    uv_signal_t sig_term, sig_int;
+    uv_signal_t sig_term, sig_int, sig_hup;
     uv_timer_t stop_timer;         /* bounds the drain at shutdown */
+    uv_timer_t log_timer;          /* writes the counts of coalesced log lines */
     uint64_t stop_started;         /* uv_now() when the stop signal came */
 };
 

@@ -5,6 +5,7 @@
 #include <linux/filter.h>
 #include <openssl/rand.h>
 #include <signal.h>
+#include <systemd/sd-daemon.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,7 +23,10 @@
 #include "common/strmap.h"
 #include "common/util.h"
 #include "common/version.h"
+#include "conn/listen.h"
 #include "net/sockopt.h"
+#include "server/privs.h"
+#include "server/reload.h"
 #include "server/server.h"
 #include "store/reshard.h"
 #include "worker/mesh.h"
@@ -58,7 +62,8 @@ struct sup {
     struct config *cfg;
     const struct secret *secret;
     unsigned n;
-    int listen_fd[WORKERS_MAX];
+    unsigned nlisten;                         /* [server] listen's addresses */
+    int listen_fd[WORKERS_MAX][LISTEN_MAX];   /* [worker][address] */
     int (*mesh)[WORKERS_MAX];   /* mesh[i][j]: i's end of the pair (i, j) */
     struct worker_shared *shared;
     struct wslot w[WORKERS_MAX];
@@ -69,41 +74,26 @@ struct sup {
 
 static int make_listeners(struct sup *sp, char *err, size_t errlen)
 {
-    struct sockaddr_storage addr;
-    socklen_t alen;
-    int one = 1, rc;
+    char addr[CONFIG_STR_MAX];
 
-    if (util_parse_addr(sp->cfg->listen, &addr, err, errlen) < 0)
-        return -1;
-    alen = addr.ss_family == AF_INET6 ? sizeof(struct sockaddr_in6) : sizeof(struct sockaddr_in);
-    for (unsigned i = 0; i < sp->n; i++) {
-        int fd = socket(addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-        if (fd < 0) {
-            snprintf(err, errlen, "socket: %s", strerror(errno));
+    sp->nlisten = config_listen_count(sp->cfg);
+    for (unsigned a = 0; a < sp->nlisten; a++) {
+        struct sockaddr_storage ss;
+        config_listen_addr(sp->cfg, a, addr, sizeof(addr));
+        /* Shared with SO_REUSEPORT, a port another nudged holds would be joined, not refused. */
+        if (util_parse_addr(addr, &ss, err, errlen) == 0 && listen_probe_free(&ss, err, errlen) < 0)
             return -1;
-        }
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-        if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) < 0) {
-            snprintf(err, errlen, "SO_REUSEPORT: %s", strerror(errno));
-            close(fd);
-            return -1;
-        }
-        if (bind(fd, (struct sockaddr *)&addr, alen) < 0 || listen(fd, LISTEN_BACKLOG) < 0) {
-            snprintf(err, errlen, "cannot listen on %s: %s", sp->cfg->listen, strerror(errno));
-            close(fd);
-            return -1;
-        }
-        if ((rc = net_set_listener(fd, sp->cfg)) < 0) {
-            snprintf(err, errlen, "cannot set TCP options on %s: %s", sp->cfg->listen,
-                     strerror(-rc));
-            close(fd);
-            return -1;
-        }
-        sp->listen_fd[i] = fd;
-        if (i == 0) {
-            /* Port 0 picked a port: the other workers join that one. */
-            socklen_t len = sizeof(addr);
-            getsockname(fd, (struct sockaddr *)&addr, &len);
+        for (unsigned i = 0; i < sp->n; i++) {
+            int fd = listen_bind(addr, 1, sp->cfg, err, errlen);
+            if (fd < 0)
+                return -1;
+            sp->listen_fd[i][a] = fd;
+            if (i == 0) {
+                /* Port 0 picked a port: the other workers join that one. */
+                socklen_t len = sizeof(ss);
+                getsockname(fd, (struct sockaddr *)&ss, &len);
+                util_format_addr((struct sockaddr *)&ss, addr, sizeof(addr));
+            }
         }
     }
     /*
@@ -125,11 +115,13 @@ static int make_listeners(struct sup *sp, char *err, size_t errlen)
             BPF_STMT(BPF_RET | BPF_A, 0),
         };
         struct sock_fprog prog = {.len = sizeof(code) / sizeof(code[0]), .filter = code};
-        if (setsockopt(sp->listen_fd[0], SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &prog,
-                       sizeof(prog)) < 0) {
-            char q[128];
-            LOG(LOG_WARN, reuseport_steering, "error=%s", log_q(q, sizeof(q), strerror(errno)));
-        }
+        for (unsigned a = 0; a < sp->nlisten; a++)
+            if (setsockopt(sp->listen_fd[0][a], SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, &prog,
+                           sizeof(prog)) < 0) {
+                char q[128];
+                LOG(LOG_WARN, reuseport_steering, "error=%s",
+                    log_q(q, sizeof(q), strerror(errno)));
+            }
     }
     return 0;
 }
@@ -183,7 +175,8 @@ static void run_worker(struct sup *sp, unsigned i, const sigset_t *old)
         _exit(1);
     for (unsigned k = 0; k < sp->n; k++) {
         if (k != i)
-            close(sp->listen_fd[k]);
+            for (unsigned a = 0; a < sp->nlisten; a++)
+                close(sp->listen_fd[k][a]);
         for (unsigned j = 0; j < sp->n; j++)
             if (k != i && sp->mesh[k][j] >= 0)
                 close(sp->mesh[k][j]);
@@ -191,7 +184,8 @@ static void run_worker(struct sup *sp, unsigned i, const sigset_t *old)
     log_set_worker((int)i);
     wk.index = i;
     wk.count = sp->n;
-    wk.listen_fd = sp->listen_fd[i];
+    for (unsigned a = 0; a < LISTEN_MAX; a++)
+        wk.listen_fd[a] = a < sp->nlisten ? sp->listen_fd[i][a] : -1;
     for (unsigned j = 0; j < WORKERS_MAX; j++)
         wk.mesh_fd[j] = j < sp->n ? sp->mesh[i][j] : -1;
     wk.shared = sp->shared;
@@ -210,6 +204,7 @@ static void run_worker(struct sup *sp, unsigned i, const sigset_t *old)
         server_free(&srv);
         _exit(1);
     }
+    privs_bound();
     sigprocmask(SIG_SETMASK, old, NULL);
     atomic_store(&sp->shared->pid[i], (int32_t)getpid());
     LOG(LOG_INFO, started, "version=%s store=%s heartbeat_min=%u heartbeat_max=%u", NUDGE_VERSION,
@@ -329,11 +324,14 @@ static void begin_stop(struct sup *sp, int sig)
         return;
     sp->stopping = 1;
     sp->stop_deadline = util_now_ms() + STOP_KILL_MS;
+    sd_notify(0, "STOPPING=1");
     LOG(LOG_INFO, stopping, "signal=%s workers=%u", log_q(q, sizeof(q), strsignal(sig)), sp->n);
     /* New clients are refused from now on, as with one process. */
     for (unsigned i = 0; i < sp->n; i++) {
-        close(sp->listen_fd[i]);
-        sp->listen_fd[i] = -1;
+        for (unsigned a = 0; a < sp->nlisten; a++) {
+            close(sp->listen_fd[i][a]);
+            sp->listen_fd[i][a] = -1;
+        }
     }
     for (unsigned i = 0; i < sp->n; i++)
         if (sp->w[i].pid > 0)
@@ -345,12 +343,14 @@ int supervisor_run(struct config *cfg, const struct secret *secret, unsigned wor
     static struct sup sp;
     sigset_t set, old;
     char err[PATH_MAX + 256], q[PATH_MAX + 300];
+    int ready = 0;
 
     sp.cfg = cfg;
     sp.secret = secret;
     sp.n = workers;
     for (unsigned i = 0; i < WORKERS_MAX; i++)
-        sp.listen_fd[i] = -1;
+        for (unsigned a = 0; a < LISTEN_MAX; a++)
+            sp.listen_fd[i][a] = -1;
     if (reshard(cfg, workers, worker_owner, err, sizeof(err)) < 0 || make_listeners(&sp, err, sizeof(err)) < 0 ||
         make_mesh(&sp, err, sizeof(err)) < 0) {
         LOG(LOG_ERROR, startup_failed, "reason=%s", log_q(q, sizeof(q), err));
@@ -391,6 +391,16 @@ int supervisor_run(struct config *cfg, const struct secret *secret, unsigned wor
         unsigned running = 0;
         int sig;
 
+        log_flush();
+        if (!ready && !sp.stopping) {
+            unsigned up = 0;
+            for (unsigned i = 0; i < workers; i++)
+                up += atomic_load(&sp.shared->pid[i]) != 0;
+            if (up == workers) {
+                ready = 1;
+                sd_notifyf(0, "READY=1\nSTATUS=%u workers", workers);
+            }
+        }
         for (unsigned i = 0; i < workers; i++) {
             if (sp.w[i].pid > 0)
                 running++;
@@ -410,6 +420,8 @@ int supervisor_run(struct config *cfg, const struct secret *secret, unsigned wor
                     kill(sp.w[i].pid, SIGKILL);
             sp.exit_code = 1;
         }
+        if (!ready)
+            wait = 20; /* readiness is looked for often until every worker is up */
         ts.tv_sec = (time_t)(wait / 1000);
         ts.tv_nsec = (long)(wait % 1000) * 1000000L;
         sig = sigtimedwait(&set, &si, &ts);
@@ -417,10 +429,15 @@ int supervisor_run(struct config *cfg, const struct secret *secret, unsigned wor
             reap(&sp);
         else if (sig == SIGTERM || sig == SIGINT)
             begin_stop(&sp, sig);
-        else if (sig == SIGHUP)
+        else if (sig == SIGHUP) {
+            /* Each worker reloads itself and logs what it did; this process its own log. */
+            sd_notify(0, "RELOADING=1");
+            reload_run(cfg, NULL, -1);
             for (unsigned i = 0; i < workers; i++)
                 if (sp.w[i].pid > 0)
                     kill(sp.w[i].pid, SIGHUP);
+            sd_notify(0, "READY=1");
+        }
     }
     LOG(LOG_INFO, stopped, "exit=%d workers=%u", sp.exit_code, workers);
     return sp.exit_code;

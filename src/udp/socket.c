@@ -227,10 +227,23 @@ int udp_socket_open(struct udp_socket *us, uv_loop_t *loop, const struct config 
             setsockopt(us->fd, SOL_SOCKET, SO_RCVBUF, &want, sizeof(want));
     }
     if (bind(us->fd, (struct sockaddr *)&ss, udp_sockaddr_len((struct sockaddr *)&ss)) < 0) {
-        snprintf(err, errlen, "[udp] listen %s: cannot bind: %s%s", cfg->udp_listen,
-                 strerror(errno),
-                 errno == EADDRINUSE ? " (another program uses this UDP port; set [udp] listen)"
-                                     : "");
+        int e = errno;
+        char a[64], which[320] = "";
+
+        /* Name the port that failed: worker i's is the base port + i, not the one configured. */
+        util_format_addr((struct sockaddr *)&ss, a, sizeof(a));
+        if (port_offset > 0)
+            snprintf(which, sizeof(which), " (worker %u binds [udp] listen %s + %u)",
+                     port_offset, cfg->udp_listen, port_offset);
+        snprintf(err, errlen, "[udp] listen: cannot bind UDP %s%s: %s%s", a, which, strerror(e),
+                 e == EADDRINUSE ? "; another program uses this UDP port: set [udp] listen or "
+                                   "--udp-listen to a free port (workers use it and the ports "
+                                   "after it, one each)"
+                 : e == EACCES ? "; ports below 1024 need root or CAP_NET_BIND_SERVICE: set "
+                                 "[udp] listen or --udp-listen"
+                 : e == EADDRNOTAVAIL ? "; no interface has this address: set [udp] listen or "
+                                        "--udp-listen"
+                                      : "");
         return -1;
     }
     getsockname(us->fd, (struct sockaddr *)&us->bound, &len);

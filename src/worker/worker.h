@@ -44,7 +44,7 @@ struct worker_shared {
 struct worker_ctx {
     unsigned index;          /* this worker, 0..count-1 */
     unsigned count;
-    int listen_fd;           /* this worker's SO_REUSEPORT listener (made by the supervisor) */
+    int listen_fd[8];        /* this worker's SO_REUSEPORT listeners, one per [server] listen address */
     int mesh_fd[WORKERS_MAX];/* SOCK_SEQPACKET to worker i; -1 for ourselves */
     struct worker_shared *shared;
 };

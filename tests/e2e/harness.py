@@ -80,6 +80,19 @@ def sign_token(secret: bytes, kind: str, subject: str, expires: int = 0) -> str:
     return f"{msg}.{b64url(mac)}"
 
 
+def v2_signed_by(secret: bytes, token: str) -> bool:
+    """Is token a v2 token (docs/auth.md "Token format") whose key id and MAC
+    are those of 'secret'?"""
+    head, _, mac = token.rpartition(".")
+    parts = head.split(".")
+    if len(parts) != 6 or parts[0] != "v2":
+        return False
+    if parts[5] != hashlib.sha256(secret).hexdigest()[:8]:
+        return False
+    want = hmac.new(secret, head.encode(), hashlib.sha256).digest()
+    return b64url(want) == mac
+
+
 def flip_mac_char(token: str) -> str:
     """Changes one character in the middle of the MAC. Not the last one: with
     32 bytes in 43 base64 characters the last character carries 2 padding bits,

@@ -239,17 +239,21 @@ def test_ping_error_is_reported(srv):
 
 def split_token(tok):
     parts = tok.split(".")
-    assert len(parts) == 5 and parts[0] == "v1", tok
+    assert len(parts) == 7 and parts[0] == "v2", tok
     return parts
 
 
 def test_token_is_signed_with_the_server_secret(srv):
+    before = int(time.time() * 1000)
     tok = srv.token("alice@example.com")
-    v, kind, subj, exp, mac = split_token(tok)
+    v, kind, subj, exp, issued, kid, mac = split_token(tok)
     assert kind == "u"
     assert b64url_decode(subj) == b"alice@example.com"
     assert re.fullmatch(r"0|[1-9][0-9]*", exp), exp
-    want = hmac.new(srv.secret(), f"{v}.{kind}.{subj}.{exp}".encode(), hashlib.sha256).digest()
+    assert before - 1000 <= int(issued) <= int(time.time() * 1000) + 1000, issued
+    assert kid == hashlib.sha256(srv.secret()).hexdigest()[:8]
+    want = hmac.new(srv.secret(), f"{v}.{kind}.{subj}.{exp}.{issued}.{kid}".encode(),
+                    hashlib.sha256).digest()
     assert b64url_decode(mac) == want
     assert "=" not in tok and "+" not in tok and "/" not in tok
 

@@ -195,7 +195,24 @@ static void test_derivation(void **state)
     assert_int_equal(c.keepalive_interval, 15);
     assert_int_equal(c.keepalive_count, 4);
     assert_int_equal(c.user_timeout, 360);
-    assert_int_equal(c.derived, 0x1f);
+    assert_int_equal(c.derived, 0x3f);
+    /* UDP follows the first TCP address when not set. */
+    assert_string_equal(c.udp_listen, "127.0.0.1:8080");
+    assert_int_equal(from_args(&c, &action, err, sizeof(err), "--listen",
+                               "[::1]:9000 ,  0.0.0.0:9001", NULL), 0);
+    assert_string_equal(c.udp_listen, "[::1]:9000");
+    assert_int_equal(config_listen_count(&c), 2);
+    assert_int_equal(config_listen_addr(&c, 1, line, sizeof(line)), 0);
+    assert_string_equal(line, "0.0.0.0:9001");
+    assert_int_equal(config_listen_addr(&c, 2, line, sizeof(line)), -1);
+    assert_int_equal(from_args(&c, &action, err, sizeof(err), "--listen", "127.0.0.1:1",
+                               "--udp-listen", "", NULL), 0);
+    assert_string_equal(c.udp_listen, "");
+    assert_int_equal(c.derived & CONFIG_DERIVED_UDP_LISTEN, 0);
+    assert_int_equal(from_args(&c, &action, err, sizeof(err), "--listen",
+                               "127.0.0.1:1,127.0.0.1:2,127.0.0.1:3,127.0.0.1:4,127.0.0.1:5,"
+                               "127.0.0.1:6,127.0.0.1:7,127.0.0.1:8,127.0.0.1:9", NULL), -1);
+    assert_non_null(strstr(err, "more than 8 addresses"));
     /* A 10-minute middlebox: the 10% margin, keepalive at half the timeout. */
     assert_int_equal(from_args(&c, &action, err, sizeof(err), "--idle-timeout", "600", NULL), 0);
     assert_int_equal(c.heartbeat_max, 540);
@@ -423,7 +440,7 @@ static void test_udp_options(void **state)
 
     (void)state;
     load_ok(&c, "");
-    assert_string_equal(c.udp_listen, "127.0.0.1:8080");
+    assert_string_equal(c.udp_listen, "auto"); /* resolved by config_derive */
     assert_int_equal(c.udp_resend_interval, 60);
     assert_int_equal(c.udp_max_resends, 60);
     assert_int_equal(c.udp_ttl, 3600);
@@ -463,7 +480,7 @@ static void test_file_unknown_names(void **state)
 {
     (void)state;
     load_fails("[server]\nlisten = 127.0.0.1:1\n[srever]\nlisten = 1\n", 3,
-               "unknown section [srever] (known sections: server, heartbeat, sessions, network, ping, udp, ingest, auth, store)");
+               "unknown section [srever] (known sections: server, heartbeat, sessions, network, ping, udp, ingest, auth, log, store)");
     load_fails("[nothing]\n", 1, "unknown section [nothing]");
     load_fails("[server]\nfoo = 1\n", 2, "unknown key 'foo' in [server]");
     load_fails("[server]\nmin = 60\n", 2, "unknown key 'min' in [server] (it belongs under [heartbeat])");

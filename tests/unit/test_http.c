@@ -95,7 +95,11 @@ static void test_errors(void **state)
 
     (void)state;
     expect_error("GARBAGE\r\n\r\n", 400);
-    expect_error("GET / HTTP/9.9\r\n\r\n", 400);
+    /* Another HTTP, well formed: 505, with HTTP/2's preface told to use HTTP/1.1. */
+    expect_error("GET / HTTP/9.9\r\n\r\n", 505);
+    expect_error("GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505);
+    expect_error("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", 505);
+    expect_error("GET /\r\n\r\n", 400);
     expect_error("GET / HTTP/1.1\r\nNoColonHere\r\n\r\n", 400);
     expect_error("GET / HTTP/1.1\r\nAuthorization: a\r\nAuthorization: b\r\n\r\n", 400);
     expect_error("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n", 411);
@@ -159,7 +163,7 @@ static void test_expect_continue(void **state)
 static void test_response(void **state)
 {
     size_t len;
-    char *out = http_response_build(200, "application/json", "ETag: \"x\"\r\n", "{}", 2, 1, &len);
+    char *out = http_response_build(200, "application/json", "ETag: \"x\"\r\n", "{}", 2, 1, 0, &len);
 
     (void)state;
     assert_non_null(out);
@@ -170,11 +174,19 @@ static void test_response(void **state)
     assert_non_null(memmem(out, len, "ETag: \"x\"\r\n\r\n{}", 15));
     assert_memory_equal(out + len - 6, "\r\n\r\n{}", 6);
     free(out);
-    out = http_response_build(304, "application/json", NULL, "{}", 2, 0, &len);
+    out = http_response_build(304, "application/json", NULL, "{}", 2, 0, 0, &len);
     assert_null(memmem(out, len, "Content-Length", 14));
     assert_non_null(memmem(out, len, "Connection: close\r\n", 19));
     assert_memory_equal(out + len - 4, "\r\n\r\n", 4);
     free(out);
+    /* HEAD: the GET's head, Content-Length included, and no body. */
+    out = http_response_build(200, "application/json", NULL, "{\"a\":1}", 7, 1, 1, &len);
+    assert_non_null(memmem(out, len, "Content-Length: 7\r\n", 19));
+    assert_memory_equal(out + len - 4, "\r\n\r\n", 4);
+    assert_null(memmem(out, len, "{", 1));
+    free(out);
+    assert_string_equal(http_status_text(501), "Not Implemented");
+    assert_string_equal(http_status_text(505), "HTTP Version Not Supported");
 }
 
 /* Every answer, byte for byte, against the same head written with snprintf. */
@@ -201,7 +213,7 @@ static void test_response_exact(void **state)
         int bodyless = cases[i].status == 304 || cases[i].status < 200;
         size_t len, n, blen = bodyless ? 0 : cases[i].body_len;
         char *out = http_response_build(cases[i].status, cases[i].ctype, cases[i].extra, body,
-                                        cases[i].body_len, cases[i].keep_alive, &len);
+                                        cases[i].body_len, cases[i].keep_alive, 0, &len);
         char want[1024], date[64];
         const char *d;
 

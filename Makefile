@@ -183,6 +183,7 @@ run: deps
 test: deps-test
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory check-layers test-unit test-e2e test-e2e-workers
+	@$(MAKE) --no-print-directory test-package
 	@$(MAKE) --no-print-directory SAN=1 test-san
 
 # End-to-end tests run PYTEST_JOBS at a time (pytest-xdist): they mostly wait
@@ -257,7 +258,7 @@ SYSCONFDIR ?= /etc
 UNITDIR    ?= $(PREFIX)/lib/systemd/system
 INSTALL    ?= install
 
-.PHONY: install uninstall
+.PHONY: install uninstall test-package
 install: all
 	$(INSTALL) -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) \
 		$(DESTDIR)$(SYSCONFDIR)/nudge
@@ -279,3 +280,11 @@ install: all
 # admin's data).
 uninstall:
 	rm -f $(DESTDIR)$(SBINDIR)/nudged $(DESTDIR)$(BINDIR)/nudge $(DESTDIR)$(UNITDIR)/nudged.service
+
+# The package as an admin gets it (tests/package/test_package.py): make install,
+# systemd-analyze verify on the unit, the .deb built, installed, run as nudge,
+# reloaded and purged in a debootstrap chroot, and scripts/deps.sh test + make all
+# in a minimal Debian 12. Two at a time: the two chroots wait mostly on apt.
+# The chroot is cached in /var/cache/nudge-test/.
+test-package: all
+	$(PYTHON) -m pytest -q -n 2 tests/package

@@ -183,6 +183,7 @@ run: deps
 test: deps-test
 	@$(MAKE) --no-print-directory all
 	@$(MAKE) --no-print-directory check-layers test-unit test-e2e test-e2e-workers
+	@$(MAKE) --no-print-directory test-package
 	@$(MAKE) --no-print-directory SAN=1 test-san
 
 # End-to-end tests run PYTEST_JOBS at a time (pytest-xdist): they mostly wait
@@ -241,3 +242,49 @@ clean:
 	rm -rf build build-san bin
 
 -include $(shell find build build-san -name '*.d' 2>/dev/null)
+
+# ---- install ---------------------------------------------------------------
+# make install [PREFIX=/usr/local] [DESTDIR=...]: nudged into $(SBINDIR) (it is a
+# daemon that admins start, FHS sbin), nudge into $(BINDIR), the systemd unit
+# into $(UNITDIR) with its ExecStart pointed at $(SBINDIR)/nudged, and
+# etc/nudged.conf as $(SYSCONFDIR)/nudge/nudged.conf with data_dir
+# /var/lib/nudge, unless a config is already there (an admin's is never
+# overwritten). The Debian package installs through this target with
+# PREFIX=/usr UNITDIR=/lib/systemd/system (debian/rules).
+PREFIX     ?= /usr/local
+BINDIR     ?= $(PREFIX)/bin
+SBINDIR    ?= $(PREFIX)/sbin
+SYSCONFDIR ?= /etc
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+INSTALL    ?= install
+
+.PHONY: install uninstall test-package
+install: all
+	$(INSTALL) -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(UNITDIR) \
+		$(DESTDIR)$(SYSCONFDIR)/nudge
+	$(INSTALL) -m 755 $(BIN)/nudged $(DESTDIR)$(SBINDIR)/nudged
+	$(INSTALL) -m 755 $(BIN)/nudge $(DESTDIR)$(BINDIR)/nudge
+	sed 's|/usr/sbin/nudged|$(SBINDIR)/nudged|; s|/etc/nudge/|$(SYSCONFDIR)/nudge/|g' \
+		contrib/systemd/nudged.service > $(BUILD)/nudged.service
+	$(INSTALL) -m 644 $(BUILD)/nudged.service $(DESTDIR)$(UNITDIR)/nudged.service
+	sed 's|^data_dir = ./var$$|data_dir = /var/lib/nudge|' etc/nudged.conf > $(BUILD)/nudged.conf
+	grep -q '^data_dir = /var/lib/nudge$$' $(BUILD)/nudged.conf
+	@if [ -e $(DESTDIR)$(SYSCONFDIR)/nudge/nudged.conf ]; then \
+		echo "install: keeping $(DESTDIR)$(SYSCONFDIR)/nudge/nudged.conf (the new default is $(BUILD)/nudged.conf)"; \
+	else \
+		echo "$(INSTALL) -m 644 $(BUILD)/nudged.conf $(DESTDIR)$(SYSCONFDIR)/nudge/nudged.conf"; \
+		$(INSTALL) -m 644 $(BUILD)/nudged.conf $(DESTDIR)$(SYSCONFDIR)/nudge/nudged.conf; \
+	fi
+
+# Removes what install put there, except the config and /var/lib/nudge (an
+# admin's data).
+uninstall:
+	rm -f $(DESTDIR)$(SBINDIR)/nudged $(DESTDIR)$(BINDIR)/nudge $(DESTDIR)$(UNITDIR)/nudged.service
+
+# The package as an admin gets it (tests/package/test_package.py): make install,
+# systemd-analyze verify on the unit, the .deb built, installed, run as nudge,
+# reloaded and purged in a debootstrap chroot, and scripts/deps.sh test + make all
+# in a minimal Debian 12. Two at a time: the two chroots wait mostly on apt.
+# The chroot is cached in /var/cache/nudge-test/.
+test-package: all
+	$(PYTHON) -m pytest -q -n 2 tests/package

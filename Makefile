@@ -25,9 +25,9 @@ BIN     := $(BUILD)/bin
 LLHTTP_SRC_DIR := /usr/share/llhttp
 LLHTTP_INC_DIR := /usr/share/include/llhttp
 
-CPPFLAGS := -Isrc -I$(LLHTTP_INC_DIR) -D_GNU_SOURCE
-CFLAGS   := -std=c11 $(OPT) -g -Wall -Wextra -Werror -MMD -MP $(SANFLAGS)
-LDFLAGS  := $(SANFLAGS)
+CPPFLAGS += -Isrc -I$(LLHTTP_INC_DIR) -D_GNU_SOURCE
+CFLAGS   += -std=c11 $(OPT) -g -Wall -Wextra -Werror -MMD -MP $(SANFLAGS)
+LDFLAGS  += $(SANFLAGS)
 LIBS     := -luv -ljansson -linih -lcrypto -lsqlite3 -lcrypt -lsystemd -lpthread
 
 # Sources by layer, lowest first (docs/architecture.md, "Layers"; make check-layers).

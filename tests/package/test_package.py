@@ -334,6 +334,16 @@ def test_deb_in_chroot(deb, make_root, netns, tmp_path):
     conffiles = (root / "var/lib/dpkg/info/nudge.conffiles").read_text().split()
     assert conffiles == ["/etc/nudge/nudged.conf"]
 
+    # Built with Debian's hardening flags (dpkg-buildflags reach the Makefile):
+    # full RELRO, PIE, and glibc's checked string calls.
+    for binary in ("usr/sbin/nudged", "usr/bin/nudge"):
+        dyn = subprocess.run(["readelf", "-d", "-W", str(root / binary)], check=True, text=True,
+                             stdout=subprocess.PIPE, timeout=60).stdout
+        assert "BIND_NOW" in dyn and "PIE" in dyn, f"{binary} not hardened:\n{dyn}"
+        syms = subprocess.run(["readelf", "--dyn-syms", "-W", str(root / binary)], check=True,
+                              text=True, stdout=subprocess.PIPE, timeout=60).stdout
+        assert "_chk@" in syms, f"{binary} has no _FORTIFY_SOURCE calls"
+
     # Start it as nudged.service would: its ExecStart as its User and Group.
     exec_start, user, group = unit_settings(root)
     assert exec_start[0] == "/usr/sbin/nudged" and (user, group) == ("nudge", "nudge")

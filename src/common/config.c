@@ -138,6 +138,10 @@ static const struct option_def options[] = {
      FIELD(heartbeat_alert_average), 0, 3540, "540", NULL, "SECONDS",
      "Log event 1311 when the learned heartbeats of a client network average this or less "
      "(a middlebox with a short idle timeout); 0: never."},
+    {"heartbeat", "alert_min_devices", "heartbeat-alert-min-devices", OPT_UINT,
+     FIELD(heartbeat_alert_min_devices), 1, 1000000, "10", NULL, "N",
+     "Event 1311 names a client network only once this many of its devices have learned a "
+     "ceiling: one or two devices say more about themselves than about the path."},
     {"sessions", "per_user_limit", "sessions-per-user-limit", OPT_UINT,
      FIELD(sessions_per_user_limit), 1, 100000, "32", NULL, "N",
      "Most sessions (held pings, later streams and UDP registrations) one user may have; "

@@ -41,6 +41,7 @@ struct config {
     unsigned heartbeat_grace;         /* s, 30: next ping within it proves the answer arrived */
     unsigned heartbeat_ceiling_retry; /* s, 86400: a failed heartbeat is retried after it */
     unsigned heartbeat_alert_average; /* s, 540: event 1311 at or below it; 0: off */
+    unsigned heartbeat_alert_min_devices; /* 10: fewer devices with a ceiling never alert */
     /* [sessions] */
     unsigned sessions_per_user_limit; /* 32 */
     /* [network] */

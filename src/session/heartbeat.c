@@ -49,6 +49,9 @@ static void net_check(struct heartbeat *hb, struct hbnet *n)
         n->alerted = 0;
         return;
     }
+    /* Too few to speak for the path: the alert waits (and, once logged, stays logged). */
+    if (n->counted < hb->cfg->heartbeat_alert_min_devices)
+        return;
     avg = n->hint_sum / n->counted;
     if (avg > threshold) {
         n->alerted = 0;

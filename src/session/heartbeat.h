@@ -22,7 +22,8 @@
  *
  * Per client network (/24 for IPv4, /56 for IPv6) the hints of devices that
  * have hit a ceiling are averaged; at or below [heartbeat] alert_average
- * (Exchange's 540 s, event 1040) event 1311 names the network once.
+ * (Exchange's 540 s, event 1040) event 1311 names the network once, when at
+ * least [heartbeat] alert_min_devices of them count.
  *
  * The learned values (hint, proven, ceiling) are the device's data
  * (shard.h) and saved with its record; the evidence awaiting a verdict and

@@ -211,8 +211,13 @@ void session_closed(struct sessions *ss, struct device *d, enum conn_why why, co
 {
     char q1[300], q2[300], q3[200];
 
-    /* The path or the peer failed before the heartbeat ended; an admin's end proves nothing. */
-    if (why != CONN_WHY_ENDED_BY_ADMIN) {
+    /*
+     * Only a connection the path killed is evidence: a reset or a socket error
+     * (a middlebox's RST, keepalive giving up), or one found dead by the
+     * reaper. A client that closed its own ping (FIN), an admin's end, nudged
+     * stopping and the rest say nothing about the path's idle timeout.
+     */
+    if (why == CONN_WHY_IO || why == CONN_WHY_REAPED) {
         hb_on_lost(ss->hb, d);
         devices_save(ss->devices, d);
     }

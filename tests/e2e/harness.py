@@ -27,6 +27,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -383,6 +384,17 @@ class Pending:
 
     def close(self):
         self.conn.close()
+        self._thread.join(5)
+
+    def reset(self):
+        """Ends the connection with an RST, as a middlebox that drops an idle
+        flow and tells both ends does (SO_LINGER 0, then close)."""
+        s = self.conn.sock
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        # SHUT_RD sends nothing and wakes the reader thread; the close then sends the RST.
+        s.shutdown(socket.SHUT_RD)
+        s.close()
+        self.conn.sock = None
         self._thread.join(5)
 
 

@@ -2,8 +2,10 @@
 an expiry answered and followed in time by the device's next ping raises
 the hint; a late next ping, a new ping while one is held, or a held
 connection that dies lowers it to the last proven heartbeat and remembers
-the failed one as a ceiling. The hint survives a restart (SQLite store) and
-a network whose devices learn short heartbeats is named in event 1311.
+the failed one as a ceiling. A held connection the path resets counts; one
+the client closes itself (FIN) does not. The hint survives a restart (SQLite
+store) and a network where enough devices learn short heartbeats is named in
+event 1311.
 
 Second-scale settings: heartbeat min 1, increment 1, sample_size 1, grace 2.
 The real middlebox behaviour (answers eaten by a firewall) is in tests/netlab.
@@ -77,17 +79,37 @@ def test_new_ping_while_held_counts_as_a_failure(make_nudged):
     assert hint(again.result(timeout=30)) == 2
 
 
-def test_a_held_connection_that_dies_lowers_the_hint(make_nudged):
+def test_a_held_connection_reset_on_the_path_lowers_the_hint(make_nudged):
     n = make_nudged(SETTINGS)
     dave = n.user("dave")
     for hb, want in ((1, 1), (1, 2), (2, 3)):
         assert expire(dave, "phone", hb) == want
     held = dave.ping_async("phone", {"INBOX": "0"}, 10)
     n.wait_held(1, watch=[held])
-    held.close()
-    wait_event(n, 1302, lambda e: e.get("device") == "phone", "for the closed ping")
+    held.reset()
+    wait_event(n, 1302, lambda e: e.get("device") == "phone", "for the reset ping")
     r = dave.ping("phone", {"INBOX": "0"}, 1, timeout=30)
     assert hint(r) == 2
+
+
+def test_a_client_closing_its_own_ping_is_no_evidence(make_nudged):
+    # Even one device may alert here: only the FIN rule keeps event 1311 away.
+    n = make_nudged(dict(SETTINGS, heartbeat=dict(SETTINGS["heartbeat"], alert_average=540,
+                                                  alert_min_devices=1)))
+    gina = n.user("gina")
+    for hb, want in ((1, 1), (1, 2), (2, 3)):
+        assert expire(gina, "phone", hb) == want
+    held = gina.ping_async("phone", {"INBOX": "0"}, 10)
+    n.wait_held(1, watch=[held])
+    time.sleep(2)
+    held.close()
+    ev = wait_event(n, 1302, lambda e: e.get("device") == "phone", "for the closed ping")
+    assert ev["why"] == "eof", ev
+    # The held ping's arrival proved the 2 s expiry (hint 4); its close took
+    # nothing away (a reset falls back to 2, as above).
+    r = gina.ping("phone", {"INBOX": "0"}, 1, timeout=30)
+    assert hint(r) == 4
+    assert not log_events(n, 1311)
 
 
 def test_learned_hint_survives_a_restart(make_nudged):
@@ -104,8 +126,34 @@ def test_learned_hint_survives_a_restart(make_nudged):
     assert hint(r) == 4
 
 
+def superseded(n, user, device):
+    """A ping held, then a new one from the same device: a failure, so the
+    device gets a ceiling and counts for its network. Returns once both are
+    answered, with nothing held."""
+    held = user.ping_async(device, {"INBOX": "0"}, 5)
+    n.wait_held(1, watch=[held])
+    again = user.ping_async(device, {"INBOX": "0"}, 1)
+    assert held.result().json()["status"] == "superseded"
+    assert again.result(timeout=30).json()["status"] == "expired"
+
+
+def test_the_alert_waits_for_enough_devices(make_nudged):
+    # One user, so that with workers every device is in the same process.
+    n = make_nudged(dict(SETTINGS, heartbeat=dict(SETTINGS["heartbeat"], alert_average=10,
+                                                  alert_min_devices=3)))
+    hana = n.user("hana")
+    for device in ("a", "b"):
+        superseded(n, hana, device)
+    # Each answer is written after its verdict was logged.
+    assert not log_events(n, 1311)
+    superseded(n, hana, "c")
+    ev = wait_event(n, 1311, lambda e: True, "once three devices have a ceiling")
+    assert ev["network"] == "127.0.0.0/24" and ev["devices"] == "3", ev
+
+
 def test_a_network_of_short_heartbeats_is_named(make_nudged):
-    n = make_nudged(dict(SETTINGS, heartbeat=dict(SETTINGS["heartbeat"], alert_average=10)))
+    n = make_nudged(dict(SETTINGS, heartbeat=dict(SETTINGS["heartbeat"], alert_average=10,
+                                                  alert_min_devices=1)))
     frank = n.user("frank")
     assert not log_events(n, 1311)
     for hb, want in ((1, 1), (1, 2)):

@@ -141,6 +141,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.heartbeat_grace, 30);
     assert_int_equal(c.heartbeat_ceiling_retry, 86400);
     assert_int_equal(c.heartbeat_alert_average, 540);
+    assert_int_equal(c.heartbeat_alert_min_devices, 10);
     assert_int_equal(c.idle_timeout, 1800);
     assert_int_equal(c.ping_max_folders, 100);
     assert_int_equal(c.max_connections, 16000);

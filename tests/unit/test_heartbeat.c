@@ -12,6 +12,7 @@
 #include <cmocka.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -36,6 +37,7 @@ static int setup(void **state)
     cfg.heartbeat_grace = 30;
     cfg.heartbeat_ceiling_retry = 86400;
     cfg.heartbeat_alert_average = 540;
+    cfg.heartbeat_alert_min_devices = 2;
     shard_init(&shard);
     hb_init(&hb, &cfg, &shard);
     return 0;
@@ -152,6 +154,9 @@ static void test_network_average(void **state)
     assert_int_equal(net->devices, 2);
     assert_int_equal(net->counted, 0); /* nobody has hit a middlebox yet */
     cycle(a, 600, 90000, "192.0.2.10");
+    /* One device with a ceiling is below alert_min_devices (2): it speaks for itself only. */
+    assert_int_equal(net->counted, 1);
+    assert_false(net->alerted);
     cycle(b, 600, 90000, "192.0.2.20");
     assert_int_equal(net->counted, 2);
     assert_int_equal(net->hint_sum, 600);
@@ -167,6 +172,33 @@ static void test_network_average(void **state)
     assert_int_equal(net->counted, 0);
 }
 
+/* Once logged, the alert stays logged while the population dips below the minimum. */
+static void test_alert_waits_for_the_population(void **state)
+{
+    struct device *d[4];
+    struct hbnet *net;
+    char id[8];
+
+    (void)state;
+    cfg.heartbeat_alert_min_devices = 3;
+    for (int i = 0; i < 4; i++) {
+        snprintf(id, sizeof(id), "d%d", i);
+        d[i] = new_device("pop", id, 600, "203.0.113.5");
+    }
+    net = hb_device(&hb, d[0])->net;
+    cycle(d[0], 600, 90000, "203.0.113.5");
+    cycle(d[1], 600, 90000, "203.0.113.5");
+    assert_int_equal(net->counted, 2);
+    assert_false(net->alerted);
+    cycle(d[2], 600, 90000, "203.0.113.5");
+    assert_int_equal(net->counted, 3);
+    assert_true(net->alerted);
+    hb_forget(&hb, d[2]);
+    assert_true(net->alerted);
+    cycle(d[3], 600, 90000, "203.0.113.5");
+    assert_true(net->alerted);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -175,6 +207,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_away_device_is_no_evidence_and_supersede_is, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_network_average, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_alert_waits_for_the_population, setup, teardown),
     };
     return cmocka_run_group_tests_name("heartbeat", tests, NULL, NULL);
 }

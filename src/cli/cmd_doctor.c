@@ -353,12 +353,12 @@ static void check_udp(struct doctor *d)
 {
     struct httpc_response resp;
     char err[512], why[REASON_MAX], nonce[2 * NONCE_BYTES + 1], from[ADDR_STR_MAX];
-    char body[128], server[ADDR_STR_MAX * 2] = "?";
+    char body[128], server[ADDR_STR_MAX * 2] = "?", public_listen[ADDR_STR_MAX * 2] = "";
     unsigned char rnd[NONCE_BYTES];
     unsigned port = 0, others = 0;
     uint64_t t0, ms = 0;
     json_t *root;
-    int fd;
+    int fd, arrived;
 
     fd = udpsock_bind(udpsock_family(&d->http), d->udp_port, &port, err, sizeof(err));
     if (fd < 0) {
@@ -394,9 +394,21 @@ static void check_udp(struct doctor *d)
     root = json_loadb(resp.body, resp.body_len, 0, NULL);
     if (json_is_string(json_object_get(root, "from")))
         snprintf(server, sizeof(server), "%s", json_string_value(json_object_get(root, "from")));
+    if (json_is_string(json_object_get(root, "loopback_only")))
+        snprintf(public_listen, sizeof(public_listen), "%s",
+                 json_string_value(json_object_get(root, "loopback_only")));
     json_decref(root);
     httpc_response_free(&resp);
-    if (wait_test_datagram(d, fd, nonce, t0, from, sizeof(from), &ms, &others) == 0) {
+    arrived = wait_test_datagram(d, fd, nonce, t0, from, sizeof(from), &ms, &others) == 0;
+    if (arrived && public_listen[0]) {
+        report(d, LVL_WARN, "UDP: the test datagram from %s arrived in %llu ms, but only over "
+                            "loopback: nudged listens for TCP on %s while its UDP socket is on "
+                            "loopback, so devices on other hosts get no datagrams and poll "
+                            "every %d s; fix: set [udp] listen to an address they reach",
+               from, (unsigned long long)ms, public_listen, POLL_FALLBACK_S);
+        goto done;
+    }
+    if (arrived) {
         report(d, LVL_OK, "UDP: the test datagram from %s arrived in %llu ms (port %u)", from,
                (unsigned long long)ms, port);
         goto done;

@@ -953,6 +953,20 @@ int config_listen_addr(const struct config *c, unsigned i, char *out, size_t out
     return 0;
 }
 
+int config_udp_loopback_only(const struct config *c, char *out, size_t outlen)
+{
+    struct sockaddr_storage ss;
+    char e[160];
+
+    if (c->udp_listen[0] == '\0' || util_parse_addr(c->udp_listen, &ss, e, sizeof(e)) < 0 ||
+        !util_is_loopback(&ss))
+        return 0;
+    for (unsigned i = 0; config_listen_addr(c, i, out, outlen) == 0; i++)
+        if (util_parse_addr(out, &ss, e, sizeof(e)) == 0 && !util_is_loopback(&ss))
+            return 1;
+    return 0;
+}
+
 unsigned config_listen_count(const struct config *c)
 {
     unsigned n = 1;

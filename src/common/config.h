@@ -132,6 +132,14 @@ int config_from_args(struct config *c, int argc, char **argv, enum config_action
  */
 int config_listen_addr(const struct config *c, unsigned i, char *out, size_t outlen);
 
+/*
+ * Devices reach the TCP address; datagrams come from the UDP one. When the
+ * UDP socket is on loopback but a TCP listener is not, no device elsewhere
+ * gets a datagram: returns 1 with that listener's address in out (event 1012,
+ * nudge doctor's warning); else 0.
+ */
+int config_udp_loopback_only(const struct config *c, char *out, size_t outlen);
+
 /* How many addresses [server] listen holds. */
 unsigned config_listen_count(const struct config *c);
 

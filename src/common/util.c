@@ -9,6 +9,14 @@
 #include <string.h>
 #include <time.h>
 
+int util_is_loopback(const struct sockaddr_storage *ss)
+{
+    if (ss->ss_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)ss)->sin_addr.s_addr) >> 24) == 127;
+    return ss->ss_family == AF_INET6 &&
+           IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)ss)->sin6_addr);
+}
+
 int util_parse_addr(const char *s, struct sockaddr_storage *out, char *err, size_t errlen)
 {
     char host[64];

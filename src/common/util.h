@@ -17,6 +17,9 @@
  */
 int util_parse_addr(const char *s, struct sockaddr_storage *out, char *err, size_t errlen);
 
+/* Whether ss is a loopback address (127/8, ::1). */
+int util_is_loopback(const struct sockaddr_storage *ss);
+
 /* Formats an address as "1.2.3.4:80" or "[::1]:80". Returns out. */
 char *util_format_addr(const struct sockaddr *sa, char *out, size_t outlen);
 

@@ -380,7 +380,7 @@ void udp_test_handle(void *arg, struct conn *c, struct http_req *r, const struct
     struct http_error e;
     json_t *root = NULL, *nonce;
     const char *text;
-    char to_s[64], from[64];
+    char to_s[64], from[64], public_listen[CONFIG_STR_MAX];
     struct jsonw w;
     size_t len;
     char *body;
@@ -415,6 +415,11 @@ void udp_test_handle(void *arg, struct conn *c, struct http_req *r, const struct
     jw_str(&w, util_format_addr((struct sockaddr *)&to, to_s, sizeof(to_s)));
     jw_key(&w, "from");
     jw_str(&w, from);
+    /* Over loopback the test passes even when no other host could get a datagram. */
+    if (config_udp_loopback_only(a->cfg, public_listen, sizeof(public_listen))) {
+        jw_key(&w, "loopback_only");
+        jw_str(&w, public_listen);
+    }
     jw_obj_end(&w);
     body = jw_take(&w, &len);
     conn_respond(c, 200, NULL, body, len);

@@ -53,34 +53,15 @@ static int make_dirs(const char *path, char *err, size_t errlen)
     return 0;
 }
 
-static int is_loopback(const struct sockaddr_storage *ss)
-{
-    if (ss->ss_family == AF_INET)
-        return (ntohl(((const struct sockaddr_in *)ss)->sin_addr.s_addr) >> 24) == 127;
-    return ss->ss_family == AF_INET6 &&
-           IN6_IS_ADDR_LOOPBACK(&((const struct sockaddr_in6 *)ss)->sin6_addr);
-}
-
-/*
- * Devices reach the TCP address; datagrams come from the UDP one. A public
- * listener beside a loopback UDP socket is a set-up where no device gets a
- * datagram, which nothing else would say.
- */
+/* A set-up where no device gets a datagram, which nothing else would say. */
 static void check_udp_pairing(const struct config *cfg)
 {
-    struct sockaddr_storage ss;
-    char addr[CONFIG_STR_MAX], e[160], q[CONFIG_STR_MAX + 8];
+    char addr[CONFIG_STR_MAX], q[CONFIG_STR_MAX + 8];
 
-    if (cfg->udp_listen[0] == '\0' || util_parse_addr(cfg->udp_listen, &ss, e, sizeof(e)) < 0 ||
-        !is_loopback(&ss))
-        return;
-    for (unsigned i = 0; config_listen_addr(cfg, i, addr, sizeof(addr)) == 0; i++)
-        if (util_parse_addr(addr, &ss, e, sizeof(e)) == 0 && !is_loopback(&ss)) {
-            LOG(LOG_WARN, udp_loopback_only, "listen=%s udp=%s note=\"set [udp] listen to an "
-                "address devices reach, or empty to turn UDP off\"",
-                log_q(q, sizeof(q), addr), cfg->udp_listen);
-            return;
-        }
+    if (config_udp_loopback_only(cfg, addr, sizeof(addr)))
+        LOG(LOG_WARN, udp_loopback_only, "listen=%s udp=%s note=\"set [udp] listen to an "
+            "address devices reach, or empty to turn UDP off\"",
+            log_q(q, sizeof(q), addr), cfg->udp_listen);
 }
 
 int main(int argc, char **argv)

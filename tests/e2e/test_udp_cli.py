@@ -112,6 +112,19 @@ def test_doctor_warns_when_udp_is_off(make_nudged):
     assert len(warn) == 1 and "UDP" in warn[0] and "[udp] listen" in warn[0], lines
 
 
+def test_doctor_warns_on_the_server_host_when_udp_is_loopback_only(make_nudged):
+    # TCP also on every address, UDP on loopback: the test datagram arrives
+    # here, but would reach no device on another host (issue 21, item 6).
+    n = make_nudged({"server": {"listen": "127.0.0.1:0, 0.0.0.0:0"},
+                     "udp": {"listen": "127.0.0.1:0"}})
+    code, lines, err = doctor(n, n.user().token)
+    assert code == 0, (lines, err)
+    warn = [line for line in lines if line.startswith("WARN") and "UDP" in line]
+    assert len(warn) == 1 and "only over loopback" in warn[0], lines
+    assert "0.0.0.0:0" in warn[0] and "[udp] listen" in warn[0], lines
+    assert not any(line.startswith("OK") and "UDP" in line for line in lines), lines
+
+
 def test_doctor_fails_when_nothing_listens(srv):
     import socket
     s = socket.socket()

@@ -177,7 +177,7 @@ static void test_alert_waits_for_the_population(void **state)
 {
     struct device *d[4];
     struct hbnet *net;
-    char id[8];
+    char id[16];
 
     (void)state;
     cfg.heartbeat_alert_min_devices = 3;

@@ -61,7 +61,7 @@ PUSH_SRC    := src/push/check.c src/push/ping.c src/push/probe.c src/push/state.
 	src/push/events.c src/push/udp_api.c src/push/ingest.c src/push/login.c
 ADMIN_SRC   := src/admin/admin.c src/admin/sessions_api.c src/admin/revoke.c
 AS_CODEC_SRC := src/activesync/wbxml.c src/activesync/query.c
-AS_SRC      := $(AS_CODEC_SRC)
+AS_SRC      := $(AS_CODEC_SRC) src/activesync/ping.c
 SERVER_SRC  := src/server/server.c src/server/router.c src/server/handoff.c \
 	src/server/supervisor.c src/server/reload.c src/server/privs.c
 

@@ -307,7 +307,9 @@ FUZZ_FLAGS := -std=c11 -g -O1 -Isrc -D_GNU_SOURCE -fsanitize=fuzzer,address,unde
 	-fno-sanitize-recover=all -Wall -Wextra -Werror
 FUZZ_RUNS  ?= 20000
 .PHONY: fuzz fuzz-smoke
-fuzz: $(FUZZ_DIR)/fuzz_as_ping
+fuzz:
+	@scripts/deps.sh fuzz
+	@$(MAKE) --no-print-directory $(FUZZ_DIR)/fuzz_as_ping
 
 $(FUZZ_DIR)/fuzz_as_ping: fuzz/fuzz_as_ping.c $(AS_CODEC_SRC) src/common/xalloc.c src/common/util.c
 	@mkdir -p $(@D)

@@ -162,7 +162,7 @@ static void answer_plain(struct as_ping *ap, struct conn *c, struct device *d, u
                          uint32_t heartbeat, uint32_t max_folders)
 {
     struct as_ping_answer a = {.status = status, .heartbeat = heartbeat, .max_folders = max_folders};
-    struct as_dev *x = d ? *dev_slot(ap, d) : NULL;
+    struct as_dev *x = d ? as_dev_of(ap, d) : NULL;
 
     if (x && x->quick >= QUICK_LIMIT) {
         x->delayed_status = (uint8_t)status;
@@ -567,6 +567,16 @@ void as_ping_handle(void *arg, struct conn *c, struct http_req *r, const struct 
     }
     u = shard_user(ap->shard, who->subject, 1);
     d = shard_device(ap->shard, u, q.device, 0);
+    /*
+     * The battery guard counts on a record: a device answered at once every
+     * time (a heartbeat it never fixes) must not escape it by never being
+     * held. Bounded by the session cap, so made-up DeviceIds cannot grow
+     * memory; a Ping refused at the cap forgets the record again (below).
+     */
+    if (d == NULL && u->devices.len < cfg->sessions_per_user_limit) {
+        d = shard_device(ap->shard, u, q.device, 1);
+        created = 1;
+    }
     now = util_now_ms();
     /* The battery guard: Pings that come within seconds of answers given at once. */
     if (d && (x = *dev_slot(ap, d)) != NULL) {

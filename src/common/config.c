@@ -162,6 +162,17 @@ static const struct option_def options[] = {
      NULL, "SECONDS", "TCP_USER_TIMEOUT: unacknowledged data older than this closes the "
      "connection; 0: keepalive_idle + keepalive_interval * keepalive_count, so an answer "
      "written to a dead peer is given up as fast as keepalive finds it."},
+    {"activesync", "max_folders", "activesync-max-folders", OPT_UINT, FIELD(as_max_folders), 1,
+     10000, "200", NULL, "N", "Most folders one ActiveSync Ping may list; more are answered "
+     "Status 6 with MaxFolders."},
+    {"activesync", "unknown_folder_ignore", "activesync-unknown-folder-ignore", OPT_UINT,
+     FIELD(as_unknown_folder_ignore), 0, 604800, "3600", NULL, "SECONDS",
+     "After a device got Status 7 twice in a row for the same folder Ids, those Ids are ignored "
+     "(left out of its Ping) this long (event 1800); 0: never ignored."},
+    {"activesync", "guidance_interval", "activesync-guidance-interval", OPT_UINT,
+     FIELD(as_guidance_interval), 0, 604800, "3600", NULL, "SECONDS",
+     "At most one Status 5 per device this often telling it the heartbeat its path was "
+     "proven to carry, when it asks for more; 0: never."},
     {"ping", "max_folders", "ping-max-folders", OPT_UINT, FIELD(ping_max_folders), 1, 10000, "100",
      NULL, "N", "Most folders one ping may list."},
     {"udp", "listen", "udp-listen", OPT_ADDR, FIELD(udp_listen), 0, 0, "auto", NULL,

@@ -52,6 +52,10 @@ struct config {
     unsigned user_timeout;            /* s; 0: idle + interval * count */
     /* [ping] */
     unsigned ping_max_folders;        /* 100 */
+    /* [activesync] */
+    unsigned as_max_folders;          /* 200: more in one Ping answer Status 6 */
+    unsigned as_unknown_folder_ignore; /* s, 3600: Ids refused twice are ignored this long */
+    unsigned as_guidance_interval;    /* s, 3600: at most one heartbeat Status 5 per device */
     /* [udp] */
     char udp_listen[CONFIG_STR_MAX];  /* "auto": the first [server] listen's; "": UDP off */
     unsigned udp_resend_interval;     /* s, 60 */

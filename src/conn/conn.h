@@ -74,6 +74,13 @@ struct conn_holder {
     void (*closed)(void *ctx, struct conn *c, void *arg, enum conn_why why, const char *text);
     /* The server stops: answer (the answer closes) or close. NULL: let it finish. */
     void (*shutdown)(void *ctx, struct conn *c, void *arg);
+    /*
+     * What the held request waits for may have happened (a folder of its
+     * user changed): the holder looks and answers or keeps holding. NULL:
+     * its module is woken otherwise. Called by the module that saw the
+     * change, never by conn.c.
+     */
+    void (*changed)(void *ctx, struct conn *c, void *arg);
     void *ctx;
 };
 

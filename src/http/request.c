@@ -19,6 +19,7 @@ static const char *const header_names[HDR_COUNT] = {
     [HDR_IF_NONE_MATCH] = "if-none-match",
     [HDR_EXPECT] = "expect",
     [HDR_CONTENT_TYPE] = "content-type",
+    [HDR_AS_PROTOCOL_VERSION] = "ms-asprotocolversion",
 };
 
 static struct http_req *req_of(llhttp_t *p)

@@ -28,6 +28,7 @@ enum http_header {
     HDR_IF_NONE_MATCH,
     HDR_EXPECT,
     HDR_CONTENT_TYPE,
+    HDR_AS_PROTOCOL_VERSION, /* MS-ASProtocolVersion (ActiveSync) */
     HDR_COUNT,
     HDR_OTHER = HDR_COUNT,
 };

@@ -180,9 +180,16 @@ void ping_wake_user(struct ping *p, struct user *u)
 
     while (session_held_count(p->sessions, u) > 0 && strmap_next(&u->devices, &pos, &key, &val)) {
         struct device *d = val;
-        struct conn *c = session_release(p->sessions, d);
+        struct conn *c = session_of(p->sessions, d)->held;
         if (c == NULL)
             continue;
+        /* Held by another kind of ping (ActiveSync): its holder answers in its own words. */
+        if (c->holder != &p->holder) {
+            if (c->holder->changed)
+                c->holder->changed(c->holder->ctx, c, c->hold_arg);
+            continue;
+        }
+        session_release(p->sessions, d);
         if (answer_if_changed(p, c, d) == 0)
             session_hold(p->sessions, d, c); /* another folder of this user changed: keep holding */
         else

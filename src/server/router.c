@@ -17,6 +17,7 @@
 
 #include "admin/admin.h"
 #include "admin/revoke.h"
+#include "activesync/ping.h"
 #include "admin/sessions_api.h"
 #include "auth/basic.h"
 #include "auth/limit.h"
@@ -83,6 +84,13 @@ static const struct route routes[] = {
     {"/metrics", 0, HTTP_GET, TOKEN_ADMIN, admin_metrics, ROUTE_ADMIN, 0, 1},
     {"/v1/login", 0, HTTP_POST, TOKEN_USER, login_handle, ROUTE_LOGIN, 1, 0},
     {"/v1/admin/tokens/", 1, HTTP_DELETE, TOKEN_ADMIN, revoke_handle, ROUTE_REVOKE, 0, 0},
+    /* ActiveSync (docs/activesync.md): the password in HTTP Basic, as phones send it. */
+    {"/Microsoft-Server-ActiveSync", 0, HTTP_POST, TOKEN_USER, as_ping_handle, ROUTE_ACTIVESYNC, 1, 0},
+    {"/Microsoft-Server-ActiveSync", 0, HTTP_OPTIONS, 0, as_options_handle, ROUTE_ACTIVESYNC, 0, 0},
+    {"/v1/activesync/folders/", 1, HTTP_PUT, TOKEN_PUBLISHER, as_folders_handle, ROUTE_ACTIVESYNC, 0, 0},
+    {"/v1/activesync/folders/", 1, HTTP_GET, TOKEN_PUBLISHER, as_folders_handle, ROUTE_ACTIVESYNC, 0, 0},
+    {"/v1/activesync/folders/", 1, HTTP_DELETE, TOKEN_PUBLISHER, as_folders_handle, ROUTE_ACTIVESYNC, 0, 0},
+    {"/v1/activesync/synced/", 1, HTTP_POST, TOKEN_PUBLISHER, as_synced_handle, ROUTE_ACTIVESYNC, 0, 0},
 };
 
 void router_init(struct router *rt, const struct config *cfg, const struct secret *secret,

@@ -39,6 +39,7 @@ enum route_target {
     ROUTE_ADMIN,           /* struct admin */
     ROUTE_LOGIN,           /* struct login */
     ROUTE_REVOKE,          /* struct revoke */
+    ROUTE_ACTIVESYNC,      /* struct as_ping */
     ROUTE_TARGET_COUNT,
 };
 

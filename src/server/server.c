@@ -158,6 +158,9 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
         goto fail_err;
     s->devices.udp = s->udp;
     sessions_init(&s->sessions, cfg, &s->shard, &s->metrics, &s->hb, s->udp, &s->devices);
+    /* Its slots too; its route to other workers is set once the mesh is up. */
+    as_ping_init(&s->as_ping, cfg, s->store, &s->shard, &s->metrics, &s->hb, &s->sessions,
+                 &s->devices, NULL);
     devices_load(&s->devices);
 
     if (wk && mesh_init(&s->mesh, loop, wk, (size_t)cfg->max_header_bytes + cfg->max_body_bytes,
@@ -170,6 +173,7 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
     /* Without workers every user is ours: nothing to route. */
     route = wk ? &s->handoff.route : NULL;
 
+    s->as_ping.route = route;
     ping_init(&s->ping, cfg, s->store, &s->shard, &s->metrics, &s->hb, &s->sessions, &s->devices,
               s->udp);
     state_init(&s->state, cfg, s->store, &s->shard, &s->metrics, s->udp);
@@ -213,6 +217,7 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
             [ROUTE_ADMIN] = &s->admin,
             [ROUTE_LOGIN] = &s->login,
             [ROUTE_REVOKE] = &s->revoke,
+            [ROUTE_ACTIVESYNC] = &s->as_ping,
         };
         router_init(&s->router, cfg, &s->secret, &s->metrics, route, s->store, s->passwords,
                     &s->fail_ip, &s->fail_user, to);
@@ -254,6 +259,8 @@ void server_free(struct server *s)
     udp_free(s->udp);
     s->udp = NULL;
     ingest_free(&s->ingest);
+    if (s->as_ping.shard)
+        as_ping_free(&s->as_ping);
     shard_free(&s->shard);
     store_close(s->store);
     s->store = NULL;

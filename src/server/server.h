@@ -26,6 +26,7 @@
 #include "push/events.h"
 #include "push/ingest.h"
 #include "push/login.h"
+#include "activesync/ping.h"
 #include "push/ping.h"
 #include "push/probe.h"
 #include "push/state.h"
@@ -60,6 +61,7 @@ struct server {
     struct listener listener;
     struct handoff handoff;
     struct ping ping;
+    struct as_ping as_ping;
     struct probe probe;
     struct state state;
     struct events events;

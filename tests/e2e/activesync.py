@@ -96,7 +96,8 @@ class Answer:
         st = list(find("Status"))
         assert len(st) == 1, f"expected one Status: {self.xml}"
         self.status = int(st[0].text)
-        self.folders = sorted((el.text or "") for el in find("Id"))
+        # MS-ASCMD 2.2.3.71.2: in a Ping answer, Folders/Folder holds the Id as its text.
+        self.folders = sorted((el.text or "").strip() for el in find("Folder"))
         hb = list(find("HeartbeatInterval"))
         self.heartbeat = int(hb[0].text) if hb else None
         mf = list(find("MaxFolders"))

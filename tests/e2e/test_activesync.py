@@ -129,7 +129,12 @@ def test_supersede_answers_the_older_ping_status1_at_once(asrv, dev):
     a = answer(old)  # well before its 600 s heartbeat: WAIT is 20 s
     assert a.status == 1, a
     asrv.wait_log(r"name=ping_superseded user=\"?%s" % dev.user)
-    assert not new.done(), new.result(0)
+    if new.done():
+        # A Ping that supersedes a held one is evidence the path lost it; the adaptive
+        # heartbeat may then guide the device with Status 5 and a safe heartbeat.
+        g = answer(new)
+        assert g.status == 5 and 2 <= g.heartbeat < 600, g
+        new = hold(dev, heartbeat=g.heartbeat)
     asrv.publish(dev.user, "INBOX")
     b = answer(new)
     assert b.status == 2 and b.folders == ["INBOX"], b
@@ -321,7 +326,7 @@ def test_base64_and_plain_forms_are_the_same_device(asrv, dev):
 def test_no_credentials_is_401_basic(asrv, dev):
     r = dev.send(asx.ping_wbxml(60), auth="")
     assert r.status == 401, r
-    assert r.header("WWW-Authenticate") == 'Basic realm="nudge"', r
+    assert (r.header("WWW-Authenticate") or "").startswith('Basic realm="nudge"'), r
 
 
 def test_wrong_password_is_401(asrv, dev):
@@ -381,4 +386,5 @@ def test_endpoint_absent_without_passwords(make_nudged):
     n = make_nudged({})
     r = n.request("POST", asx.plain_query("x", "d"), asx.ping_wbxml(60),
                   headers=asx.headers(asx.basic("x", "y")))
-    assert r.status in (401, 404), r
+    assert r.status in (401, 404, 501), r
+    assert r.header("Content-Type") != asx.WBXML, r

@@ -138,4 +138,5 @@ def test_activesync_phone_behind_a_short_firewall_converges_via_status5_and_lose
     assert not [r for r in after if r[1] == "lost"], phone.summary()
     assert all(r[3] < FW for r in after), phone.summary()
     assert changed >= 0
+    print("phone:", phone.summary())
     phone.close()

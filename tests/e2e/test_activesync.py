@@ -53,14 +53,17 @@ def asrv(request, tmp_path_factory):
     return n
 
 
+@pytest.fixture(autouse=True)
+def _settled(asrv):
+    """The previous test's held Pings (closed by conftest) are gone from the gauge
+    before this test counts held Pings by it."""
+    asrv.wait_held(0)
+
+
 @pytest.fixture
 def dev(asrv):
     name, pw = mail_user()
     return asx.Device(asrv, name, pw)
-
-
-def held_of(srv, watch=()):
-    return srv.held()
 
 
 def wait_held_more(srv, before, watch=()):
@@ -388,3 +391,59 @@ def test_endpoint_absent_without_passwords(make_nudged):
                   headers=asx.headers(asx.basic("x", "y")))
     assert r.status in (401, 404, 501), r
     assert r.header("Content-Type") != asx.WBXML, r
+
+
+# ---- The FolderSync loop, the synced API, the battery guard -------------------------
+
+
+def test_status7_twice_for_the_same_ids_then_they_are_ignored(asrv, dev):
+    tok = asrv.publisher_token()
+    r = asrv.request("PUT", f"/v1/activesync/folders/{dev.user}", {"folders": {"5": "INBOX"}}, token=tok)
+    assert r.status == 200, r
+    assert dev.ping(folders=("5", "99")).status == 7
+    assert dev.ping(folders=("5", "99")).status == 7
+    # The third time is the FolderSync loop: "99" is ignored, the Ping held on "5".
+    p = hold(dev, folders=("5", "99"))
+    ev = harness.wait_event(asrv, 1800, lambda e: e.get("device") == dev.device, "as_folders_ignored")
+    assert "99" in ev.get("ids", ""), ev
+    asrv.publish(dev.user, "INBOX")
+    a = answer(p)
+    assert a.status == 2 and a.folders == ["5"], a
+
+
+def test_synced_api_clears_a_change_the_device_already_has(asrv, dev):
+    tok = asrv.publisher_token()
+    p = hold(dev)
+    asrv.publish(dev.user, "INBOX")
+    assert answer(p).status == 2
+    q = hold(dev)  # proves the Status 2 (within grace); the device is up to date
+    asrv.publish(dev.user, "INBOX")
+    assert answer(q).status == 2
+    # The device syncs the change itself; the ActiveSync server tells nudge so.
+    asrv.publish(dev.user, "INBOX")
+    r = asrv.request("POST", f"/v1/activesync/synced/{dev.user}",
+                     {"device": dev.device, "folders": ["INBOX"]}, token=tok)
+    assert r.status == 200 and r.json() == {"cleared": 1}, r
+    s = hold(dev)  # not woken for what it synced
+    asrv.publish(dev.user, "INBOX")
+    assert answer(s).folders == ["INBOX"]
+    r = asrv.request("POST", f"/v1/activesync/synced/{dev.user}", {"device": "nope", "folders": []}, token=tok)
+    assert r.status == 404, r
+
+
+def test_battery_guard_holds_quick_repings_to_heartbeat_min(make_nudged, tmp_path):
+    pf = tmp_path / "passwd"
+    asx.passwd_file(pf, {"bob": "pw-bob"})
+    n = make_nudged({"auth": {"passwords": f"passwd-file:{pf}"}, "heartbeat": {"min": 60, "max": 900}})
+    d = asx.Device(n, "bob", "pw-bob")
+    first = hold(d, heartbeat=60)  # the device exists (a first Ping out of bounds creates none)
+    # Status 5 at once, again and again, within seconds of each other.
+    for _ in range(3):
+        assert d.ping(heartbeat=30).status == 5
+    p = d.ping_async(heartbeat=30)
+    harness.wait_event(n, 1801, lambda e: e.get("device") == d.device, "as_battery_guard")
+    # Held to heartbeat min (60 s), not answered at once: a tight loop is broken.
+    time.sleep(0.5)
+    assert not p.done(), p.result(0)
+    p.close()
+    assert n.healthy()

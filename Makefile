@@ -247,7 +247,7 @@ deps-bench:
 	@scripts/deps.sh bench
 
 clean:
-	rm -rf build build-san bin
+	rm -rf build build-san build-fuzz bin
 
 -include $(shell find build build-san -name '*.d' 2>/dev/null)
 
@@ -296,3 +296,25 @@ uninstall:
 # The chroot is cached in /var/cache/nudge-test/.
 test-package: all
 	$(PYTHON) -m pytest -q -n 2 tests/package
+
+# ---- fuzzing ---------------------------------------------------------------
+# make fuzz: the libFuzzer targets (clang, -fsanitize=fuzzer,address) into
+# build-fuzz/; make fuzz-smoke: a short run of each from its corpus. Not part
+# of make test (the hardening issue runs them all).
+FUZZ_CC    ?= clang
+FUZZ_DIR   := build-fuzz
+FUZZ_FLAGS := -std=c11 -g -O1 -Isrc -D_GNU_SOURCE -fsanitize=fuzzer,address,undefined \
+	-fno-sanitize-recover=all -Wall -Wextra -Werror
+FUZZ_RUNS  ?= 20000
+.PHONY: fuzz fuzz-smoke
+fuzz:
+	@scripts/deps.sh fuzz
+	@$(MAKE) --no-print-directory $(FUZZ_DIR)/fuzz_as_ping
+
+$(FUZZ_DIR)/fuzz_as_ping: fuzz/fuzz_as_ping.c $(AS_CODEC_SRC) src/common/xalloc.c src/common/util.c
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^
+
+fuzz-smoke: fuzz
+	@mkdir -p $(FUZZ_DIR)/corpus/as_ping
+	$(FUZZ_DIR)/fuzz_as_ping -runs=$(FUZZ_RUNS) -max_len=4096 $(FUZZ_DIR)/corpus/as_ping fuzz/corpus/as_ping

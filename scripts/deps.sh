@@ -1,12 +1,12 @@
 #!/bin/sh
 # Installs the Debian packages nudge builds and tests with, only those missing.
-# Usage: scripts/deps.sh [build|test|bench]   (test adds the packages the test suites
+# Usage: scripts/deps.sh [build|test|bench|fuzz]   (fuzz: clang for make fuzz; test adds the packages the test suites
 # and the package test use; bench adds them and nginx with nchan and gnuplot, for bench/compare.py)
 # Runs as root on a fresh Debian 12 machine; as another user it only reports.
 set -eu
 
 build_pkgs="gcc make pkg-config curl libuv1-dev node-llhttp libjansson-dev libinih-dev libssl-dev libsqlite3-dev libcrypt-dev libsystemd-dev libwbxml2-dev"
-test_pkgs="libcmocka-dev libwbxml2-utils clang python3 python3-pytest python3-pytest-xdist iproute2 procps nftables dovecot-core dovecot-lmtpd dovecot-imapd lua-socket lua-dkjson"
+test_pkgs="libcmocka-dev libwbxml2-utils python3 python3-pytest python3-pytest-xdist iproute2 procps nftables dovecot-core dovecot-lmtpd dovecot-imapd lua-socket lua-dkjson"
 # tests/e2e/test_activesync_nginx.py puts a real nginx in front of nudged (issue 19).
 test_pkgs="$test_pkgs nginx"
 
@@ -19,9 +19,13 @@ package_pkgs="debhelper dpkg-dev fakeroot debootstrap systemd"
 # gnuplot; bench/auth.py drives its requests with wrk.
 bench_pkgs="nginx libnginx-mod-nchan gnuplot-nox wrk"
 
+# make fuzz builds the libFuzzer targets with clang (not part of make test).
+fuzz_pkgs="clang"
+
 want="$build_pkgs"
 [ "${1:-build}" = test ] && want="$want $test_pkgs $package_pkgs"
 [ "${1:-build}" = bench ] && want="$want $test_pkgs $package_pkgs $bench_pkgs"
+[ "${1:-build}" = fuzz ] && want="$want $fuzz_pkgs"
 
 missing=""
 for p in $want; do

@@ -542,7 +542,7 @@ void as_ping_handle(void *arg, struct conn *c, struct http_req *r, const struct 
     size_t nfolders = 0;
     char err[256];
     unsigned heartbeat;
-    int created = 0, guarded = 0;
+    int created = 0, guarded = 0, superseding = 0;
     uint64_t now;
 
     if (as_query_parse(r->query, r->query_len, &q, err, sizeof(err)) < 0) {
@@ -630,6 +630,7 @@ void as_ping_handle(void *arg, struct conn *c, struct http_req *r, const struct 
     judge_delivery(ap, d);
     if (sd->held) {
         struct conn *old = sd->held;
+        superseding = 1;
         char q1[300], q2[300];
         unhold(ap, d);
         LOG(LOG_INFO, ping_superseded, "user=%s device=%s", log_q(q1, sizeof(q1), u->id),
@@ -643,8 +644,12 @@ void as_ping_handle(void *arg, struct conn *c, struct http_req *r, const struct 
     sd->last_request = now;
     if (answer_if_changed(ap, c, d))
         goto done;
-    /* Heartbeat guidance: the path was proven unable to carry what it asks. */
-    if (!guarded && cfg->as_guidance_interval && d->heartbeat_ceiling &&
+    /*
+     * Heartbeat guidance: the path was proven unable to carry what it asks.
+     * Not on a Ping that superseded another: that is the device's retry,
+     * which the older one's Status 1 answered; its next Ping hears it.
+     */
+    if (!guarded && !superseding && cfg->as_guidance_interval && d->heartbeat_ceiling &&
         hb_hint(ap->hb, d) < heartbeat &&
         (x->guided_at == 0 || now / 1000 - x->guided_at >= cfg->as_guidance_interval)) {
         char q1[300], q2[300];

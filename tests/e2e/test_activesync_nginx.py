@@ -50,10 +50,17 @@ http {{
     uwsgi_temp_path {tmp}/uwsgi;
     scgi_temp_path {tmp}/scgi;
 
-    map $args $as_upstream {{
-        default                     activesync;
-        "~(^|&)Cmd=Ping(&|$)"       nudge;
-        "~^(GR|eB|eR|jB|jR|oB|oR)[IJKL]" nudge;
+    # Plain queries as docs/activesync.md routes them: by $arg_Cmd.
+    # Base64 queries (no Cmd): by the prefix above, which the docs leave to the
+    # ActiveSync server; a plain map on $args is enough, no njs needed.
+    map $args $as_b64 {{
+        default                             activesync;
+        "~^(GR|eB|eR|jB|jR|oB|oR)[IJKL]"    nudge;
+    }}
+    map $arg_Cmd $as_upstream {{
+        default     activesync;
+        "~*^ping$"  nudge;
+        ""          $as_b64;
     }}
     upstream nudge      {{ server 127.0.0.1:{nudge}; }}
     upstream activesync {{ server 127.0.0.1:{stub}; }}

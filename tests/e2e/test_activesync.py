@@ -216,6 +216,7 @@ def test_status4_random_bytes_and_truncated_documents(asrv, dev):
     rnd = __import__("random").Random(19)
     bodies = [bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 200))) for _ in range(20)]
     bodies += [good[:i] for i in range(1, len(good) - 1)]
+    bodies += [good + b"\x01" * 100, good + good]  # trailing bytes after the document
     bodies += [asx.HEADER, good.replace(b"\x00\x0d", b"\x00\x0e", 1), b"\x03\x01\x6a\x00\x00\x0d\x45"]
     for b in bodies:
         r = dev.send(b)

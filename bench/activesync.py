@@ -190,8 +190,8 @@ def run(args, kind, passwd, wbxml):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--count", type=int, default=10000)
-    ap.add_argument("--nudged", default=os.path.join(ROOT, "build/bin/nudged"))
-    ap.add_argument("--nudge", default=os.path.join(ROOT, "build/bin/nudge"))
+    ap.add_argument("--nudged", default=os.path.join(ROOT, "bin/nudged"))
+    ap.add_argument("--nudge", default=os.path.join(ROOT, "bin/nudge"))
     args = ap.parse_args()
     wbxml = wbxml_ping()
     tmp = tempfile.mkdtemp(prefix="nudge-bench-passwd-")

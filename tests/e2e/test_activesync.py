@@ -7,7 +7,8 @@ by the nudge_pings_held gauge, never by sleeping; the only sleep waits for
 [heartbeat] grace to pass on a server whose grace is 1 s (a condition, not a
 timing assertion).
 """
-import os
+import base64
+import random
 import time
 
 import pytest
@@ -213,7 +214,7 @@ def test_status4_wrong_structure_or_code_page(asrv, dev, name):
 
 def test_status4_random_bytes_and_truncated_documents(asrv, dev):
     good = asx.ping_wbxml(60, ("INBOX", "Sent"))
-    rnd = __import__("random").Random(19)
+    rnd = random.Random(19)
     bodies = [bytes(rnd.randrange(256) for _ in range(rnd.randrange(1, 200))) for _ in range(20)]
     bodies += [good[:i] for i in range(1, len(good) - 1)]
     bodies += [good + b"\x01" * 100, good + good]  # trailing bytes after the document
@@ -308,8 +309,9 @@ def test_status8_server_error():
 # ---- The query forms, the headers, the sign-in -----------------------------------
 
 
-def test_base64_query_form(asrv, dev):
-    q = asx.b64_query(dev.device, version=141)
+@pytest.mark.parametrize("version,policy_key", [(141, None), (121, 0x12345678), (161, 7)])
+def test_base64_query_form(asrv, dev, version, policy_key):
+    q = asx.b64_query(dev.device, version=version, policy_key=policy_key)
     p = hold(dev, query=q)
     asrv.publish(dev.user, "INBOX")
     a = answer(p)
@@ -321,6 +323,18 @@ def test_base64_and_plain_forms_are_the_same_device(asrv, dev):
     new = dev.ping_async(heartbeat=600)
     assert answer(old).status == 1
     new.close()
+
+
+def test_bad_base64_queries_are_400(asrv, dev):
+    good = asx.b64_query(dev.device).split("?", 1)[1]
+    raw = base64.b64decode(good)
+    # not base64; cut short; no device type; a device id longer than the rest; version 1.0
+    for q in ["!!!!", good[:3], base64.b64encode(raw[:5]).decode(),
+              base64.b64encode(raw[:4] + b"\xff" + raw[5:]).decode(),
+              base64.b64encode(b"\x0a" + raw[1:]).decode()]:
+        r = dev.send(asx.ping_wbxml(60), query=f"{asx.PATH}?{q}")
+        assert r.status == 400, (q, r)
+    alive(asrv)
 
 
 def test_no_credentials_is_401_basic(asrv, dev):
@@ -433,7 +447,7 @@ def test_battery_guard_holds_quick_repings_to_heartbeat_min(make_nudged, tmp_pat
     asx.passwd_file(pf, {"bob": "pw-bob"})
     n = make_nudged({"auth": {"passwords": f"passwd-file:{pf}"}, "heartbeat": {"min": 60, "max": 900}})
     d = asx.Device(n, "bob", "pw-bob")
-    first = hold(d, heartbeat=60)  # the device exists (a first Ping out of bounds creates none)
+    hold(d, heartbeat=60)  # the device exists (a first Ping out of bounds creates none)
     # Status 5 at once, again and again, within seconds of each other.
     for _ in range(3):
         assert d.ping(heartbeat=30).status == 5

@@ -9,6 +9,7 @@ nginx runs as a non-daemon on loopback with its own prefix, config, pid, log
 and temp paths in tmp_path; the test skips only when nginx is not installed.
 """
 import http.server
+import os
 import shutil
 import signal
 import socket
@@ -24,8 +25,7 @@ from conftest import finish
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 pytestmark = [
-    pytest.mark.skipif(not shutil.which("nginx") and not __import__("os").access(NGINX, __import__("os").X_OK),
-                       reason="nginx not installed (apt-get install nginx)"),
+    pytest.mark.skipif(not os.access(NGINX, os.X_OK), reason="nginx not installed (apt-get install nginx)"),
     pytest.mark.skipif(not asx.tools_present(), reason="libwbxml2-utils not installed"),
 ]
 
@@ -149,8 +149,8 @@ def stack(tmp_path, request):
             break
         except OSError:
             if ng["proc"].poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("nginx did not start: " + (ngx / "stderr.log").read_text()
-                                     + (ngx / "error.log").read_text() if (ngx / "error.log").exists() else "")
+                err = (ngx / "error.log").read_text() if (ngx / "error.log").exists() else ""
+                raise AssertionError("nginx did not start: " + (ngx / "stderr.log").read_text() + err)
             time.sleep(0.05)
 
     class Front:

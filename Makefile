@@ -242,6 +242,7 @@ bench-nudge: deps-test
 	@$(MAKE) --no-print-directory all
 	$(PYTHON) bench/held_memory.py
 	$(PYTHON) bench/udp_fanout.py
+	$(PYTHON) bench/activesync.py
 
 deps-bench:
 	@scripts/deps.sh bench

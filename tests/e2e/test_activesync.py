@@ -460,9 +460,6 @@ def test_battery_guard_holds_quick_repings_to_heartbeat_min(make_nudged, tmp_pat
     assert n.healthy()
 
 
-@pytest.mark.xfail(strict=True, reason="server bug: a device that was never held (every Ping answered "
-                   "Status 5 at once, so no device record) escapes the battery guard: answer_plain() "
-                   "gets d == NULL and keeps no plain_at, so it answers at once forever")
 def test_battery_guard_also_for_a_device_never_held(make_nudged, tmp_path):
     pf = tmp_path / "passwd"
     asx.passwd_file(pf, {"cat": "pw-cat"})

@@ -37,7 +37,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import http, rss_kib  # noqa: E402
+from benchlib import Nudged, http, rss_kib  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHASE_LIMIT_S = 120
@@ -73,46 +73,6 @@ def passwd_file(path, n):
             f.write(f"u{i}:{{SHA512-CRYPT}}{h}::::::\n")
 
 
-class Server:
-    def __init__(self, args, passwd):
-        self.args = args
-        self.tmp = tempfile.mkdtemp(prefix="nudge-bench-as-")
-        self.conf = os.path.join(self.tmp, "nudged.conf")
-        with open(self.conf, "w") as f:
-            f.write(f"[server]\nlisten = 127.0.0.1:0\nworkers = 1\ndata_dir = {self.tmp}/var\nlog_level = warn\n"
-                    "header_timeout = 60\n[heartbeat]\nmin = 1\nmax = 3540\n[store]\nbackend = memory\n"
-                    f"[auth]\npasswords = passwd-file:{passwd}\nbasic = yes\n")
-        self.log = open(os.path.join(self.tmp, "nudged.log"), "w+")
-        self.proc = subprocess.Popen([args.nudged, "-c", self.conf, "--log-level", "info"],
-                                     stderr=self.log, stdout=self.log)
-        self.port = None
-        deadline = time.time() + 10
-        while self.port is None and time.time() < deadline:
-            self.log.seek(0)
-            m = re.search(r"name=listening addr=127\.0\.0\.1:(\d+)", self.log.read())
-            self.port = int(m.group(1)) if m else None
-            time.sleep(0.05)
-        if self.port is None:
-            self.stop()
-            sys.exit("nudged did not start:\n" + self.log_text())
-
-    def token(self, *args):
-        return subprocess.run([self.args.nudge, "token", "-c", self.conf, *args], check=True,
-                              capture_output=True, text=True).stdout.split()
-
-    def log_text(self):
-        self.log.seek(0)
-        return self.log.read()
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
-        text = self.log_text()
-        self.log.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        return text
-
-
 def held(port, admin):
     _, text = http(port, "GET", "/metrics", admin)
     m = re.search(rb"^nudge_pings_held (\d+)$", text, re.M)
@@ -121,7 +81,9 @@ def held(port, admin):
 
 def run(args, kind, passwd, wbxml):
     n = args.count
-    srv = Server(args, passwd)
+    srv = Nudged(args, {"store": {"backend": "memory"},
+                        "auth": {"passwords": f"passwd-file:{passwd}", "basic": "yes"}},
+                 prefix="nudge-bench-as-")
     try:
         admin = srv.token("--admin")[0]
         publisher = srv.token("--publisher")[0]

@@ -39,7 +39,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests", "e2e"))
 
-from benchlib import cpu_s, http, rss_kib  # noqa: E402
+from benchlib import Nudged, cpu_s, http, rss_kib  # noqa: E402
 from dovecot import Dovecot, crypt_hash  # noqa: E402
 
 
@@ -47,54 +47,9 @@ def basic(user, password):
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
 
 
-class Server:
-    """One nudged in a temporary directory with the given [auth] lines."""
-
-    def __init__(self, args, auth):
-        self.args = args
-        self.tmp = tempfile.mkdtemp(prefix="nudge-bench-auth-")
-        self.conf = os.path.join(self.tmp, "nudged.conf")
-        with open(self.conf, "w") as f:
-            f.write(f"[server]\nlisten = 127.0.0.1:0\nworkers = {args.workers}\n"
-                    f"data_dir = {self.tmp}/var\nlog_level = warn\n"
-                    "[store]\nbackend = memory\n[heartbeat]\nmin = 1\nmax = 3540\n"
-                    "[auth]\n" + "".join(f"{k} = {v}\n" for k, v in auth.items()))
-        self.log = open(os.path.join(self.tmp, "nudged.log"), "w+")
-        self.proc = subprocess.Popen([args.nudged, "-c", self.conf, "--log-level", "info"],
-                                     stderr=self.log, stdout=self.log)
-        self.port = None
-        deadline = time.time() + 15
-        while self.port is None and time.time() < deadline:
-            self.log.seek(0)
-            m = re.search(r"name=listening addr=127\.0\.0\.1:(\d+)", self.log.read())
-            self.port = int(m.group(1)) if m else None
-            time.sleep(0.05)
-        if self.port is None:
-            self.stop()
-            sys.exit("nudged did not start:\n" + self.log_text())
-
-    def token(self, *args):
-        return subprocess.run([self.args.nudge, "token", "-c", self.conf, *args], check=True,
-                              capture_output=True, text=True).stdout.split()
-
-    def pids(self):
-        """nudged and its workers."""
-        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)],
-                             capture_output=True, text=True).stdout.split()
-        return [self.proc.pid] + [int(p) for p in out]
-
-    def log_text(self):
-        self.log.seek(0)
-        return self.log.read()
-
-    def stop(self):
-        self.proc.terminate()
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self.log.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
+def server(args, auth):
+    """A nudged on the memory store with the given [auth] lines."""
+    return Nudged(args, {"store": {"backend": "memory"}, "auth": auth}, prefix="nudge-bench-auth-")
 
 
 WRK_SCRIPT = r"""
@@ -148,7 +103,7 @@ PING = json.dumps({"device": "bench", "heartbeat": 600, "folders": {"INBOX": "0"
 
 def rows_for(args, backend, auth, users, rows):
     """The four rows of one backend (or of tokens, backend None)."""
-    srv = Server(args, dict(auth, basic="yes") if backend else {})
+    srv = server(args, dict(auth, basic="yes") if backend else {})
     try:
         pub = srv.token("--publisher")[0]
         for u, _ in users:
@@ -164,7 +119,7 @@ def rows_for(args, backend, auth, users, rows):
         measure(args, srv, f"{backend}: login (warm)", "/v1/login", one, "", rows)
     finally:
         srv.stop()
-    srv = Server(args, dict(auth, cache_ttl="0", negative_ttl="0"))
+    srv = server(args, dict(auth, cache_ttl="0", negative_ttl="0"))
     try:
         measure(args, srv, f"{backend}: login, no cache", "/v1/login",
                 [basic(u, p) for u, p in users], "", rows)

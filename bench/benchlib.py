@@ -10,7 +10,12 @@ import hashlib
 import hmac
 import os
 import re
+import shutil
 import socket
+import subprocess
+import sys
+import tempfile
+import time
 
 
 def b64url(data):
@@ -84,3 +89,65 @@ def http(port, method, path, token=None, body=b"", timeout=30):
     s.close()
     head, _, payload = data.partition(b"\r\n\r\n")
     return int(head.split()[1]), payload
+
+
+class Nudged:
+    """One nudged in its own temporary directory on 127.0.0.1 (a port it
+    picks), with the benchmarks' common [server] and [heartbeat] lines and
+    the given sections over them: {"store": {"backend": "memory"}, ...}.
+    args carries nudged and nudge (the binaries) and, optionally, workers."""
+
+    def __init__(self, args, sections, prefix="nudge-bench-"):
+        self.args = args
+        self.tmp = tempfile.mkdtemp(prefix=prefix)
+        self.conf = os.path.join(self.tmp, "nudged.conf")
+        conf = {"server": {"listen": "127.0.0.1:0", "workers": getattr(args, "workers", 1),
+                           "data_dir": f"{self.tmp}/var", "log_level": "warn",
+                           "header_timeout": 60},
+                "heartbeat": {"min": 1, "max": 3540}}
+        for name, lines in sections.items():
+            conf.setdefault(name, {}).update(lines)
+        with open(self.conf, "w") as f:
+            for name, lines in conf.items():
+                f.write(f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in lines.items()))
+        self.log = open(os.path.join(self.tmp, "nudged.log"), "w+")
+        # log_level=warn hides the listening line; ask for info just for the port.
+        self.proc = subprocess.Popen([args.nudged, "-c", self.conf, "--log-level", "info"],
+                                     stderr=self.log, stdout=self.log)
+        self.port = None
+        deadline = time.time() + 15
+        while self.port is None and time.time() < deadline:
+            self.log.seek(0)
+            m = re.search(r"name=listening addr=127\.0\.0\.1:(\d+)", self.log.read())
+            self.port = int(m.group(1)) if m else None
+            time.sleep(0.05)
+        if self.port is None:
+            self.stop()
+            sys.exit("nudged did not start:\n" + self.log_text())
+
+    def token(self, *args):
+        return subprocess.run([self.args.nudge, "token", "-c", self.conf, *args], check=True,
+                              capture_output=True, text=True).stdout.split()
+
+    def pids(self):
+        """nudged and its workers."""
+        out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(self.proc.pid)],
+                             capture_output=True, text=True).stdout.split()
+        return [self.proc.pid] + [int(p) for p in out]
+
+    def log_text(self):
+        self.log.seek(0)
+        return self.log.read()
+
+    def stop(self):
+        """SIGTERM, wait (kill after 30 s); returns the log (with the store_closed line)."""
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        text = self.log_text()
+        self.log.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        return text

@@ -26,14 +26,11 @@ import multiprocessing
 import os
 import re
 import selectors
-import shutil
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 
-from benchlib import http, rss_kib  # noqa: E402
+from benchlib import Nudged, http, rss_kib  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # No part of a run may take longer than this; the whole script stays bounded.
@@ -46,53 +43,9 @@ def metric(port, admin, name):
     return int(m.group(1))
 
 
-class Server:
-    """One nudged in its own temporary directory, with the given [store] lines."""
-
-    def __init__(self, args, store):
-        self.args = args
-        self.tmp = tempfile.mkdtemp(prefix="nudge-bench-")
-        self.conf = os.path.join(self.tmp, "nudged.conf")
-        with open(self.conf, "w") as f:
-            f.write(f"[server]\nlisten = 127.0.0.1:0\nworkers = 1\ndata_dir = {self.tmp}/var\nlog_level = warn\n"
-                    "header_timeout = 60\n[heartbeat]\nmin = 1\nmax = 3540\n"
-                    "[store]\n" + "".join(f"{k} = {v}\n" for k, v in store.items()))
-        self.log = open(os.path.join(self.tmp, "nudged.log"), "w+")
-        # log_level=warn hides the listening line; ask for info just for the port.
-        self.proc = subprocess.Popen([args.nudged, "-c", self.conf, "--log-level", "info"],
-                                     stderr=self.log, stdout=self.log)
-        self.port = None
-        deadline = time.time() + 10
-        while self.port is None and time.time() < deadline:
-            self.log.seek(0)
-            m = re.search(r"name=listening addr=127\.0\.0\.1:(\d+)", self.log.read())
-            self.port = int(m.group(1)) if m else None
-            time.sleep(0.05)
-        if self.port is None:
-            self.stop()
-            sys.exit("nudged did not start:\n" + self.log_text())
-
-    def token(self, *args):
-        return subprocess.run([self.args.nudge, "token", "-c", self.conf, *args], check=True,
-                              capture_output=True, text=True).stdout.split()
-
-    def log_text(self):
-        self.log.seek(0)
-        return self.log.read()
-
-    def stop(self):
-        """SIGTERM, wait; returns the log (with the store_closed line)."""
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
-        text = self.log_text()
-        self.log.close()
-        shutil.rmtree(self.tmp, ignore_errors=True)
-        return text
-
-
 def held_memory(args):
     n = args.count
-    srv = Server(args, {"backend": args.store})
+    srv = Nudged(args, {"store": {"backend": args.store}})
     try:
         tokens = srv.token("--user-prefix", "u", "--count", str(n))
         admin = srv.token("--admin")[0]
@@ -192,7 +145,7 @@ def publisher(port, token, first, count, users, deadline, out):
 
 
 def throughput(args, label, store):
-    srv = Server(args, store)
+    srv = Nudged(args, {"store": store})
     try:
         token = srv.token("--publisher")[0].encode()
         c, total = args.publishers, args.events

@@ -74,6 +74,16 @@ static int mb_u32(struct rd *r, uint32_t *out, const char *what)
     return fail(r, "%s longer than 5 bytes", what);
 }
 
+/* SWITCH_PAGE and its page byte. */
+static int switch_page(struct rd *r)
+{
+    if (r->end - r->p < 2)
+        return fail(r, "truncated SWITCH_PAGE");
+    r->page = r->p[1];
+    r->p += 2;
+    return 0;
+}
+
 /*
  * The next tag or END, after any SWITCH_PAGE. *tag is the tag byte (its
  * flags included), or T_END. -1 on anything else.
@@ -85,10 +95,8 @@ static int next_token(struct rd *r, unsigned *tag)
             return fail(r, "truncated document (an element is not closed)");
         uint8_t b = *r->p;
         if (b == T_SWITCH_PAGE) {
-            if (r->end - r->p < 2)
-                return fail(r, "truncated SWITCH_PAGE");
-            r->page = r->p[1];
-            r->p += 2;
+            if (switch_page(r) < 0)
+                return -1;
             continue;
         }
         if (b == T_END) {
@@ -122,10 +130,8 @@ static int text(struct rd *r, char *out, size_t cap, const char *what)
             break;
         }
         if (b == T_SWITCH_PAGE) {
-            if (r->end - r->p < 2)
-                return fail(r, "truncated SWITCH_PAGE");
-            r->page = r->p[1];
-            r->p += 2;
+            if (switch_page(r) < 0)
+                return -1;
             continue;
         }
         if (b == T_STR_I) {

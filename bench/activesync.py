@@ -28,7 +28,6 @@ import base64
 import ctypes
 import json
 import os
-import re
 import selectors
 import shutil
 import socket
@@ -37,7 +36,7 @@ import sys
 import tempfile
 import time
 
-from benchlib import Nudged, http, rss_kib  # noqa: E402
+from benchlib import Nudged, metric, publish_each, rss_kib  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PHASE_LIMIT_S = 120
@@ -71,12 +70,6 @@ def passwd_file(path, n):
         for i in range(n):
             h = lib.crypt(f"pw{i}".encode(), lib.crypt_gensalt(b"$6$", 1000, None, 0)).decode()
             f.write(f"u{i}:{{SHA512-CRYPT}}{h}::::::\n")
-
-
-def held(port, admin):
-    _, text = http(port, "GET", "/metrics", admin)
-    m = re.search(rb"^nudge_pings_held (\d+)$", text, re.M)
-    return int(m.group(1))
 
 
 def run(args, kind, passwd, wbxml):
@@ -114,7 +107,7 @@ def run(args, kind, passwd, wbxml):
             sel.register(s, selectors.EVENT_READ, i)
             socks.append(s)
         deadline = time.time() + PHASE_LIMIT_S
-        while (h := held(srv.port, admin)) < n:
+        while (h := metric(srv.port, admin, "nudge_pings_held")) < n:
             if time.time() > deadline:
                 sys.exit(f"{kind}: only {h} of {n} Pings held within {PHASE_LIMIT_S} s\n" + srv.log_text()[-2000:])
             time.sleep(0.2)
@@ -122,10 +115,7 @@ def run(args, kind, passwd, wbxml):
         time.sleep(0.5)
         after = rss_kib(srv.proc.pid)
         t0 = time.time()
-        for b in range(0, n, 1000):
-            events = [{"user": f"u{i}", "folder": "INBOX"} for i in range(b, min(n, b + 1000))]
-            status, _ = http(srv.port, "POST", "/v1/events", publisher, json.dumps(events).encode())
-            assert status == 200, status
+        publish_each(srv.port, publisher, n)
         answered = 0
         want = STATUS2 if kind == "activesync" else b'"status":"changed"'
         deadline = time.time() + PHASE_LIMIT_S

@@ -8,6 +8,7 @@ first on sys.path), so each still runs as `python3 bench/NAME.py`.
 import base64
 import hashlib
 import hmac
+import json
 import os
 import re
 import shutil
@@ -90,6 +91,21 @@ def http(port, method, path, token=None, body=b"", timeout=30):
     head, _, payload = data.partition(b"\r\n\r\n")
     return int(head.split()[1]), payload
 
+
+
+def metric(port, admin, name):
+    """One unlabelled counter or gauge from /metrics."""
+    _, text = http(port, "GET", "/metrics", admin)
+    m = re.search(rb"^" + re.escape(name.encode()) + rb" (\d+)$", text, re.M)
+    return int(m.group(1))
+
+
+def publish_each(port, publisher, n, prefix="u", folder="INBOX"):
+    """One event for each of the users prefix0..prefix{n-1}, in batches of 1000."""
+    for b in range(0, n, 1000):
+        events = [{"user": f"{prefix}{i}", "folder": folder} for i in range(b, min(n, b + 1000))]
+        status, _ = http(port, "POST", "/v1/events", publisher, json.dumps(events).encode())
+        assert status == 200, status
 
 class Nudged:
     """One nudged in its own temporary directory on 127.0.0.1 (a port it

@@ -30,17 +30,11 @@ import socket
 import sys
 import time
 
-from benchlib import Nudged, http, rss_kib  # noqa: E402
+from benchlib import Nudged, metric, publish_each, rss_kib  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # No part of a run may take longer than this; the whole script stays bounded.
 PHASE_LIMIT_S = 120
-
-
-def metric(port, admin, name):
-    _, text = http(port, "GET", "/metrics", admin)
-    m = re.search(rb"^" + re.escape(name.encode()) + rb" (\d+)$", text, re.M)
-    return int(m.group(1))
 
 
 def held_memory(args):
@@ -74,10 +68,7 @@ def held_memory(args):
 
         # Fan-out: one event per user in batches of 1000; every ping must answer.
         t0 = time.time()
-        for b in range(0, n, 1000):
-            events = [{"user": f"u{i}", "folder": "INBOX"} for i in range(b, min(n, b + 1000))]
-            status, _ = http(srv.port, "POST", "/v1/events", publisher, json.dumps(events).encode())
-            assert status == 200, status
+        publish_each(srv.port, publisher, n)
         answered = 0
         deadline = time.time() + 60
         while answered < n and time.time() < deadline:

@@ -579,7 +579,11 @@ class Nudged:
             lines.append(f"[{section}]")
             lines.extend(f"{k} = {v}" for k, v in kv.items())
             lines.append("")
-        self.conf.write_text("\n".join(lines))
+        # Whole or not at all, as an admin's editor saves: a worker still
+        # reloading from the previous SIGHUP must not read half a file.
+        tmp = self.conf.with_name(self.conf.name + ".tmp")
+        tmp.write_text("\n".join(lines))
+        os.replace(tmp, self.conf)
 
     # -- process ----------------------------------------------------------
     def start(self, timeout=WAIT):

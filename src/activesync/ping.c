@@ -17,8 +17,10 @@
  * push/ping.c calls for connections it does not hold itself.
  *
  * Cost: one pointer per device and per user (slots); an ActiveSync device
- * adds a struct as_dev (~64 bytes) and, after a Status 2, its previous
- * states until the next Ping.
+ * adds a struct as_dev (40 bytes, 48 with malloc's header) and, after a
+ * Status 2, its previous states until the next Ping. What only some devices
+ * need (unknown Ids, a battery-guarded answer) is a second allocation,
+ * made when first needed.
  */
 #include "activesync/ping.h"
 
@@ -62,19 +64,24 @@
 #define QUICK_MS 5000
 #define QUICK_LIMIT 3
 
-/* What this module keeps for an ActiveSync device (the slot points to it). */
+/* What few devices need: a FolderSync loop, a battery-guarded answer. */
+struct as_extra {
+    char *refused;           /* the Ids last answered Status 7, "\n"-joined; NULL: none */
+    uint64_t ignore_until;   /* s (monotonic): the Ids in 'refused' are ignored until then */
+    uint32_t refused_times;  /* how many Status 7 in a row for those Ids */
+    uint32_t delayed_value;  /* battery guard: the HeartbeatInterval or MaxFolders of ... */
+    uint8_t delayed_status;  /* ... the answer a held connection gets at its end */
+};
+
+/* What this module keeps for every ActiveSync device (the slot points to it). */
 struct as_dev {
     uint64_t changed_at;     /* ms (monotonic) of the last Status 2; 0: none awaiting proof */
     uint64_t *prev;          /* states before that Status 2, one per folder; NULL: none */
-    uint32_t nprev;
-    uint32_t quick;          /* quick Pings in a row (battery guard) */
     uint64_t plain_at;       /* ms of the last answer that was not a change */
-    uint64_t guided_at;      /* s (monotonic) of the last heartbeat Status 5 */
-    uint64_t ignore_until;   /* s (monotonic): the Ids in 'refused' are ignored until then */
-    char *refused;           /* the Ids last answered Status 7, "\n"-joined; NULL: none */
-    uint32_t refused_times;  /* how many Status 7 in a row for those Ids */
-    uint8_t delayed_status;  /* battery guard: the answer a held connection gets at its end */
-    uint32_t delayed_value;  /* its HeartbeatInterval or MaxFolders */
+    struct as_extra *extra;  /* NULL until needed */
+    uint32_t guided_at;      /* s (monotonic) of the last heartbeat Status 5 */
+    uint16_t nprev;          /* folders in prev ([activesync] max_folders <= 10000) */
+    uint8_t quick;           /* quick Pings in a row (battery guard), saturating */
 };
 
 /* A user's folder map: Id -> nudge folder. */
@@ -100,12 +107,21 @@ static struct as_dev *as_dev_of(struct as_ping *ap, struct device *d)
     return *s;
 }
 
+static struct as_extra *extra_of(struct as_dev *x)
+{
+    if (x->extra == NULL)
+        x->extra = xcalloc(1, sizeof(*x->extra));
+    return x->extra;
+}
+
 static void dev_free(struct as_dev *x)
 {
     if (x == NULL)
         return;
     free(x->prev);
-    free(x->refused);
+    if (x->extra)
+        free(x->extra->refused);
+    free(x->extra);
     free(x);
 }
 
@@ -165,8 +181,8 @@ static void answer_plain(struct as_ping *ap, struct conn *c, struct device *d, u
     struct as_dev *x = d ? as_dev_of(ap, d) : NULL;
 
     if (x && x->quick >= QUICK_LIMIT) {
-        x->delayed_status = (uint8_t)status;
-        x->delayed_value = heartbeat ? heartbeat : max_folders;
+        extra_of(x)->delayed_status = (uint8_t)status;
+        extra_of(x)->delayed_value = heartbeat ? heartbeat : max_folders;
         conn_hold(c, &ap->delayed, d, util_now_ms() + (uint64_t)ap->cfg->heartbeat_min * 1000);
         return;
     }
@@ -211,7 +227,7 @@ static int answer_if_changed(struct as_ping *ap, struct conn *c, struct device *
         return 0;
     free(x->prev);
     x->prev = xcalloc(d->nfolders, sizeof(*x->prev));
-    x->nprev = d->nfolders;
+    x->nprev = (uint16_t)d->nfolders;
     for (uint32_t i = 0; i < d->nfolders; i++) {
         const char *f = folder_of(ap, d->user, d->folders[i].name);
         x->prev[i] = d->folders[i].state;
@@ -277,12 +293,13 @@ static void on_delayed_expired(void *ctx, struct conn *c, void *arg)
 {
     struct as_ping *ap = ctx;
     struct as_dev *x = *dev_slot(ap, arg);
-    struct as_ping_answer a = {.status = x->delayed_status ? x->delayed_status : 1};
+    struct as_extra *ex = extra_of(x);
+    struct as_ping_answer a = {.status = ex->delayed_status ? ex->delayed_status : 1};
 
     if (a.status == 5)
-        a.heartbeat = x->delayed_value;
+        a.heartbeat = ex->delayed_value;
     if (a.status == 6)
-        a.max_folders = x->delayed_value;
+        a.max_folders = ex->delayed_value;
     x->plain_at = util_now_ms();
     answer(ap, c, &a);
 }
@@ -459,12 +476,13 @@ static int listed(const char *list, const char *id)
  */
 static int refuse_unknown(struct as_ping *ap, struct device *d, struct as_folder *f, size_t *n)
 {
-    struct as_dev *x = as_dev_of(ap, d);
+    struct as_dev *dev = as_dev_of(ap, d);
+    struct as_extra *x = dev->extra;
     uint64_t now = util_now_ms() / 1000;
     char *unk;
     size_t k = 0;
 
-    if (x->refused && x->ignore_until > now) {
+    if (x && x->refused && x->ignore_until > now) {
         for (size_t i = 0; i < *n; i++)
             if (!listed(x->refused, f[i].id))
                 f[k++] = f[i];
@@ -473,6 +491,7 @@ static int refuse_unknown(struct as_ping *ap, struct device *d, struct as_folder
     unk = unknown_ids(ap, d->user, f, *n);
     if (unk == NULL)
         return 0;
+    x = extra_of(dev);
     if (x->refused && strcmp(unk, x->refused) == 0) {
         x->refused_times++;
     } else {
@@ -581,7 +600,7 @@ void as_ping_handle(void *arg, struct conn *c, struct http_req *r, const struct 
     /* The battery guard: Pings that come within seconds of answers given at once. */
     if (d && (x = *dev_slot(ap, d)) != NULL) {
         if (x->plain_at && now - x->plain_at < QUICK_MS) {
-            if (++x->quick == QUICK_LIMIT) {
+            if (x->quick < UINT8_MAX && ++x->quick == QUICK_LIMIT) {
                 char q1[300], q2[300];
                 LOG(LOG_WARN, as_battery_guard, "user=%s device=%s quick=%u heartbeat=%u",
                     log_q(q1, sizeof(q1), u->id), log_q(q2, sizeof(q2), d->id), x->quick,
@@ -663,7 +682,7 @@ void as_ping_handle(void *arg, struct conn *c, struct http_req *r, const struct 
         hb_hint(ap->hb, d) < heartbeat &&
         (x->guided_at == 0 || now / 1000 - x->guided_at >= cfg->as_guidance_interval)) {
         char q1[300], q2[300];
-        x->guided_at = now / 1000;
+        x->guided_at = (uint32_t)(now / 1000);
         LOG(LOG_INFO, as_heartbeat_guided, "user=%s device=%s asked=%u hint=%u",
             log_q(q1, sizeof(q1), u->id), log_q(q2, sizeof(q2), d->id), heartbeat,
             hb_hint(ap->hb, d));

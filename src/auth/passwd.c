@@ -8,10 +8,17 @@
  * kind (right and wrong passwords) live equally long, so each kind is one
  * FIFO whose head expires first, with a hash map beside it; each FIFO holds
  * at most [auth] cache_max entries, so wrong guesses can never push the
- * right passwords out. Memory: ~100 bytes an entry plus the user name.
+ * right passwords out.
+ *
+ * Memory is per signed-in user, so an entry is kept small: a 128-bit key (a
+ * keyed hash, so collisions need the secret salt), expiry in seconds, a
+ * 32-bit digest of the generation, and the user name only when the backend
+ * named someone other than the login: 48 bytes of heap plus its map slot
+ * (was 80; bench/activesync.py measures it).
  */
 #include "auth/passwd.h"
 
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,16 +33,17 @@
 #include "common/util.h"
 #include "common/xalloc.h"
 
-#define KEY_BYTES 32
+#define KEY_BYTES 16
 
 /* A verified (or refused) password. */
 struct entry {
     struct entry *next;         /* the next to expire in its FIFO */
-    uint64_t expires;           /* ms, monotonic */
-    int dead;                   /* replaced or dropped from the map; freed at its turn */
-    uint64_t gen;               /* the backend's generation it was answered under */
+    uint32_t expires;           /* s, monotonic */
+    uint32_t gen;               /* generation() it was answered under */
+    uint8_t dead;               /* replaced or dropped from the map; freed at its turn */
+    uint8_t as_login;           /* right, and the user to act for is the login itself */
     unsigned char key[KEY_BYTES];
-    char user[];                /* the user name to act for; "" for a refused password */
+    char user[];                /* else the user to act for; "" for a refused password */
 };
 
 struct fifo {
@@ -55,8 +63,9 @@ struct waiter {
 struct pending {
     struct passwords *p;
     int keyed;                  /* key is set: cache the answer (OpenSSL may have failed to hash) */
-    uint64_t gen;               /* the backend's generation when it was asked */
+    uint32_t gen;               /* generation() when it was asked */
     unsigned char key[KEY_BYTES];
+    char *login;                /* the user name asked for (keyed only) */
     struct waiter *waiters;
 };
 
@@ -83,7 +92,7 @@ int passwd_open(struct passwords **out, const char *spec, uv_loop_t *loop, const
 {
     const struct passwd_backend *be = NULL;
     const char *colon = strchr(spec, ':');
-    unsigned char salt[KEY_BYTES];
+    unsigned char salt[32];
     struct passwords *p;
     char why[512];
 
@@ -132,21 +141,27 @@ fail:
 static int key_of(struct passwords *p, const struct passwd_request *rq, unsigned char *key)
 {
     EVP_MD_CTX *c = p->scratch;
+    unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int n = 0;
+    int rc;
 
     /* The NUL between them: "ab"+"c" and "a"+"bc" must not share a key. */
-    return EVP_MD_CTX_copy_ex(c, p->salted) == 1 &&
-                   EVP_DigestUpdate(c, rq->user, strlen(rq->user) + 1) == 1 &&
-                   EVP_DigestUpdate(c, rq->password, strlen(rq->password)) == 1 &&
-                   EVP_DigestFinal_ex(c, key, &n) == 1 && n == KEY_BYTES
-               ? 0
-               : -1;
+    rc = EVP_MD_CTX_copy_ex(c, p->salted) == 1 &&
+                 EVP_DigestUpdate(c, rq->user, strlen(rq->user) + 1) == 1 &&
+                 EVP_DigestUpdate(c, rq->password, strlen(rq->password)) == 1 &&
+                 EVP_DigestFinal_ex(c, md, &n) == 1 && n >= KEY_BYTES
+             ? 0
+             : -1;
+    if (rc == 0)
+        memcpy(key, md, KEY_BYTES);
+    OPENSSL_cleanse(md, sizeof(md));
+    return rc;
 }
 
 /* Drops the entries at the heads of f that expired, or that are beyond the bound. */
 static void expire(struct passwords *p, struct fifo *f, uint64_t now)
 {
-    while (f->head && (f->head->expires <= now || f->count > p->max)) {
+    while (f->head && (f->head->expires <= now / 1000 || f->count > p->max)) {
         struct entry *e = f->head;
         f->head = e->next;
         if (f->head == NULL)
@@ -158,24 +173,35 @@ static void expire(struct passwords *p, struct fifo *f, uint64_t now)
     }
 }
 
-/* The backend's generation now, or 0 when it has none. */
-static uint64_t generation(struct passwords *p)
+/*
+ * The reloads and the backend's generation now, folded into 32 bits: an
+ * entry lives one TTL, in which neither moves by anything near the
+ * multiplier, so two different moments never fold alike.
+ */
+static uint32_t generation(struct passwords *p)
 {
-    return p->epoch << 40 | (p->be->generation ? p->be->generation(p->bs) : 0);
+    uint64_t g = p->be->generation ? p->be->generation(p->bs) : 0;
+
+    return (uint32_t)(p->epoch * 1000003u + g);
 }
 
-static void remember(struct passwords *p, const unsigned char *key, uint64_t gen, const char *user)
+/* user: whom the backend named (NULL: refused); login: who asked. */
+static void remember(struct passwords *p, const unsigned char *key, uint32_t gen, const char *user,
+                     const char *login)
 {
     struct fifo *f = user ? &p->ok : &p->fail;
-    size_t ulen = user ? strlen(user) : 0;
+    int as_login = user && login && strcmp(user, login) == 0;
+    size_t ulen = user && !as_login ? strlen(user) : 0;
     struct entry *e, *old;
 
     if (f->ttl_ms == 0 || p->max == 0)
         return;
-    e = xcalloc(1, sizeof(*e) + ulen + 1);
+    e = xcalloc(1, offsetof(struct entry, user) + ulen + 1);
     memcpy(e->key, key, KEY_BYTES);
-    memcpy(e->user, user ? user : "", ulen + 1);
-    e->expires = util_now_ms() + f->ttl_ms;
+    memcpy(e->user, user && !as_login ? user : "", ulen + 1);
+    e->as_login = (uint8_t)as_login;
+    /* Rounded up: a TTL of 1 s lasts 1 to 2 s, never a few ms. */
+    e->expires = (uint32_t)((util_now_ms() + f->ttl_ms + 999) / 1000);
     e->gen = gen;
     old = strmap_put(&p->cache, (const char *)e->key, KEY_BYTES, e);
     if (old)
@@ -201,18 +227,21 @@ static void on_answer(void *arg, enum passwd_status st, const char *user)
     if (st == PASSWD_OK && (user == NULL || user[0] == '\0' || strlen(user) > PASSWD_USER_MAX))
         st = PASSWD_FAIL; /* a backend that names nobody has not said who */
     if (pd->keyed && (st == PASSWD_OK || st == PASSWD_FAIL))
-        remember(p, pd->key, pd->gen, st == PASSWD_OK ? user : NULL);
+        remember(p, pd->key, pd->gen, st == PASSWD_OK ? user : NULL, pd->login);
     for (; w; w = next) {
         next = w->next;
         w->done(w->arg, st, st == PASSWD_OK ? user : NULL);
         free(w);
     }
+    free(pd->login);
     free(pd);
 }
 
 /* The cache's answer for key: PASSWD_OK (user copied), PASSWD_FAIL, or PASSWD_PENDING (not known). */
-static enum passwd_status lookup(struct passwords *p, const unsigned char *key, char *user_out)
+static enum passwd_status lookup(struct passwords *p, const unsigned char *key, const char *login,
+                                 char *user_out)
 {
+    const char *user;
     uint64_t now = util_now_ms();
     struct entry *e;
 
@@ -223,9 +252,10 @@ static enum passwd_status lookup(struct passwords *p, const unsigned char *key, 
     if (e == NULL || e->gen != generation(p))
         return PASSWD_PENDING;
     p->metrics->password_cache_hits++;
-    if (e->user[0] == '\0')
+    if (!e->as_login && e->user[0] == '\0')
         return PASSWD_FAIL;
-    memcpy(user_out, e->user, strlen(e->user) + 1);
+    user = e->as_login ? login : e->user;
+    memcpy(user_out, user, strlen(user) + 1);
     return PASSWD_OK;
 }
 
@@ -233,7 +263,7 @@ int passwd_cached_ok(struct passwords *p, const struct passwd_request *rq, char 
 {
     unsigned char key[KEY_BYTES];
 
-    return key_of(p, rq, key) == 0 && lookup(p, key, user_out) == PASSWD_OK;
+    return key_of(p, rq, key) == 0 && lookup(p, key, rq->user, user_out) == PASSWD_OK;
 }
 
 enum passwd_status passwd_check(struct passwords *p, const struct passwd_request *rq, char *user_out,
@@ -255,7 +285,7 @@ enum passwd_status passwd_check(struct passwords *p, const struct passwd_request
         p->be->verify(p->bs, rq, on_answer, pd);
         return PASSWD_PENDING;
     }
-    if ((st = lookup(p, key, user_out)) != PASSWD_PENDING)
+    if ((st = lookup(p, key, rq->user, user_out)) != PASSWD_PENDING)
         return st;
     w = xcalloc(1, sizeof(*w));
     w->done = done;
@@ -270,6 +300,7 @@ enum passwd_status passwd_check(struct passwords *p, const struct passwd_request
     pd->p = p;
     pd->keyed = 1;
     pd->gen = generation(p);
+    pd->login = xstrdup(rq->user);
     memcpy(pd->key, key, KEY_BYTES);
     pd->waiters = w;
     strmap_put(&p->pending, (const char *)pd->key, KEY_BYTES, pd);

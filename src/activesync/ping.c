@@ -777,13 +777,16 @@ static void write_map(struct jsonw *w, const struct as_map *m)
     jw_obj_end(w);
 }
 
-/* Parses {"folders": {Id: folder}} into a new map; NULL with e set. */
-static struct as_map *parse_map(const struct config *cfg, const struct http_req *r,
+/* The store's record kind the folder map is saved under (store.h). */
+#define MAP_RECORD "activesync.folders"
+
+/* Parses {"folders": {Id: folder}} (a PUT's body, or a saved record) into a new map; NULL with e set. */
+static struct as_map *parse_map(const struct config *cfg, const char *text, size_t len,
                                 struct http_error *e)
 {
     struct as_map *m = NULL;
     json_error_t je;
-    json_t *root = json_loadb(r->body ? r->body : "", r->body_len, JSON_REJECT_DUPLICATES, &je);
+    json_t *root = json_loadb(text, len, JSON_REJECT_DUPLICATES, &je);
     json_t *fo, *val;
     const char *id;
 
@@ -829,6 +832,35 @@ fail:
     return NULL;
 }
 
+/* A saved record at start-up: the folder maps are ours. */
+static void on_record_loaded(void *arg, const char *user, const char *kind, const char *data)
+{
+    struct as_ping *ap = arg;
+    struct http_error e;
+    struct as_map *m;
+    struct user *u;
+
+    if (strcmp(kind, MAP_RECORD) != 0)
+        return;
+    if (check_user_id(user, strlen(user)) != NULL ||
+        (m = parse_map(ap->cfg, data, strlen(data), &e)) == NULL) {
+        char q1[300], q2[300];
+        /* A map that no longer reads (max_folders lowered, say): Ids name folders until a PUT. */
+        LOG(LOG_WARN, store_record_skipped, "user=%s device=- reason=%s",
+            log_q(q1, sizeof(q1), user),
+            log_q(q2, sizeof(q2), "the ActiveSync folder map does not read any more"));
+        return;
+    }
+    u = shard_user(ap->shard, user, 1);
+    map_free(*map_slot(ap, u));
+    *map_slot(ap, u) = m;
+}
+
+void as_ping_load(struct as_ping *ap)
+{
+    store_record_load(ap->store, on_record_loaded, ap);
+}
+
 void as_folders_handle(void *arg, struct conn *c, struct http_req *r, const struct principal *who)
 {
     struct as_ping *ap = arg;
@@ -844,13 +876,19 @@ void as_folders_handle(void *arg, struct conn *c, struct http_req *r, const stru
         return;
     u = shard_user(ap->shard, user, r->method == HTTP_PUT);
     if (r->method == HTTP_PUT) {
-        struct as_map *m = parse_map(ap->cfg, r, &e);
+        struct as_map *m = parse_map(ap->cfg, r->body ? r->body : "", r->body_len, &e);
+        size_t len;
+        char *text;
         if (m == NULL)
             goto refuse;
         map_free(*map_slot(ap, u));
         *map_slot(ap, u) = m;
+        /* Saved as it is answered, so that a restart brings back exactly this map. */
         write_map(&w, m);
-        respond_json(c, &w);
+        text = jw_take(&w, &len);
+        store_record_save(ap->store, u->id, MAP_RECORD, text);
+        conn_respond(c, 200, NULL, text, len);
+        free(text);
         return;
     }
     if (u == NULL || *map_slot(ap, u) == NULL) {
@@ -860,6 +898,7 @@ void as_folders_handle(void *arg, struct conn *c, struct http_req *r, const stru
     if (r->method == HTTP_DELETE) {
         map_free(*map_slot(ap, u));
         *map_slot(ap, u) = NULL;
+        store_record_save(ap->store, u->id, MAP_RECORD, NULL);
         CONN_RESPOND_LITERAL(c, 200, NULL, "{\"folders\":null}");
         return;
     }

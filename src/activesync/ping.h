@@ -43,6 +43,9 @@ void as_ping_init(struct as_ping *ap, const struct config *cfg, struct store *st
                   struct sessions *sessions, struct devices *devices,
                   const struct worker_route *route);
 
+/* Brings back the folder maps the store saved (at start, after the slots are reserved). */
+void as_ping_load(struct as_ping *ap);
+
 /* Frees what the slots point to (before shard_free). */
 void as_ping_free(struct as_ping *ap);
 

@@ -162,6 +162,7 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
     as_ping_init(&s->as_ping, cfg, s->store, &s->shard, &s->metrics, &s->hb, &s->sessions,
                  &s->devices, NULL);
     devices_load(&s->devices);
+    as_ping_load(&s->as_ping);
 
     if (wk && mesh_init(&s->mesh, loop, wk, (size_t)cfg->max_header_bytes + cfg->max_body_bytes,
                         &s->metrics, err, sizeof(err)) < 0)

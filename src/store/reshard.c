@@ -126,8 +126,10 @@ static int move_out(const struct config *c, const char *src, unsigned k, unsigne
                  "  ON CONFLICT (user, folder) DO UPDATE SET state = max(state, excluded.state);"
                  "INSERT OR REPLACE INTO t.devices (%s) SELECT %s FROM main.devices "
                  "  WHERE nudge_owner(user) = %u;"
+                 "INSERT OR REPLACE INTO t.user_records (user, kind, data) "
+                 "  SELECT user, kind, data FROM main.user_records WHERE nudge_owner(user) = %u;"
                  "COMMIT;",
-                 j, DEVICE_COLUMNS, DEVICE_COLUMNS, j);
+                 j, DEVICE_COLUMNS, DEVICE_COLUMNS, j, j);
         if (exec(db, sql, src, err, errlen) < 0)
             goto fail;
         snprintf(sql, sizeof(sql),
@@ -140,6 +142,9 @@ static int move_out(const struct config *c, const char *src, unsigned k, unsigne
         if (exec(db, sql, src, err, errlen) < 0)
             goto fail;
         *devices += sqlite3_changes(db);
+        snprintf(sql, sizeof(sql), "DELETE FROM main.user_records WHERE nudge_owner(user) = %u;", j);
+        if (exec(db, sql, src, err, errlen) < 0)
+            goto fail;
         if (exec(db, "COMMIT; DETACH t;", src, err, errlen) < 0)
             goto fail;
     }
@@ -149,7 +154,7 @@ fail:
     return rc;
 }
 
-/* Is the file empty of rows (both tables)? */
+/* Is the file empty of rows (every table)? */
 static int empty_file(const char *path)
 {
     sqlite3 *db = NULL;
@@ -159,7 +164,8 @@ static int empty_file(const char *path)
     if (sqlite3_open_v2(path, &db, SQLITE_OPEN_READONLY, NULL) == SQLITE_OK &&
         sqlite3_prepare_v2(db,
                            "SELECT (SELECT count(*) FROM folder_states) + "
-                           "(SELECT count(*) FROM devices)",
+                           "(SELECT count(*) FROM devices) + "
+                           "(SELECT count(*) FROM user_records)",
                            -1, &st, NULL) == SQLITE_OK &&
         sqlite3_step(st) == SQLITE_ROW)
         empty = sqlite3_column_int64(st, 0) == 0;

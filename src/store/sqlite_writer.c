@@ -51,6 +51,21 @@ static const char SQL_PUT_DEVICE[] =
     "heartbeat_good = excluded.heartbeat_good, heartbeat_ceiling = excluded.heartbeat_ceiling, "
     "ceiling_since = excluded.ceiling_since, udp = excluded.udp";
 
+static const char SQL_PUT_RECORD[] =
+    "INSERT INTO user_records (user, kind, data) VALUES (?1, ?2, ?3) "
+    "ON CONFLICT (user, kind) DO UPDATE SET data = excluded.data";
+
+static const char SQL_DEL_RECORD[] = "DELETE FROM user_records WHERE user = ?1 AND kind = ?2";
+
+static void free_records(struct sqlite_record_rec *r)
+{
+    while (r) {
+        struct sqlite_record_rec *next = r->next;
+        free(r);
+        r = next;
+    }
+}
+
 static void free_devices(struct sqlite_device_rec *d)
 {
     while (d) {
@@ -69,6 +84,8 @@ static const struct {
 } statements[] = {
     {SQL_PUT_STATE, offsetof(struct sqlite_writer, put_state)},
     {SQL_PUT_DEVICE, offsetof(struct sqlite_writer, put_device)},
+    {SQL_PUT_RECORD, offsetof(struct sqlite_writer, put_record)},
+    {SQL_DEL_RECORD, offsetof(struct sqlite_writer, del_record)},
     {"BEGIN IMMEDIATE", offsetof(struct sqlite_writer, begin)},
     {"COMMIT", offsetof(struct sqlite_writer, commit)},
     {"ROLLBACK", offsetof(struct sqlite_writer, rollback)},
@@ -103,7 +120,8 @@ static int step_done(sqlite3_stmt *st)
 
 /* Writes one round in one transaction. 0, or -EIO after logging why. */
 static int write_round(struct sqlite_writer *w, struct sqlite_batch *todo,
-                       struct sqlite_device_rec *devs, size_t nbatches, size_t ndevices)
+                       struct sqlite_device_rec *devs, struct sqlite_record_rec *recs,
+                       size_t nbatches, size_t ndevices)
 {
     int full = todo != NULL && w->sync_full;
     char msg[256], q1[600], q2[300];
@@ -139,6 +157,15 @@ static int write_round(struct sqlite_writer *w, struct sqlite_batch *todo,
         sqlite3_bind_text(w->put_device, 9, d->udp, -1, SQLITE_STATIC);
         rc = step_done(w->put_device);
     }
+    /* In the order they were queued: a put then a delete of one record leaves none. */
+    for (struct sqlite_record_rec *r = recs; r && rc == SQLITE_OK; r = r->next) {
+        sqlite3_stmt *st = r->data ? w->put_record : w->del_record;
+        sqlite3_bind_text(st, 1, r->user, -1, SQLITE_STATIC);
+        sqlite3_bind_text(st, 2, r->kind, -1, SQLITE_STATIC);
+        if (r->data)
+            sqlite3_bind_text(st, 3, r->data, -1, SQLITE_STATIC);
+        rc = step_done(st);
+    }
     if (rc == SQLITE_OK)
         rc = step_done(w->commit);
     if (rc != SQLITE_OK)
@@ -165,27 +192,32 @@ static void *writer_main(void *arg)
     for (;;) {
         struct sqlite_batch *todo, *last = NULL;
         struct sqlite_device_rec *devs;
+        struct sqlite_record_rec *recs;
         size_t nbatches = 0, ndevices = 0;
         int status;
 
-        while (w->todo == NULL && w->devs == NULL && !w->stop)
+        while (w->todo == NULL && w->devs == NULL && w->recs == NULL && !w->stop)
             pthread_cond_wait(&w->cv, &w->mu);
-        if (w->todo == NULL && w->devs == NULL)
+        if (w->todo == NULL && w->devs == NULL && w->recs == NULL)
             break; /* stopping, and everything is written */
         todo = w->todo;
         devs = w->devs;
+        recs = w->recs;
         w->todo = NULL;
         w->todo_tail = &w->todo;
         w->devs = NULL;
         w->devs_tail = &w->devs;
+        w->recs = NULL;
+        w->recs_tail = &w->recs;
         pthread_mutex_unlock(&w->mu);
 
         for (struct sqlite_batch *b = todo; b; b = b->next, nbatches++)
             last = b;
         for (struct sqlite_device_rec *d = devs; d; d = d->next)
             ndevices++;
-        status = write_round(w, todo, devs, nbatches, ndevices);
+        status = write_round(w, todo, devs, recs, nbatches, ndevices);
         free_devices(devs);
+        free_records(recs);
         for (struct sqlite_batch *b = todo; b; b = b->next)
             b->status = status;
 
@@ -217,6 +249,7 @@ int sqlite_writer_start(struct sqlite_writer *w, sqlite3 *db, int sync_full, con
     w->notify_arg = notify_arg;
     w->todo_tail = &w->todo;
     w->devs_tail = &w->devs;
+    w->recs_tail = &w->recs;
     w->done_tail = &w->done;
     for (size_t i = 0; i < NSTATEMENTS; i++) {
         if (sqlite3_prepare_v3(db, statements[i].sql, -1, SQLITE_PREPARE_PERSISTENT,
@@ -265,6 +298,16 @@ void sqlite_writer_put_device(struct sqlite_writer *w, struct sqlite_device_rec 
     pthread_mutex_lock(&w->mu);
     *w->devs_tail = d;
     w->devs_tail = &d->next;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+void sqlite_writer_put_record(struct sqlite_writer *w, struct sqlite_record_rec *r)
+{
+    r->next = NULL;
+    pthread_mutex_lock(&w->mu);
+    *w->recs_tail = r;
+    w->recs_tail = &r->next;
     pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
 }

@@ -48,10 +48,19 @@ struct sqlite_device_rec {
     char user[];        /* user id, NUL, device id, NUL */
 };
 
+/* One user record (store.h), copied: one allocation, or data NULL to delete it. */
+struct sqlite_record_rec {
+    struct sqlite_record_rec *next;
+    const char *kind;   /* points into user[] */
+    const char *data;   /* points into user[], or NULL: delete */
+    char user[];        /* user id, NUL, kind, NUL, data, NUL */
+};
+
 struct sqlite_writer {
     sqlite3 *db;                 /* the writer thread's own connection */
     /* Prepared once: a round runs no SQL text through the parser. */
-    sqlite3_stmt *put_state, *put_device, *begin, *commit, *rollback, *sync_set[2];
+    sqlite3_stmt *put_state, *put_device, *put_record, *del_record, *begin, *commit, *rollback,
+        *sync_set[2];
     int sync_full;               /* [store] sync for commits that hold publishes */
     int cur_full;                /* the connection's setting now (-1: unknown) */
     const char *path;            /* for log lines; outlives the writer */
@@ -64,6 +73,7 @@ struct sqlite_writer {
     /* Under mu: */
     struct sqlite_batch *todo, **todo_tail;
     struct sqlite_device_rec *devs, **devs_tail;
+    struct sqlite_record_rec *recs, **recs_tail;
     struct sqlite_batch *done, **done_tail;
     int stop;
     /* Writer thread only; read by the owner after sqlite_writer_stop. */
@@ -84,6 +94,9 @@ void sqlite_writer_put_batch(struct sqlite_writer *w, struct sqlite_batch *b);
 
 /* Queues a device record; the writer frees it (and its folders) once written. */
 void sqlite_writer_put_device(struct sqlite_writer *w, struct sqlite_device_rec *d);
+
+/* Queues a user record; the writer frees it once written. */
+void sqlite_writer_put_record(struct sqlite_writer *w, struct sqlite_record_rec *r);
 
 /* Takes every committed (or failed) batch, oldest first; NULL when none. */
 struct sqlite_batch *sqlite_writer_take_done(struct sqlite_writer *w);

@@ -77,6 +77,13 @@ struct store_device {
 
 typedef void (*store_device_cb)(void *arg, const struct store_device *d);
 
+/*
+ * A user's record of one kind: a module's own data about the user that must
+ * outlive a restart (the ActiveSync folder map: kind "activesync.folders"),
+ * as text the module writes and reads itself.
+ */
+typedef void (*store_record_cb)(void *arg, const char *user, const char *kind, const char *data);
+
 /* status: 0, or a negative errno when the bump could not be made durable. */
 typedef void (*store_done_cb)(void *arg, struct store_event *ev, size_t n, int status);
 typedef void (*store_list_cb)(void *arg, const char *folder, uint64_t state);
@@ -110,6 +117,14 @@ struct store_backend {
     void (*device_save)(struct store *s, const struct store_device *d);
     /* Calls cb for every saved device record (at start-up). Returns the count. */
     size_t (*device_load)(struct store *s, store_device_cb cb, void *arg);
+    /*
+     * Saves the user's record of 'kind' (data NULL: deletes it), write-behind
+     * and in order with device records. NULL on a backend that keeps nothing
+     * across a restart (memory).
+     */
+    void (*record_save)(struct store *s, const char *user, const char *kind, const char *data);
+    /* Calls cb for every saved user record (at start-up). Returns the count. */
+    size_t (*record_load)(struct store *s, store_record_cb cb, void *arg);
 };
 
 /* The backend registered under 'name', or NULL. */
@@ -146,6 +161,18 @@ static inline void store_device_save(struct store *s, const struct store_device 
 static inline size_t store_device_load(struct store *s, store_device_cb cb, void *arg)
 {
     return s->be->device_load(s, cb, arg);
+}
+
+static inline void store_record_save(struct store *s, const char *user, const char *kind,
+                                     const char *data)
+{
+    if (s->be->record_save)
+        s->be->record_save(s, user, kind, data);
+}
+
+static inline size_t store_record_load(struct store *s, store_record_cb cb, void *arg)
+{
+    return s->be->record_load ? s->be->record_load(s, cb, arg) : 0;
 }
 
 static inline void store_close(struct store *s)

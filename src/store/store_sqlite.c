@@ -70,7 +70,7 @@
 /* PRAGMA application_id marks the file as nudge's: "nudg" in ASCII. */
 #define NUDGE_APPLICATION_ID 0x6e756467
 /* PRAGMA user_version: the schema below; older files are migrated at open (SQL_MIGRATE). */
-#define SCHEMA_VERSION 3
+#define SCHEMA_VERSION 4
 /*
  * How long a statement waits for a lock another process holds (a sqlite3
  * shell running .backup, say) before failing. Longer than any backup step,
@@ -85,6 +85,15 @@
 
 #define WHAT_TO_DO                                                                                 \
     "move it away to start empty (states restart at 0 and clients resync), or restore a backup"
+
+/* A module's own record of a user, text it writes and reads itself (version 4). */
+#define SQL_USER_RECORDS                                                                           \
+    "CREATE TABLE user_records ("                                                                  \
+    "  user TEXT NOT NULL,"                                                                        \
+    "  kind TEXT NOT NULL,"                                                                        \
+    "  data TEXT NOT NULL,"                                                                        \
+    "  PRIMARY KEY (user, kind)"                                                                   \
+    ") STRICT, WITHOUT ROWID;"
 
 static const char SQL_SCHEMA[] =
     "BEGIN IMMEDIATE;"
@@ -109,8 +118,9 @@ static const char SQL_SCHEMA[] =
     "  udp TEXT NOT NULL DEFAULT '',"
     "  PRIMARY KEY (user, device)"
     ") STRICT, WITHOUT ROWID;"
+    SQL_USER_RECORDS
     "PRAGMA application_id = 1853187175;" /* NUDGE_APPLICATION_ID in decimal */
-    "PRAGMA user_version = 3;"            /* SCHEMA_VERSION */
+    "PRAGMA user_version = 4;"            /* SCHEMA_VERSION */
     "COMMIT;";
 
 /* Each step takes a file from version N (the index + 1) to N + 1, in one transaction. */
@@ -124,6 +134,10 @@ static const char *const SQL_MIGRATE[] = {
     "BEGIN IMMEDIATE;"
     "ALTER TABLE devices ADD COLUMN udp TEXT NOT NULL DEFAULT '';"
     "PRAGMA user_version = 3;"
+    "COMMIT;",
+    "BEGIN IMMEDIATE;"
+    SQL_USER_RECORDS
+    "PRAGMA user_version = 4;"
     "COMMIT;",
 };
 
@@ -850,6 +864,54 @@ static size_t sq_device_load(struct store *store, store_device_cb cb, void *arg)
     return count;
 }
 
+static void sq_record_save(struct store *st, const char *user, const char *kind, const char *data)
+{
+    struct sq_store *s = (struct sq_store *)st;
+    size_t ulen = strlen(user), klen = strlen(kind), dlen = data ? strlen(data) : 0;
+    struct sqlite_record_rec *r = malloc(sizeof(*r) + ulen + klen + dlen + 3);
+
+    if (r == NULL) {
+        char q1[300], q2[100];
+        LOG(LOG_ERROR, store_write_failed, "path=%s error=\"out of memory\" user=%s kind=%s",
+            s->path, log_q(q1, sizeof(q1), user), log_q(q2, sizeof(q2), kind));
+        return;
+    }
+    memcpy(r->user, user, ulen + 1);
+    memcpy(r->user + ulen + 1, kind, klen + 1);
+    r->kind = r->user + ulen + 1;
+    r->data = NULL;
+    if (data) {
+        memcpy(r->user + ulen + klen + 2, data, dlen + 1);
+        r->data = r->user + ulen + klen + 2;
+    }
+    sqlite_writer_put_record(&s->writer, r);
+}
+
+static size_t sq_record_load(struct store *store, store_record_cb cb, void *arg)
+{
+    struct sq_store *s = (struct sq_store *)store;
+    sqlite3_stmt *st = NULL;
+    char q1[300];
+    size_t count = 0;
+    int rc;
+
+    rc = sqlite3_prepare_v2(s->rdb, "SELECT user, kind, data FROM user_records", -1, &st, NULL);
+    while (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
+        rc = SQLITE_OK;
+        cb(arg, (const char *)sqlite3_column_text(st, 0), (const char *)sqlite3_column_text(st, 1),
+           (const char *)sqlite3_column_text(st, 2));
+        count++;
+    }
+    if (rc != SQLITE_DONE) {
+        char why[300];
+        snprintf(why, sizeof(why), "the rest of the user records were not read: SQLite says: %s",
+                 sqlite3_errmsg(s->rdb));
+        LOG(LOG_WARN, store_record_skipped, "user=- device=- reason=%s", log_q(q1, sizeof(q1), why));
+    }
+    sqlite3_finalize(st);
+    return count;
+}
+
 const struct store_backend store_sqlite_backend = {
     .name = "sqlite",
     .open = sq_open,
@@ -859,4 +921,6 @@ const struct store_backend store_sqlite_backend = {
     .bump = sq_bump,
     .device_save = sq_device_save,
     .device_load = sq_device_load,
+    .record_save = sq_record_save,
+    .record_load = sq_record_load,
 };

@@ -293,6 +293,36 @@ def test_folder_map_status7_and_put_get_delete(asrv, dev):
     assert answer(q).folders == ["INBOX"]
 
 
+def test_folder_map_survives_a_restart(make_nudged, tmp_path):
+    """The map is saved in the store: after a restart, Id 5 still names INBOX
+    (without it Id 5 would silently watch a folder named "5")."""
+    name, pw = mail_user()
+    pf = tmp_path / "passwd"
+    asx.passwd_file(pf, {name: pw})
+    settings = {**SETTINGS, "auth": {"passwords": f"passwd-file:{pf}"},
+                "server": {"data_dir": str(tmp_path / "data")}}
+    srv = make_nudged(settings)
+    path = f"/v1/activesync/folders/{name}"
+    r = srv.request("PUT", path, {"folders": {"5": "INBOX"}}, token=srv.publisher_token())
+    assert r.status == 200, r
+    assert srv.stop() == 0
+    srv = make_nudged(settings)
+    tok = srv.publisher_token()
+    r = srv.request("GET", path, token=tok)
+    assert r.status == 200 and r.json() == {"folders": {"5": "INBOX"}}, r
+    dev = asx.Device(srv, name, pw)
+    assert dev.ping(folders=("INBOX",)).status == 7  # only mapped Ids are known
+    p = hold(dev, folders=("5",))
+    srv.publish(name, "INBOX")
+    a = answer(p)
+    assert a.status == 2 and a.folders == ["5"], a
+    # A deleted map stays deleted.
+    assert srv.request("DELETE", path, token=tok).status == 200
+    assert srv.stop() == 0
+    srv = make_nudged(settings)
+    assert srv.request("GET", path, token=srv.publisher_token()).status == 404
+
+
 def test_folder_map_bad_bodies(asrv):
     tok = asrv.publisher_token()
     name, _ = mail_user()

@@ -165,6 +165,12 @@ def test_changing_the_number_of_workers_keeps_every_state(make_nudged, tmp_path)
     for i, u in enumerate(users):
         for _ in range(i % 4 + 1):
             want[u.name] = srv.publish(u.name, "INBOX")
+    # User records (an ActiveSync folder map) move with their user.
+    mapped = users[:8]
+    for u in mapped:
+        r = srv.request("PUT", f"/v1/activesync/folders/{u.name}", {"folders": {"1": "INBOX"}},
+                        token=srv.publisher_token())
+        assert r.status == 200, r
     assert srv.stop() == 0
     data = tmp_path / "data"
 
@@ -175,6 +181,9 @@ def test_changing_the_number_of_workers_keeps_every_state(make_nudged, tmp_path)
             r = srv.get_state(srv.token(u.name), folders=["INBOX"])
             assert r.status == 200, r
             assert r.json()["folders"]["INBOX"] == want[u.name], (count, u.name, r.json())
+        for u in mapped:
+            r = srv.request("GET", f"/v1/activesync/folders/{u.name}", token=srv.publisher_token())
+            assert r.status == 200 and r.json() == {"folders": {"1": "INBOX"}}, (count, u.name, r)
         shards = sorted(p.name for p in data.glob("nudge.db.shard*") if not p.name.endswith(("-wal", "-shm")))
         assert shards == [f"nudge.db.shard{i}" for i in range(1, count)], (count, shards)
         assert (data / "nudge.db.workers").read_text().strip() == str(count)

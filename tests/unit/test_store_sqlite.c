@@ -467,6 +467,67 @@ static void test_unreadable_udp_registration_skips_the_record(void **state)
     store_close(s);
 }
 
+/* User records (the ActiveSync folder map): saved, replaced, deleted, in order, across a reopen. */
+struct records {
+    int n;
+    char text[4][128];
+};
+
+static void on_record(void *arg, const char *user, const char *kind, const char *data)
+{
+    struct records *r = arg;
+
+    if (r->n < 4)
+        snprintf(r->text[r->n], sizeof(r->text[0]), "%s|%s|%s", user, kind, data);
+    r->n++;
+}
+
+static void test_user_records_survive_a_reopen(void **state)
+{
+    struct fixture *f = *state;
+    struct store *s = open_ok(f);
+    struct records r = {0};
+
+    store_record_save(s, "alice", "activesync.folders", "{\"folders\":{\"1\":\"INBOX\"}}");
+    store_record_save(s, "alice", "activesync.folders", "{\"folders\":{\"2\":\"Sent\"}}");
+    store_record_save(s, "bob", "activesync.folders", "{}");
+    /* A put then a delete queued together leave none. */
+    store_record_save(s, "carol", "activesync.folders", "{}");
+    store_record_save(s, "carol", "activesync.folders", NULL);
+    store_close(s);
+    s = open_ok(f);
+    assert_int_equal(store_record_load(s, on_record, &r), 2);
+    assert_int_equal(r.n, 2);
+    assert_string_equal(r.text[0], "alice|activesync.folders|{\"folders\":{\"2\":\"Sent\"}}");
+    assert_string_equal(r.text[1], "bob|activesync.folders|{}");
+    store_record_save(s, "bob", "activesync.folders", NULL);
+    store_close(s);
+    s = open_ok(f);
+    memset(&r, 0, sizeof(r));
+    assert_int_equal(store_record_load(s, on_record, &r), 1);
+    assert_string_equal(r.text[0], "alice|activesync.folders|{\"folders\":{\"2\":\"Sent\"}}");
+    store_close(s);
+}
+
+/* A version-3 file (before user records) opens migrated, and then keeps them. */
+static void test_version_3_file_gets_user_records(void **state)
+{
+    struct fixture *f = *state;
+    struct store *s = open_ok(f);
+    struct records r = {0};
+
+    store_close(s);
+    sql(f->db, "DROP TABLE user_records; PRAGMA user_version = 3;");
+    s = open_ok(f);
+    assert_int_equal(store_record_load(s, on_record, &r), 0);
+    store_record_save(s, "dave", "activesync.folders", "{}");
+    store_close(s);
+    s = open_ok(f);
+    assert_int_equal(store_record_load(s, on_record, &r), 1);
+    assert_string_equal(r.text[0], "dave|activesync.folders|{}");
+    store_close(s);
+}
+
 /* A version-1 file (before the adaptive heartbeat) opens, migrated, with its records. */
 static void test_version_1_file_is_migrated(void **state)
 {
@@ -479,8 +540,8 @@ static void test_version_1_file_is_migrated(void **state)
                              .ceiling_since = 1795000000, .nfolders = 1, .folders = folders};
 
     store_close(s);
-    /* Rebuild the devices table as version 1 had it, with one old record. */
-    sql(f->db, "DROP TABLE devices;"
+    /* Rebuild the file as version 1 had it (no user records), with one old record. */
+    sql(f->db, "DROP TABLE devices; DROP TABLE user_records;"
                "CREATE TABLE devices (user TEXT NOT NULL, device TEXT NOT NULL, heartbeat INTEGER "
                "NOT NULL, heartbeat_hint INTEGER NOT NULL, folders TEXT NOT NULL, PRIMARY KEY "
                "(user, device)) STRICT, WITHOUT ROWID;"
@@ -667,6 +728,8 @@ int main(void)
         T(test_device_records_round_trip),
         T(test_bad_device_record_is_skipped),
         T(test_version_1_file_is_migrated),
+        T(test_user_records_survive_a_reopen),
+        T(test_version_3_file_gets_user_records),
         T(test_udp_registration_round_trip),
         T(test_unreadable_udp_registration_skips_the_record),
         T(test_corrupt_file_is_refused_and_left_alone),

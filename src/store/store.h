@@ -110,6 +110,15 @@ struct store_backend {
     void (*device_save)(struct store *s, const struct store_device *d);
     /* Calls cb for every saved device record (at start-up). Returns the count. */
     size_t (*device_load)(struct store *s, store_device_cb cb, void *arg);
+    /*
+     * Optional (NULL: always healthy). 0 once a write failed (a bump
+     * answered -EIO, or device records lost) and until a later write
+     * commits; 1 otherwise, also before the first write. Any bump or
+     * device_save is such a later write, so health comes back with the
+     * first one that succeeds. Called on the ping path: it must cost no
+     * more than a load.
+     */
+    int (*healthy)(struct store *s);
 };
 
 /* The backend registered under 'name', or NULL. */
@@ -146,6 +155,12 @@ static inline void store_device_save(struct store *s, const struct store_device 
 static inline size_t store_device_load(struct store *s, store_device_cb cb, void *arg)
 {
     return s->be->device_load(s, cb, arg);
+}
+
+/* Is the store writing? See 'healthy' above; a backend without the op always is. */
+static inline int store_healthy(struct store *s)
+{
+    return s->be->healthy == NULL || s->be->healthy(s);
 }
 
 static inline void store_close(struct store *s)

@@ -850,6 +850,12 @@ static size_t sq_device_load(struct store *store, store_device_cb cb, void *arg)
     return count;
 }
 
+/* Failing from a failed write round until one commits (sqlite_writer.c, "Health"). */
+static int sq_healthy(struct store *st)
+{
+    return !sqlite_writer_failing(&((struct sq_store *)st)->writer);
+}
+
 const struct store_backend store_sqlite_backend = {
     .name = "sqlite",
     .open = sq_open,
@@ -859,4 +865,5 @@ const struct store_backend store_sqlite_backend = {
     .bump = sq_bump,
     .device_save = sq_device_save,
     .device_load = sq_device_load,
+    .healthy = sq_healthy,
 };

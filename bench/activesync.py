@@ -41,8 +41,8 @@ rows compare: each forked worker's shared pages are counted once. The RSS
 sum is printed beside it for reference.
 
 Fan-out. One event per user (batches of 1000, from 127.0.0.1), then the
-time until every held Ping has answered (Status 2 / "changed"), by the
-kernel's clock in the client processes. Every device must get its answer:
+time until every held Ping has answered (Status 2 / "changed"), read with
+time.monotonic() in the client processes. Every device must get its answer:
 the script exits non-zero if one is missing, closed or answered early.
 The ratio columns are issue 19's target: within 10% of the JSON ping.
 

@@ -167,3 +167,38 @@ class Nudged:
         self.log.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
         return text
+
+
+def pss_kib(pids):
+    """Pss summed over processes (/proc/PID/smaps_rollup), KiB: pages shared
+    between them (forked workers, libraries) counted once in all."""
+    total = 0
+    for pid in pids:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def raise_nofile():
+    """RLIMIT_NOFILE's soft limit up to the hard one (children inherit it); returns it."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def wait_workers(port, admin, timeout=20):
+    """Until GET /v1/admin/workers lists every worker up (with workers > 1)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            st, body = http(port, "GET", "/v1/admin/workers", admin)
+            if st == 200 and all(w.get("up") for w in json.loads(body)["workers"]):
+                return True
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    return False

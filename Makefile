@@ -62,12 +62,13 @@ PUSH_SRC    := src/push/check.c src/push/ping.c src/push/probe.c src/push/state.
 ADMIN_SRC   := src/admin/admin.c src/admin/sessions_api.c src/admin/revoke.c
 AS_CODEC_SRC := src/activesync/wbxml.c src/activesync/query.c
 AS_SRC      := $(AS_CODEC_SRC) src/activesync/ping.c
+STREAM_SRC  := src/stream/sse.c
 SERVER_SRC  := src/server/server.c src/server/router.c src/server/handoff.c \
 	src/server/supervisor.c src/server/reload.c src/server/privs.c
 
 NUDGED_SRC := $(COMMON_SRC) $(AUTH_SRC) $(PASSWD_SRC) $(HTTP_SRC) $(NET_SRC) $(STORE_SRC) $(SHARD_SRC) \
 	$(WORKER_SRC) $(CONN_SRC) $(DGRAM_SRC) $(UDP_SRC) $(HB_SRC) $(SESSION_SRC) $(PUSH_SRC) \
-	$(AS_SRC) $(ADMIN_SRC) $(SERVER_SRC) src/server/main.c
+	$(AS_SRC) $(STREAM_SRC) $(ADMIN_SRC) $(SERVER_SRC) src/server/main.c
 
 NUDGE_SRC := $(COMMON_SRC) $(AUTH_SRC) $(HTTP_SRC) $(DGRAM_SRC) \
 	src/cli/main.c \

@@ -288,46 +288,62 @@ static void after_write(uv_write_t *req, int status)
         conn_close(c, CONN_WHY_IO, uv_strerror(status));
 }
 
+/* Queues at[0..len), which lies in 'owned' (freed once written), behind what is in flight. */
+static void queue_write(struct conn *c, char *owned, char *at, size_t len)
+{
+    uv_buf_t b = uv_buf_init(at, (unsigned)len);
+    struct write_req *w = malloc(sizeof(*w));
+    int n;
+
+    if (w == NULL) {
+        free(owned);
+        conn_close(c, CONN_WHY_NO_MEMORY, NULL);
+        return;
+    }
+    w->buf = owned;
+    n = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, after_write);
+    if (n < 0) {
+        free(owned);
+        free(w);
+        conn_close(c, CONN_WHY_IO, uv_strerror(n));
+        return;
+    }
+    c->writes++;
+}
+
+/*
+ * Writes what the kernel takes now; returns how much, or -1 when c closed
+ * (a socket error). Nothing overtakes bytes in flight.
+ */
+static int try_write(struct conn *c, const char *buf, size_t len)
+{
+    uv_buf_t b = uv_buf_init((char *)buf, (unsigned)len);
+    int n;
+
+    c->cl->metrics->bytes_sent += len;
+    n = c->writes ? UV_EAGAIN : uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    if (n < 0 && n != UV_EAGAIN) {
+        conn_close(c, CONN_WHY_IO, uv_strerror(n));
+        return -1;
+    }
+    return n < 0 ? 0 : n;
+}
+
 /* Writes buf[0..len) and takes ownership of buf. */
 static void conn_write(struct conn *c, char *buf, size_t len)
 {
-    uv_buf_t b = uv_buf_init(buf, (unsigned)len);
-    struct write_req *w;
     int n;
 
     if (c->flags & CONN_CLOSING) {
         free(buf);
         return;
     }
-    c->cl->metrics->bytes_sent += len;
-    n = c->writes ? UV_EAGAIN : uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
-    if (n == (int)len) {
+    n = try_write(c, buf, len);
+    if (n < 0 || n == (int)len) {
         free(buf);
         return;
     }
-    if (n < 0 && n != UV_EAGAIN) {
-        free(buf);
-        conn_close(c, CONN_WHY_IO, uv_strerror(n));
-        return;
-    }
-    if (n < 0)
-        n = 0;
-    w = malloc(sizeof(*w));
-    if (w == NULL) {
-        free(buf);
-        conn_close(c, CONN_WHY_NO_MEMORY, NULL);
-        return;
-    }
-    w->buf = buf;
-    b = uv_buf_init(buf + n, (unsigned)(len - (size_t)n));
-    n = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, after_write);
-    if (n < 0) {
-        free(buf);
-        free(w);
-        conn_close(c, CONN_WHY_IO, uv_strerror(n));
-        return;
-    }
-    c->writes++;
+    queue_write(c, buf, buf + n, len - (size_t)n);
 }
 
 static void start_linger(struct conn *c)
@@ -419,6 +435,66 @@ void conn_reject(struct conn *c, const struct http_error *e)
     c->flags |= CONN_BUSY;
     c->keep_alive = 0;
     conn_respond_error(c, e);
+}
+
+void conn_stream_begin(struct conn *c, int status, const char *ctype, const char *extra,
+                       const struct conn_holder *h, void *arg, uint64_t deadline_ms)
+{
+    size_t len;
+    char *head;
+
+    c->keep_alive = 0;
+    conn_hold(c, h, arg, deadline_ms);
+    if (c->flags & (CONN_CLOSING | CONN_LINGER))
+        return;
+    head = http_stream_head(status, ctype, extra, &len);
+    if (head == NULL) {
+        conn_close(c, CONN_WHY_NO_MEMORY, NULL);
+        return;
+    }
+    conn_write(c, head, len);
+}
+
+void conn_stream_send(struct conn *c, const char *buf, size_t len)
+{
+    char *copy;
+    int n;
+
+    if (c->flags & (CONN_CLOSING | CONN_LINGER) || len == 0)
+        return;
+    n = try_write(c, buf, len);
+    if (n < 0 || n == (int)len)
+        return;
+    copy = malloc(len - (size_t)n);
+    if (copy == NULL) {
+        conn_close(c, CONN_WHY_NO_MEMORY, NULL);
+        return;
+    }
+    memcpy(copy, buf + n, len - (size_t)n);
+    queue_write(c, copy, copy, len - (size_t)n);
+}
+
+void conn_stream_end(struct conn *c)
+{
+    if (c->flags & (CONN_CLOSING | CONN_LINGER))
+        return;
+    c->keep_alive = 0;
+    end_request(c);
+}
+
+size_t conn_unsent(const struct conn *c)
+{
+    return uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp);
+}
+
+void conn_set_deadline(struct conn *c, uint64_t deadline_ms)
+{
+    if (deadline_ms) {
+        set_deadline(c, deadline_ms);
+    } else {
+        deadline_clear(&c->cl->deadlines, &c->deadline);
+        deadlines_changed(c->cl);
+    }
 }
 
 void conn_hold(struct conn *c, const struct conn_holder *h, void *arg, uint64_t deadline_ms)

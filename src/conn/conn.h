@@ -81,6 +81,12 @@ struct conn_holder {
      * change, never by conn.c.
      */
     void (*changed)(void *ctx, struct conn *c, void *arg);
+    /*
+     * A newer session of the same device takes over: answer in your own
+     * words (a ping "superseded", a stream ends) and let go. NULL: expired
+     * is called instead. Called by the module whose request supersedes.
+     */
+    void (*superseded)(void *ctx, struct conn *c, void *arg);
     void *ctx;
 };
 
@@ -221,6 +227,29 @@ void conn_hold(struct conn *c, const struct conn_holder *h, void *arg, uint64_t 
  * only operation is that cleanup (nginx's ngx_http_cleanup_add).
  */
 void conn_wait(struct conn *c, struct conn **slot);
+
+/*
+ * A streamed answer (an event stream): writes the head (status, ctype,
+ * 'extra' header lines, Connection: close, no length) and holds the
+ * request with h as conn_hold does. The holder then writes the body with
+ * conn_stream_send and ends it with conn_stream_end, after which the
+ * connection closes once its bytes are out. A stream costs no buffer while
+ * the kernel takes what is sent: only bytes it refused are kept.
+ */
+void conn_stream_begin(struct conn *c, int status, const char *ctype, const char *extra,
+                       const struct conn_holder *h, void *arg, uint64_t deadline_ms);
+
+/* Sends buf[0..len) on a stream (copied only if the kernel does not take it all now). */
+void conn_stream_send(struct conn *c, const char *buf, size_t len);
+
+/* Ends a stream: the connection closes once the body is out. */
+void conn_stream_end(struct conn *c);
+
+/* Bytes sent but not yet taken by the kernel (a slow reader's backlog). */
+size_t conn_unsent(const struct conn *c);
+
+/* Moves the current hold's deadline (monotonic ms; 0: none). */
+void conn_set_deadline(struct conn *c, uint64_t deadline_ms);
 
 /* The answer to the current request is the connection's last (Connection: close). */
 static inline void conn_close_after_answer(struct conn *c)

@@ -29,6 +29,9 @@ enum http_header {
     HDR_EXPECT,
     HDR_CONTENT_TYPE,
     HDR_AS_PROTOCOL_VERSION, /* MS-ASProtocolVersion (ActiveSync) */
+    HDR_LAST_EVENT_ID,       /* an EventSource resuming (stream/sse.c) */
+    HDR_COOKIE,              /* repeated ones are joined with "; " */
+    HDR_ORIGIN,
     HDR_COUNT,
     HDR_OTHER = HDR_COUNT,
 };

@@ -68,6 +68,33 @@ static const char *date_header(void)
  * to a publisher goes through here (four snprintf calls were ~3,600
  * instructions an answer).
  */
+char *http_stream_head(int status, const char *ctype, const char *extra, size_t *outlen)
+{
+    const char *text = http_status_text(status), *date = date_header();
+    size_t text_len = strlen(text), date_len = strlen(date);
+    size_t ctype_len = strlen(ctype), extra_len = extra ? strlen(extra) : 0;
+    char *out, *at;
+
+    out = malloc(HEAD_FIXED_MAX + text_len + date_len + ctype_len + extra_len);
+    if (out == NULL)
+        return NULL;
+    at = out;
+    PUT("HTTP/1.1 ");
+    at += util_u64_dec(at, status < 0 ? 0 : (uint64_t)status);
+    PUT(" ");
+    PUTN(text, text_len);
+    PUT("\r\nDate: ");
+    PUTN(date, date_len);
+    PUT("\r\nContent-Type: ");
+    PUTN(ctype, ctype_len);
+    PUT("\r\nConnection: close\r\n");
+    if (extra_len)
+        PUTN(extra, extra_len);
+    PUT("\r\n");
+    *outlen = (size_t)(at - out);
+    return out;
+}
+
 char *http_response_build(int status, const char *ctype, const char *extra, const char *body,
                           size_t body_len, int keep_alive, int head_only, size_t *outlen)
 {

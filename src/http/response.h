@@ -22,4 +22,12 @@ const char *http_status_text(int status);
 char *http_response_build(int status, const char *ctype, const char *extra, const char *body,
                           size_t body_len, int keep_alive, int head_only, size_t *outlen);
 
+/*
+ * The head of a streamed answer (an event stream): status line, Date,
+ * Content-Type, Connection: close, the 'extra' lines, a blank line; no
+ * Content-Length, so the body runs until the connection closes (RFC 9112
+ * 6.3). malloc'd, *outlen its length; NULL when out of memory.
+ */
+char *http_stream_head(int status, const char *ctype, const char *extra, size_t *outlen);
+
 #endif

@@ -41,6 +41,7 @@
 #include "push/state.h"
 #include "push/udp_api.h"
 #include "store/store.h"
+#include "stream/sse.h"
 #include "worker/worker.h"
 
 /* What a client whose password could not be checked is told to wait. */
@@ -64,33 +65,41 @@ struct route {
      * holds the connection for a measurement.
      */
     int head;
+    /*
+     * A route a browser's EventSource or WebSocket calls, which cannot set
+     * an Authorization header: the login cookie and a single-use ticket in
+     * the query are accepted too (docs/streams.md).
+     */
+    int browser;
 };
 
 static const struct route routes[] = {
-    {"/v1/ping", 0, HTTP_POST, TOKEN_USER, ping_handle, ROUTE_PING, 0, 0},
-    {"/v1/state", 0, HTTP_GET, TOKEN_USER, state_handle, ROUTE_STATE, 0, 1},
-    {"/v1/probe", 0, HTTP_GET, TOKEN_USER, probe_handle, ROUTE_PROBE, 0, 0},
-    {"/v1/udp", 0, HTTP_POST, TOKEN_USER, udp_register_handle, ROUTE_UDP, 0, 0},
-    {"/v1/udp/test", 0, HTTP_POST, TOKEN_USER, udp_test_handle, ROUTE_UDP, 0, 0},
-    {"/v1/udp/", 1, HTTP_DELETE, TOKEN_USER, udp_delete_handle, ROUTE_UDP, 0, 0},
-    {"/v1/events", 0, HTTP_POST, TOKEN_PUBLISHER, events_handle, ROUTE_EVENTS, 0, 0},
+    {"/v1/ping", 0, HTTP_POST, TOKEN_USER, ping_handle, ROUTE_PING, 0, 0, 0},
+    {"/v1/state", 0, HTTP_GET, TOKEN_USER, state_handle, ROUTE_STATE, 0, 1, 0},
+    {"/v1/probe", 0, HTTP_GET, TOKEN_USER, probe_handle, ROUTE_PROBE, 0, 0, 0},
+    {"/v1/udp", 0, HTTP_POST, TOKEN_USER, udp_register_handle, ROUTE_UDP, 0, 0, 0},
+    {"/v1/udp/test", 0, HTTP_POST, TOKEN_USER, udp_test_handle, ROUTE_UDP, 0, 0, 0},
+    {"/v1/udp/", 1, HTTP_DELETE, TOKEN_USER, udp_delete_handle, ROUTE_UDP, 0, 0, 0},
+    {"/v1/events", 0, HTTP_POST, TOKEN_PUBLISHER, events_handle, ROUTE_EVENTS, 0, 0, 0},
     /* HTTP Basic, checked by the handler: the credential Dovecot's driver can send. */
-    {"/v1/ingest/dovecot", 0, HTTP_PUT, 0, ingest_dovecot_handle, ROUTE_INGEST, 0, 0},
-    {"/v1/ingest/dovecot", 0, HTTP_POST, 0, ingest_dovecot_handle, ROUTE_INGEST, 0, 0},
-    {"/v1/admin/sessions", 0, HTTP_GET, TOKEN_ADMIN, sessions_list_handle, ROUTE_SESSIONS, 0, 1},
-    {"/v1/admin/sessions/", 1, HTTP_DELETE, TOKEN_ADMIN, sessions_end_handle, ROUTE_SESSIONS, 0, 0},
-    {"/v1/admin/workers", 0, HTTP_GET, TOKEN_ADMIN, admin_workers, ROUTE_ADMIN, 0, 1},
-    {"/healthz", 0, HTTP_GET, 0, admin_healthz, ROUTE_ADMIN, 0, 1},
-    {"/metrics", 0, HTTP_GET, TOKEN_ADMIN, admin_metrics, ROUTE_ADMIN, 0, 1},
-    {"/v1/login", 0, HTTP_POST, TOKEN_USER, login_handle, ROUTE_LOGIN, 1, 0},
-    {"/v1/admin/tokens/", 1, HTTP_DELETE, TOKEN_ADMIN, revoke_handle, ROUTE_REVOKE, 0, 0},
+    {"/v1/ingest/dovecot", 0, HTTP_PUT, 0, ingest_dovecot_handle, ROUTE_INGEST, 0, 0, 0},
+    {"/v1/ingest/dovecot", 0, HTTP_POST, 0, ingest_dovecot_handle, ROUTE_INGEST, 0, 0, 0},
+    {"/v1/admin/sessions", 0, HTTP_GET, TOKEN_ADMIN, sessions_list_handle, ROUTE_SESSIONS, 0, 1, 0},
+    {"/v1/admin/sessions/", 1, HTTP_DELETE, TOKEN_ADMIN, sessions_end_handle, ROUTE_SESSIONS, 0, 0, 0},
+    {"/v1/admin/workers", 0, HTTP_GET, TOKEN_ADMIN, admin_workers, ROUTE_ADMIN, 0, 1, 0},
+    {"/healthz", 0, HTTP_GET, 0, admin_healthz, ROUTE_ADMIN, 0, 1, 0},
+    {"/metrics", 0, HTTP_GET, TOKEN_ADMIN, admin_metrics, ROUTE_ADMIN, 0, 1, 0},
+    {"/v1/login", 0, HTTP_POST, TOKEN_USER, login_handle, ROUTE_LOGIN, 1, 0, 0},
+    {"/v1/admin/tokens/", 1, HTTP_DELETE, TOKEN_ADMIN, revoke_handle, ROUTE_REVOKE, 0, 0, 0},
     /* ActiveSync (docs/activesync.md): the password in HTTP Basic, as phones send it. */
-    {"/Microsoft-Server-ActiveSync", 0, HTTP_POST, TOKEN_USER, as_ping_handle, ROUTE_ACTIVESYNC, 1, 0},
-    {"/Microsoft-Server-ActiveSync", 0, HTTP_OPTIONS, 0, as_options_handle, ROUTE_ACTIVESYNC, 0, 0},
-    {"/v1/activesync/folders/", 1, HTTP_PUT, TOKEN_PUBLISHER, as_folders_handle, ROUTE_ACTIVESYNC, 0, 0},
-    {"/v1/activesync/folders/", 1, HTTP_GET, TOKEN_PUBLISHER, as_folders_handle, ROUTE_ACTIVESYNC, 0, 0},
-    {"/v1/activesync/folders/", 1, HTTP_DELETE, TOKEN_PUBLISHER, as_folders_handle, ROUTE_ACTIVESYNC, 0, 0},
-    {"/v1/activesync/synced/", 1, HTTP_POST, TOKEN_PUBLISHER, as_synced_handle, ROUTE_ACTIVESYNC, 0, 0},
+    {"/Microsoft-Server-ActiveSync", 0, HTTP_POST, TOKEN_USER, as_ping_handle, ROUTE_ACTIVESYNC, 1, 0, 0},
+    {"/Microsoft-Server-ActiveSync", 0, HTTP_OPTIONS, 0, as_options_handle, ROUTE_ACTIVESYNC, 0, 0, 0},
+    {"/v1/activesync/folders/", 1, HTTP_PUT, TOKEN_PUBLISHER, as_folders_handle, ROUTE_ACTIVESYNC, 0, 0, 0},
+    {"/v1/activesync/folders/", 1, HTTP_GET, TOKEN_PUBLISHER, as_folders_handle, ROUTE_ACTIVESYNC, 0, 0, 0},
+    {"/v1/activesync/folders/", 1, HTTP_DELETE, TOKEN_PUBLISHER, as_folders_handle, ROUTE_ACTIVESYNC, 0, 0, 0},
+    {"/v1/activesync/synced/", 1, HTTP_POST, TOKEN_PUBLISHER, as_synced_handle, ROUTE_ACTIVESYNC, 0, 0, 0},
+    /* Event streams for web and desktop clients (docs/streams.md). */
+    {"/v1/stream", 0, HTTP_GET, TOKEN_USER, sse_handle, ROUTE_STREAM, 0, 0, 1},
 };
 
 void router_init(struct router *rt, const struct config *cfg, const struct secret *secret,
@@ -232,7 +241,7 @@ static void refused(struct router *rt, struct conn *c, struct signin *s, int cac
 static void signed_in(struct router *rt, struct conn *c, const struct route *route,
                       const char *user)
 {
-    struct principal who;
+    struct principal who = {0};
     struct http_error e;
     size_t len = strlen(user);
 
@@ -389,6 +398,7 @@ static int authenticate(struct router *rt, struct conn *c, struct http_req *r,
 
     who->kind = 0;
     who->subject[0] = '\0';
+    who->device[0] = '\0';
     if (route->need == 0)
         return 0;
     if (route->password || (rt->basic && route->need == TOKEN_USER && basic_is(h))) {

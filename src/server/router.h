@@ -40,6 +40,7 @@ enum route_target {
     ROUTE_LOGIN,           /* struct login */
     ROUTE_REVOKE,          /* struct revoke */
     ROUTE_ACTIVESYNC,      /* struct as_ping */
+    ROUTE_STREAM,          /* struct sse */
     ROUTE_TARGET_COUNT,
 };
 

@@ -161,6 +161,7 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
     /* Its slots too; its route to other workers is set once the mesh is up. */
     as_ping_init(&s->as_ping, cfg, s->store, &s->shard, &s->metrics, &s->hb, &s->sessions,
                  &s->devices, NULL);
+    sse_init(&s->sse, cfg, s->store, &s->shard, &s->metrics, &s->sessions);
     devices_load(&s->devices);
     as_ping_load(&s->as_ping);
 
@@ -219,6 +220,7 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
             [ROUTE_LOGIN] = &s->login,
             [ROUTE_REVOKE] = &s->revoke,
             [ROUTE_ACTIVESYNC] = &s->as_ping,
+            [ROUTE_STREAM] = &s->sse,
         };
         router_init(&s->router, cfg, &s->secret, &s->metrics, route, s->store, s->passwords,
                     &s->fail_ip, &s->fail_user, to);
@@ -262,6 +264,8 @@ void server_free(struct server *s)
     ingest_free(&s->ingest);
     if (s->as_ping.shard)
         as_ping_free(&s->as_ping);
+    if (s->sse.shard)
+        sse_free(&s->sse);
     shard_free(&s->shard);
     store_close(s->store);
     s->store = NULL;

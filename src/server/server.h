@@ -27,6 +27,7 @@
 #include "push/ingest.h"
 #include "push/login.h"
 #include "activesync/ping.h"
+#include "stream/sse.h"
 #include "push/ping.h"
 #include "push/probe.h"
 #include "push/state.h"
@@ -62,6 +63,7 @@ struct server {
     struct handoff handoff;
     struct ping ping;
     struct as_ping as_ping;
+    struct sse sse;
     struct probe probe;
     struct state state;
     struct events events;

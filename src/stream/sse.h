@@ -1,0 +1,44 @@
+/*
+ * sse.h — GET /v1/stream: a Server-Sent Events stream of a user's folder
+ * changes with JMAP push semantics (RFC 8620 7.3), resumable with
+ * Last-Event-ID from the folder states alone; a session of its device like
+ * a held ping. docs/streams.md.
+ */
+#ifndef NUDGE_STREAM_SSE_H
+#define NUDGE_STREAM_SSE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "conn/conn.h"
+
+struct config;
+struct devices;
+struct http_req;
+struct metrics;
+struct principal;
+struct sessions;
+struct shard;
+struct store;
+
+struct sse {
+    const struct config *cfg;
+    struct store *store;
+    struct shard *shard;
+    struct metrics *metrics;
+    struct sessions *sessions;
+    size_t dslot;                /* struct sse_dev * per device (NULL: no stream) */
+    struct conn_holder holder;   /* a stream */
+};
+
+/* Sets s up and reserves its slot in sh (before any user exists). */
+void sse_init(struct sse *s, const struct config *cfg, struct store *store, struct shard *sh,
+              struct metrics *metrics, struct sessions *sessions);
+
+/* Frees what the slots point to (before shard_free). */
+void sse_free(struct sse *s);
+
+/* GET /v1/stream (a user's credential, checked by the router). */
+void sse_handle(void *arg, struct conn *c, struct http_req *r, const struct principal *who);
+
+#endif

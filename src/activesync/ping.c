@@ -169,8 +169,16 @@ static void answer_status1(struct as_ping *ap, struct conn *c)
     answer(ap, c, &a);
 }
 
+/* Writes a plain answer; of them only Status 8 is counted (pings_answered is per outcome). */
+static void answer_plain_now(struct as_ping *ap, struct conn *c, const struct as_ping_answer *a)
+{
+    if (a->status == 8)
+        ap->metrics->pings_answered[PING_STORE_ERROR]++;
+    answer(ap, c, a);
+}
+
 /*
- * An answer given at once that is not a change (Status 3 to 7). A device
+ * An answer given at once that is not a change (Status 3 to 8). A device
  * under the battery guard gets it only after heartbeat min: its connection
  * is held (not as a session: it waits for nothing) and answered then.
  */
@@ -188,7 +196,7 @@ static void answer_plain(struct as_ping *ap, struct conn *c, struct device *d, u
     }
     if (x)
         x->plain_at = util_now_ms();
-    answer(ap, c, &a);
+    answer_plain_now(ap, c, &a);
 }
 
 /*
@@ -301,7 +309,7 @@ static void on_delayed_expired(void *ctx, struct conn *c, void *arg)
     if (a.status == 6)
         a.max_folders = ex->delayed_value;
     x->plain_at = util_now_ms();
-    answer(ap, c, &a);
+    answer_plain_now(ap, c, &a);
 }
 
 static void on_delayed_closed(void *ctx, struct conn *c, void *arg, enum conn_why why,
@@ -673,6 +681,19 @@ void as_ping_handle(void *arg, struct conn *c, struct http_req *r, const struct 
     sd->last_request = now;
     if (answer_if_changed(ap, c, d))
         goto done;
+    /*
+     * The store is failing (its last write round did not commit): holding
+     * the Ping would promise a wake-up that no publish can give, since
+     * publishes are answered 503 until a write commits. Status 8 says so and
+     * the client retries. The record is saved anyway: that write is the retry
+     * that brings health back once the disk does, with no publisher needed.
+     * A change already committed is still answered 2 above: it is true.
+     */
+    if (!store_healthy(ap->store)) {
+        devices_save(ap->devices, d);
+        answer_plain(ap, c, d, 8, 0, 0);
+        goto done;
+    }
     /*
      * Heartbeat guidance: the path was proven unable to carry what it asks.
      * Not on a Ping that superseded another: that is the device's retry,

@@ -23,6 +23,7 @@
 #include "http/error.h"
 #include "session/session.h"
 #include "shard/shard.h"
+#include "store/store.h"
 #include "worker/mesh.h"
 #include "worker/worker.h"
 
@@ -74,8 +75,12 @@ static void metric(struct text *t, const char *name, const char *type, const cha
     emit(t, "# HELP %s %s\n# TYPE %s %s\n%s %" PRIu64 "\n", name, help, name, type, name, v);
 }
 
-/* Every counter of m, as Prometheus text appended to t. */
-static void render_totals(struct text *t, const struct metrics *m, uint64_t sessions)
+/*
+ * Every counter of m, as Prometheus text appended to t. store_failing: how
+ * many workers' stores are failing (0 or 1 without workers).
+ */
+static void render_totals(struct text *t, const struct metrics *m, uint64_t sessions,
+                          uint64_t store_failing)
 {
     metric(t, "nudge_connections", "gauge", "Open client connections.", m->connections);
     metric(t, "nudge_connections_accepted_total", "counter", "Connections accepted.",
@@ -149,6 +154,9 @@ static void render_totals(struct text *t, const struct metrics *m, uint64_t sess
            "Password sign-ins refused 429 for too many failures.", m->signins_limited);
     metric(t, "nudge_tokens_revoked_total", "counter", "Users whose tokens an admin revoked.",
            m->tokens_revoked);
+    metric(t, "nudge_store_failing", "gauge",
+           "Stores whose last write failed (publishes 503, ActiveSync Status 8) until one commits.",
+           store_failing);
 }
 
 /* ---- gathering over the workers ------------------------------------- */
@@ -159,7 +167,7 @@ struct snapshot {
     uint64_t users;
     int64_t pid;
     uint32_t up;
-    uint32_t pad;
+    uint32_t store_failing;  /* 1: the worker's last write round failed */
 };
 
 /* A scrape waiting for every worker's snapshot. */
@@ -178,6 +186,7 @@ static void take_snapshot(struct admin *a, struct snapshot *sn)
     sn->users = a->shard->users.len;
     sn->pid = (int64_t)getpid();
     sn->up = 1;
+    sn->store_failing = !store_healthy(a->store);
 }
 
 static void sum(struct metrics *total, const struct metrics *m)
@@ -208,7 +217,7 @@ static void answer_metrics(struct gather *g)
 {
     struct text t = {.buf = malloc(8192), .len = 0, .cap = 8192};
     struct metrics total;
-    uint64_t sessions = 0;
+    uint64_t sessions = 0, store_failing = 0;
     unsigned count = g->a->wk->count;
 
     if (t.buf == NULL) {
@@ -220,13 +229,20 @@ static void answer_metrics(struct gather *g)
         if (g->snap[i].up) {
             sum(&total, &g->snap[i].m);
             sessions += g->snap[i].sessions;
+            store_failing += g->snap[i].store_failing;
         }
-    render_totals(&t, &total, sessions);
+    render_totals(&t, &total, sessions, store_failing);
     metric(&t, "nudge_workers", "gauge", "Worker processes configured ([server] workers).", count);
     emit(&t, "# HELP nudge_worker_up Whether the worker answered this scrape.\n"
              "# TYPE nudge_worker_up gauge\n");
     for (unsigned i = 0; i < count; i++)
         emit(&t, "nudge_worker_up{worker=\"%u\"} %u\n", i, g->snap[i].up);
+    emit(&t, "# HELP nudge_worker_store_failing Whether the worker's last store write failed.\n"
+             "# TYPE nudge_worker_store_failing gauge\n");
+    for (unsigned i = 0; i < count; i++)
+        if (g->snap[i].up)
+            emit(&t, "nudge_worker_store_failing{worker=\"%u\"} %u\n", i,
+                 g->snap[i].store_failing);
     per_worker(&t, g, "nudge_worker_connections", "gauge", "Open client connections, by worker.",
                offsetof(struct snapshot, m.connections));
     per_worker(&t, g, "nudge_worker_pings_held", "gauge", "Pings held now, by worker.",
@@ -385,7 +401,7 @@ void admin_metrics(void *arg, struct conn *c, struct http_req *r, const struct p
         unavailable(c);
         return;
     }
-    render_totals(&t, a->metrics, sessions_now(a->sessions));
+    render_totals(&t, a->metrics, sessions_now(a->sessions), !store_healthy(a->store));
     conn_respond_typed(c, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, t.buf, t.len);
     free(t.buf);
 }
@@ -413,11 +429,13 @@ static void on_metrics_msg(void *arg, unsigned from, uint32_t id, const char *p,
 }
 
 void admin_init(struct admin *a, struct metrics *metrics, struct sessions *sessions,
-                struct shard *shard, const struct worker_ctx *wk, struct mesh *mesh)
+                struct shard *shard, struct store *store, const struct worker_ctx *wk,
+                struct mesh *mesh)
 {
     a->metrics = metrics;
     a->sessions = sessions;
     a->shard = shard;
+    a->store = store;
     a->wk = wk;
     a->mesh = mesh;
     mesh_on(mesh, ADMIN_MSG_METRICS, on_metrics_msg, a);

@@ -63,6 +63,7 @@
     EVENT(1606, udp_datagram_rejected, "a datagram received was dropped (malformed, forged, replayed); at most one line per 10 s") \
     EVENT(1607, udp_send_failed, "a datagram could not be sent (the socket refused it)") \
     EVENT(1504, store_resharded, "at start-up, users were moved between shard files for a new number of workers") \
+    EVENT(1505, store_write_recovered, "a group commit succeeded after failed ones; the store is healthy again") \
     EVENT(1700, workers_starting, "the supervisor starts its worker processes") \
     EVENT(1701, worker_started, "a worker process was started (or restarted)") \
     EVENT(1702, worker_exited, "a worker process exited or was killed; the supervisor restarts it after a back-off") \

@@ -6,6 +6,7 @@ const char *const ping_outcome_names[PING_OUTCOME_COUNT] = {
     [PING_EXPIRED] = "expired",
     [PING_SUPERSEDED] = "superseded",
     [PING_SHUTTING_DOWN] = "shutting-down",
+    [PING_STORE_ERROR] = "store-error",
 };
 
 const char *const udp_sent_names[UDP_SENT_COUNT] = {

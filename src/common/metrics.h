@@ -18,6 +18,7 @@ enum ping_outcome {
     PING_EXPIRED,
     PING_SUPERSEDED,
     PING_SHUTTING_DOWN,
+    PING_STORE_ERROR,    /* ActiveSync Status 8: the store is failing (store_healthy) */
     PING_OUTCOME_COUNT,
 };
 

@@ -182,7 +182,7 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
     events_init(&s->events, s->store, &s->shard, &s->metrics, wk, s->mesh, &s->ping, s->udp);
     udp_api_init(&s->udp_api, cfg, s->store, &s->shard, &s->sessions, s->udp);
     ingest_init(&s->ingest, cfg, s->store, &s->metrics, &s->events, route);
-    admin_init(&s->admin, &s->metrics, &s->sessions, &s->shard, wk, s->mesh);
+    admin_init(&s->admin, &s->metrics, &s->sessions, &s->shard, s->store, wk, s->mesh);
     sessions_api_init(&s->sessions_api, &s->sessions, &s->shard, wk, s->mesh, route);
     login_init(&s->login, cfg, &s->secret, &s->metrics);
     revoke_init(&s->revoke, s->store, &s->shard, &s->sessions, &s->metrics, route);

@@ -24,6 +24,11 @@
  * largest. Device records are upserted column by column rather than
  * replaced, so columns that later issues add keep their values.
  *
+ * Health: each round stores whether it failed in an atomic flag that the
+ * loop reads for store_healthy() (a Ping is answered ActiveSync Status 8
+ * while it is set). Any later round that commits clears it, so the store is
+ * healthy again with the first write that succeeds, whoever makes it.
+ *
  * Costs: per round two mutex round-trips and one transaction; per event
  * one prepared-statement step (no allocation: strings are bound in place);
  * per device record the copy made by the caller, freed here.
@@ -173,12 +178,25 @@ static int write_round(struct sqlite_writer *w, struct sqlite_batch *todo,
     w->commits++;
     w->batches += nbatches;
     w->devices += ndevices;
+    /*
+     * Health before the log line, here and below: whoever reads the line
+     * (an operator, a test) then finds store_healthy() saying the same.
+     */
+    atomic_store_explicit(&w->failing, 0, memory_order_relaxed);
+    if (w->failed_rounds) {
+        /* One line when it ends; store_write_failed told of each failed round. */
+        LOG(LOG_INFO, store_write_recovered, "path=%s failed_rounds=%llu",
+            log_q(q1, sizeof(q1), w->path), (unsigned long long)w->failed_rounds);
+        w->failed_rounds = 0;
+    }
     return 0;
 fail:
     snprintf(msg, sizeof(msg), "%s", sqlite3_errmsg(w->db));
     /* Some errors (I/O, full disk) end the transaction themselves. */
     if (!sqlite3_get_autocommit(w->db))
         step_done(w->rollback);
+    atomic_store_explicit(&w->failing, 1, memory_order_relaxed);
+    w->failed_rounds++;
     LOG(LOG_ERROR, store_write_failed, "path=%s error=%s code=%d batches=%zu devices=%zu",
         log_q(q1, sizeof(q1), w->path), log_q(q2, sizeof(q2), msg), rc, nbatches, ndevices);
     return -EIO;
@@ -241,6 +259,7 @@ int sqlite_writer_start(struct sqlite_writer *w, sqlite3 *db, int sync_full, con
     int rc;
 
     memset(w, 0, sizeof(*w));
+    atomic_init(&w->failing, 0);
     w->db = db;
     w->sync_full = sync_full;
     w->cur_full = -1;

@@ -21,6 +21,7 @@
 
 #include <pthread.h>
 #include <sqlite3.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -78,6 +79,13 @@ struct sqlite_writer {
     int stop;
     /* Writer thread only; read by the owner after sqlite_writer_stop. */
     uint64_t commits, batches, devices;
+    uint64_t failed_rounds;      /* writer thread only: rounds failed since the last commit */
+    /*
+     * Set by the writer thread after each round: 1 when it failed, 0 when it
+     * committed. Read by the loop without the lock (sqlite_writer_failing):
+     * nothing else is read along with it, so relaxed order is enough.
+     */
+    atomic_int failing;
 };
 
 /*
@@ -97,6 +105,15 @@ void sqlite_writer_put_device(struct sqlite_writer *w, struct sqlite_device_rec 
 
 /* Queues a user record; the writer frees it once written. */
 void sqlite_writer_put_record(struct sqlite_writer *w, struct sqlite_record_rec *r);
+
+/*
+ * Did the last write round fail? 0 before the first round. One relaxed
+ * atomic load: cheap enough for every ping.
+ */
+static inline int sqlite_writer_failing(struct sqlite_writer *w)
+{
+    return atomic_load_explicit(&w->failing, memory_order_relaxed);
+}
 
 /* Takes every committed (or failed) batch, oldest first; NULL when none. */
 struct sqlite_batch *sqlite_writer_take_done(struct sqlite_writer *w);

@@ -125,6 +125,15 @@ struct store_backend {
     void (*record_save)(struct store *s, const char *user, const char *kind, const char *data);
     /* Calls cb for every saved user record (at start-up). Returns the count. */
     size_t (*record_load)(struct store *s, store_record_cb cb, void *arg);
+    /*
+     * Optional (NULL: always healthy). 0 once a write failed (a bump
+     * answered -EIO, or device records lost) and until a later write
+     * commits; 1 otherwise, also before the first write. Any bump or
+     * device_save is such a later write, so health comes back with the
+     * first one that succeeds. Called on the ping path: it must cost no
+     * more than a load.
+     */
+    int (*healthy)(struct store *s);
 };
 
 /* The backend registered under 'name', or NULL. */
@@ -173,6 +182,12 @@ static inline void store_record_save(struct store *s, const char *user, const ch
 static inline size_t store_record_load(struct store *s, store_record_cb cb, void *arg)
 {
     return s->be->record_load ? s->be->record_load(s, cb, arg) : 0;
+}
+
+/* Is the store writing? See 'healthy' above; a backend without the op always is. */
+static inline int store_healthy(struct store *s)
+{
+    return s->be->healthy == NULL || s->be->healthy(s);
 }
 
 static inline void store_close(struct store *s)

@@ -912,6 +912,12 @@ static size_t sq_record_load(struct store *store, store_record_cb cb, void *arg)
     return count;
 }
 
+/* Failing from a failed write round until one commits (sqlite_writer.c, "Health"). */
+static int sq_healthy(struct store *st)
+{
+    return !sqlite_writer_failing(&((struct sq_store *)st)->writer);
+}
+
 const struct store_backend store_sqlite_backend = {
     .name = "sqlite",
     .open = sq_open,
@@ -923,4 +929,5 @@ const struct store_backend store_sqlite_backend = {
     .device_load = sq_device_load,
     .record_save = sq_record_save,
     .record_load = sq_record_load,
+    .healthy = sq_healthy,
 };

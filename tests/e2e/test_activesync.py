@@ -9,7 +9,9 @@ timing assertion).
 """
 import base64
 import random
+import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 
@@ -333,10 +335,55 @@ def test_folder_map_bad_bodies(asrv):
     alive(asrv)
 
 
-@pytest.mark.skip(reason="Status 8 (server error) cannot be provoked: the harness has no store-failure "
-                         "injection and src/activesync/ping.c has no path that answers 8 (see report)")
-def test_status8_server_error():
-    pass
+def store_files(srv):
+    """nudged's SQLite files: nudge.db (worker 0, or the single process) and
+    nudge.db.shard<i> for the other workers (src/store/reshard.c)."""
+    base = srv.data_dir / "nudge.db"
+    return [base] + [Path(f"{base}.shard{i}") for i in range(1, srv.workers)]
+
+
+def sql_everywhere(srv, text):
+    """Runs SQL in every store file while nudged runs, as an operator's sqlite3 would."""
+    for path in store_files(srv):
+        assert path.exists(), f"no store file {path}"
+        db = sqlite3.connect(str(path), timeout=harness.WAIT, isolation_level=None)
+        try:
+            db.execute(text)
+        finally:
+            db.close()
+
+
+def test_status8_while_the_store_fails_and_not_once_it_writes_again(make_nudged, tmp_path):
+    pf = tmp_path / "passwd"
+    asx.passwd_file(pf, {"dora": "pw-dora"})
+    n = make_nudged({**SETTINGS, "auth": {"passwords": f"passwd-file:{pf}"}})
+    phone, tablet = asx.Device(n, "dora", "pw-dora"), asx.Device(n, "dora", "pw-dora")
+    assert n.metric("nudge_store_failing") == 0
+    # A trigger refusing every device record stands in for a failing disk.
+    sql_everywhere(n, "CREATE TRIGGER refuse BEFORE INSERT ON devices "
+                      "BEGIN SELECT RAISE(ABORT, 'refused for the test'); END")
+    # Another device of the user (so of the same worker) Pings: saving its record fails.
+    held = hold(tablet)
+    harness.wait_event(n, 1501, lambda e: "refused for the test" in e.get("error", ""),
+                       "store_write_failed")
+    assert n.metric("nudge_store_failing") == 1
+    before = n.metric("nudge_pings_answered_total", 0, status="store-error")
+    a = phone.ping()  # at once, not held: no publish could wake it
+    assert a.status == 8, a
+    assert n.metric("nudge_pings_answered_total", status="store-error") == before + 1
+    held.close()
+    sql_everywhere(n, "DROP TRIGGER refuse")
+    # Nobody publishes: the record each Status 8 saves is the write that brings health back.
+    # (heartbeat 2 = [heartbeat] min: the first answer that is not 8 is Status 1 after it.)
+    deadline = time.monotonic() + harness.WAIT
+    while True:
+        a = phone.ping(heartbeat=2)
+        if a.status != 8:
+            break
+        assert time.monotonic() < deadline, f"still Status 8 after the trigger went\n{n.log_tail()}"
+    assert a.status == 1, a
+    harness.wait_event(n, 1505, lambda e: True, "store_write_recovered")
+    assert n.metric("nudge_store_failing") == 0
 
 
 # ---- The query forms, the headers, the sign-in -----------------------------------

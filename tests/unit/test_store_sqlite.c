@@ -702,6 +702,64 @@ static void test_write_error_fails_the_batch_and_the_store_goes_on(void **state)
     store_close(s);
 }
 
+/*
+ * Device records are write-behind: nothing calls back when their round has
+ * run. Waits (bounded) until store_healthy() reads 'want'.
+ */
+static void wait_healthy(struct store *s, int want)
+{
+    for (int i = 0; i < 5000 && store_healthy(s) != want; i++)
+        usleep(1000);
+    assert_int_equal(store_healthy(s), want);
+}
+
+static void test_a_failed_device_save_makes_the_store_failing_until_one_commits(void **state)
+{
+    struct fixture *f = *state;
+    struct store *s = open_ok(f);
+    const struct store_folder folders[1] = {{"INBOX", 3}};
+    struct store_device d = {
+        .user = "gina", .device = "phone", .heartbeat = 480, .heartbeat_hint = 480,
+        .nfolders = 1, .folders = folders,
+    };
+    struct loaded l = {0};
+
+    assert_true(store_healthy(s)); /* no round has run yet */
+    sql(f->db, "CREATE TRIGGER refuse BEFORE INSERT ON devices "
+               "BEGIN SELECT RAISE(ABORT, 'refused for the test'); END");
+    store_device_save(s, &d);
+    wait_healthy(s, 0);
+    sql(f->db, "DROP TRIGGER refuse");
+    assert_false(store_healthy(s)); /* nothing wrote since: it stays failing */
+    /* The next save is the retry: its round commits and the store is healthy again. */
+    d.heartbeat = 900;
+    store_device_save(s, &d);
+    wait_healthy(s, 1);
+    store_close(s);
+    s = open_ok(f);
+    assert_int_equal(store_device_load(s, on_device, &l), 1);
+    assert_int_equal(l.heartbeat, 900); /* the failed record was lost, the retry saved */
+    store_close(s);
+}
+
+static void test_a_failed_bump_makes_the_store_failing_until_one_commits(void **state)
+{
+    struct fixture *f = *state;
+    struct store *s = open_ok(f);
+
+    sql(f->db, "CREATE TRIGGER refuse BEFORE INSERT ON folder_states WHEN NEW.user = 'boom' "
+               "BEGIN SELECT RAISE(ABORT, 'refused for the test'); END");
+    /* The flag is set before the batch is handed back: done() already sees it. */
+    bump_one(f, s, "boom", "INBOX", -EIO);
+    assert_false(store_healthy(s));
+    bump_one(f, s, "boom", "INBOX", -EIO);
+    assert_false(store_healthy(s));
+    /* Any write that commits clears it, whoever makes it. */
+    bump_one(f, s, "fine", "INBOX", 0);
+    assert_true(store_healthy(s));
+    store_close(s);
+}
+
 static void test_sync_normal_works_too(void **state)
 {
     struct fixture *f = *state;
@@ -740,6 +798,8 @@ int main(void)
         T(test_missing_directory_is_reported),
         T(test_store_path_option),
         T(test_write_error_fails_the_batch_and_the_store_goes_on),
+        T(test_a_failed_device_save_makes_the_store_failing_until_one_commits),
+        T(test_a_failed_bump_makes_the_store_failing_until_one_commits),
         T(test_sync_normal_works_too),
     };
 #undef T

@@ -175,6 +175,26 @@ static const struct option_def options[] = {
      "proven to carry, when it asks for more; 0: never."},
     {"ping", "max_folders", "ping-max-folders", OPT_UINT, FIELD(ping_max_folders), 1, 10000, "100",
      NULL, "N", "Most folders one ping may list."},
+    {"stream", "enabled", "stream-enabled", OPT_CHOICE, FIELD(stream_enabled), 0, 0, "yes",
+     yes_no, "yes|no", "Serve GET /v1/stream; no: it answers 204, after which an EventSource "
+     "stops reconnecting for good."},
+    {"stream", "ping", "stream-ping", OPT_UINT, FIELD(stream_ping), 0, 3600, "0", NULL, "SECONDS",
+     "The ping interval of a stream whose client gave none; 0: derived from [network] "
+     "idle_timeout as the heartbeat max is, within ping_min and ping_max."},
+    {"stream", "ping_min", "stream-ping-min", OPT_UINT, FIELD(stream_ping_min), 1, 30, "10", NULL,
+     "SECONDS", "A client's ping=N below this is raised to it (RFC 8620: at most 30)."},
+    {"stream", "ping_max", "stream-ping-max", OPT_UINT, FIELD(stream_ping_max), 300, 3600, "900",
+     NULL, "SECONDS", "A client's ping=N above this is lowered to it (RFC 8620: at least 300)."},
+    {"stream", "retry", "stream-retry", OPT_UINT, FIELD(stream_retry), 1, 3600, "5", NULL,
+     "SECONDS", "The retry: a stream sends is between this and twice this, at random, so that "
+     "clients come back spread out after a restart."},
+    {"stream", "max_unsent", "stream-max-unsent", OPT_UINT, FIELD(stream_max_unsent), 4096,
+     67108864, "262144", NULL, "BYTES", "A stream whose client has not taken this much of what "
+     "was sent is closed (event 1900); it resumes with Last-Event-ID and loses nothing."},
+    {"stream", "soft_unsent", "stream-soft-unsent", OPT_UINT, FIELD(stream_soft_unsent), 1024,
+     67108864, "65536", NULL, "BYTES", "... or this much for soft_seconds in a row."},
+    {"stream", "soft_seconds", "stream-soft-seconds", OPT_UINT, FIELD(stream_soft_seconds), 1,
+     3600, "10", NULL, "SECONDS", "How long a stream may stay over soft_unsent."},
     {"udp", "listen", "udp-listen", OPT_ADDR, FIELD(udp_listen), 0, 0, "auto", NULL,
      "ADDR", "UDP socket for new-mail datagrams and their acks: IPv4:PORT, [IPv6]:PORT or :PORT; "
      "auto: the host and port of the first [server] listen; port 0: any free port; empty: UDP "

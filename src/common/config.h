@@ -56,6 +56,15 @@ struct config {
     unsigned as_max_folders;          /* 200: more in one Ping answer Status 6 */
     unsigned as_unknown_folder_ignore; /* s, 3600: Ids refused twice are ignored this long */
     unsigned as_guidance_interval;    /* s, 3600: at most one heartbeat Status 5 per device */
+    /* [stream] */
+    char stream_enabled[8];           /* yes|no: no answers /v1/stream 204 (stop for good) */
+    unsigned stream_ping;             /* s; 0: derived, min(heartbeat_max, stream_ping_max) */
+    unsigned stream_ping_min;         /* s, 10: a client's ping=N is raised to it */
+    unsigned stream_ping_max;         /* s, 900: and lowered to it */
+    unsigned stream_retry;            /* s, 5: retry: is 1 to 2 times it, jittered */
+    unsigned stream_max_unsent;       /* bytes, 262144: a stream behind by more is closed */
+    unsigned stream_soft_unsent;      /* bytes, 65536: ... or behind by this for soft_seconds */
+    unsigned stream_soft_seconds;     /* s, 10 */
     /* [udp] */
     char udp_listen[CONFIG_STR_MAX];  /* "auto": the first [server] listen's; "": UDP off */
     unsigned udp_resend_interval;     /* s, 60 */

@@ -49,6 +49,7 @@
     EVENT(1800, as_folders_ignored, "an ActiveSync device got Status 7 twice for the same folder Ids; they are ignored for unknown_folder_ignore") \
     EVENT(1801, as_battery_guard, "an ActiveSync device re-pinged within seconds of non-change answers again and again; its Pings are held to heartbeat min") \
     EVENT(1802, as_heartbeat_guided, "an ActiveSync device was told (Status 5) the heartbeat its path was proven to carry") \
+    EVENT(1900, stream_slow, "an event stream whose client did not read what it was sent was closed") \
     EVENT(1400, publish_rejected, "a publish batch was refused; nothing of it applied") \
     EVENT(1500, store_opened, "the store is open and its states are loaded")     \
     EVENT(1501, store_write_failed, "a group commit failed; its publishes were answered 503") \

@@ -56,6 +56,7 @@ const char *const conn_why_text[CONN_WHY_COUNT] = {
     [CONN_WHY_SHUTDOWN_FAILED] = "shutdown failed",
     [CONN_WHY_ENDED_BY_ADMIN] = "ended by an admin",
     [CONN_WHY_REAPED] = "reaped",
+    [CONN_WHY_SLOW] = "slow reader",
 };
 
 /*

@@ -39,6 +39,7 @@ struct config;
 struct conn;
 struct http_error;
 struct metrics;
+struct store_event;
 
 /* Why a connection closed: an enum to decide on, with a text for the log line. */
 enum conn_why {
@@ -53,6 +54,7 @@ enum conn_why {
     CONN_WHY_SHUTDOWN_FAILED, /* shutdown(2) for the linger failed */
     CONN_WHY_ENDED_BY_ADMIN,  /* an admin ended its session */
     CONN_WHY_REAPED,          /* its session was found dead at the session cap */
+    CONN_WHY_SLOW,            /* a stream's client did not take what it was sent */
     CONN_WHY_COUNT,
 };
 
@@ -78,9 +80,10 @@ struct conn_holder {
      * What the held request waits for may have happened (a folder of its
      * user changed): the holder looks and answers or keeps holding. NULL:
      * its module is woken otherwise. Called by the module that saw the
-     * change, never by conn.c.
+     * change, never by conn.c. e[0..n) are the events that changed it, when
+     * known (a stream passes their publishers' metadata on); else NULL, 0.
      */
-    void (*changed)(void *ctx, struct conn *c, void *arg);
+    void (*changed)(void *ctx, struct conn *c, void *arg, const struct store_event *e, size_t n);
     /*
      * A newer session of the same device takes over: answer in your own
      * words (a ping "superseded", a stream ends) and let go. NULL: expired
@@ -88,6 +91,8 @@ struct conn_holder {
      */
     void (*superseded)(void *ctx, struct conn *c, void *arg);
     void *ctx;
+    /* What holds it, for listings ("ping", "activesync", "stream"); NULL: unnamed. */
+    const char *name;
 };
 
 /* A complete request on c: answer it (now or later), hold it, or hand it away. */

@@ -161,7 +161,7 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
     /* Its slots too; its route to other workers is set once the mesh is up. */
     as_ping_init(&s->as_ping, cfg, s->store, &s->shard, &s->metrics, &s->hb, &s->sessions,
                  &s->devices, NULL);
-    sse_init(&s->sse, cfg, s->store, &s->shard, &s->metrics, &s->sessions);
+    sse_init(&s->sse, cfg, s->store, &s->shard, &s->metrics, &s->sessions, &s->hb);
     devices_load(&s->devices);
     as_ping_load(&s->as_ping);
 

@@ -14,6 +14,8 @@
 
 struct config;
 struct devices;
+struct heartbeat;
+struct store_event;
 struct http_req;
 struct metrics;
 struct principal;
@@ -27,13 +29,15 @@ struct sse {
     struct shard *shard;
     struct metrics *metrics;
     struct sessions *sessions;
+    struct heartbeat *hb;
+    uint64_t seed, draws;        /* jitter and the names of anonymous devices */
     size_t dslot;                /* struct sse_dev * per device (NULL: no stream) */
     struct conn_holder holder;   /* a stream */
 };
 
 /* Sets s up and reserves its slot in sh (before any user exists). */
 void sse_init(struct sse *s, const struct config *cfg, struct store *store, struct shard *sh,
-              struct metrics *metrics, struct sessions *sessions);
+              struct metrics *metrics, struct sessions *sessions, struct heartbeat *hb);
 
 /* Frees what the slots point to (before shard_free). */
 void sse_free(struct sse *s);

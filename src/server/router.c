@@ -458,6 +458,11 @@ void router_dispatch(struct router *rt, struct conn *c, struct http_req *r)
     struct principal who;
     struct http_error e;
 
+    /* A stream's client gets a 200 that says when to come back (stream/sse.h), never a 503. */
+    if (conn_stopping(c) && sse_is_stream(r)) {
+        sse_come_back(c, rt->cfg->shutdown_retry_after);
+        return;
+    }
     if (conn_stopping(c)) {
         http_error_set(&e, 503, "shutting-down", NULL);
         http_error_header(&e, "Retry-After: %u", rt->cfg->shutdown_retry_after);

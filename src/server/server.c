@@ -171,7 +171,7 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
     if (listen_start(&s->listener, loop, cfg, &s->conns, &s->metrics, wk, s->mesh, err,
                      sizeof(err)) < 0)
         goto fail_err;
-    handoff_init(&s->handoff, wk, s->mesh, &s->listener, &s->conns, &s->metrics);
+    handoff_init(&s->handoff, cfg, wk, s->mesh, &s->listener, &s->conns, &s->metrics);
     /* Without workers every user is ours: nothing to route. */
     route = wk ? &s->handoff.route : NULL;
 

@@ -599,6 +599,31 @@ static struct device *anonymous_device(struct sse *s, struct user *u)
     }
 }
 
+int sse_is_stream(const struct http_req *r)
+{
+    static const char path[] = "/v1/stream";
+
+    return r && r->method == HTTP_GET && r->path_len == sizeof(path) - 1 &&
+           memcmp(r->path, path, sizeof(path) - 1) == 0;
+}
+
+/* A stream that only says when to come back: nothing holds it, nothing to tell. */
+static const struct conn_holder come_back_holder = {.name = "stream"};
+
+void sse_come_back(struct conn *c, unsigned retry_s)
+{
+    static uint64_t draws;
+    uint64_t base = (uint64_t)retry_s * 1000, n = ++draws;
+    uint64_t ms = base + util_hash(util_now_ms(), &n, sizeof(n)) % (base + 1);
+    char ev[48];
+    int len = snprintf(ev, sizeof(ev), ": nudge\nretry: %llu\n\n", (unsigned long long)ms);
+
+    conn_stream_begin(c, 200, "text/event-stream", "Cache-Control: no-cache\r\n",
+                      &come_back_holder, NULL, 0);
+    conn_stream_send(c, ev, (size_t)len);
+    conn_stream_end(c);
+}
+
 /* The stream must not start: 204 for good when streams are off. */
 static int refused_for_good(const struct config *cfg, struct conn *c)
 {
@@ -624,6 +649,10 @@ void sse_handle(void *arg, struct conn *c, struct http_req *r, const struct prin
 
     if (refused_for_good(cfg, c))
         return;
+    if (conn_stopping(c)) {
+        sse_come_back(c, cfg->shutdown_retry_after);
+        return;
+    }
     if (parse_params(cfg, r, who, &sp, &e) < 0)
         goto refuse;
     u = shard_user(s->shard, who->subject, 1);

@@ -42,6 +42,18 @@ void sse_init(struct sse *s, const struct config *cfg, struct store *store, stru
 /* Frees what the slots point to (before shard_free). */
 void sse_free(struct sse *s);
 
+/* Is r a request for a stream (GET /v1/stream)? */
+int sse_is_stream(const struct http_req *r);
+
+/*
+ * Answers c, a stream request that cannot be served now (nudged drains,
+ * the worker owning its user cannot take it): a 200 whose body is a
+ * retry: of about 'retry_s' seconds (jittered up to twice it) and its
+ * end. A WHATWG EventSource reconnects after a 200 ends and gives up for
+ * good on any other status, so never a 503 here.
+ */
+void sse_come_back(struct conn *c, unsigned retry_s);
+
 /* GET /v1/stream (a user's credential, checked by the router). */
 void sse_handle(void *arg, struct conn *c, struct http_req *r, const struct principal *who);
 

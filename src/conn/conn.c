@@ -42,6 +42,7 @@ enum conn_flag {
     CONN_HANDED = 1 << 4,  /* handed off to another worker: closed here, lives on there */
     CONN_ADOPTED = 1 << 5, /* accepted by another worker and handed here */
     CONN_HEAD = 1 << 6,    /* the request is a HEAD: its answer goes without the body */
+    CONN_UPGRADED = 1 << 7, /* not HTTP any more: bytes go to the holder's data op */
 };
 
 const char *const conn_why_text[CONN_WHY_COUNT] = {
@@ -488,6 +489,25 @@ size_t conn_unsent(const struct conn *c)
     return uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp);
 }
 
+void conn_upgrade(struct conn *c, const struct conn_holder *h, void *arg, uint64_t deadline_ms)
+{
+    c->keep_alive = 0;
+    conn_hold(c, h, arg, deadline_ms);
+    c->flags |= CONN_UPGRADED;
+    /* Bytes that came while the request was being handled: to the holder, from the loop. */
+    if (c->pending_len)
+        schedule_resume(c);
+}
+
+/* Hands bytes of an upgraded connection to its holder. */
+static void deliver(struct conn *c, const char *buf, size_t len)
+{
+    const struct conn_holder *h = c->holder;
+
+    if (h && h->data && len > 0)
+        h->data(h->ctx, c, c->hold_arg, buf, len);
+}
+
 void conn_set_deadline(struct conn *c, uint64_t deadline_ms)
 {
     if (deadline_ms) {
@@ -667,6 +687,10 @@ static void process(struct conn *c, const char *data, size_t len)
         cl->dispatching = NULL;
         cl->rest = NULL;
         cl->rest_len = 0;
+        if ((c->flags & (CONN_UPGRADED | CONN_CLOSING | CONN_LINGER)) == CONN_UPGRADED) {
+            deliver(c, data, len);
+            return;
+        }
     }
     if (len > 0 && (c->flags & CONN_BUSY) && !(c->flags & (CONN_CLOSING | CONN_LINGER)) &&
         keep_pending(c, data, len) < 0)
@@ -679,6 +703,13 @@ static void resume(struct conn *c)
     size_t len = c->pending_len;
 
     c->flags &= (uint8_t)~CONN_RESUME;
+    if ((c->flags & (CONN_UPGRADED | CONN_CLOSING | CONN_LINGER)) == CONN_UPGRADED && len) {
+        c->pending = NULL;
+        c->pending_len = 0;
+        deliver(c, buf, len);
+        free(buf);
+        return;
+    }
     if (c->flags & (CONN_CLOSING | CONN_BUSY | CONN_LINGER) || len == 0)
         return;
     c->pending = NULL;
@@ -712,6 +743,10 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     c->cl->metrics->bytes_received += (uint64_t)nread;
     if (c->flags & CONN_LINGER)
         return; /* drained and dropped */
+    if (c->flags & CONN_UPGRADED) {
+        deliver(c, buf->base, (size_t)nread);
+        return;
+    }
     if (c->flags & CONN_BUSY) {
         if (keep_pending(c, buf->base, (size_t)nread) < 0)
             conn_close(c, CONN_WHY_PIPELINE_FULL, NULL);

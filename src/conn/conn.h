@@ -90,6 +90,11 @@ struct conn_holder {
      * is called instead. Called by the module whose request supersedes.
      */
     void (*superseded)(void *ctx, struct conn *c, void *arg);
+    /*
+     * Bytes from the client of an upgraded connection (conn_upgrade): the
+     * holder parses its own protocol. Ignored otherwise.
+     */
+    void (*data)(void *ctx, struct conn *c, void *arg, const char *buf, size_t len);
     void *ctx;
     /* What holds it, for listings ("ping", "activesync", "stream"); NULL: unnamed. */
     const char *name;
@@ -252,6 +257,15 @@ void conn_stream_end(struct conn *c);
 
 /* Bytes sent but not yet taken by the kernel (a slow reader's backlog). */
 size_t conn_unsent(const struct conn *c);
+
+/*
+ * The connection leaves HTTP (a WebSocket after its 101, RFC 6455): held by
+ * h as conn_hold does, and from now on every byte the client sends, those
+ * already read behind the request included, goes to h->data. The holder
+ * writes its protocol with conn_stream_send (the 101 answer first) and ends
+ * it with conn_stream_end.
+ */
+void conn_upgrade(struct conn *c, const struct conn_holder *h, void *arg, uint64_t deadline_ms);
 
 /* Moves the current hold's deadline (monotonic ms; 0: none). */
 void conn_set_deadline(struct conn *c, uint64_t deadline_ms);

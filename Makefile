@@ -315,12 +315,20 @@ FUZZ_RUNS  ?= 20000
 .PHONY: fuzz fuzz-smoke
 fuzz:
 	@scripts/deps.sh fuzz
-	@$(MAKE) --no-print-directory $(FUZZ_DIR)/fuzz_as_ping
+	@$(MAKE) --no-print-directory $(FUZZ_DIR)/fuzz_as_ping $(FUZZ_DIR)/fuzz_browser_auth
 
 $(FUZZ_DIR)/fuzz_as_ping: fuzz/fuzz_as_ping.c $(AS_CODEC_SRC) src/common/xalloc.c src/common/util.c
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^
 
+# The ticket and cookie parsers, with what they stand on (base64url and the HMAC of token.c).
+$(FUZZ_DIR)/fuzz_browser_auth: fuzz/fuzz_browser_auth.c src/auth/ticket.c src/auth/token.c \
+		src/http/cookie.c src/common/strmap.c src/common/util.c src/common/xalloc.c
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ -lcrypto -lpthread
+
 fuzz-smoke: fuzz
-	@mkdir -p $(FUZZ_DIR)/corpus/as_ping
+	@mkdir -p $(FUZZ_DIR)/corpus/as_ping $(FUZZ_DIR)/corpus/browser_auth
 	$(FUZZ_DIR)/fuzz_as_ping -runs=$(FUZZ_RUNS) -max_len=4096 $(FUZZ_DIR)/corpus/as_ping fuzz/corpus/as_ping
+	$(FUZZ_DIR)/fuzz_browser_auth -runs=$(FUZZ_RUNS) -max_len=2048 $(FUZZ_DIR)/corpus/browser_auth \
+		fuzz/corpus/browser_auth

@@ -330,11 +330,27 @@ static void test_cookie_find(void **state)
     assert_int_equal(http_cookie_find(NULL, 0, "nudge_token", &v, &n), -1);
 }
 
+/* A 204 (a CORS preflight's answer) has no Content-Length and no body (RFC 9110 8.6). */
+static void test_no_content_has_no_length(void **state)
+{
+    size_t len;
+    char *out = http_response_build(204, "application/json", "X-A: 1\r\n", "{}", 2, 1, 0, &len);
+
+    (void)state;
+    assert_non_null(out);
+    assert_null(strstr(out, "Content-Length"));
+    assert_null(strstr(out, "Content-Type"));
+    assert_non_null(strstr(out, "X-A: 1\r\n\r\n"));
+    assert_int_equal(len, (size_t)(strstr(out, "\r\n\r\n") - out) + 4);
+    free(out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_simple_get),
         cmocka_unit_test(test_cookie_find),
+        cmocka_unit_test(test_no_content_has_no_length),
         cmocka_unit_test(test_body_and_pipelining),
         cmocka_unit_test(test_byte_by_byte),
         cmocka_unit_test(test_errors),

@@ -482,6 +482,27 @@ enum token_status token_verify(const struct secret *s, const char *tok, size_t l
     return TOKEN_OK;
 }
 
+size_t token_b64_len(size_t n)
+{
+    return b64_encoded_len(n);
+}
+
+void token_b64_encode(const unsigned char *in, size_t n, char *out)
+{
+    b64_encode(in, n, out);
+}
+
+long token_b64_decode(const char *in, size_t n, unsigned char *out, size_t outmax)
+{
+    return b64_decode(in, n, out, outmax);
+}
+
+int token_mac(const unsigned char *key, const char *data, size_t n,
+              unsigned char mac[TOKEN_MAC_BYTES])
+{
+    return mac_compute(key, data, n, mac);
+}
+
 const char *token_status_str(enum token_status st)
 {
     switch (st) {

@@ -88,6 +88,11 @@ struct config {
     unsigned auth_max_failures_ip;    /* 20 wrong passwords per address per window */
     unsigned auth_max_failures_user;  /* 50 per user per window */
     unsigned auth_failure_window;     /* s, 300 */
+    char auth_cookie[4];              /* "yes" or "no": POST /v1/login also sets the login cookie */
+    char auth_cookie_secure[5];       /* "auto", "yes" or "no": the cookie's Secure attribute */
+    unsigned auth_ticket_ttl;         /* s, 60 (1..300): tickets of POST /v1/ticket */
+    unsigned auth_tickets_max;        /* 100000: used tickets a worker remembers at once */
+    char http_cors_origins[CONFIG_STR_MAX]; /* "https://a.example, https://b.example"; "": no CORS */
     /* [log] */
     char log_target[16];              /* "stderr", "file", "syslog" or "journal" */
     char log_file[PATH_MAX];          /* target = file: the path, reopened on SIGHUP */
@@ -189,5 +194,19 @@ void config_usage(FILE *out, const char *argv0);
 
 /* Prints the effective settings as an INI file that config_load_file accepts. */
 void config_print(const struct config *c, FILE *out);
+
+/* The most origins [http] cors_origins may list. */
+#define CONFIG_CORS_MAX 16
+
+/*
+ * Splits an [http] cors_origins list (comma separated, spaces around commas
+ * allowed) into out[0..max) (NULL: only check), each NUL-terminated. An
+ * origin is written as a browser sends it in Origin: "http://" or
+ * "https://", a lower-case host name, IPv4 address or [IPv6] address, an
+ * optional ":port", no path and no trailing '/'. Returns how many there
+ * are (0 for ""), or -1 with 'why' naming the bad one.
+ */
+int config_cors_origins(const char *list, char (*out)[CONFIG_STR_MAX], unsigned max, char *why,
+                        size_t whylen);
 
 #endif

@@ -393,12 +393,41 @@ static void end_request(struct conn *c)
         schedule_resume(c);
 }
 
+/*
+ * The handler's header lines *extra followed by those the dispatcher set
+ * for every answer to the request (http_req.answer_extra): when both are
+ * there, *extra becomes a malloc'd join, also left in *joined for the
+ * caller to free. conn knows nothing of what they say (the router's CORS
+ * lines). 0, or -1 when out of memory.
+ */
+static int answer_headers(const struct conn *c, const char **extra, char **joined)
+{
+    const char *more = c->req ? c->req->answer_extra : NULL;
+    size_t a, b;
+
+    *joined = NULL;
+    if (more == NULL || more[0] == '\0')
+        return 0;
+    if (*extra == NULL || (*extra)[0] == '\0') {
+        *extra = more;
+        return 0;
+    }
+    a = strlen(*extra);
+    b = strlen(more);
+    if ((*joined = malloc(a + b + 1)) == NULL)
+        return -1;
+    memcpy(*joined, *extra, a);
+    memcpy(*joined + a, more, b + 1);
+    *extra = *joined;
+    return 0;
+}
+
 void conn_respond_typed(struct conn *c, int status, const char *ctype, const char *extra,
                         const char *body, size_t len)
 {
     struct metrics *m = c->cl->metrics;
     size_t outlen;
-    char *out;
+    char *out, *joined;
 
     if (c->flags & (CONN_CLOSING | CONN_LINGER))
         return;
@@ -408,8 +437,12 @@ void conn_respond_typed(struct conn *c, int status, const char *ctype, const cha
         m->responses_5xx++;
     else if (status >= 400)
         m->responses_4xx++;
-    out = http_response_build(status, ctype, extra, body, len, c->keep_alive,
-                              (c->flags & CONN_HEAD) != 0, &outlen);
+    if (answer_headers(c, &extra, &joined) < 0)
+        out = NULL;
+    else
+        out = http_response_build(status, ctype, extra, body, len, c->keep_alive,
+                                  (c->flags & CONN_HEAD) != 0, &outlen);
+    free(joined);
     if (out == NULL) {
         conn_close(c, CONN_WHY_NO_MEMORY, NULL);
         return;
@@ -443,13 +476,18 @@ void conn_stream_begin(struct conn *c, int status, const char *ctype, const char
                        const struct conn_holder *h, void *arg, uint64_t deadline_ms)
 {
     size_t len;
-    char *head;
+    char *head, *joined;
 
+    /* The head is made while the request (and its answer_extra) is still there. */
+    head = answer_headers(c, &extra, &joined) < 0 ? NULL
+                                                  : http_stream_head(status, ctype, extra, &len);
+    free(joined);
     c->keep_alive = 0;
     conn_hold(c, h, arg, deadline_ms);
-    if (c->flags & (CONN_CLOSING | CONN_LINGER))
+    if (c->flags & (CONN_CLOSING | CONN_LINGER)) {
+        free(head);
         return;
-    head = http_stream_head(status, ctype, extra, &len);
+    }
     if (head == NULL) {
         conn_close(c, CONN_WHY_NO_MEMORY, NULL);
         return;

@@ -199,7 +199,8 @@ int conn_adopted(const struct conn *c);
 
 /*
  * Answers the current request: writes the response (JSON body; 'extra' are
- * header lines ending in "\r\n", or NULL), ends the request, and moves on to
+ * header lines ending in "\r\n", or NULL, followed by the request's
+ * answer_extra lines when it has them), ends the request, and moves on to
  * the next pipelined request or to idle. Takes ownership of nothing.
  */
 void conn_respond(struct conn *c, int status, const char *extra, const char *body, size_t len);
@@ -240,7 +241,8 @@ void conn_wait(struct conn *c, struct conn **slot);
 
 /*
  * A streamed answer (an event stream): writes the head (status, ctype,
- * 'extra' header lines, Connection: close, no length) and holds the
+ * 'extra' header lines and the request's answer_extra, Connection: close,
+ * no length) and holds the
  * request with h as conn_hold does. The holder then writes the body with
  * conn_stream_send and ends it with conn_stream_end, after which the
  * connection closes once its bytes are out. A stream costs no buffer while

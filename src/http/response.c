@@ -98,7 +98,8 @@ char *http_stream_head(int status, const char *ctype, const char *extra, size_t 
 char *http_response_build(int status, const char *ctype, const char *extra, const char *body,
                           size_t body_len, int keep_alive, int head_only, size_t *outlen)
 {
-    int bodyless = status == 304 || (status >= 100 && status < 200);
+    /* RFC 9110 8.6: no Content-Length in a 1xx or 204 (a CORS preflight's answer), nor a 304 here. */
+    int bodyless = status == 304 || status == 204 || (status >= 100 && status < 200);
     const char *text = http_status_text(status), *date = date_header();
     const char *conn = keep_alive ? "keep-alive" : "close";
     size_t text_len = strlen(text), date_len = strlen(date);

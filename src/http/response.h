@@ -15,7 +15,7 @@ const char *http_status_text(int status);
  * is non-NULL), Content-Length, Connection (keep-alive or close), the
  * caller's 'extra' header lines (each ending in "\r\n", may be NULL), a blank
  * line and the body. *outlen gets its length. NULL when out of memory.
- * 304 and 1xx answers carry no Content-Length or body. With 'head_only' (the
+ * 204, 304 and 1xx answers carry no Content-Length or body. With 'head_only' (the
  * answer to a HEAD) the head is the same, Content-Length included, and the
  * body is left out (RFC 9110 9.3.2).
  */

@@ -17,6 +17,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "auth/passwd.h"
+#include "auth/ticket.h"
 #include "common/log.h"
 #include "common/xalloc.h"
 #include "server/reload.h"
@@ -185,6 +186,9 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
     admin_init(&s->admin, &s->metrics, &s->sessions, &s->shard, s->store, wk, s->mesh);
     sessions_api_init(&s->sessions_api, &s->sessions, &s->shard, wk, s->mesh, route);
     login_init(&s->login, cfg, &s->secret, &s->metrics);
+    ticket_api_init(&s->ticket_api, cfg, &s->secret, &s->metrics);
+    /* From now: a ticket issued before this worker started may have been used already. */
+    s->spent = ticket_spent_new(cfg->auth_tickets_max, token_now_ms());
     revoke_init(&s->revoke, s->store, &s->shard, &s->sessions, &s->metrics, route);
     if (cfg->auth_passwords[0] &&
         passwd_open(&s->passwords, cfg->auth_passwords, loop, cfg, &s->metrics, err,
@@ -221,9 +225,10 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
             [ROUTE_REVOKE] = &s->revoke,
             [ROUTE_ACTIVESYNC] = &s->as_ping,
             [ROUTE_STREAM] = &s->sse,
+            [ROUTE_TICKET] = &s->ticket_api,
         };
         router_init(&s->router, cfg, &s->secret, &s->metrics, route, s->store, s->passwords,
-                    &s->fail_ip, &s->fail_user, to);
+                    &s->fail_ip, &s->fail_user, s->spent, to);
     }
 
     uv_timer_init(loop, &s->stop_timer);
@@ -275,4 +280,5 @@ void server_free(struct server *s)
     passwd_free(s->passwords);
     s->passwords = NULL;
     free(s->fail_slots);
+    ticket_spent_free(s->spent);
 }

@@ -28,6 +28,7 @@ import time
 import pytest
 
 import harness
+import sse
 from conftest import finish
 from dovecot import crypt_hash
 from harness import WAIT, Conn, b64url, b64url_decode, expect_error, flip_mac_char
@@ -111,12 +112,8 @@ def stream(n, query="device=web", headers=None, token=None, source="127.0.0.1"):
 
 
 def accepted(r):
-    """The stream took the credential: 200 (the stream) or, until streams
-    land, 501 not-implemented, which sse.c answers only after the router
-    accepted the credential. Change nothing here when the stream lands."""
-    if r.status == 501:
-        return json.loads(r.body).get("status") == "not-implemented"
-    return r.status == 200
+    """The stream took the credential: a 200 event stream."""
+    return r.status == 200 and (r.header("Content-Type") or "") == "text/event-stream"
 
 
 def assert_accepted(r):
@@ -252,8 +249,13 @@ def test_ticket_carries_its_user_and_device(web):
     assert b64url_decode(fields[1]).decode() == u.name
     assert b64url_decode(fields[2]).decode() == "tab-2"
     assert int(fields[3]) == doc["expires"]
-    # Redeemed with another device in the query: still accepted (the ticket's device wins).
-    assert_accepted(stream(web, f"device=other&ticket={doc['ticket']}"))
+    # Redeemed with another device in the query: the stream is the ticket's device's.
+    s = sse.Stream(web, None, f"types=INBOX&device=other&ticket={doc['ticket']}")
+    assert s.status == 200, s.response
+    s.next()
+    r = web.request("GET", f"/v1/admin/sessions?user={u.name}", token=web.admin_token())
+    assert [(x["device"], x["kind"]) for x in r.json()["sessions"]] == [("tab-2", "stream")], r.json()
+    s.close()
 
 
 def test_ticket_request_errors(web):
@@ -384,6 +386,10 @@ def test_cors_headers_for_allowed_origins_only(web):
         assert r.header("Vary") == "Origin", r
     assert web.request("POST", "/v1/ticket", {"device": "x"}, headers={"Origin": ORIGIN}) \
         .header("WWW-Authenticate") is not None
+    # A stream's head (a 200 that goes on) carries them as well.
+    r = stream(web, "types=INBOX&device=cors", headers={"Origin": ORIGIN},
+               token=web.token(web.user("cors").name))
+    assert accepted(r) and r.header("Access-Control-Allow-Origin") == ORIGIN, r
     # The login answer keeps its own headers beside them.
     r = web.request("POST", "/v1/login", b"", headers={"Authorization": basic("web3"), "Origin": ORIGIN})
     assert r.status == 200 and r.header("Set-Cookie") and r.header("Cache-Control") == "no-store", r

@@ -363,6 +363,12 @@ def test_a_stream_is_listed_as_a_session(srv):
     kinds = {x["device"]: x["kind"] for x in r.json()["sessions"]}
     assert kinds == {"laptop": "stream"}, r.json()
     assert int(srv.metric("nudge_streams_held")) >= 1
+    p = srv.cli("sessions", "--url", srv.url, "-c", str(srv.conf), "--user", alice.name)
+    assert p.returncode == 0 and "laptop" in p.stdout and "stream" in p.stdout, p
+    # An admin ends it: the stream closes (its client would resume).
+    p = srv.cli("sessions", "--url", srv.url, "-c", str(srv.conf), "--end", f"{alice.name}/laptop")
+    assert p.returncode == 0, p
+    assert s.ended() is not None
     s.close()
 
 

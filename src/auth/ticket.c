@@ -102,26 +102,6 @@ int ticket_sign(const struct secret *s, const char *user, const char *device, in
     return (int)n;
 }
 
-/* Canonical decimal: digits only, no leading zero but "0", at most INT64_MAX. 0, or -1. */
-static int parse_decimal(const char *p, size_t n, int64_t *out)
-{
-    int64_t v = 0;
-
-    if (n == 0 || n > DIGITS_MAX || (n > 1 && p[0] == '0'))
-        return -1;
-    for (size_t i = 0; i < n; i++) {
-        int d;
-        if (p[i] < '0' || p[i] > '9')
-            return -1;
-        d = p[i] - '0';
-        if (v > (INT64_MAX - d) / 10)
-            return -1;
-        v = v * 10 + d;
-    }
-    *out = v;
-    return 0;
-}
-
 /* The next field of [*p, end) up to a dot, *p moved past the dot; its length or -1. */
 static long next_field(const char **p, const char *end, const char **field)
 {
@@ -168,10 +148,10 @@ enum ticket_status ticket_parse(const char *t, size_t len, struct ticket_fields 
     if (decode_name(field, n, DEVICE_B64_MAX, f->device, TICKET_DEVICE_MAX, &f->device_len) < 0)
         return TICKET_MALFORMED;
     n = next_field(&p, end, &field);
-    if (n < 0 || parse_decimal(field, (size_t)n, &f->expires) < 0 || f->expires == 0)
+    if (n < 0 || token_parse_decimal(field, (size_t)n, &f->expires) < 0 || f->expires == 0)
         return TICKET_MALFORMED;
     n = next_field(&p, end, &field);
-    if (n < 0 || parse_decimal(field, (size_t)n, &f->issued_ms) < 0)
+    if (n < 0 || token_parse_decimal(field, (size_t)n, &f->issued_ms) < 0)
         return TICKET_MALFORMED;
     n = next_field(&p, end, &field);
     if (n != NONCE_B64_LEN ||

@@ -495,23 +495,28 @@ void conn_stream_begin(struct conn *c, int status, const char *ctype, const char
     conn_write(c, head, len);
 }
 
-void conn_stream_send(struct conn *c, const char *buf, size_t len)
+int conn_stream_send(struct conn *c, const char *buf, size_t len)
 {
     char *copy;
     int n;
 
-    if (c->flags & (CONN_CLOSING | CONN_LINGER) || len == 0)
-        return;
+    if (c->flags & (CONN_CLOSING | CONN_LINGER))
+        return -1;
+    if (len == 0)
+        return 0;
     n = try_write(c, buf, len);
-    if (n < 0 || n == (int)len)
-        return;
+    if (n < 0)
+        return -1;
+    if (n == (int)len)
+        return 0;
     copy = malloc(len - (size_t)n);
     if (copy == NULL) {
         conn_close(c, CONN_WHY_NO_MEMORY, NULL);
-        return;
+        return -1;
     }
     memcpy(copy, buf + n, len - (size_t)n);
     queue_write(c, copy, copy, len - (size_t)n);
+    return c->flags & CONN_CLOSING ? -1 : 0;
 }
 
 void conn_stream_end(struct conn *c)

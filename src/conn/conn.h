@@ -251,8 +251,13 @@ void conn_wait(struct conn *c, struct conn **slot);
 void conn_stream_begin(struct conn *c, int status, const char *ctype, const char *extra,
                        const struct conn_holder *h, void *arg, uint64_t deadline_ms);
 
-/* Sends buf[0..len) on a stream (copied only if the kernel does not take it all now). */
-void conn_stream_send(struct conn *c, const char *buf, size_t len);
+/*
+ * Sends buf[0..len) on a stream (copied only if the kernel does not take it
+ * all now). 0, or -1 when the connection is closed: then its holder's
+ * closed op has run (it may have freed what it held) and nothing more may
+ * be done with c or the hold's arg.
+ */
+int conn_stream_send(struct conn *c, const char *buf, size_t len);
 
 /* Ends a stream: the connection closes once the body is out. */
 void conn_stream_end(struct conn *c);

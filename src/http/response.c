@@ -68,6 +68,20 @@ static const char *date_header(void)
  * to a publisher goes through here (four snprintf calls were ~3,600
  * instructions an answer).
  */
+/* Writes "HTTP/1.1 <status> <text>\r\nDate: <date>\r\n" at 'at'; returns the end. */
+static char *put_start(char *at, int status, const char *text, size_t text_len, const char *date,
+                       size_t date_len)
+{
+    PUT("HTTP/1.1 ");
+    at += util_u64_dec(at, status < 0 ? 0 : (uint64_t)status);
+    PUT(" ");
+    PUTN(text, text_len);
+    PUT("\r\nDate: ");
+    PUTN(date, date_len);
+    PUT("\r\n");
+    return at;
+}
+
 char *http_stream_head(int status, const char *ctype, const char *extra, size_t *outlen)
 {
     const char *text = http_status_text(status), *date = date_header();
@@ -78,14 +92,8 @@ char *http_stream_head(int status, const char *ctype, const char *extra, size_t 
     out = malloc(HEAD_FIXED_MAX + text_len + date_len + ctype_len + extra_len);
     if (out == NULL)
         return NULL;
-    at = out;
-    PUT("HTTP/1.1 ");
-    at += util_u64_dec(at, status < 0 ? 0 : (uint64_t)status);
-    PUT(" ");
-    PUTN(text, text_len);
-    PUT("\r\nDate: ");
-    PUTN(date, date_len);
-    PUT("\r\nContent-Type: ");
+    at = put_start(out, status, text, text_len, date, date_len);
+    PUT("Content-Type: ");
     PUTN(ctype, ctype_len);
     PUT("\r\nConnection: close\r\n");
     if (extra_len)
@@ -111,14 +119,7 @@ char *http_response_build(int status, const char *ctype, const char *extra, cons
     out = malloc(HEAD_FIXED_MAX + text_len + date_len + ctype_len + extra_len + body_len);
     if (out == NULL)
         return NULL;
-    at = out;
-    PUT("HTTP/1.1 ");
-    at += util_u64_dec(at, status < 0 ? 0 : (uint64_t)status);
-    PUT(" ");
-    PUTN(text, text_len);
-    PUT("\r\nDate: ");
-    PUTN(date, date_len);
-    PUT("\r\n");
+    at = put_start(out, status, text, text_len, date, date_len);
     if (!bodyless) {
         if (ctype) {
             PUT("Content-Type: ");

@@ -150,13 +150,15 @@ static void id_entry(struct jsonw *w, const char *name, uint64_t state, int firs
 /*
  * Sends one state event naming the folders of d whose state moved since the
  * client last heard (and records that it has them now). Returns how many
- * were named: 0 sends nothing.
+ * were named (0: nothing sent), or -1 when the connection closed on the
+ * way (its closed op ran: d may be gone).
  */
-static size_t send_changes(struct sse *s, struct conn *c, struct device *d)
+static int send_changes(struct sse *s, struct conn *c, struct device *d)
 {
     struct jsonw w, id;
-    size_t n = 0, len, idlen;
+    size_t len, idlen;
     char *body, *ids;
+    int n = 0, rc;
 
     for (uint32_t i = 0; i < d->nfolders; i++) {
         uint64_t now = store_get(s->store, d->user->id, d->folders[i].name);
@@ -185,23 +187,24 @@ static size_t send_changes(struct sse *s, struct conn *c, struct device *d)
     RAW(&w, "\n\n");
     body = jw_take(&w, &len);
     s->metrics->stream_events++;
-    conn_stream_send(c, body, len);
+    rc = conn_stream_send(c, body, len);
     free(body);
-    return n;
+    return rc < 0 ? -1 : n;
 }
 
 /*
  * Sends the publishers' metadata of the user's events in e[0..n) as "meta"
  * events (no id: a hint, and never in the way of resuming): only folders
  * the stream watches, only this user's, and only when the stream asked.
+ * 0, or -1 when the connection closed on the way (d may be gone).
  */
-static void send_meta(struct conn *c, struct device *d, const struct store_event *e, size_t n)
+static int send_meta(struct conn *c, struct device *d, const struct store_event *e, size_t n)
 {
     for (size_t i = 0; i < n; i++) {
         struct jsonw w;
         size_t len, mlen;
         char *body;
-        int watched = 0;
+        int watched = 0, rc;
 
         if (e[i].meta == NULL || strcmp(e[i].user, d->user->id) != 0)
             continue;
@@ -229,9 +232,12 @@ static void send_meta(struct conn *c, struct device *d, const struct store_event
         jw_obj_end(&w);
         RAW(&w, "\n\n");
         body = jw_take(&w, &len);
-        conn_stream_send(c, body, len);
+        rc = conn_stream_send(c, body, len);
         free(body);
+        if (rc < 0)
+            return -1;
     }
+    return 0;
 }
 
 /* ---- the folders a stream watches --------------------------------------- */
@@ -282,6 +288,9 @@ static void watch_new_folders(struct sse *s, struct device *d)
 
 /* ---- the holder -------------------------------------------------------- */
 
+/* A stream that only says when to come back: nothing holds it, nothing to tell. */
+static const struct conn_holder come_back_holder = {.name = "stream"};
+
 /* Frees what the stream kept; the device too when it was made for the stream. */
 static void forget(struct sse *s, struct conn *c, struct device *d)
 {
@@ -312,7 +321,8 @@ static void on_ping_due(void *ctx, struct conn *c, void *arg)
     if (too_slow(s, c, d))
         return;
     n = snprintf(ev, sizeof(ev), "event: ping\ndata: {\"interval\":%u}\n\n", x->ping);
-    conn_stream_send(c, ev, (size_t)n);
+    if (conn_stream_send(c, ev, (size_t)n) < 0)
+        return;
     rearm(s, c, d);
 }
 
@@ -326,15 +336,20 @@ static void on_closed(void *ctx, struct conn *c, void *arg, enum conn_why why, c
     forget(s, c, d);
 }
 
-/* Ends the stream with a retry: the client comes back (or moves on) after it. */
-static void end_with_retry(struct sse *s, struct conn *c, uint64_t ms)
+/*
+ * Ends d's stream on c with a retry: the client comes back (or moves on)
+ * after it. The stream is forgotten first and c handed to a holder that
+ * knows nothing, so that a write failing now cannot reach d, which may be gone.
+ */
+static void finish(struct sse *s, struct conn *c, struct device *d, uint64_t ms)
 {
     char ev[48];
     int n = snprintf(ev, sizeof(ev), "retry: %llu\n\n", (unsigned long long)ms);
 
-    (void)s;
-    conn_stream_send(c, ev, (size_t)n);
-    conn_stream_end(c);
+    forget(s, c, d);
+    conn_hold(c, &come_back_holder, NULL, 0);
+    if (conn_stream_send(c, ev, (size_t)n) == 0)
+        conn_stream_end(c);
 }
 
 /* nudged stops: a 200 that sends retry: and ends, never a 503 an EventSource gives up on. */
@@ -343,9 +358,8 @@ static void on_shutdown(void *ctx, struct conn *c, void *arg)
     struct sse *s = ctx;
     struct device *d = arg;
 
-    forget(s, c, d);
     /* Spread over the restart: the server is back in shutdown_retry_after seconds or so. */
-    end_with_retry(s, c, (uint64_t)s->cfg->shutdown_retry_after * 1000 + retry_ms(s));
+    finish(s, c, d, (uint64_t)s->cfg->shutdown_retry_after * 1000 + retry_ms(s));
 }
 
 /* A newer stream or ping of the same device took over: this one ends. */
@@ -357,8 +371,7 @@ static void on_superseded(void *ctx, struct conn *c, void *arg)
 
     LOG(LOG_INFO, ping_superseded, "user=%s device=%s stream=1", log_q(q1, sizeof(q1), d->user->id),
         log_q(q2, sizeof(q2), d->id));
-    forget(s, c, d);
-    end_with_retry(s, c, retry_ms(s));
+    finish(s, c, d, retry_ms(s));
 }
 
 /*
@@ -371,17 +384,18 @@ static int update(struct sse *s, struct conn *c, struct device *d, const struct 
 {
     struct sse_dev *x = *dev_slot(s, d);
 
+    int sent;
+
     if (x->all)
         watch_new_folders(s, d);
-    if (x->meta)
-        send_meta(c, d, e, n);
-    if (send_changes(s, c, d) == 0)
-        return 0;
+    if (x->meta && send_meta(c, d, e, n) < 0)
+        return -1;
+    if ((sent = send_changes(s, c, d)) <= 0)
+        return sent;
     if (too_slow(s, c, d))
         return -1;
     if (x->closeafter) {
-        forget(s, c, d);
-        end_with_retry(s, c, retry_ms(s));
+        finish(s, c, d, retry_ms(s));
         return -1;
     }
     rearm(s, c, d);
@@ -607,9 +621,6 @@ int sse_is_stream(const struct http_req *r)
            memcmp(r->path, path, sizeof(path) - 1) == 0;
 }
 
-/* A stream that only says when to come back: nothing holds it, nothing to tell. */
-static const struct conn_holder come_back_holder = {.name = "stream"};
-
 void sse_come_back(struct conn *c, unsigned retry_s)
 {
     static uint64_t draws;
@@ -620,8 +631,8 @@ void sse_come_back(struct conn *c, unsigned retry_s)
 
     conn_stream_begin(c, 200, "text/event-stream", "Cache-Control: no-cache\r\n",
                       &come_back_holder, NULL, 0);
-    conn_stream_send(c, ev, (size_t)len);
-    conn_stream_end(c);
+    if (conn_stream_send(c, ev, (size_t)len) == 0)
+        conn_stream_end(c);
 }
 
 /* The stream must not start: 204 for good when streams are off. */
@@ -702,7 +713,8 @@ void sse_handle(void *arg, struct conn *c, struct http_req *r, const struct prin
         char head[64];
         int n = snprintf(head, sizeof(head), ": nudge\nretry: %llu\n\n",
                          (unsigned long long)retry_ms(s));
-        conn_stream_send(c, head, (size_t)n);
+        if (conn_stream_send(c, head, (size_t)n) < 0)
+            goto done; /* closed: its closed op forgot the stream */
     }
     /* Everything the client missed, or everything when it said nothing readable. */
     if (update(s, c, d, NULL, 0) == 0)

@@ -415,3 +415,20 @@ def test_a_client_that_does_not_read_is_closed_and_resumes(make_nudged):
     s = open_stream(srv, alice, types="INBOX", device="slow")
     assert changed(first_state(s), alice.name) == {"INBOX": state}
     s.close()
+
+
+def test_clients_that_hang_up_at_once_leave_nudged_whole(srv):
+    """A write that fails (the client already gone) closes the stream in the
+    middle of sending it: nothing may be touched after that (a crash once)."""
+    alice = srv.user("alice")
+    for i in range(30):
+        c = harness.Conn(srv.port)
+        c.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        c.send_request("GET", "/v1/stream?types=*&ping=1" + ("&device=d%d" % i if i % 2 else ""),
+                       token=alice.token)
+        c.close()
+        alice.publish("INBOX")
+    assert srv.running(), srv.log_tail()
+    s = open_stream(srv, alice, types="INBOX")
+    assert changed(first_state(s), alice.name) == {"INBOX": "30"}
+    s.close()

@@ -64,7 +64,7 @@ PUSH_SRC    := src/push/check.c src/push/ping.c src/push/probe.c src/push/state.
 ADMIN_SRC   := src/admin/admin.c src/admin/sessions_api.c src/admin/revoke.c
 AS_CODEC_SRC := src/activesync/wbxml.c src/activesync/query.c
 AS_SRC      := $(AS_CODEC_SRC) src/activesync/ping.c
-STREAM_SRC  := src/stream/sse.c
+STREAM_SRC  := src/stream/state_id.c src/stream/sse.c
 SERVER_SRC  := src/server/server.c src/server/router.c src/server/handoff.c \
 	src/server/supervisor.c src/server/reload.c src/server/privs.c
 
@@ -315,7 +315,8 @@ FUZZ_RUNS  ?= 20000
 .PHONY: fuzz fuzz-smoke
 fuzz:
 	@scripts/deps.sh fuzz
-	@$(MAKE) --no-print-directory $(FUZZ_DIR)/fuzz_as_ping $(FUZZ_DIR)/fuzz_browser_auth
+	@$(MAKE) --no-print-directory $(FUZZ_DIR)/fuzz_as_ping $(FUZZ_DIR)/fuzz_browser_auth \
+		$(FUZZ_DIR)/fuzz_state_id
 
 $(FUZZ_DIR)/fuzz_as_ping: fuzz/fuzz_as_ping.c $(AS_CODEC_SRC) src/common/xalloc.c src/common/util.c
 	@mkdir -p $(@D)
@@ -327,8 +328,16 @@ $(FUZZ_DIR)/fuzz_browser_auth: fuzz/fuzz_browser_auth.c src/auth/ticket.c src/au
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ -lcrypto -lpthread
 
+# A stream's event id (Last-Event-ID): reading garbage, and the write/read round trip.
+$(FUZZ_DIR)/fuzz_state_id: fuzz/fuzz_state_id.c src/stream/state_id.c src/common/jsonw.c \
+		src/common/util.c src/common/xalloc.c
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^
+
 fuzz-smoke: fuzz
-	@mkdir -p $(FUZZ_DIR)/corpus/as_ping $(FUZZ_DIR)/corpus/browser_auth
+	@mkdir -p $(FUZZ_DIR)/corpus/as_ping $(FUZZ_DIR)/corpus/browser_auth $(FUZZ_DIR)/corpus/state_id
 	$(FUZZ_DIR)/fuzz_as_ping -runs=$(FUZZ_RUNS) -max_len=4096 $(FUZZ_DIR)/corpus/as_ping fuzz/corpus/as_ping
 	$(FUZZ_DIR)/fuzz_browser_auth -runs=$(FUZZ_RUNS) -max_len=2048 $(FUZZ_DIR)/corpus/browser_auth \
 		fuzz/corpus/browser_auth
+	$(FUZZ_DIR)/fuzz_state_id -runs=$(FUZZ_RUNS) -max_len=1024 $(FUZZ_DIR)/corpus/state_id \
+		fuzz/corpus/state_id

@@ -53,16 +53,15 @@
 #include "session/session.h"
 #include "shard/shard.h"
 #include "store/store.h"
+#include "stream/state_id.h"
 
 /* The pseudo-type in types= that asks for publishers' metadata as "meta" events. */
 #define META_TYPE "@meta"
 /* A state not known to the client: any folder with it is reported. */
-#define UNKNOWN UINT64_MAX
+#define UNKNOWN STATE_ID_UNKNOWN
 /* Appends a string literal (its length counted by the compiler). */
 #define RAW(w, lit) jw_raw((w), "" lit, sizeof(lit) - 1)
 
-/* The prefix of nudge's event ids (a later format can change it and still read this one). */
-#define ID_PREFIX "1:"
 
 /* What a device with an open stream has beside its record (its slot points to it). */
 struct sse_dev {
@@ -128,24 +127,6 @@ static void rearm(struct sse *s, struct conn *c, struct device *d)
     conn_set_deadline(c, x->ping ? util_now_ms() + (uint64_t)x->ping * 1000 : 0);
 }
 
-/* Appends "name=state" to the id in w, escaping what would end an entry. */
-static void id_entry(struct jsonw *w, const char *name, uint64_t state, int first)
-{
-    char num[UTIL_U64_DIGITS + 1], esc[4];
-
-    if (!first)
-        RAW(w, ",");
-    for (const char *p = name; *p; p++) {
-        if (*p == '%' || *p == ',' || *p == '=' || *p == '+' || *p == ' ') {
-            snprintf(esc, sizeof(esc), "%%%02X", (unsigned char)*p);
-            jw_raw(w, esc, 3);
-        } else {
-            jw_raw(w, p, 1);
-        }
-    }
-    RAW(w, "=");
-    jw_raw(w, num, util_u64_dec(num, state));
-}
 
 /*
  * Sends one state event naming the folders of d whose state moved since the
@@ -177,10 +158,10 @@ static int send_changes(struct sse *s, struct conn *c, struct device *d)
     if (n == 0)
         return 0;
     jw_obj_end(&w);
-    RAW(&w, "}}\nid: " ID_PREFIX);
+    RAW(&w, "}}\nid: " STATE_ID_PREFIX);
     jw_init(&id);
     for (uint32_t i = 0; i < d->nfolders; i++)
-        id_entry(&id, d->folders[i].name, d->folders[i].state, i == 0);
+        state_id_entry(&id, d->folders[i].name, d->folders[i].state, i == 0);
     ids = jw_take(&id, &idlen);
     jw_raw(&w, ids, idlen);
     free(ids);
@@ -553,51 +534,6 @@ static int parse_params(const struct config *cfg, const struct http_req *r,
     return 0;
 }
 
-/*
- * Reads a Last-Event-ID ("1:INBOX=17,Sent=3") into the states of f[0..n).
- * Folders it does not name stay UNKNOWN. -1 when it cannot be read (then
- * every folder stays UNKNOWN: the client gets the full state, not an error).
- */
-static int read_last_id(const char *h, struct store_folder *f, size_t n)
-{
-    size_t len = strlen(h);
-    char *buf, *p, *next;
-    int rc = -1;
-
-    if (strncmp(h, ID_PREFIX, 2) != 0 || len > 64 * 1024)
-        return -1;
-    buf = xstrdup(h + 2);
-    for (p = buf; p && *p; p = next) {
-        char *eq, *end;
-        uint64_t st;
-        long nl;
-        next = strchr(p, ',');
-        if (next)
-            *next++ = '\0';
-        eq = strchr(p, '=');
-        if (eq == NULL)
-            goto fail;
-        *eq = '\0';
-        nl = util_url_decode(p, strlen(p));
-        if (nl <= 0)
-            goto fail;
-        p[nl] = '\0';
-        errno = 0;
-        st = strtoull(eq + 1, &end, 10);
-        if (eq[1] < '0' || eq[1] > '9' || *end != '\0' || errno != 0)
-            goto fail;
-        for (size_t i = 0; i < n; i++)
-            if (strcmp(f[i].name, p) == 0)
-                f[i].state = st;
-    }
-    rc = 0;
-fail:
-    free(buf);
-    if (rc < 0)
-        for (size_t i = 0; i < n; i++)
-            f[i].state = UNKNOWN;
-    return rc;
-}
 
 /* A device of its own for a stream that named none. */
 static struct device *anonymous_device(struct sse *s, struct user *u)
@@ -692,7 +628,7 @@ void sse_handle(void *arg, struct conn *c, struct http_req *r, const struct prin
         store_list(s->store, u->id, on_listed, &sp.types);
     last = http_req_header(r, HDR_LAST_EVENT_ID);
     if (last && last[0])
-        read_last_id(last, sp.types.f, sp.types.n);
+        state_id_read(last, sp.types.f, sp.types.n);
     shard_set_folders(d, sp.types.f, sp.types.n);
     x = xcalloc(1, sizeof(*x));
     x->ping = (uint16_t)sp.ping;

@@ -44,9 +44,10 @@ COMMON_SRC := \
 	src/common/jsonw.c \
 	src/common/deadline.c \
 	src/common/metrics.c
-AUTH_SRC    := src/auth/token.c src/auth/secret.c src/auth/basic.c src/auth/limit.c
+AUTH_SRC    := src/auth/token.c src/auth/secret.c src/auth/basic.c src/auth/limit.c \
+	src/auth/ticket.c
 PASSWD_SRC  := src/auth/passwd.c src/auth/passwd_dovecot.c src/auth/passwd_file.c
-HTTP_SRC    := src/http/request.c src/http/response.c src/http/error.c
+HTTP_SRC    := src/http/request.c src/http/response.c src/http/error.c src/http/cookie.c
 NET_SRC     := src/net/sockopt.c
 STORE_SRC   := src/store/store.c src/store/statemap.c src/store/store_mem.c \
 	src/store/store_sqlite.c src/store/sqlite_writer.c src/store/reshard.c
@@ -58,16 +59,18 @@ UDP_SRC     := src/udp/socket.c src/udp/udp.c
 HB_SRC      := src/session/heartbeat.c
 SESSION_SRC := src/session/session.c src/session/devices.c
 PUSH_SRC    := src/push/check.c src/push/ping.c src/push/probe.c src/push/state.c \
-	src/push/events.c src/push/udp_api.c src/push/ingest.c src/push/login.c
+	src/push/events.c src/push/udp_api.c src/push/ingest.c src/push/login.c \
+	src/push/ticket_api.c
 ADMIN_SRC   := src/admin/admin.c src/admin/sessions_api.c src/admin/revoke.c
 AS_CODEC_SRC := src/activesync/wbxml.c src/activesync/query.c
 AS_SRC      := $(AS_CODEC_SRC) src/activesync/ping.c
+STREAM_SRC  := src/stream/state_id.c src/stream/sse.c
 SERVER_SRC  := src/server/server.c src/server/router.c src/server/handoff.c \
 	src/server/supervisor.c src/server/reload.c src/server/privs.c
 
 NUDGED_SRC := $(COMMON_SRC) $(AUTH_SRC) $(PASSWD_SRC) $(HTTP_SRC) $(NET_SRC) $(STORE_SRC) $(SHARD_SRC) \
 	$(WORKER_SRC) $(CONN_SRC) $(DGRAM_SRC) $(UDP_SRC) $(HB_SRC) $(SESSION_SRC) $(PUSH_SRC) \
-	$(AS_SRC) $(ADMIN_SRC) $(SERVER_SRC) src/server/main.c
+	$(AS_SRC) $(STREAM_SRC) $(ADMIN_SRC) $(SERVER_SRC) src/server/main.c
 
 NUDGE_SRC := $(COMMON_SRC) $(AUTH_SRC) $(HTTP_SRC) $(DGRAM_SRC) \
 	src/cli/main.c \
@@ -84,6 +87,7 @@ NUDGE_SRC := $(COMMON_SRC) $(AUTH_SRC) $(HTTP_SRC) $(DGRAM_SRC) \
 # Each unit test links the modules it tests and what they stand on, nothing else.
 UNIT_TESTS := \
 	tests/unit/test_token \
+	tests/unit/test_ticket \
 	tests/unit/test_auth \
 	tests/unit/test_config \
 	tests/unit/test_http \
@@ -99,6 +103,7 @@ UNIT_TESTS := \
 	tests/unit/test_mesh \
 	tests/unit/test_activesync
 test_token_SRC       := $(COMMON_SRC) $(AUTH_SRC)
+test_ticket_SRC      := $(COMMON_SRC) $(AUTH_SRC)
 test_auth_SRC        := $(COMMON_SRC) $(AUTH_SRC)
 test_config_SRC      := $(COMMON_SRC)
 test_http_SRC        := $(COMMON_SRC) $(HTTP_SRC)
@@ -310,12 +315,29 @@ FUZZ_RUNS  ?= 20000
 .PHONY: fuzz fuzz-smoke
 fuzz:
 	@scripts/deps.sh fuzz
-	@$(MAKE) --no-print-directory $(FUZZ_DIR)/fuzz_as_ping
+	@$(MAKE) --no-print-directory $(FUZZ_DIR)/fuzz_as_ping $(FUZZ_DIR)/fuzz_browser_auth \
+		$(FUZZ_DIR)/fuzz_state_id
 
 $(FUZZ_DIR)/fuzz_as_ping: fuzz/fuzz_as_ping.c $(AS_CODEC_SRC) src/common/xalloc.c src/common/util.c
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^
 
+# The ticket and cookie parsers, with what they stand on (base64url and the HMAC of token.c).
+$(FUZZ_DIR)/fuzz_browser_auth: fuzz/fuzz_browser_auth.c src/auth/ticket.c src/auth/token.c \
+		src/http/cookie.c src/common/strmap.c src/common/util.c src/common/xalloc.c
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ -lcrypto -lpthread
+
+# A stream's event id (Last-Event-ID): reading garbage, and the write/read round trip.
+$(FUZZ_DIR)/fuzz_state_id: fuzz/fuzz_state_id.c src/stream/state_id.c src/common/jsonw.c \
+		src/common/util.c src/common/xalloc.c
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^
+
 fuzz-smoke: fuzz
-	@mkdir -p $(FUZZ_DIR)/corpus/as_ping
+	@mkdir -p $(FUZZ_DIR)/corpus/as_ping $(FUZZ_DIR)/corpus/browser_auth $(FUZZ_DIR)/corpus/state_id
 	$(FUZZ_DIR)/fuzz_as_ping -runs=$(FUZZ_RUNS) -max_len=4096 $(FUZZ_DIR)/corpus/as_ping fuzz/corpus/as_ping
+	$(FUZZ_DIR)/fuzz_browser_auth -runs=$(FUZZ_RUNS) -max_len=2048 $(FUZZ_DIR)/corpus/browser_auth \
+		fuzz/corpus/browser_auth
+	$(FUZZ_DIR)/fuzz_state_id -runs=$(FUZZ_RUNS) -max_len=1024 $(FUZZ_DIR)/corpus/state_id \
+		fuzz/corpus/state_id

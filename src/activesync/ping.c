@@ -296,6 +296,20 @@ static void on_shutdown(void *ctx, struct conn *c, void *arg)
     conn_respond_error(c, &e);
 }
 
+/* A newer Ping of the device took over: Status 1 at once, as Exchange answers it. */
+static void on_superseded(void *ctx, struct conn *c, void *arg)
+{
+    struct as_ping *ap = ctx;
+    struct device *d = arg;
+    char q1[300], q2[300];
+
+    unhold(ap, d);
+    LOG(LOG_INFO, ping_superseded, "user=%s device=%s", log_q(q1, sizeof(q1), d->user->id),
+        log_q(q2, sizeof(q2), d->id));
+    ap->metrics->pings_answered[PING_SUPERSEDED]++;
+    answer_status1(ap, c);
+}
+
 /* A guarded device's delayed answer is due. */
 static void on_delayed_expired(void *ctx, struct conn *c, void *arg)
 {
@@ -331,12 +345,14 @@ static void on_shutdown_delayed(void *ctx, struct conn *c, void *arg)
 }
 
 /* A folder of the user changed (push/ping.c's wake): answer if it is one of ours. */
-static void on_changed(void *ctx, struct conn *c, void *arg)
+static void on_changed(void *ctx, struct conn *c, void *arg, const struct store_event *e,
+                       size_t n)
 {
     struct as_ping *ap = ctx;
     struct device *d = arg;
     const char **ids;
 
+    (void)e, (void)n;
     if (changed_ids(ap, d, &ids) == 0)
         return;
     free(ids);
@@ -364,7 +380,9 @@ void as_ping_init(struct as_ping *ap, const struct config *cfg, struct store *st
         .closed = on_closed,
         .shutdown = on_shutdown,
         .changed = on_changed,
+        .superseded = on_superseded,
         .ctx = ap,
+        .name = "activesync",
     };
     ap->delayed = (struct conn_holder){
         .expired = on_delayed_expired,
@@ -665,16 +683,7 @@ void as_ping_handle(void *arg, struct conn *c, struct http_req *r, const struct 
         hb_on_ping(ap->hb, d, (struct sockaddr *)&peer, sd->held != NULL);
     }
     judge_delivery(ap, d);
-    if (sd->held) {
-        struct conn *old = sd->held;
-        superseding = 1;
-        char q1[300], q2[300];
-        unhold(ap, d);
-        LOG(LOG_INFO, ping_superseded, "user=%s device=%s", log_q(q1, sizeof(q1), u->id),
-            log_q(q2, sizeof(q2), d->id));
-        ap->metrics->pings_answered[PING_SUPERSEDED]++;
-        answer_status1(ap, old);
-    }
+    superseding = session_supersede(ap->sessions, d);
     if (nfolders)
         set_folders(ap, d, folders, nfolders);
     d->heartbeat = heartbeat;

@@ -104,6 +104,12 @@ static void render_totals(struct text *t, const struct metrics *m, uint64_t sess
            m->bytes_received);
     metric(t, "nudge_bytes_sent_total", "counter", "Bytes written to clients.", m->bytes_sent);
     metric(t, "nudge_pings_held", "gauge", "Pings held now.", m->pings_held);
+    metric(t, "nudge_streams_held", "gauge", "Event streams open now.", m->streams_held);
+    metric(t, "nudge_streams_opened_total", "counter", "Event streams opened.", m->streams_opened);
+    metric(t, "nudge_stream_events_total", "counter", "State events sent on streams.",
+           m->stream_events);
+    metric(t, "nudge_streams_slow_total", "counter",
+           "Streams closed because their client did not read (event 1900).", m->streams_slow);
     emit(t, "# HELP nudge_pings_answered_total Pings answered, by outcome.\n"
              "# TYPE nudge_pings_answered_total counter\n");
     for (int i = 0; i < PING_OUTCOME_COUNT; i++)

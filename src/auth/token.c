@@ -309,11 +309,7 @@ int token_sign_at(const struct secret *s, enum token_kind kind, const char *subj
     return (int)n;
 }
 
-/*
- * Parses the expiry field: decimal digits only, no sign, no leading zero
- * except "0" itself, at most INT64_MAX. Returns 0, or -1.
- */
-static int parse_expires(const char *p, size_t n, int64_t *out)
+int token_parse_decimal(const char *p, size_t n, int64_t *out)
 {
     int64_t v = 0;
 
@@ -394,7 +390,7 @@ enum token_status token_parse(const char *tok, size_t len, struct token_fields *
 
     /* Expiry: canonical decimal up to the next dot. */
     n = next_field(&p, end, &field);
-    if (n < 0 || parse_expires(field, (size_t)n, &f->expires) != 0)
+    if (n < 0 || token_parse_decimal(field, (size_t)n, &f->expires) != 0)
         return TOKEN_MALFORMED;
 
     f->issued_ms = 0;
@@ -402,7 +398,7 @@ enum token_status token_parse(const char *tok, size_t len, struct token_fields *
     if (f->version == 2) {
         /* Issue time (canonical decimal, ms) and the signing key's id. */
         n = next_field(&p, end, &field);
-        if (n < 0 || parse_expires(field, (size_t)n, &f->issued_ms) != 0)
+        if (n < 0 || token_parse_decimal(field, (size_t)n, &f->issued_ms) != 0)
             return TOKEN_MALFORMED;
         n = next_field(&p, end, &field);
         if (n < 0 || parse_key_id(field, (size_t)n, &f->key_id) != 0)
@@ -480,6 +476,27 @@ enum token_status token_verify(const struct secret *s, const char *tok, size_t l
     if (expires != NULL)
         *expires = f.expires;
     return TOKEN_OK;
+}
+
+size_t token_b64_len(size_t n)
+{
+    return b64_encoded_len(n);
+}
+
+void token_b64_encode(const unsigned char *in, size_t n, char *out)
+{
+    b64_encode(in, n, out);
+}
+
+long token_b64_decode(const char *in, size_t n, unsigned char *out, size_t outmax)
+{
+    return b64_decode(in, n, out, outmax);
+}
+
+int token_mac(const unsigned char *key, const char *data, size_t n,
+              unsigned char mac[TOKEN_MAC_BYTES])
+{
+    return mac_compute(key, data, n, mac);
 }
 
 const char *token_status_str(enum token_status st)

@@ -122,4 +122,25 @@ const char *token_status_str(enum token_status st);
  */
 int token_parse_duration(const char *s, int64_t *seconds);
 
+/*
+ * The pieces every signed credential of auth/ shares (ticket.c): strict
+ * base64url without padding (one valid spelling per byte string) and the
+ * HMAC-SHA256 under one key of the secret, with the per-thread context.
+ * token_b64_decode returns the decoded length, or -1 (bad character, bad
+ * length, non-zero unused bits, more than outmax bytes). token_mac returns
+ * 0, or -1 when OpenSSL failed.
+ */
+size_t token_b64_len(size_t n);
+void token_b64_encode(const unsigned char *in, size_t n, char *out);
+
+/*
+ * A canonical decimal field of a token or ticket: digits only, no sign, no
+ * leading zero but "0" itself, at most INT64_MAX (one spelling per value,
+ * so a signed text has one meaning). 0, or -1.
+ */
+int token_parse_decimal(const char *p, size_t n, int64_t *out);
+long token_b64_decode(const char *in, size_t n, unsigned char *out, size_t outmax);
+int token_mac(const unsigned char *key, const char *data, size_t n,
+              unsigned char mac[TOKEN_MAC_BYTES]);
+
 #endif

@@ -56,6 +56,7 @@ enum opt_type {
     OPT_LEVEL,   /* log level, checked by log_level_parse */
     OPT_CHOICE,  /* one of a fixed list of names */
     OPT_PREFIXES, /* comma-separated address prefixes, checked by util_prefix_list_check */
+    OPT_ORIGINS, /* comma-separated web origins, checked by config_cors_origins */
 };
 
 struct option_def {
@@ -76,6 +77,7 @@ struct option_def {
 static const char *const store_backends[] = {"sqlite", "memory", NULL};
 static const char *const store_syncs[] = {"full", "normal", NULL};
 static const char *const yes_no[] = {"yes", "no", NULL};
+static const char *const cookie_secure_modes[] = {"auto", "yes", "no", NULL};
 static const char *const log_targets[] = {"stderr", "file", "syslog", "journal", NULL};
 
 /* Indexed by enum log_level; the spelling config_print writes back. */
@@ -175,6 +177,26 @@ static const struct option_def options[] = {
      "proven to carry, when it asks for more; 0: never."},
     {"ping", "max_folders", "ping-max-folders", OPT_UINT, FIELD(ping_max_folders), 1, 10000, "100",
      NULL, "N", "Most folders one ping may list."},
+    {"stream", "enabled", "stream-enabled", OPT_CHOICE, FIELD(stream_enabled), 0, 0, "yes",
+     yes_no, "yes|no", "Serve GET /v1/stream; no: it answers 204, after which an EventSource "
+     "stops reconnecting for good."},
+    {"stream", "ping", "stream-ping", OPT_UINT, FIELD(stream_ping), 0, 3600, "0", NULL, "SECONDS",
+     "The ping interval of a stream whose client gave none; 0: derived from [network] "
+     "idle_timeout as the heartbeat max is, within ping_min and ping_max."},
+    {"stream", "ping_min", "stream-ping-min", OPT_UINT, FIELD(stream_ping_min), 1, 30, "10", NULL,
+     "SECONDS", "A client's ping=N below this is raised to it (RFC 8620: at most 30)."},
+    {"stream", "ping_max", "stream-ping-max", OPT_UINT, FIELD(stream_ping_max), 300, 3600, "900",
+     NULL, "SECONDS", "A client's ping=N above this is lowered to it (RFC 8620: at least 300)."},
+    {"stream", "retry", "stream-retry", OPT_UINT, FIELD(stream_retry), 1, 3600, "5", NULL,
+     "SECONDS", "The retry: a stream sends is between this and twice this, at random, so that "
+     "clients come back spread out after a restart."},
+    {"stream", "max_unsent", "stream-max-unsent", OPT_UINT, FIELD(stream_max_unsent), 4096,
+     67108864, "262144", NULL, "BYTES", "A stream whose client has not taken this much of what "
+     "was sent is closed (event 1900); it resumes with Last-Event-ID and loses nothing."},
+    {"stream", "soft_unsent", "stream-soft-unsent", OPT_UINT, FIELD(stream_soft_unsent), 1024,
+     67108864, "65536", NULL, "BYTES", "... or this much for soft_seconds in a row."},
+    {"stream", "soft_seconds", "stream-soft-seconds", OPT_UINT, FIELD(stream_soft_seconds), 1,
+     3600, "10", NULL, "SECONDS", "How long a stream may stay over soft_unsent."},
     {"udp", "listen", "udp-listen", OPT_ADDR, FIELD(udp_listen), 0, 0, "auto", NULL,
      "ADDR", "UDP socket for new-mail datagrams and their acks: IPv4:PORT, [IPv6]:PORT or :PORT; "
      "auto: the host and port of the first [server] listen; port 0: any free port; empty: UDP "
@@ -241,6 +263,22 @@ static const struct option_def options[] = {
      "answered 429; 0: no limit."},
     {"auth", "failure_window", "auth-failure-window", OPT_UINT, FIELD(auth_failure_window), 1,
      86400, "300", NULL, "SECONDS", "The window the failure limits count in."},
+    {"auth", "cookie", "auth-cookie", OPT_CHOICE, FIELD(auth_cookie), 0, 0, "yes", yes_no,
+     "yes|no", "POST /v1/login also sets the token as the cookie nudge_token (HttpOnly, "
+     "SameSite=Strict), which GET /v1/stream accepts from a browser (docs/auth.md)."},
+    {"auth", "cookie_secure", "auth-cookie-secure", OPT_CHOICE, FIELD(auth_cookie_secure), 0, 0,
+     "auto", cookie_secure_modes, "auto|yes|no",
+     "The login cookie's Secure attribute: auto when the request came over TLS (nudged has no "
+     "TLS listener yet, so never), yes behind a TLS proxy, no never."},
+    {"auth", "ticket_ttl", "auth-ticket-ttl", OPT_UINT, FIELD(auth_ticket_ttl), 1, 300, "60", NULL,
+     "SECONDS", "Lifetime of the single-use tickets of POST /v1/ticket (at most 300)."},
+    {"auth", "tickets_max", "auth-tickets-max", OPT_UINT, FIELD(auth_tickets_max), 1, 10000000,
+     "100000", NULL, "N", "Used tickets each worker remembers until they expire (about 80 "
+     "bytes each); past it a ticket is refused 503 until the oldest expires."},
+    {"http", "cors_origins", "http-cors-origins", OPT_ORIGINS, FIELD(http_cors_origins), 0, 0, "",
+     NULL, "ORIGINS", "Web origins a browser may call nudge from, comma separated, e.g. "
+     "\"https://mail.example.org, https://other.example\": CORS headers for them, and the login "
+     "cookie is accepted only from them (or with no Origin); empty: no CORS."},
     {"log", "target", "log-target", OPT_CHOICE, FIELD(log_target), 0, 0, "stderr", log_targets,
      "TARGET", "Where log lines go: stderr, file ([log] file, reopened on SIGHUP), syslog "
      "(daemon facility) or journal (systemd's, with the event id as NUDGE_EVENT)."},
@@ -467,6 +505,11 @@ static int set_value(struct config *c, const struct option_def *o, const char *v
         }
         break;
     }
+    case OPT_ORIGINS:
+        if (check_string(o, v, why, whylen) != 0 ||
+            config_cors_origins(v, NULL, 0, why, whylen) < 0)
+            return -1;
+        break;
     case OPT_LEVEL: {
         enum log_level lv;
         if (log_level_parse(v, &lv) != 0) {
@@ -1026,6 +1069,95 @@ void config_describe_derived(const struct config *c, char *out, size_t outlen)
  * a struct filled in by code (tests, a future reload) gets the same scrutiny
  * as one read from a file.
  */
+/* Is o[0..n) an origin as browsers serialize it (config.h)? NULL, or what is wrong. */
+static const char *origin_problem(const char *o, size_t n)
+{
+    size_t i;
+
+    if (n > 8 && memcmp(o, "https://", 8) == 0)
+        i = 8;
+    else if (n > 7 && memcmp(o, "http://", 7) == 0)
+        i = 7;
+    else
+        return "must begin with http:// or https://";
+    if (o[i] == '[') {
+        for (i++; i < n && o[i] != ']'; i++)
+            if (!isxdigit((unsigned char)o[i]) && o[i] != ':' && o[i] != '.')
+                return "bad character in the [IPv6] address";
+        if (i == n)
+            return "no ']' after the IPv6 address";
+        i++;
+    } else {
+        size_t start = i;
+        for (; i < n && o[i] != ':'; i++) {
+            if (o[i] == '/')
+                return "an origin has no path (not even a trailing '/')";
+            if (!(o[i] >= 'a' && o[i] <= 'z') && !(o[i] >= '0' && o[i] <= '9') && o[i] != '-' &&
+                o[i] != '.')
+                return "the host must be lower case letters, digits, '-' and '.', as browsers "
+                       "send it";
+        }
+        if (i == start)
+            return "no host";
+    }
+    if (i < n) {
+        size_t digits = 0;
+        if (o[i] != ':')
+            return "an origin has no path (not even a trailing '/')";
+        for (i++; i < n; i++, digits++)
+            if (o[i] < '0' || o[i] > '9')
+                return o[i] == '/' ? "an origin has no path (not even a trailing '/')"
+                                   : "the port must be digits";
+        if (digits == 0 || digits > 5)
+            return "the port must be 1 to 5 digits";
+    }
+    return NULL;
+}
+
+int config_cors_origins(const char *list, char (*out)[CONFIG_STR_MAX], unsigned max, char *why,
+                        size_t whylen)
+{
+    const char *p = list;
+    unsigned count = 0;
+
+    while (*p == ' ')
+        p++;
+    if (*p == '\0')
+        return 0;
+    for (;;) {
+        const char *comma = strchr(p, ','), *end = comma ? comma : p + strlen(p);
+        const char *problem;
+        size_t n;
+
+        while (end > p && end[-1] == ' ')
+            end--;
+        n = (size_t)(end - p);
+        if (n == 0) {
+            snprintf(why, whylen, "an empty entry (two commas, or one at an end)");
+            return -1;
+        }
+        if ((problem = origin_problem(p, n)) != NULL) {
+            snprintf(why, whylen, "'%.*s': %s", (int)(n > 100 ? 100 : n), p, problem);
+            return -1;
+        }
+        if (count == CONFIG_CORS_MAX) {
+            snprintf(why, whylen, "more than %d origins", CONFIG_CORS_MAX);
+            return -1;
+        }
+        if (out != NULL && count < max) {
+            memcpy(out[count], p, n);
+            out[count][n] = '\0';
+        }
+        count++;
+        if (comma == NULL)
+            break;
+        p = comma + 1;
+        while (*p == ' ')
+            p++;
+    }
+    return (int)count;
+}
+
 int config_check(const struct config *c, char *err, size_t errlen)
 {
     char why[256], buf[32];

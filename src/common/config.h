@@ -56,6 +56,15 @@ struct config {
     unsigned as_max_folders;          /* 200: more in one Ping answer Status 6 */
     unsigned as_unknown_folder_ignore; /* s, 3600: Ids refused twice are ignored this long */
     unsigned as_guidance_interval;    /* s, 3600: at most one heartbeat Status 5 per device */
+    /* [stream] */
+    char stream_enabled[8];           /* yes|no: no answers /v1/stream 204 (stop for good) */
+    unsigned stream_ping;             /* s; 0: derived, min(heartbeat_max, stream_ping_max) */
+    unsigned stream_ping_min;         /* s, 10: a client's ping=N is raised to it */
+    unsigned stream_ping_max;         /* s, 900: and lowered to it */
+    unsigned stream_retry;            /* s, 5: retry: is 1 to 2 times it, jittered */
+    unsigned stream_max_unsent;       /* bytes, 262144: a stream behind by more is closed */
+    unsigned stream_soft_unsent;      /* bytes, 65536: ... or behind by this for soft_seconds */
+    unsigned stream_soft_seconds;     /* s, 10 */
     /* [udp] */
     char udp_listen[CONFIG_STR_MAX];  /* "auto": the first [server] listen's; "": UDP off */
     unsigned udp_resend_interval;     /* s, 60 */
@@ -79,6 +88,11 @@ struct config {
     unsigned auth_max_failures_ip;    /* 20 wrong passwords per address per window */
     unsigned auth_max_failures_user;  /* 50 per user per window */
     unsigned auth_failure_window;     /* s, 300 */
+    char auth_cookie[4];              /* "yes" or "no": POST /v1/login also sets the login cookie */
+    char auth_cookie_secure[5];       /* "auto", "yes" or "no": the cookie's Secure attribute */
+    unsigned auth_ticket_ttl;         /* s, 60 (1..300): tickets of POST /v1/ticket */
+    unsigned auth_tickets_max;        /* 100000: used tickets a worker remembers at once */
+    char http_cors_origins[CONFIG_STR_MAX]; /* "https://a.example, https://b.example"; "": no CORS */
     /* [log] */
     char log_target[16];              /* "stderr", "file", "syslog" or "journal" */
     char log_file[PATH_MAX];          /* target = file: the path, reopened on SIGHUP */
@@ -180,5 +194,19 @@ void config_usage(FILE *out, const char *argv0);
 
 /* Prints the effective settings as an INI file that config_load_file accepts. */
 void config_print(const struct config *c, FILE *out);
+
+/* The most origins [http] cors_origins may list. */
+#define CONFIG_CORS_MAX 16
+
+/*
+ * Splits an [http] cors_origins list (comma separated, spaces around commas
+ * allowed) into out[0..max) (NULL: only check), each NUL-terminated. An
+ * origin is written as a browser sends it in Origin: "http://" or
+ * "https://", a lower-case host name, IPv4 address or [IPv6] address, an
+ * optional ":port", no path and no trailing '/'. Returns how many there
+ * are (0 for ""), or -1 with 'why' naming the bad one.
+ */
+int config_cors_origins(const char *list, char (*out)[CONFIG_STR_MAX], unsigned max, char *why,
+                        size_t whylen);
 
 #endif

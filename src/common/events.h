@@ -41,6 +41,8 @@
     EVENT(1206, passwords_ready, "the password backend is ready (connected to Dovecot, or the file read)") \
     EVENT(1207, passwd_line_refused, "a line of the passwd-file was skipped (plain text or weak scheme, bad syntax)") \
     EVENT(1208, tokens_revoked, "an admin revoked every token of a user") \
+    EVENT(1209, origin_refused, "a cookie-authenticated request or a CORS preflight came from an Origin not in [http] cors_origins") \
+    EVENT(1210, tickets_full, "a worker remembers [auth] tickets_max used tickets: a ticket was refused 503") \
     EVENT(1300, ping_superseded, "a device's held ping was answered because it sent a newer one") \
     EVENT(1301, session_limit, "a user at the session cap was refused a new session (429)") \
     EVENT(1310, heartbeat_learned, "a device's heartbeat hint moved on new evidence (debug)") \
@@ -49,6 +51,7 @@
     EVENT(1800, as_folders_ignored, "an ActiveSync device got Status 7 twice for the same folder Ids; they are ignored for unknown_folder_ignore") \
     EVENT(1801, as_battery_guard, "an ActiveSync device re-pinged within seconds of non-change answers again and again; its Pings are held to heartbeat min") \
     EVENT(1802, as_heartbeat_guided, "an ActiveSync device was told (Status 5) the heartbeat its path was proven to carry") \
+    EVENT(1900, stream_slow, "an event stream whose client did not read what it was sent was closed") \
     EVENT(1400, publish_rejected, "a publish batch was refused; nothing of it applied") \
     EVENT(1500, store_opened, "the store is open and its states are loaded")     \
     EVENT(1501, store_write_failed, "a group commit failed; its publishes were answered 503") \

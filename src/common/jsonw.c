@@ -147,3 +147,9 @@ void jw_u64_str(struct jsonw *w, uint64_t v)
     comma(w);
     escaped(w, num, n);
 }
+
+void jw_raw(struct jsonw *w, const char *s, size_t n)
+{
+    put(w, s, n);
+    w->need_comma = 0;
+}

@@ -34,5 +34,7 @@ void jw_strn(struct jsonw *w, const char *s, size_t n);
 void jw_u64(struct jsonw *w, uint64_t v);
 void jw_bool(struct jsonw *w, int v);          /* true / false */
 void jw_u64_str(struct jsonw *w, uint64_t v); /* a state: "18" */
+/* Appends s[0..n) as it is (text around JSON: an event stream's fields); no comma follows. */
+void jw_raw(struct jsonw *w, const char *s, size_t n);
 
 #endif

@@ -85,6 +85,10 @@ struct metrics {
     uint64_t password_backend_requests; /* questions asked of the backend */
     uint64_t signins_limited;      /* sign-ins refused 429 for too many failures */
     uint64_t tokens_revoked;       /* users whose tokens an admin revoked */
+    uint64_t streams_held;         /* gauge: event streams open now */
+    uint64_t streams_opened;
+    uint64_t stream_events;        /* state events sent on streams */
+    uint64_t streams_slow;         /* streams closed for not reading (event 1900) */
 };
 
 extern const char *const ping_outcome_names[PING_OUTCOME_COUNT];

@@ -42,6 +42,7 @@ enum conn_flag {
     CONN_HANDED = 1 << 4,  /* handed off to another worker: closed here, lives on there */
     CONN_ADOPTED = 1 << 5, /* accepted by another worker and handed here */
     CONN_HEAD = 1 << 6,    /* the request is a HEAD: its answer goes without the body */
+    CONN_UPGRADED = 1 << 7, /* not HTTP any more: bytes go to the holder's data op */
 };
 
 const char *const conn_why_text[CONN_WHY_COUNT] = {
@@ -56,6 +57,7 @@ const char *const conn_why_text[CONN_WHY_COUNT] = {
     [CONN_WHY_SHUTDOWN_FAILED] = "shutdown failed",
     [CONN_WHY_ENDED_BY_ADMIN] = "ended by an admin",
     [CONN_WHY_REAPED] = "reaped",
+    [CONN_WHY_SLOW] = "slow reader",
 };
 
 /*
@@ -288,46 +290,62 @@ static void after_write(uv_write_t *req, int status)
         conn_close(c, CONN_WHY_IO, uv_strerror(status));
 }
 
+/* Queues at[0..len), which lies in 'owned' (freed once written), behind what is in flight. */
+static void queue_write(struct conn *c, char *owned, char *at, size_t len)
+{
+    uv_buf_t b = uv_buf_init(at, (unsigned)len);
+    struct write_req *w = malloc(sizeof(*w));
+    int n;
+
+    if (w == NULL) {
+        free(owned);
+        conn_close(c, CONN_WHY_NO_MEMORY, NULL);
+        return;
+    }
+    w->buf = owned;
+    n = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, after_write);
+    if (n < 0) {
+        free(owned);
+        free(w);
+        conn_close(c, CONN_WHY_IO, uv_strerror(n));
+        return;
+    }
+    c->writes++;
+}
+
+/*
+ * Writes what the kernel takes now; returns how much, or -1 when c closed
+ * (a socket error). Nothing overtakes bytes in flight.
+ */
+static int try_write(struct conn *c, const char *buf, size_t len)
+{
+    uv_buf_t b = uv_buf_init((char *)buf, (unsigned)len);
+    int n;
+
+    c->cl->metrics->bytes_sent += len;
+    n = c->writes ? UV_EAGAIN : uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
+    if (n < 0 && n != UV_EAGAIN) {
+        conn_close(c, CONN_WHY_IO, uv_strerror(n));
+        return -1;
+    }
+    return n < 0 ? 0 : n;
+}
+
 /* Writes buf[0..len) and takes ownership of buf. */
 static void conn_write(struct conn *c, char *buf, size_t len)
 {
-    uv_buf_t b = uv_buf_init(buf, (unsigned)len);
-    struct write_req *w;
     int n;
 
     if (c->flags & CONN_CLOSING) {
         free(buf);
         return;
     }
-    c->cl->metrics->bytes_sent += len;
-    n = c->writes ? UV_EAGAIN : uv_try_write((uv_stream_t *)&c->tcp, &b, 1);
-    if (n == (int)len) {
+    n = try_write(c, buf, len);
+    if (n < 0 || n == (int)len) {
         free(buf);
         return;
     }
-    if (n < 0 && n != UV_EAGAIN) {
-        free(buf);
-        conn_close(c, CONN_WHY_IO, uv_strerror(n));
-        return;
-    }
-    if (n < 0)
-        n = 0;
-    w = malloc(sizeof(*w));
-    if (w == NULL) {
-        free(buf);
-        conn_close(c, CONN_WHY_NO_MEMORY, NULL);
-        return;
-    }
-    w->buf = buf;
-    b = uv_buf_init(buf + n, (unsigned)(len - (size_t)n));
-    n = uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, after_write);
-    if (n < 0) {
-        free(buf);
-        free(w);
-        conn_close(c, CONN_WHY_IO, uv_strerror(n));
-        return;
-    }
-    c->writes++;
+    queue_write(c, buf, buf + n, len - (size_t)n);
 }
 
 static void start_linger(struct conn *c)
@@ -375,12 +393,41 @@ static void end_request(struct conn *c)
         schedule_resume(c);
 }
 
+/*
+ * The handler's header lines *extra followed by those the dispatcher set
+ * for every answer to the request (http_req.answer_extra): when both are
+ * there, *extra becomes a malloc'd join, also left in *joined for the
+ * caller to free. conn knows nothing of what they say (the router's CORS
+ * lines). 0, or -1 when out of memory.
+ */
+static int answer_headers(const struct conn *c, const char **extra, char **joined)
+{
+    const char *more = c->req ? c->req->answer_extra : NULL;
+    size_t a, b;
+
+    *joined = NULL;
+    if (more == NULL || more[0] == '\0')
+        return 0;
+    if (*extra == NULL || (*extra)[0] == '\0') {
+        *extra = more;
+        return 0;
+    }
+    a = strlen(*extra);
+    b = strlen(more);
+    if ((*joined = malloc(a + b + 1)) == NULL)
+        return -1;
+    memcpy(*joined, *extra, a);
+    memcpy(*joined + a, more, b + 1);
+    *extra = *joined;
+    return 0;
+}
+
 void conn_respond_typed(struct conn *c, int status, const char *ctype, const char *extra,
                         const char *body, size_t len)
 {
     struct metrics *m = c->cl->metrics;
     size_t outlen;
-    char *out;
+    char *out, *joined;
 
     if (c->flags & (CONN_CLOSING | CONN_LINGER))
         return;
@@ -390,8 +437,12 @@ void conn_respond_typed(struct conn *c, int status, const char *ctype, const cha
         m->responses_5xx++;
     else if (status >= 400)
         m->responses_4xx++;
-    out = http_response_build(status, ctype, extra, body, len, c->keep_alive,
-                              (c->flags & CONN_HEAD) != 0, &outlen);
+    if (answer_headers(c, &extra, &joined) < 0)
+        out = NULL;
+    else
+        out = http_response_build(status, ctype, extra, body, len, c->keep_alive,
+                                  (c->flags & CONN_HEAD) != 0, &outlen);
+    free(joined);
     if (out == NULL) {
         conn_close(c, CONN_WHY_NO_MEMORY, NULL);
         return;
@@ -419,6 +470,95 @@ void conn_reject(struct conn *c, const struct http_error *e)
     c->flags |= CONN_BUSY;
     c->keep_alive = 0;
     conn_respond_error(c, e);
+}
+
+void conn_stream_begin(struct conn *c, int status, const char *ctype, const char *extra,
+                       const struct conn_holder *h, void *arg, uint64_t deadline_ms)
+{
+    size_t len;
+    char *head, *joined;
+
+    /* The head is made while the request (and its answer_extra) is still there. */
+    head = answer_headers(c, &extra, &joined) < 0 ? NULL
+                                                  : http_stream_head(status, ctype, extra, &len);
+    free(joined);
+    c->keep_alive = 0;
+    conn_hold(c, h, arg, deadline_ms);
+    if (c->flags & (CONN_CLOSING | CONN_LINGER)) {
+        free(head);
+        return;
+    }
+    if (head == NULL) {
+        conn_close(c, CONN_WHY_NO_MEMORY, NULL);
+        return;
+    }
+    conn_write(c, head, len);
+}
+
+int conn_stream_send(struct conn *c, const char *buf, size_t len)
+{
+    char *copy;
+    int n;
+
+    if (c->flags & (CONN_CLOSING | CONN_LINGER))
+        return -1;
+    if (len == 0)
+        return 0;
+    n = try_write(c, buf, len);
+    if (n < 0)
+        return -1;
+    if (n == (int)len)
+        return 0;
+    copy = malloc(len - (size_t)n);
+    if (copy == NULL) {
+        conn_close(c, CONN_WHY_NO_MEMORY, NULL);
+        return -1;
+    }
+    memcpy(copy, buf + n, len - (size_t)n);
+    queue_write(c, copy, copy, len - (size_t)n);
+    return c->flags & CONN_CLOSING ? -1 : 0;
+}
+
+void conn_stream_end(struct conn *c)
+{
+    if (c->flags & (CONN_CLOSING | CONN_LINGER))
+        return;
+    c->keep_alive = 0;
+    end_request(c);
+}
+
+size_t conn_unsent(const struct conn *c)
+{
+    return uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp);
+}
+
+void conn_upgrade(struct conn *c, const struct conn_holder *h, void *arg, uint64_t deadline_ms)
+{
+    c->keep_alive = 0;
+    conn_hold(c, h, arg, deadline_ms);
+    c->flags |= CONN_UPGRADED;
+    /* Bytes that came while the request was being handled: to the holder, from the loop. */
+    if (c->pending_len)
+        schedule_resume(c);
+}
+
+/* Hands bytes of an upgraded connection to its holder. */
+static void deliver(struct conn *c, const char *buf, size_t len)
+{
+    const struct conn_holder *h = c->holder;
+
+    if (h && h->data && len > 0)
+        h->data(h->ctx, c, c->hold_arg, buf, len);
+}
+
+void conn_set_deadline(struct conn *c, uint64_t deadline_ms)
+{
+    if (deadline_ms) {
+        set_deadline(c, deadline_ms);
+    } else {
+        deadline_clear(&c->cl->deadlines, &c->deadline);
+        deadlines_changed(c->cl);
+    }
 }
 
 void conn_hold(struct conn *c, const struct conn_holder *h, void *arg, uint64_t deadline_ms)
@@ -590,6 +730,10 @@ static void process(struct conn *c, const char *data, size_t len)
         cl->dispatching = NULL;
         cl->rest = NULL;
         cl->rest_len = 0;
+        if ((c->flags & (CONN_UPGRADED | CONN_CLOSING | CONN_LINGER)) == CONN_UPGRADED) {
+            deliver(c, data, len);
+            return;
+        }
     }
     if (len > 0 && (c->flags & CONN_BUSY) && !(c->flags & (CONN_CLOSING | CONN_LINGER)) &&
         keep_pending(c, data, len) < 0)
@@ -602,6 +746,13 @@ static void resume(struct conn *c)
     size_t len = c->pending_len;
 
     c->flags &= (uint8_t)~CONN_RESUME;
+    if ((c->flags & (CONN_UPGRADED | CONN_CLOSING | CONN_LINGER)) == CONN_UPGRADED && len) {
+        c->pending = NULL;
+        c->pending_len = 0;
+        deliver(c, buf, len);
+        free(buf);
+        return;
+    }
     if (c->flags & (CONN_CLOSING | CONN_BUSY | CONN_LINGER) || len == 0)
         return;
     c->pending = NULL;
@@ -635,6 +786,10 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     c->cl->metrics->bytes_received += (uint64_t)nread;
     if (c->flags & CONN_LINGER)
         return; /* drained and dropped */
+    if (c->flags & CONN_UPGRADED) {
+        deliver(c, buf->base, (size_t)nread);
+        return;
+    }
     if (c->flags & CONN_BUSY) {
         if (keep_pending(c, buf->base, (size_t)nread) < 0)
             conn_close(c, CONN_WHY_PIPELINE_FULL, NULL);

@@ -39,6 +39,7 @@ struct config;
 struct conn;
 struct http_error;
 struct metrics;
+struct store_event;
 
 /* Why a connection closed: an enum to decide on, with a text for the log line. */
 enum conn_why {
@@ -53,6 +54,7 @@ enum conn_why {
     CONN_WHY_SHUTDOWN_FAILED, /* shutdown(2) for the linger failed */
     CONN_WHY_ENDED_BY_ADMIN,  /* an admin ended its session */
     CONN_WHY_REAPED,          /* its session was found dead at the session cap */
+    CONN_WHY_SLOW,            /* a stream's client did not take what it was sent */
     CONN_WHY_COUNT,
 };
 
@@ -78,10 +80,24 @@ struct conn_holder {
      * What the held request waits for may have happened (a folder of its
      * user changed): the holder looks and answers or keeps holding. NULL:
      * its module is woken otherwise. Called by the module that saw the
-     * change, never by conn.c.
+     * change, never by conn.c. e[0..n) are the events that changed it, when
+     * known (a stream passes their publishers' metadata on); else NULL, 0.
      */
-    void (*changed)(void *ctx, struct conn *c, void *arg);
+    void (*changed)(void *ctx, struct conn *c, void *arg, const struct store_event *e, size_t n);
+    /*
+     * A newer session of the same device takes over: answer in your own
+     * words (a ping "superseded", a stream ends) and let go. NULL: expired
+     * is called instead. Called by the module whose request supersedes.
+     */
+    void (*superseded)(void *ctx, struct conn *c, void *arg);
+    /*
+     * Bytes from the client of an upgraded connection (conn_upgrade): the
+     * holder parses its own protocol. Ignored otherwise.
+     */
+    void (*data)(void *ctx, struct conn *c, void *arg, const char *buf, size_t len);
     void *ctx;
+    /* What holds it, for listings ("ping", "activesync", "stream"); NULL: unnamed. */
+    const char *name;
 };
 
 /* A complete request on c: answer it (now or later), hold it, or hand it away. */
@@ -183,7 +199,8 @@ int conn_adopted(const struct conn *c);
 
 /*
  * Answers the current request: writes the response (JSON body; 'extra' are
- * header lines ending in "\r\n", or NULL), ends the request, and moves on to
+ * header lines ending in "\r\n", or NULL, followed by the request's
+ * answer_extra lines when it has them), ends the request, and moves on to
  * the next pipelined request or to idle. Takes ownership of nothing.
  */
 void conn_respond(struct conn *c, int status, const char *extra, const char *body, size_t len);
@@ -221,6 +238,44 @@ void conn_hold(struct conn *c, const struct conn_holder *h, void *arg, uint64_t 
  * only operation is that cleanup (nginx's ngx_http_cleanup_add).
  */
 void conn_wait(struct conn *c, struct conn **slot);
+
+/*
+ * A streamed answer (an event stream): writes the head (status, ctype,
+ * 'extra' header lines and the request's answer_extra, Connection: close,
+ * no length) and holds the
+ * request with h as conn_hold does. The holder then writes the body with
+ * conn_stream_send and ends it with conn_stream_end, after which the
+ * connection closes once its bytes are out. A stream costs no buffer while
+ * the kernel takes what is sent: only bytes it refused are kept.
+ */
+void conn_stream_begin(struct conn *c, int status, const char *ctype, const char *extra,
+                       const struct conn_holder *h, void *arg, uint64_t deadline_ms);
+
+/*
+ * Sends buf[0..len) on a stream (copied only if the kernel does not take it
+ * all now). 0, or -1 when the connection is closed: then its holder's
+ * closed op has run (it may have freed what it held) and nothing more may
+ * be done with c or the hold's arg.
+ */
+int conn_stream_send(struct conn *c, const char *buf, size_t len);
+
+/* Ends a stream: the connection closes once the body is out. */
+void conn_stream_end(struct conn *c);
+
+/* Bytes sent but not yet taken by the kernel (a slow reader's backlog). */
+size_t conn_unsent(const struct conn *c);
+
+/*
+ * The connection leaves HTTP (a WebSocket after its 101, RFC 6455): held by
+ * h as conn_hold does, and from now on every byte the client sends, those
+ * already read behind the request included, goes to h->data. The holder
+ * writes its protocol with conn_stream_send (the 101 answer first) and ends
+ * it with conn_stream_end.
+ */
+void conn_upgrade(struct conn *c, const struct conn_holder *h, void *arg, uint64_t deadline_ms);
+
+/* Moves the current hold's deadline (monotonic ms; 0: none). */
+void conn_set_deadline(struct conn *c, uint64_t deadline_ms);
 
 /* The answer to the current request is the connection's last (Connection: close). */
 static inline void conn_close_after_answer(struct conn *c)

@@ -20,6 +20,9 @@ static const char *const header_names[HDR_COUNT] = {
     [HDR_EXPECT] = "expect",
     [HDR_CONTENT_TYPE] = "content-type",
     [HDR_AS_PROTOCOL_VERSION] = "ms-asprotocolversion",
+    [HDR_LAST_EVENT_ID] = "last-event-id",
+    [HDR_COOKIE] = "cookie",
+    [HDR_ORIGIN] = "origin",
 };
 
 static struct http_req *req_of(llhttp_t *p)
@@ -107,11 +110,16 @@ static int on_header_field_complete(llhttp_t *p)
     }
     r->field_len = 0;
     r->field_long = 0;
-    if (r->cur_hdr != HDR_OTHER && r->hdr[r->cur_hdr] != NULL && r->cur_hdr != HDR_IF_NONE_MATCH)
+    if (r->cur_hdr != HDR_OTHER && r->hdr[r->cur_hdr] != NULL && r->cur_hdr != HDR_IF_NONE_MATCH &&
+        r->cur_hdr != HDR_COOKIE)
         return fail(r, 400, "duplicate header");
-    if (r->cur_hdr == HDR_IF_NONE_MATCH && r->hdr[r->cur_hdr] != NULL) {
-        /* Repeated If-None-Match headers are one comma-separated list (RFC 9110 5.3). */
-        if (append(&r->hdr[r->cur_hdr], &r->hdr_len[r->cur_hdr], ",", 1,
+    if ((r->cur_hdr == HDR_IF_NONE_MATCH || r->cur_hdr == HDR_COOKIE) && r->hdr[r->cur_hdr] != NULL) {
+        /*
+         * Repeated If-None-Match headers are one comma-separated list (RFC
+         * 9110 5.3); repeated Cookie headers one "; "-separated list (RFC 6265 5.4).
+         */
+        const char *sep = r->cur_hdr == HDR_COOKIE ? "; " : ",";
+        if (append(&r->hdr[r->cur_hdr], &r->hdr_len[r->cur_hdr], sep, strlen(sep),
                    r->lim->max_header_bytes) < 0)
             return fail(r, 431, "headers too large");
     }

@@ -29,6 +29,9 @@ enum http_header {
     HDR_EXPECT,
     HDR_CONTENT_TYPE,
     HDR_AS_PROTOCOL_VERSION, /* MS-ASProtocolVersion (ActiveSync) */
+    HDR_LAST_EVENT_ID,       /* an EventSource resuming (stream/sse.c) */
+    HDR_COOKIE,              /* repeated ones are joined with "; " */
+    HDR_ORIGIN,
     HDR_COUNT,
     HDR_OTHER = HDR_COUNT,
 };
@@ -60,6 +63,13 @@ struct http_req {
     size_t path_len;
     const char *query;     /* after '?', or NULL */
     size_t query_len;
+    /*
+     * Header lines (each ending in "\r\n") that every answer to this request
+     * carries besides its handler's, set by whoever dispatches it (the
+     * router's CORS lines); NULL: none. Not owned: it must outlive the
+     * request (the router's are made once at start).
+     */
+    const char *answer_extra;
     /* With workers, the request's bytes as received, to hand it off (server/conn.c). */
     char *raw;
     uint32_t raw_len, raw_cap;

@@ -68,10 +68,46 @@ static const char *date_header(void)
  * to a publisher goes through here (four snprintf calls were ~3,600
  * instructions an answer).
  */
+/* Writes "HTTP/1.1 <status> <text>\r\nDate: <date>\r\n" at 'at'; returns the end. */
+static char *put_start(char *at, int status, const char *text, size_t text_len, const char *date,
+                       size_t date_len)
+{
+    PUT("HTTP/1.1 ");
+    at += util_u64_dec(at, status < 0 ? 0 : (uint64_t)status);
+    PUT(" ");
+    PUTN(text, text_len);
+    PUT("\r\nDate: ");
+    PUTN(date, date_len);
+    PUT("\r\n");
+    return at;
+}
+
+char *http_stream_head(int status, const char *ctype, const char *extra, size_t *outlen)
+{
+    const char *text = http_status_text(status), *date = date_header();
+    size_t text_len = strlen(text), date_len = strlen(date);
+    size_t ctype_len = strlen(ctype), extra_len = extra ? strlen(extra) : 0;
+    char *out, *at;
+
+    out = malloc(HEAD_FIXED_MAX + text_len + date_len + ctype_len + extra_len);
+    if (out == NULL)
+        return NULL;
+    at = put_start(out, status, text, text_len, date, date_len);
+    PUT("Content-Type: ");
+    PUTN(ctype, ctype_len);
+    PUT("\r\nConnection: close\r\n");
+    if (extra_len)
+        PUTN(extra, extra_len);
+    PUT("\r\n");
+    *outlen = (size_t)(at - out);
+    return out;
+}
+
 char *http_response_build(int status, const char *ctype, const char *extra, const char *body,
                           size_t body_len, int keep_alive, int head_only, size_t *outlen)
 {
-    int bodyless = status == 304 || (status >= 100 && status < 200);
+    /* RFC 9110 8.6: no Content-Length in a 1xx or 204 (a CORS preflight's answer), nor a 304 here. */
+    int bodyless = status == 304 || status == 204 || (status >= 100 && status < 200);
     const char *text = http_status_text(status), *date = date_header();
     const char *conn = keep_alive ? "keep-alive" : "close";
     size_t text_len = strlen(text), date_len = strlen(date);
@@ -83,14 +119,7 @@ char *http_response_build(int status, const char *ctype, const char *extra, cons
     out = malloc(HEAD_FIXED_MAX + text_len + date_len + ctype_len + extra_len + body_len);
     if (out == NULL)
         return NULL;
-    at = out;
-    PUT("HTTP/1.1 ");
-    at += util_u64_dec(at, status < 0 ? 0 : (uint64_t)status);
-    PUT(" ");
-    PUTN(text, text_len);
-    PUT("\r\nDate: ");
-    PUTN(date, date_len);
-    PUT("\r\n");
+    at = put_start(out, status, text, text_len, date, date_len);
     if (!bodyless) {
         if (ctype) {
             PUT("Content-Type: ");

@@ -47,6 +47,7 @@ struct publish_job {
     json_t *root;             /* owns the strings e[] points into */
     struct store_event *e;
     size_t n;
+    char **metas;             /* e[i].meta's text, owned here; NULL when no event has any */
     /* With workers: whether a part failed, the local part and the gather counting the parts. */
     int failed;
     struct store_event *lev;
@@ -63,6 +64,9 @@ struct bump_part {
 
 static void job_free(struct publish_job *job)
 {
+    for (size_t i = 0; job->metas && i < job->n; i++)
+        free(job->metas[i]);
+    free(job->metas);
     json_decref(job->root);
     free(job->e);
     free(job->lev);
@@ -118,6 +122,32 @@ static const char *check_event(json_t *e, long i, struct store_event *ev, char *
     return NULL;
 }
 
+/*
+ * The publisher's fields of event el beyond user, folder and type (from,
+ * subject, unseen, ...) as a JSON object's text, kept in job->metas[i] for
+ * the streams that pass them on; NULL when there are none.
+ */
+static const char *keep_meta(struct publish_job *job, size_t i, json_t *el)
+{
+    json_t *m = NULL, *v;
+    const char *k;
+
+    json_object_foreach(el, k, v) {
+        if (strcmp(k, "user") == 0 || strcmp(k, "folder") == 0 || strcmp(k, "type") == 0)
+            continue;
+        if (m == NULL)
+            m = json_object();
+        json_object_set(m, k, v);
+    }
+    if (m == NULL)
+        return NULL;
+    if (job->metas == NULL)
+        job->metas = xcalloc(job->n, sizeof(*job->metas));
+    job->metas[i] = json_dumps(m, JSON_COMPACT | JSON_ENSURE_ASCII);
+    json_decref(m);
+    return job->metas[i];
+}
+
 /* Types after which the user has the mail: UDP need not announce it (udp.h). */
 static int seen_type(const char *type)
 {
@@ -138,14 +168,16 @@ void events_applied(struct events *ev, struct store_event *e, size_t n)
         if (u && udp_user_count(ev->udp, u))
             udp_caught_up(ev->udp, u, e[i].folder, e[i].state);
     }
-    for (size_t i = 0; i < n; i++) {
+    for (size_t i = 0, run; i < n; i += run) {
         struct user *u = shard_user(ev->shard, e[i].user, 0);
+        /* Each looks at all of the user's folders: once per run of the user's events. */
+        for (run = 1; i + run < n && strcmp(e[i + run].user, e[i].user) == 0; run++)
+            ;
         if (u == NULL || u == last)
             continue;
-        /* Each looks at all of the user's folders: once per run of the user's events. */
         last = u;
         if (session_held_count(ev->ping->sessions, u))
-            ping_wake_user(ev->ping, u);
+            ping_wake_user(ev->ping, u, e + i, run);
         if (udp_user_count(ev->udp, u))
             udp_on_change(ev->udp, u);
     }
@@ -305,8 +337,8 @@ static void distribute(struct publish_job *job)
             job->lev[job->ln] = job->e[i];
             job->lidx[job->ln++] = i;
         } else {
-            remote_bytes += strlen(e->user) + strlen(e->folder) + 3 +
-                            (e->type ? strlen(e->type) : 0);
+            remote_bytes += strlen(e->user) + strlen(e->folder) + 4 +
+                            (e->type ? strlen(e->type) : 0) + (e->meta ? strlen(e->meta) : 0);
         }
     }
     /* The parts are built in one buffer of the size they need, at most one
@@ -320,13 +352,14 @@ static void distribute(struct publish_job *job)
             continue;
         for (size_t i = 0; i < job->n; i++) {
             const struct store_event *e = &job->e[i];
-            size_t ul, fl, tl, need;
+            size_t ul, fl, tl, ml, need;
             if (owner[i] != w)
                 continue;
             ul = strlen(e->user) + 1;
             fl = strlen(e->folder) + 1;
             tl = (e->type ? strlen(e->type) : 0) + 1;
-            need = ul + fl + tl;
+            ml = (e->meta ? strlen(e->meta) : 0) + 1;
+            need = ul + fl + tl + ml;
             if (n > 0 && (blen + need > max || n == max_n)) {
                 send_part(job, w, buf, blen, idx, n);
                 blen = n = 0;
@@ -337,6 +370,10 @@ static void distribute(struct publish_job *job)
                 memcpy(buf + blen + ul + fl, e->type, tl);
             else
                 buf[blen + ul + fl] = '\0';
+            if (e->meta)
+                memcpy(buf + blen + ul + fl + tl, e->meta, ml);
+            else
+                buf[blen + ul + fl + tl] = '\0';
             blen += need;
             idx[n++] = i;
         }
@@ -418,8 +455,8 @@ static void on_bump_msg(void *arg, unsigned from, uint32_t id, const char *p, si
     at = rb->buf;
     end = rb->buf + (len - sizeof(n));
     for (uint32_t k = 0; k < n; k++) {
-        const char *f[3];
-        for (int j = 0; j < 3; j++) {
+        const char *f[4];
+        for (int j = 0; j < 4; j++) {
             const char *z = at < end ? memchr(at, '\0', (size_t)(end - at)) : NULL;
             if (z == NULL) {
                 free(rb->buf);
@@ -432,6 +469,7 @@ static void on_bump_msg(void *arg, unsigned from, uint32_t id, const char *p, si
         rb->e[k].user = f[0];
         rb->e[k].folder = f[1];
         rb->e[k].type = f[2][0] ? f[2] : NULL;
+        rb->e[k].meta = f[3][0] ? f[3] : NULL;
     }
     if (store_bump(ev->store, rb->e, rb->n, on_remote_done, rb) < 0) {
         reply_bump(ev, from, id, -EIO, NULL, 0);
@@ -511,6 +549,7 @@ void events_handle(void *arg, struct conn *c, struct http_req *r, const struct p
             job_free(job);
             return;
         }
+        job->e[i].meta = keep_meta(job, i, el);
     }
     job->conn = c;
     conn_wait(c, &job->conn);

@@ -19,7 +19,11 @@ struct store_event;
 struct udp;
 struct worker_ctx;
 
-/* The mesh message carrying events for the receiver's users (mesh.h numbering). */
+/*
+ * The mesh message carrying events for the receiver's users (mesh.h
+ * numbering): a uint32 count, then per event user, folder, type and the
+ * publisher's metadata (JSON text), each NUL-terminated ("" for none).
+ */
 #define EVENTS_MSG_BUMP 18
 
 struct events {

@@ -76,7 +76,32 @@ struct ingest_job {
     struct dedup_entry *entry;  /* NULL without uidvalidity and uid */
     struct waiter *waiters;
     char *user, *folder;
+    char *meta;                 /* ev.meta: what a stream may pass on, or NULL */
 };
+
+/*
+ * What of the OX driver's body a stream asking for metadata gets: the
+ * sender, subject, snippet and unseen count (not IMAP's internals).
+ */
+static char *ingest_meta(json_t *root)
+{
+    static const char *const keys[] = {"from", "subject", "snippet", "unseen"};
+    json_t *m = NULL, *v;
+    char *text;
+
+    for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++) {
+        if ((v = json_object_get(root, keys[i])) == NULL)
+            continue;
+        if (m == NULL)
+            m = json_object();
+        json_object_set(m, keys[i], v);
+    }
+    if (m == NULL)
+        return NULL;
+    text = json_dumps(m, JSON_COMPACT | JSON_ENSURE_ASCII);
+    json_decref(m);
+    return text;
+}
 
 void ingest_init(struct ingest *g, const struct config *cfg, struct store *store,
                  struct metrics *metrics, struct events *events, const struct worker_route *route)
@@ -191,6 +216,7 @@ static void on_bumped(void *arg, struct store_event *ev, size_t n, int status)
     }
     free(job->user);
     free(job->folder);
+    free(job->meta);
     free(job);
 }
 
@@ -371,6 +397,7 @@ void ingest_dovecot_handle(void *arg, struct conn *c, struct http_req *r,
     job->ev.user = job->user;
     job->ev.folder = job->folder;
     job->ev.type = "new";
+    job->ev.meta = job->meta = ingest_meta(root);
     job->entry = entry;
     job->conn = c;
     if (entry)
@@ -387,6 +414,7 @@ void ingest_dovecot_handle(void *arg, struct conn *c, struct http_req *r,
         store_error(c, "the store refused the event");
         free(job->user);
         free(job->folder);
+        free(job->meta);
         free(job);
     }
 done:

@@ -7,6 +7,9 @@
 #ifndef NUDGE_LOGIN_H
 #define NUDGE_LOGIN_H
 
+/* The cookie POST /v1/login sets with the token ([auth] cookie), and browser routes read. */
+#define LOGIN_COOKIE "nudge_token"
+
 struct config;
 struct conn;
 struct http_req;

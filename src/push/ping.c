@@ -138,6 +138,19 @@ static void on_closed(void *ctx, struct conn *c, void *arg, enum conn_why why, c
     unhold(p, d);
 }
 
+/* A newer ping (or stream) of the device took over: answer "superseded" at once. */
+static void on_superseded(void *ctx, struct conn *c, void *arg)
+{
+    struct ping *p = ctx;
+    struct device *d = arg;
+    char q1[300], q2[300];
+
+    unhold(p, d);
+    LOG(LOG_INFO, ping_superseded, "user=%s device=%s", log_q(q1, sizeof(q1), d->user->id),
+        log_q(q2, sizeof(q2), d->id));
+    answer_status(p, c, d, PING_SUPERSEDED);
+}
+
 /* nudged stops: answer 503 shutting-down, and the device comes back after Retry-After. */
 static void on_shutdown(void *ctx, struct conn *c, void *arg)
 {
@@ -168,11 +181,13 @@ void ping_init(struct ping *p, const struct config *cfg, struct store *store, st
         .expired = on_expired,
         .closed = on_closed,
         .shutdown = on_shutdown,
+        .superseded = on_superseded,
         .ctx = p,
+        .name = "ping",
     };
 }
 
-void ping_wake_user(struct ping *p, struct user *u)
+void ping_wake_user(struct ping *p, struct user *u, const struct store_event *e, size_t n)
 {
     uint32_t pos = 0;
     const char *key;
@@ -183,10 +198,10 @@ void ping_wake_user(struct ping *p, struct user *u)
         struct conn *c = session_of(p->sessions, d)->held;
         if (c == NULL)
             continue;
-        /* Held by another kind of ping (ActiveSync): its holder answers in its own words. */
+        /* Held by another kind (an ActiveSync Ping, a stream): its holder answers in its own words. */
         if (c->holder != &p->holder) {
             if (c->holder->changed)
-                c->holder->changed(c->holder->ctx, c, c->hold_arg);
+                c->holder->changed(c->holder->ctx, c, c->hold_arg, e, n);
             continue;
         }
         session_release(p->sessions, d);
@@ -356,14 +371,7 @@ void ping_handle(void *arg, struct conn *c, struct http_req *r, const struct pri
         if (hb_on_ping(p->hb, d, (struct sockaddr *)&peer, sd->held != NULL))
             dirty = 1;
     }
-    if (sd->held) {
-        struct conn *old = sd->held;
-        char q1[300], q2[300];
-        unhold(p, d);
-        LOG(LOG_INFO, ping_superseded, "user=%s device=%s", log_q(q1, sizeof(q1), u->id),
-            log_q(q2, sizeof(q2), d->id));
-        answer_status(p, old, d, PING_SUPERSEDED);
-    }
+    session_supersede(p->sessions, d);
     if (pp.nfolders)
         shard_set_folders(d, pp.folders, pp.nfolders);
     d->heartbeat = heartbeat;

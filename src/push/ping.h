@@ -40,6 +40,6 @@ void ping_init(struct ping *p, const struct config *cfg, struct store *store, st
 void ping_handle(void *arg, struct conn *c, struct http_req *r, const struct principal *who);
 
 /* Answers every held ping of u whose folders changed since the device's states. */
-void ping_wake_user(struct ping *p, struct user *u);
+void ping_wake_user(struct ping *p, struct user *u, const struct store_event *e, size_t n);
 
 #endif

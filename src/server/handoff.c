@@ -6,11 +6,13 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/config.h"
 #include "common/log.h"
 #include "common/metrics.h"
 #include "common/util.h"
 #include "conn/conn.h"
 #include "conn/listen.h"
+#include "stream/sse.h"
 #include "http/error.h"
 #include "worker/mesh.h"
 
@@ -47,6 +49,10 @@ static void hand_off(struct handoff *h, struct conn *c, unsigned to)
                 log_q(q, sizeof(q), "the owner is at its connection limit"),
                 h->listener->max_conns);
         }
+        if (sse_is_stream(c->req)) {
+            sse_come_back(c, h->cfg->stream_retry);
+            return;
+        }
         http_error_set(&e, 503, "unavailable",
                        "the worker owning this user is at its connection limit; retry later");
         conn_close_after_answer(c);
@@ -62,6 +68,10 @@ static void hand_off(struct handoff *h, struct conn *c, unsigned to)
         char q[96];
         listen_unreserve(h->listener, to);
         LOG(LOG_ERROR, handoff_failed, "to=%u reason=%s", to, log_q(q, sizeof(q), strerror(-rc)));
+        if (sse_is_stream(c->req)) {
+            sse_come_back(c, h->cfg->stream_retry);
+            return;
+        }
         http_error_set(&e, 503, "unavailable",
                        "this request could not be passed to the worker owning its user");
         conn_close_after_answer(c);
@@ -115,9 +125,11 @@ static void on_handoff_msg(void *arg, unsigned from, uint32_t id, const char *p,
             log_q(q, sizeof(q), rc == -ENOMEM ? "out of memory" : uv_strerror(rc)));
 }
 
-void handoff_init(struct handoff *h, const struct worker_ctx *wk, struct mesh *mesh,
-                  struct listener *listener, struct conn_loop *conns, struct metrics *metrics)
+void handoff_init(struct handoff *h, const struct config *cfg, const struct worker_ctx *wk,
+                  struct mesh *mesh, struct listener *listener, struct conn_loop *conns,
+                  struct metrics *metrics)
 {
+    h->cfg = cfg;
     h->wk = wk;
     h->mesh = mesh;
     h->listener = listener;

@@ -22,7 +22,10 @@ struct metrics;
 /* The mesh message carrying a connection (mesh.h numbering). */
 #define HANDOFF_MSG 16
 
+struct config;
+
 struct handoff {
+    const struct config *cfg;
     const struct worker_ctx *wk;   /* NULL: a single process, nothing moves */
     struct mesh *mesh;
     struct listener *listener;
@@ -32,7 +35,8 @@ struct handoff {
 };
 
 /* Sets h up and registers the receiving end of HANDOFF_MSG. */
-void handoff_init(struct handoff *h, const struct worker_ctx *wk, struct mesh *mesh,
-                  struct listener *listener, struct conn_loop *conns, struct metrics *metrics);
+void handoff_init(struct handoff *h, const struct config *cfg, const struct worker_ctx *wk,
+                  struct mesh *mesh, struct listener *listener, struct conn_loop *conns,
+                  struct metrics *metrics);
 
 #endif

@@ -9,6 +9,12 @@
  * names (and again by the name the password backend answers, when that
  * differs).
  *
+ * Browser routes (an EventSource cannot send an Authorization header) also
+ * take the login cookie, only from an allowed Origin, and a single-use
+ * ticket in the query (auth/ticket.h), routed by its user and redeemed by
+ * the owner. Requests from an Origin in [http] cors_origins get CORS
+ * headers on every answer, and their preflights are answered here.
+ *
  * A password is checked by the backend, later: the request waits (conn_wait)
  * and its handler runs when the answer comes. Wrong passwords are counted
  * per client address and per user (auth/limit.h); past a limit, sign-ins
@@ -16,6 +22,8 @@
  */
 #ifndef NUDGE_ROUTER_H
 #define NUDGE_ROUTER_H
+
+#include "common/config.h"
 
 struct auth_limit;
 struct config;
@@ -25,6 +33,7 @@ struct metrics;
 struct passwords;
 struct secret;
 struct store;
+struct ticket_spent;
 struct worker_route;
 
 /* The modules the routes lead to: each route's handler gets its own as 'arg'. */
@@ -40,6 +49,8 @@ enum route_target {
     ROUTE_LOGIN,           /* struct login */
     ROUTE_REVOKE,          /* struct revoke */
     ROUTE_ACTIVESYNC,      /* struct as_ping */
+    ROUTE_STREAM,          /* struct sse */
+    ROUTE_TICKET,          /* struct ticket_api */
     ROUTE_TARGET_COUNT,
 };
 
@@ -52,7 +63,15 @@ struct router {
     struct passwords *passwords;       /* NULL: tokens only */
     struct auth_limit *fail_ip, *fail_user; /* failed sign-ins per address, per user */
     int basic;                         /* [auth] basic = yes */
+    struct ticket_spent *spent;        /* the used tickets of our users */
     void *to[ROUTE_TARGET_COUNT];
+    /*
+     * [http] cors_origins, and for each the header lines every answer to a
+     * request from it carries (http_req.answer_extra points here).
+     */
+    unsigned ncors;
+    char cors_origin[CONFIG_CORS_MAX][CONFIG_STR_MAX];
+    char cors_lines[CONFIG_CORS_MAX][CONFIG_STR_MAX + 96];
 };
 
 /*
@@ -62,7 +81,8 @@ struct router {
 void router_init(struct router *rt, const struct config *cfg, const struct secret *secret,
                  struct metrics *metrics, const struct worker_route *route, struct store *store,
                  struct passwords *passwords, struct auth_limit *fail_ip,
-                 struct auth_limit *fail_user, void *const to[ROUTE_TARGET_COUNT]);
+                 struct auth_limit *fail_user, struct ticket_spent *spent,
+                 void *const to[ROUTE_TARGET_COUNT]);
 
 /* Dispatches a complete request; the handler answers (now or later). */
 void router_dispatch(struct router *rt, struct conn *c, struct http_req *r);

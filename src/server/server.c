@@ -17,6 +17,7 @@
 #include <systemd/sd-daemon.h>
 
 #include "auth/passwd.h"
+#include "auth/ticket.h"
 #include "common/log.h"
 #include "common/xalloc.h"
 #include "server/reload.h"
@@ -161,6 +162,7 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
     /* Its slots too; its route to other workers is set once the mesh is up. */
     as_ping_init(&s->as_ping, cfg, s->store, &s->shard, &s->metrics, &s->hb, &s->sessions,
                  &s->devices, NULL);
+    sse_init(&s->sse, cfg, s->store, &s->shard, &s->metrics, &s->sessions, &s->hb);
     devices_load(&s->devices);
     as_ping_load(&s->as_ping);
 
@@ -170,7 +172,7 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
     if (listen_start(&s->listener, loop, cfg, &s->conns, &s->metrics, wk, s->mesh, err,
                      sizeof(err)) < 0)
         goto fail_err;
-    handoff_init(&s->handoff, wk, s->mesh, &s->listener, &s->conns, &s->metrics);
+    handoff_init(&s->handoff, cfg, wk, s->mesh, &s->listener, &s->conns, &s->metrics);
     /* Without workers every user is ours: nothing to route. */
     route = wk ? &s->handoff.route : NULL;
 
@@ -184,6 +186,9 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
     admin_init(&s->admin, &s->metrics, &s->sessions, &s->shard, s->store, wk, s->mesh);
     sessions_api_init(&s->sessions_api, &s->sessions, &s->shard, wk, s->mesh, route);
     login_init(&s->login, cfg, &s->secret, &s->metrics);
+    ticket_api_init(&s->ticket_api, cfg, &s->secret, &s->metrics);
+    /* From now: a ticket issued before this worker started may have been used already. */
+    s->spent = ticket_spent_new(cfg->auth_tickets_max, token_now_ms());
     revoke_init(&s->revoke, s->store, &s->shard, &s->sessions, &s->metrics, route);
     if (cfg->auth_passwords[0] &&
         passwd_open(&s->passwords, cfg->auth_passwords, loop, cfg, &s->metrics, err,
@@ -219,9 +224,11 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
             [ROUTE_LOGIN] = &s->login,
             [ROUTE_REVOKE] = &s->revoke,
             [ROUTE_ACTIVESYNC] = &s->as_ping,
+            [ROUTE_STREAM] = &s->sse,
+            [ROUTE_TICKET] = &s->ticket_api,
         };
         router_init(&s->router, cfg, &s->secret, &s->metrics, route, s->store, s->passwords,
-                    &s->fail_ip, &s->fail_user, to);
+                    &s->fail_ip, &s->fail_user, s->spent, to);
     }
 
     uv_timer_init(loop, &s->stop_timer);
@@ -262,6 +269,8 @@ void server_free(struct server *s)
     ingest_free(&s->ingest);
     if (s->as_ping.shard)
         as_ping_free(&s->as_ping);
+    if (s->sse.shard)
+        sse_free(&s->sse);
     shard_free(&s->shard);
     store_close(s->store);
     s->store = NULL;
@@ -271,4 +280,5 @@ void server_free(struct server *s)
     passwd_free(s->passwords);
     s->passwords = NULL;
     free(s->fail_slots);
+    ticket_spent_free(s->spent);
 }

@@ -26,7 +26,9 @@
 #include "push/events.h"
 #include "push/ingest.h"
 #include "push/login.h"
+#include "push/ticket_api.h"
 #include "activesync/ping.h"
+#include "stream/sse.h"
 #include "push/ping.h"
 #include "push/probe.h"
 #include "push/state.h"
@@ -62,6 +64,7 @@ struct server {
     struct handoff handoff;
     struct ping ping;
     struct as_ping as_ping;
+    struct sse sse;
     struct probe probe;
     struct state state;
     struct events events;
@@ -73,6 +76,8 @@ struct server {
     struct auth_limit fail_ip, fail_user;
     _Atomic uint64_t *fail_slots;  /* without workers: the limits' own slots (2 tables) */
     struct login login;
+    struct ticket_api ticket_api;
+    struct ticket_spent *spent;    /* the used tickets of our users (auth/ticket.h) */
     struct revoke revoke;
     struct router router;
     uv_signal_t sig_term, sig_int, sig_hup;

@@ -60,6 +60,24 @@ struct conn *session_release(struct sessions *ss, struct device *d)
     return c;
 }
 
+int session_supersede(struct sessions *ss, struct device *d)
+{
+    struct conn *old = session_of(ss, d)->held;
+    const struct conn_holder *h;
+
+    if (old == NULL)
+        return 0;
+    h = old->holder;
+    if (h && h->superseded)
+        h->superseded(h->ctx, old, old->hold_arg);
+    else if (h && h->expired)
+        h->expired(h->ctx, old, old->hold_arg);
+    /* A holder that did neither must not keep the device: it is the newer request's now. */
+    if (session_of(ss, d)->held == old)
+        session_release(ss, d);
+    return 1;
+}
+
 int session_present(const struct sessions *ss, const struct device *d)
 {
     return session_of(ss, d)->held != NULL || udp_reg_of(ss->udp, d) != NULL;
@@ -249,7 +267,15 @@ static void add_session(const struct sessions *ss, struct jsonw *w, struct devic
     jw_key(w, "device");
     jw_str(w, d->id);
     jw_key(w, "kind");
-    jw_str(w, sd->held && r ? "ping+udp" : sd->held ? "ping" : "udp");
+    if (sd->held) {
+        const char *name = sd->held->holder && sd->held->holder->name ? sd->held->holder->name
+                                                                       : "ping";
+        char kind[32];
+        snprintf(kind, sizeof(kind), "%s%s", name, r ? "+udp" : "");
+        jw_str(w, kind);
+    } else {
+        jw_str(w, "udp");
+    }
     if (sd->held) {
         jw_key(w, "remote");
         jw_str(w, conn_peer(sd->held, peer, sizeof(peer)));

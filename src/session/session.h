@@ -80,6 +80,14 @@ void session_hold(struct sessions *ss, struct device *d, struct conn *c);
 /* d's held connection lets go of it; returns that connection (or NULL when none). */
 struct conn *session_release(struct sessions *ss, struct device *d);
 
+/*
+ * A newer request of d takes over: the connection holding d's session is
+ * answered by its own holder, in its own words (a ping "superseded", an
+ * ActiveSync Status 1, a stream ends), which lets go of it. Returns 1 when
+ * one was held.
+ */
+int session_supersede(struct sessions *ss, struct device *d);
+
 /* Is d a session now: a held connection or a UDP registration? */
 int session_present(const struct sessions *ss, const struct device *d);
 

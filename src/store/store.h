@@ -23,6 +23,7 @@ struct store_event {
     const char *user;   /* borrowed for the duration of the bump */
     const char *folder;
     const char *type;   /* the publisher's event type, or NULL; not stored */
+    const char *meta;   /* the publisher's other fields as a JSON object's text, or NULL; not stored */
     uint64_t at_least;  /* the new state is at least this (0 for a publish: one more) */
     uint64_t state;     /* out: the folder's new state */
 };

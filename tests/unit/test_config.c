@@ -477,11 +477,48 @@ static void test_udp_options(void **state)
     assert_int_equal(util_prefix_list_match("fd00:1::/33", (struct sockaddr *)&b), 1);
 }
 
+static void test_browser_options(void **state)
+{
+    char list[CONFIG_CORS_MAX][CONFIG_STR_MAX], why[256];
+    struct config c;
+
+    (void)state;
+    load_ok(&c, "");
+    assert_string_equal(c.auth_cookie, "yes");
+    assert_string_equal(c.auth_cookie_secure, "auto");
+    assert_int_equal(c.auth_ticket_ttl, 60);
+    assert_int_equal(c.auth_tickets_max, 100000);
+    assert_string_equal(c.http_cors_origins, "");
+    load_ok(&c, "[auth]\nticket_ttl = 1\ncookie = no\ncookie_secure = yes\n"
+                "[http]\ncors_origins = https://mail.example.org, http://[::1]:8080,http://10.0.0.1:81\n");
+    assert_int_equal(c.auth_ticket_ttl, 1);
+    assert_int_equal(config_cors_origins(c.http_cors_origins, list, CONFIG_CORS_MAX, why,
+                                         sizeof(why)), 3);
+    assert_string_equal(list[0], "https://mail.example.org");
+    assert_string_equal(list[1], "http://[::1]:8080");
+    assert_string_equal(list[2], "http://10.0.0.1:81");
+    assert_int_equal(config_cors_origins("", list, CONFIG_CORS_MAX, why, sizeof(why)), 0);
+    load_fails("[auth]\nticket_ttl = 0\n", 2, "[auth] ticket_ttl: expected a whole number from 1");
+    load_fails("[auth]\nticket_ttl = 301\n", 2, "to 300");
+    load_fails("[auth]\ncookie_secure = maybe\n", 2, "expected one of: auto, yes, no");
+    load_fails("[http]\ncors_origins = https://mail.example.org/\n", 2,
+               "[http] cors_origins: 'https://mail.example.org/': an origin has no path");
+    load_fails("[http]\ncors_origins = https://mail.example.org/inbox\n", 2, "has no path");
+    load_fails("[http]\ncors_origins = mail.example.org\n", 2, "must begin with http://");
+    load_fails("[http]\ncors_origins = https://Mail.example.org\n", 2, "lower case");
+    load_fails("[http]\ncors_origins = https://a.example:\n", 2, "the port must be 1 to 5 digits");
+    load_fails("[http]\ncors_origins = https://a.example:8x\n", 2, "the port must be digits");
+    load_fails("[http]\ncors_origins = https://a.example,,https://b.example\n", 2, "an empty entry");
+    load_fails("[http]\ncors_origins = https://a.example,\n", 2, "an empty entry");
+    load_fails("[http]\ncors_origins = https://[::1\n", 2, "no ']'");
+    load_fails("[http]\ncors_origins = https://\n", 2, "must begin with");
+}
+
 static void test_file_unknown_names(void **state)
 {
     (void)state;
     load_fails("[server]\nlisten = 127.0.0.1:1\n[srever]\nlisten = 1\n", 3,
-               "unknown section [srever] (known sections: server, heartbeat, sessions, network, activesync, ping, udp, ingest, auth, log, store)");
+               "unknown section [srever] (known sections: server, heartbeat, sessions, network, activesync, ping, stream, udp, ingest, auth, http, log, store)");
     load_fails("[nothing]\n", 1, "unknown section [nothing]");
     load_fails("[server]\nfoo = 1\n", 2, "unknown key 'foo' in [server]");
     load_fails("[server]\nmin = 60\n", 2, "unknown key 'min' in [server] (it belongs under [heartbeat])");
@@ -930,6 +967,7 @@ int main(void)
         cmocka_unit_test(test_file_bad_strings),
         cmocka_unit_test(test_udp_options),
         cmocka_unit_test(test_file_unknown_names),
+        cmocka_unit_test(test_browser_options),
         cmocka_unit_test(test_file_syntax_errors),
         cmocka_unit_test(test_file_unreadable),
         cmocka_unit_test(test_flags_override_file_wherever_c_is),

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "http/cookie.h"
 #include "http/error.h"
 #include "http/request.h"
 #include "http/response.h"
@@ -287,10 +288,69 @@ static void test_error_values(void **state)
     free(body);
 }
 
+/* The value of cookie 'name' in h, as a string ("" when absent: "(none)"). */
+static const char *cookie(const char *h, const char *name)
+{
+    static char out[256];
+    const char *v;
+    size_t n;
+
+    if (http_cookie_find(h, strlen(h), name, &v, &n) < 0)
+        return "(none)";
+    snprintf(out, sizeof(out), "%.*s", (int)n, v);
+    return out;
+}
+
+static void test_cookie_find(void **state)
+{
+    const char *v;
+    size_t n;
+
+    (void)state;
+    assert_string_equal(cookie("nudge_token=abc", "nudge_token"), "abc");
+    assert_string_equal(cookie("a=1; nudge_token=v2.u.x; b=2", "nudge_token"), "v2.u.x");
+    assert_string_equal(cookie("a=1;nudge_token=x;b=2", "nudge_token"), "x");
+    assert_string_equal(cookie(" nudge_token = x ", "nudge_token"), "x");
+    assert_string_equal(cookie("nudge_token=\"q\"", "nudge_token"), "q");
+    assert_string_equal(cookie("nudge_token=", "nudge_token"), "");
+    /* The first one wins (browsers send the most specific path first). */
+    assert_string_equal(cookie("nudge_token=1; nudge_token=2", "nudge_token"), "1");
+    /* Names are exact: no prefix, no suffix, no case folding; pairs without '=' skipped. */
+    assert_string_equal(cookie("xnudge_token=1; nudge_tokenx=2; NUDGE_TOKEN=3", "nudge_token"),
+                        "(none)");
+    assert_string_equal(cookie("nudge_token; a=b", "nudge_token"), "(none)");
+    assert_string_equal(cookie("a=nudge_token=1", "nudge_token"), "(none)");
+    assert_string_equal(cookie("", "nudge_token"), "(none)");
+    assert_string_equal(cookie(";;;", "nudge_token"), "(none)");
+    assert_string_equal(cookie("\"=\"", "\""), "\"");
+    /* Never past len. */
+    assert_int_equal(http_cookie_find("nudge_token=abc", 13, "nudge_token", &v, &n), 0);
+    assert_int_equal(n, 1);
+    assert_int_equal(http_cookie_find("nudge_token=abc", 11, "nudge_token", &v, &n), -1);
+    assert_int_equal(http_cookie_find(NULL, 0, "nudge_token", &v, &n), -1);
+}
+
+/* A 204 (a CORS preflight's answer) has no Content-Length and no body (RFC 9110 8.6). */
+static void test_no_content_has_no_length(void **state)
+{
+    size_t len;
+    char *out = http_response_build(204, "application/json", "X-A: 1\r\n", "{}", 2, 1, 0, &len);
+
+    (void)state;
+    assert_non_null(out);
+    assert_null(strstr(out, "Content-Length"));
+    assert_null(strstr(out, "Content-Type"));
+    assert_non_null(strstr(out, "X-A: 1\r\n\r\n"));
+    assert_int_equal(len, (size_t)(strstr(out, "\r\n\r\n") - out) + 4);
+    free(out);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_simple_get),
+        cmocka_unit_test(test_cookie_find),
+        cmocka_unit_test(test_no_content_has_no_length),
         cmocka_unit_test(test_body_and_pipelining),
         cmocka_unit_test(test_byte_by_byte),
         cmocka_unit_test(test_errors),

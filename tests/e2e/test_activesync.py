@@ -22,7 +22,7 @@ from conftest import finish
 pytestmark = pytest.mark.skipif(not asx.tools_present(),
                                 reason="libwbxml2-utils (xml2wbxml, wbxml2xml) not installed")
 
-USERS = {f"as{i}": f"pw-as{i}" for i in range(40)}
+USERS = {f"as{i}": f"pw-as{i}" for i in range(120)}
 MAX_FOLDERS = 5
 SETTINGS = {
     "heartbeat": {"min": 2, "max": 900},

@@ -128,7 +128,7 @@ LLHTTP_OBJ     := $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o $(BUILD)/llhttp/l
 UNIT_BIN       := $(patsubst tests/unit/%,$(BUILD)/tests/%,$(UNIT_TESTS))
 
 .PHONY: all run test check-layers test-unit test-e2e test-e2e-workers test-san deps deps-test deps-bench clean \
-	bench bench-nudge
+	bench bench-nudge bench-streams
 
 comma := ,
 
@@ -241,6 +241,15 @@ bench: deps-bench
 	@$(MAKE) --no-print-directory all $(BIN)/loadgen $(BIN)/floor
 	@scripts/bench-limits.sh $(lastword $(subst $(comma), ,$(N)))
 	ulimit -n $$(ulimit -Hn) && $(PYTHON) bench/compare.py --n $(N) --idle $(BENCH_IDLE) $(BENCH_ARGS)
+
+# make bench-streams: held SSE streams (GET /v1/stream) beside held pings, and
+# nchan's EventSource beside its long-poll, in one run (bench/README.md, "streams").
+bench-streams: deps-bench
+	@$(MAKE) --no-print-directory all $(BIN)/loadgen
+	@scripts/bench-limits.sh $(lastword $(subst $(comma), ,$(N)))
+	ulimit -n $$(ulimit -Hn) && $(PYTHON) bench/compare.py --n $(N) --idle $(BENCH_IDLE) \
+		--servers nudge,nudge-sse,nchan,nchan-sse --out bench/streams.md \
+		--chart bench/streams.png $(BENCH_ARGS)
 
 # nudge alone: memory per held ping and publish throughput per store, UDP registrations.
 bench-nudge: deps-test

@@ -34,13 +34,25 @@ For each N and each server in turn (never both at once), on loopback:
      loadgen counts what each device got (nudge: the folder state answered;
      nchan: the message numbers, where a skipped number is lost too).
 
+Held event streams (--servers nudge-sse,nchan-sse, beside nudge and nchan in
+the same run; make bench-streams): the same points with one held Server-Sent
+Events stream per device instead of a long-poll (nudge: GET /v1/stream?
+types=INBOX&ping=0&device=d<k>; nchan: GET /es/u<k>, its EventSource
+subscriber). loadgen --answer sse-state / sse-message reads each stream's
+head once, then every data: line as a delivery; nothing re-polls and
+nothing expires (no renewals in the idle phase). A fifth table per N puts
+held pings, held streams, nchan's long-polls and its EventSource side by
+side, with SSE / ping and nudge SSE / nchan EventSource ratios.
+--skip throughput,idle leaves those phases out.
+
 Prints a markdown table per N, writes --out (bench/results.md) and a PNG
 chart (gnuplot) of latency percentiles and bytes per connection versus N.
 Every phase is bounded in time; loopback only. Run as root for the port
 range and the descriptor limit (make bench does both).
 
 Usage: bench/compare.py [--n 10000,100000] [--idle 60] [--hb 30] [--devices 5000]
-                        [--publishers 8] [--events 50000] [--servers nudge,nchan]
+                        [--publishers 8] [--events 50000]
+                        [--servers floor,nudge,nchan,nudge-sse,nchan-sse] [--skip throughput,idle]
 """
 import argparse
 import datetime
@@ -78,6 +90,11 @@ NUDGE_PUB = ('POST /v1/events HTTP/1.1\\r\\nHost: bench\\r\\nAuthorization: Bear
 NUDGE_ITEM = '{"user":"{prefix}{target}","folder":"INBOX"}'
 
 NCHAN_SUB = 'GET /sub/u{user} HTTP/1.1\\r\\nHost: bench\\r\\n{resume}\\r\\n'
+# Held event streams (--servers nudge-sse,nchan-sse): one request, a body that never ends.
+NUDGE_SSE_SUB = ('GET /v1/stream?types=INBOX&ping=0&device=d{device} HTTP/1.1\\r\\nHost: bench\\r\\n'
+                 'Authorization: Bearer {token}\\r\\nAccept: text/event-stream\\r\\n\\r\\n')
+NCHAN_SSE_SUB = ('GET /es/u{user} HTTP/1.1\\r\\nHost: bench\\r\\n'
+                 'Accept: text/event-stream\\r\\n\\r\\n')
 NCHAN_PUB = ('POST /pub/{prefix}{target} HTTP/1.1\\r\\nHost: bench\\r\\n'
              'Content-Length: {len}\\r\\n\\r\\n{seq}')
 
@@ -229,7 +246,8 @@ def mem_available_kib():
 # What one held connection costs at most, to decide whether a point fits in
 # memory before starting it: user space (nchan ~13 KB, nudge ~1 KB) plus the
 # kernel's ~8 KB for the two sockets and loadgen's ~100 bytes, with a margin.
-NEEDS_PER_CONN = {"floor": 100 + 8500, "nudge": 1200 + 8500, "nchan": 14000 + 8500}
+NEEDS_PER_CONN = {"floor": 100 + 8500, "nudge": 1200 + 8500, "nchan": 14000 + 8500,
+                  "nudge-sse": 2000 + 8500, "nchan-sse": 14000 + 8500}
 
 
 def percentile(values, p):
@@ -413,6 +431,28 @@ class Nchan:
         return text
 
 
+class NudgeSSE(Nudge):
+    """nudged with one held GET /v1/stream per device instead of a held ping."""
+    name = "nudge-sse"
+    answer = "sse-state"
+    sub_tpl = NUDGE_SSE_SUB
+
+    def held(self):
+        _, text = http(self.port, "GET", "/metrics", self.admin)
+        m = re.search(rb"^nudge_streams_held (\d+)$", text, re.M)
+        return int(m.group(1)) if m else 0
+
+
+class NchanSSE(Nchan):
+    """nginx+nchan with one EventSource subscriber (GET /es/<channel>) per device."""
+    name = "nchan-sse"
+    answer = "sse-message"
+    sub_tpl = NCHAN_SSE_SUB
+
+
+SERVERS = {"nudge": Nudge, "nchan": Nchan, "nudge-sse": NudgeSSE, "nchan-sse": NchanSSE}
+
+
 # ---------------------------------------------------------------- loadgen
 
 class Loadgen:
@@ -543,7 +583,7 @@ def run_point(args, kind, n):
          "hb": hb, "idle": idle}
     log(f"{kind}: N={n}, {users} users, {workers} server processes, {procs} loadgen processes")
     busy0, self0 = busy_s(), sum(os.times()[:4])
-    srv = (Nudge if kind == "nudge" else Nchan)(args, workers, users + 1, hb)
+    srv = SERVERS[kind](args, workers, users + 1, hb)
     lg = None
     try:
         r["config"] = srv.config_text
@@ -624,7 +664,7 @@ def run_point(args, kind, n):
         r["pub_rate"] = {}
         r["pub_cpu_us"] = {}
         r["pub_bad"] = 0
-        for c in (args.publishers, args.publishers_high):
+        for c in (args.publishers, args.publishers_high) if "throughput" not in args.skip else ():
             c0 = cpu_by_pid(srv.pids())
             pub = lg.cmd(f"pub p 0 10000 {args.events} 1 {c}")
             r["pub_rate"][c] = args.events / ((pub["max_t1"] - pub["min_t0"]) / 1e9)
@@ -636,7 +676,7 @@ def run_point(args, kind, n):
         # Idle, nothing expiring (the last fan-out re-armed every connection
         # after t_fanout, so none expires before t_fanout + hb).
         quiet = min(args.quiet, hb - (time.monotonic() - t_fanout) - 2)
-        if quiet >= 1:
+        if quiet >= 1 and "idle" not in args.skip:
             c0 = cpu_by_pid(srv.pids())
             s0 = lg.cmd("stats")
             time.sleep(quiet)
@@ -649,6 +689,8 @@ def run_point(args, kind, n):
         # Idle with heartbeats expiring and renewed.
         c0 = cpu_by_pid(srv.pids())
         s0 = lg.cmd("stats")
+        if "idle" in args.skip:
+            idle = r["idle"] = 0
         time.sleep(idle)
         s1 = lg.cmd("stats")
         used, died = cpu_since(c0, srv)
@@ -763,6 +805,59 @@ def table(n, a, b, batch, pubs):
     row("lost (publishes a device never got)", lambda r: r["lost"], lambda v: f"{v:,}")
     row("server processes that died during the run", lambda r: r["died"], str, False)
     row("CPU used by other processes meanwhile (of the run's wall time x cores)",
+        lambda r: f"{r['other_cpu']:.0f} s of {r['wall'] * os.cpu_count():.0f} s"
+        if "other_cpu" in r else None, str, False)
+    row("unexpected answers / reconnects / connections given up",
+        lambda r: f"{r['errors']:,} / {r['reconnects']:,} / {r['dead']:,}", str, False)
+    return rows
+
+
+STREAM_COLS = ("nudge", "nudge-sse", "nchan", "nchan-sse")
+
+
+def streams_table(n, res, batch, pubs):
+    """Markdown rows for one N: held pings, held SSE streams, nchan's long-polls
+    and EventSource subscribers, measured alike in one run (each may be None)."""
+    a, s, b, e = (res.get(k) for k in STREAM_COLS)
+    x = s or a or e or b
+    rows = [f"| measure (N = {n:,} held, {x['users']:,} users, {x['workers']} server processes) "
+            "| nudge ping | nudge SSE | SSE / ping | nchan long-poll | nchan EventSource "
+            "| nudge SSE / nchan ES |", "|---|---|---|---|---|---|---|"]
+
+    def row(label, key_fn, fmt, with_ratio=True):
+        v = [key_fn(r) if r else None for r in (a, s, b, e)]
+        f = [fmt(x) if x is not None else "-" for x in v]
+        rr = (ratio(v[1], v[0]), ratio(v[1], v[3])) if with_ratio else ("-", "-")
+        rows.append(f"| {label} | {f[0]} | {f[1]} | {rr[0]} | {f[2]} | {f[3]} | {rr[1]} |")
+
+    row("user-space memory per held connection (PSS)", lambda r: r["mem_per_conn"],
+        lambda v: f"{v:,.0f} B")
+    row("server PSS with all held (all processes)", lambda r: r["pss_after"],
+        lambda v: f"{v / 1024:,.1f} MiB")
+    row("kernel socket buffers per connection (sockstat)", lambda r: r["sock_per_conn"],
+        lambda v: f"{v:,.0f} B")
+    row("kernel socket slab per connection, both ends", lambda r: r["slab_per_conn"],
+        lambda v: f"{v:,.0f} B")
+    for i, label in enumerate(("p50", "p99", "max")):
+        row(f"fan-out to {x['users']:,} users, one publish request each, {label}",
+            lambda r: r["fan"][i], fmt_ms)
+    row("server CPU for that fan-out, per device", lambda r: r.get("fan_cpu_us"), fmt_us)
+    for i, label in enumerate(("p50", "p99", "max")):
+        row(f"fan-out, events in batches of {batch} (nudge only), {label}",
+            lambda r: r["fanb"][i] if "fanb" in r else None, fmt_ms)
+    for i, label in enumerate(("p50", "p99", "max")):
+        row(f"one user with {x['devices']:,} devices, {label}", lambda r: r["one"][i], fmt_ms)
+    for c in pubs:
+        row(f"publish throughput, single-event publishes, {c} connections",
+            lambda r: r["pub_rate"].get(c, r["pub_rate"].get(str(c))), lambda v: f"{v:,.0f}/s")
+    row("churn: held connections accepted per second", lambda r: r["churn"],
+        lambda v: f"{v:,.0f}/s")
+    row("server CPU per new held connection", lambda r: r.get("accept_cpu_us"),
+        lambda v: f"{v:.1f} us")
+    row("lost (publishes a device never got)", lambda r: r["lost"], lambda v: f"{v:,}", False)
+    row("duplicates", lambda r: r["dups"], lambda v: f"{v:,}", False)
+    row("server processes that died during the run", lambda r: r["died"], str, False)
+    row("CPU used by other processes meanwhile (of the point's wall time x cores)",
         lambda r: f"{r['other_cpu']:.0f} s of {r['wall'] * os.cpu_count():.0f} s"
         if "other_cpu" in r else None, str, False)
     row("unexpected answers / reconnects / connections given up",
@@ -894,7 +989,10 @@ def main():
     ap.add_argument("--store", default="memory", choices=["memory", "sqlite"],
                     help="nudged's store (nchan keeps its channels in memory)")
     ap.add_argument("--servers", default="floor,nudge,nchan",
-                    help="what to run, comma separated: floor (bench/floor.c), nudge, nchan")
+                    help="what to run, comma separated: floor (bench/floor.c), nudge, nchan, "
+                         "nudge-sse (held GET /v1/stream), nchan-sse (EventSource)")
+    ap.add_argument("--skip", default="",
+                    help="phases left out, comma separated: throughput, idle")
     ap.add_argument("--floor-rounds", type=int, default=3,
                     help="rounds of the floor's fan-out (the median by p99 is reported)")
     ap.add_argument("--limit", type=int, default=300, help="bound on each phase, seconds")
@@ -913,7 +1011,9 @@ def main():
     servers = args.servers.split(",")
     for kind in servers:
         if kind not in NEEDS_PER_CONN:
-            sys.exit(f"compare.py: --servers: '{kind}' is not floor, nudge or nchan")
+            sys.exit(f"compare.py: --servers: '{kind}' is not floor, nudge, nchan, nudge-sse "
+                     "or nchan-sse")
+    args.skip = [x for x in args.skip.split(",") if x]
 
     started = time.time()
     results = {}
@@ -948,6 +1048,9 @@ def main():
         if results[n].get("nudge") or results[n].get("nchan"):
             out += table(n, results[n].get("nudge"), results[n].get("nchan"), args.batch,
                          (args.publishers, args.publishers_high)) + [""]
+        if results[n].get("nudge-sse") or results[n].get("nchan-sse"):
+            out += streams_table(n, results[n], args.batch,
+                                 (args.publishers, args.publishers_high)) + [""]
         if results[n].get("floor"):
             out += floor_table(n, results[n]["floor"], results[n].get("nudge"), args.batch) + [""]
         for kind in results[n]:

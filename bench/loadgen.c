@@ -23,7 +23,13 @@
  * line). --answer says how to read a held request's answer: "state" (nudge:
  * {"status":"changed","folders":{"INBOX":"<n>"}} delivers state n, "expired"
  * is a renewal) or "message" (nchan: a 200's body is the message number n,
- * 408 or 304 is a renewal).
+ * 408 or 304 is a renewal), or "sse-state" / "sse-message" for a held
+ * Server-Sent Events stream (nudge's GET /v1/stream, nchan's EventSource):
+ * the request is sent once, its 200 text/event-stream head read, and then
+ * every "data:" line of the never-ending body is a delivery of the number
+ * in it, read as "state" (after "INBOX":") or as "message" (the data is the
+ * message number); a state of 0 (a stream's first event before any publish)
+ * delivers nothing. A stream that ends is reconnected (counted).
  *
  * Each connection binds to a source address among 127.0.0.2 .. 127.0.0.<K+1>
  * (--sources K) with IP_BIND_ADDRESS_NO_PORT, so the port is chosen at
@@ -101,7 +107,8 @@
 #define PUB_BIT (1ULL << 63)
 #define CTRL_ID (1ULL << 62)
 
-enum state { ST_NEW, ST_CONNECTING, ST_WAITING, ST_DEAD };
+/* ST_STREAM: an SSE subscriber whose 200 head has been read: what follows is events. */
+enum state { ST_NEW, ST_CONNECTING, ST_WAITING, ST_STREAM, ST_DEAD };
 enum answer_mode { ANSWER_STATE, ANSWER_MESSAGE };
 
 /* Bytes a connection could not write or has read only in part. */
@@ -152,6 +159,7 @@ static struct {
     int port, procs, sources;
     char *sub_tpl, *pub_tpl;
     enum answer_mode mode;
+    int sse; /* --answer sse-state / sse-message: the held request is an event stream */
     char *tokens;
     uint32_t *tok_off;
     size_t ntokens;
@@ -456,6 +464,7 @@ static uint32_t json_state(const char *body, size_t n)
 
 static void send_sub(struct conn *c);
 static void reconnect(struct conn *c);
+static void deliver(struct conn *c, uint32_t n);
 
 static void ep_set(int fd, uint32_t events, uint64_t id, int op)
 {
@@ -624,9 +633,16 @@ static int on_answer(struct conn *c, const struct resp *r)
     }
     if (!delivered)
         return 0;
+    deliver(c, n);
+    return 0;
+}
+
+/* Number n has reached c (an answer or a stream's event). */
+static void deliver(struct conn *c, uint32_t n)
+{
     if (n <= c->seen) {
         G.c.dups++;
-        return 0;
+        return;
     }
     /* A message stream must not skip a number; folder states may (one
      * answer tells of every change since the state presented). */
@@ -639,7 +655,71 @@ static int on_answer(struct conn *c, const struct resp *r)
     c->msgs++;
     c->t_deliver = now_ns();
     G.c.deliveries++;
-    return 0;
+}
+
+/* An SSE subscriber's bytes, G.rbuf[0 .. have): the head (ST_WAITING), then
+ * events, one delivery per data: line. A partial line is kept for the next read. */
+static void on_stream_bytes(struct conn *c, size_t have)
+{
+    char *b = G.rbuf, *end = G.rbuf + have;
+
+    if (c->state == ST_WAITING) {
+        struct resp r;
+        long used = parse_response(b, have, &r);
+        if (used == 0) {
+            c->pend = xmalloc(sizeof(struct pend) + have);
+            c->pend->len = (uint32_t)have;
+            c->pend->off = 0;
+            memcpy(c->pend->data, b, have);
+            return;
+        }
+        const char *hend = used > 0 ? memmem(b, have, "\r\n\r\n", 4) : NULL;
+        if (used < 0 || r.status != 200 || hend == NULL ||
+            memmem(b, (size_t)(hend - b), "text/event-stream", 17) == NULL) {
+            G.c.answers++;
+            G.c.errors++;
+            if (G.c.errors <= 3)
+                fprintf(stderr, "loadgen[%d]: not a stream: %.*s\n", G.id,
+                        (int)(have > 300 ? 300 : have), b);
+            conn_fail(c);
+            return;
+        }
+        G.c.answers++;
+        c->state = ST_STREAM;
+        c->fails = 0;
+        b = (char *)hend + 4;
+    }
+    for (;;) {
+        char *nl = memchr(b, '\n', (size_t)(end - b));
+        if (nl == NULL)
+            break;
+        size_t len = (size_t)(nl - b);
+        if (len > 5 && memcmp(b, "data:", 5) == 0) {
+            uint32_t n;
+            if (G.mode == ANSWER_STATE) {
+                n = json_state(b + 5, len - 5);
+            } else {
+                const char *v = b + 5;
+                while (v < nl && *v == ' ')
+                    v++;
+                n = (uint32_t)strtoul(v, NULL, 10);
+            }
+            if (n > 0)
+                deliver(c, n);
+        }
+        b = nl + 1;
+    }
+    if (b < end) {
+        if (end - b > 16384) { /* no event line is this long */
+            G.c.errors++;
+            conn_fail(c);
+            return;
+        }
+        c->pend = xmalloc(sizeof(struct pend) + (size_t)(end - b));
+        c->pend->len = (uint32_t)(end - b);
+        c->pend->off = 0;
+        memcpy(c->pend->data, b, (size_t)(end - b));
+    }
 }
 
 static void on_conn(struct conn *c, uint32_t events)
@@ -658,7 +738,7 @@ static void on_conn(struct conn *c, uint32_t events)
         send_sub(c);
         return;
     }
-    if (c->state != ST_WAITING)
+    if (c->state != ST_WAITING && c->state != ST_STREAM)
         return;
     if (c->pend_out) {
         if (events & (EPOLLERR | EPOLLHUP)) {
@@ -695,6 +775,10 @@ static void on_conn(struct conn *c, uint32_t events)
     }
     if (r > 0)
         have += (size_t)r;
+    if (G.sse) {
+        on_stream_bytes(c, have);
+        return;
+    }
     struct resp resp;
     long used = parse_response(G.rbuf, have, &resp);
     if (used < 0) {
@@ -1076,7 +1160,7 @@ static void command(char *line)
         uint64_t open = 0, waiting = 0;
         for (size_t i = 0; i < G.nconns; i++) {
             open += G.conns[i].fd >= 0 && G.conns[i].state != ST_NEW;
-            waiting += G.conns[i].state == ST_WAITING;
+            waiting += G.conns[i].state == ST_WAITING || G.conns[i].state == ST_STREAM;
         }
         reply("ok open=%llu waiting=%llu answers=%llu deliveries=%llu renewals=%llu errors=%llu "
               "reconnects=%llu gaps=%llu dups=%llu dead=%llu failed_connects=%llu",
@@ -1201,7 +1285,7 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "Usage: loadgen --port PORT --sub TEMPLATE [--pub TEMPLATE [--pub-item TEMPLATE]]\n"
-            "               [--answer state|message]\n"
+            "               [--answer state|message|sse-state|sse-message]\n"
             "               [--tokens FILE] [--ptoken TOKEN] [--procs P] [--sources K]\n"
             "               [--hb SECONDS] [--host ADDR]\n"
             "Reads commands on standard input (see the top of bench/loadgen.c).\n");
@@ -1238,8 +1322,12 @@ int main(int argc, char **argv)
                 G.mode = ANSWER_STATE;
             else if (strcmp(optarg, "message") == 0)
                 G.mode = ANSWER_MESSAGE;
+            else if (strcmp(optarg, "sse-state") == 0)
+                G.mode = ANSWER_STATE, G.sse = 1;
+            else if (strcmp(optarg, "sse-message") == 0)
+                G.mode = ANSWER_MESSAGE, G.sse = 1;
             else
-                die("--answer: state or message");
+                die("--answer: state, message, sse-state or sse-message");
             break;
         case 't': load_tokens(optarg); break;
         case 'T': G.ptoken = optarg; break;

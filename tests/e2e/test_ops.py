@@ -265,6 +265,12 @@ def test_user_drops_root_after_binding(make_nudged):
     try:
         n = make_nudged({"server": {"user": "nobody", "data_dir": data}})
         n.wait_log(rf"event=1011 name=privileges_dropped user=nobody uid={nobody.pw_uid}")
+        # A worker gives up its last capability after its own setup and then logs
+        # "started"; reading its status before that line would race it.
+        deadline = time.monotonic() + WAIT
+        while n.log_text().count("event=1000 name=started ") < n.workers:
+            assert time.monotonic() < deadline, n.log_tail()
+            time.sleep(0.05)
         for pid in n.pids():
             st = status_of(pid)
             assert st["Uid"].split() == [str(nobody.pw_uid)] * 4, (pid, st["Uid"])

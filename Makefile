@@ -64,7 +64,7 @@ PUSH_SRC    := src/push/check.c src/push/ping.c src/push/probe.c src/push/state.
 ADMIN_SRC   := src/admin/admin.c src/admin/sessions_api.c src/admin/revoke.c
 AS_CODEC_SRC := src/activesync/wbxml.c src/activesync/query.c
 AS_SRC      := $(AS_CODEC_SRC) src/activesync/ping.c
-STREAM_SRC  := src/stream/state_id.c src/stream/sse.c
+STREAM_SRC  := src/stream/state_id.c src/stream/watch.c src/stream/sse.c
 SERVER_SRC  := src/server/server.c src/server/router.c src/server/handoff.c \
 	src/server/supervisor.c src/server/reload.c src/server/privs.c
 

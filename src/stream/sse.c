@@ -89,35 +89,10 @@ static uint64_t retry_ms(struct sse *s)
     return base + util_hash(s->seed, &n, sizeof(n)) % (base + 1);
 }
 
-/*
- * Closes a stream whose client does not take what it is sent. 1 when it
- * closed c (nothing more may be sent on it).
- */
+/* Closes c when its client does not read (watch_too_slow). 1: closed. */
 static int too_slow(struct sse *s, struct conn *c, struct device *d)
 {
-    struct sse_dev *x = *dev_slot(s, d);
-    size_t unsent = conn_unsent(c);
-    uint64_t now = util_now_ms();
-    const char *why = NULL;
-    char q1[300], q2[300];
-
-    if (unsent > s->cfg->stream_max_unsent) {
-        why = "max_unsent";
-    } else if (unsent > s->cfg->stream_soft_unsent) {
-        if (x->soft_since == 0)
-            x->soft_since = now;
-        else if (now - x->soft_since >= (uint64_t)s->cfg->stream_soft_seconds * 1000)
-            why = "soft_unsent";
-    } else {
-        x->soft_since = 0;
-    }
-    if (why == NULL)
-        return 0;
-    s->metrics->streams_slow++;
-    LOG(LOG_WARN, stream_slow, "user=%s device=%s unsent=%zu limit=%s",
-        log_q(q1, sizeof(q1), d->user->id), log_q(q2, sizeof(q2), d->id), unsent, why);
-    conn_close(c, CONN_WHY_SLOW, why);
-    return 1;
+    return watch_too_slow(s->cfg, s->metrics, c, d, &(*dev_slot(s, d))->soft_since);
 }
 
 /* The next ping falls 'ping' seconds after the last event sent (RFC 8620). */
@@ -378,24 +353,6 @@ struct sse_params {
     char *buf;                 /* the decoded types= value */
 };
 
-/* The effective ping interval for a client's ping=N (RFC 8620: the server may clamp it). */
-static unsigned clamp_ping(const struct config *cfg, unsigned long n)
-{
-    if (n == 0)
-        return 0;
-    if (n < cfg->stream_ping_min)
-        return cfg->stream_ping_min;
-    return n > cfg->stream_ping_max ? cfg->stream_ping_max : (unsigned)n;
-}
-
-/* The ping interval of a stream that asked for none: derived as the heartbeat max is. */
-static unsigned default_ping(const struct config *cfg)
-{
-    unsigned p = cfg->stream_ping ? cfg->stream_ping : cfg->heartbeat_max;
-
-    return clamp_ping(cfg, p);
-}
-
 static int parse_params(const struct config *cfg, const struct http_req *r,
                         const struct principal *who, struct sse_params *sp, struct http_error *e)
 {
@@ -404,7 +361,7 @@ static int parse_params(const struct config *cfg, const struct http_req *r,
     long n;
 
     sp->types.max = cfg->ping_max_folders;
-    sp->ping = default_ping(cfg);
+    sp->ping = watch_default_ping(cfg);
     /* types: decoded first (clients send %2C and %2A as well as , and *), then split. */
     n = r->query ? util_query_raw(r->query, r->query_len, "types", &raw) : -ENOENT;
     if (n < 0) {
@@ -452,25 +409,11 @@ static int parse_params(const struct config *cfg, const struct http_req *r,
         p = strtoul(v, &end, 10);
         if (v[0] < '0' || v[0] > '9' || *end != '\0' || errno != 0)
             return http_error_bad(e, "ping must be a whole number of seconds");
-        sp->ping = clamp_ping(cfg, p);
+        sp->ping = watch_clamp_ping(cfg, p);
     } else if (n == -EINVAL) {
         return http_error_bad(e, "ping must be a whole number of seconds");
     }
-    /* A ticket names its device; otherwise device= may, as for pings. */
-    if (who->device[0]) {
-        snprintf(sp->device, sizeof(sp->device), "%s", who->device);
-        return 0;
-    }
-    n = r->query ? util_query_param(r->query, r->query_len, "device", sp->device,
-                                    sizeof(sp->device))
-                 : -ENOENT;
-    if (n == -EINVAL)
-        return http_error_bad(e, "query parameter device is badly encoded or too long");
-    if (n >= 0 && (why = check_device_id(sp->device, strlen(sp->device))) != NULL)
-        return http_error_bad(e, "device %s", why);
-    if (n < 0)
-        sp->device[0] = '\0';
-    return 0;
+    return watch_device_param(r, who, sp->device, sizeof(sp->device), e);
 }
 
 

@@ -14,8 +14,14 @@
 
 #include "store/store.h"
 
-struct jsonw;
+struct config;
+struct conn;
 struct device;
+struct http_error;
+struct http_req;
+struct jsonw;
+struct metrics;
+struct principal;
 struct shard;
 struct user;
 
@@ -56,5 +62,28 @@ void watch_state_id(const struct device *d, struct jsonw *w);
  */
 struct device *watch_anonymous_device(struct shard *sh, struct user *u, uint64_t seed,
                                       uint64_t *draws);
+
+/* A client's ping interval N, clamped to [stream] ping_min..ping_max (RFC 8620 lets the server); 0 stays 0. */
+unsigned watch_clamp_ping(const struct config *cfg, unsigned long n);
+
+/* The ping interval of a stream that asked for none: [stream] ping, else derived as the heartbeat max is. */
+unsigned watch_default_ping(const struct config *cfg);
+
+/*
+ * The device a stream request names into dev[0..len): its ticket's, else
+ * the device= query parameter (checked as for pings), else "" (the stream
+ * gets a device of its own). 0, or -1 with a 400 in e.
+ */
+int watch_device_param(const struct http_req *r, const struct principal *who, char *dev,
+                       size_t len, struct http_error *e);
+
+/*
+ * Closes c, d's stream, when its client does not take what it is sent:
+ * the backlog passed [stream] max_unsent, or stayed over soft_unsent for
+ * soft_seconds (*soft_since: when it went over, 0: it is not). Logs event
+ * 1900. 1 when it closed c (nothing more may be done with c or d).
+ */
+int watch_too_slow(const struct config *cfg, struct metrics *m, struct conn *c, struct device *d,
+                   uint64_t *soft_since);
 
 #endif

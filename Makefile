@@ -28,7 +28,7 @@ LLHTTP_INC_DIR := /usr/share/include/llhttp
 CPPFLAGS += -Isrc -I$(LLHTTP_INC_DIR) -D_GNU_SOURCE
 CFLAGS   += -std=c11 $(OPT) -g -Wall -Wextra -Werror -MMD -MP $(SANFLAGS)
 LDFLAGS  += $(SANFLAGS)
-LIBS     := -luv -ljansson -linih -lcrypto -lsqlite3 -lcrypt -lsystemd -lpthread
+LIBS     := -luv -ljansson -linih -lcrypto -lsqlite3 -lcrypt -lsystemd -lwslay -lpthread
 # libwbxml2: the referee for our Ping codec in the unit tests and the fuzz target
 # (docs/activesync.md says why nudged itself reads and writes the tokens by hand).
 WBXML_CFLAGS := $(shell pkg-config --cflags libwbxml2)
@@ -64,7 +64,7 @@ PUSH_SRC    := src/push/check.c src/push/ping.c src/push/probe.c src/push/state.
 ADMIN_SRC   := src/admin/admin.c src/admin/sessions_api.c src/admin/revoke.c
 AS_CODEC_SRC := src/activesync/wbxml.c src/activesync/query.c
 AS_SRC      := $(AS_CODEC_SRC) src/activesync/ping.c
-STREAM_SRC  := src/stream/state_id.c src/stream/watch.c src/stream/sse.c
+STREAM_SRC  := src/stream/state_id.c src/stream/watch.c src/stream/sse.c src/stream/wsmsg.c src/stream/ws.c
 SERVER_SRC  := src/server/server.c src/server/router.c src/server/handoff.c \
 	src/server/supervisor.c src/server/reload.c src/server/privs.c
 

@@ -57,6 +57,7 @@
 #include "push/udp_api.h"
 #include "store/store.h"
 #include "stream/sse.h"
+#include "stream/ws.h"
 #include "worker/worker.h"
 
 /* What a client whose password could not be checked is told to wait. */
@@ -117,6 +118,7 @@ static const struct route routes[] = {
     {"/v1/activesync/synced/", 1, HTTP_POST, TOKEN_PUBLISHER, as_synced_handle, ROUTE_ACTIVESYNC, 0, 0, 0},
     /* Event streams for web and desktop clients (docs/streams.md). */
     {"/v1/stream", 0, HTTP_GET, TOKEN_USER, sse_handle, ROUTE_STREAM, 0, 0, 1},
+    {"/v1/ws", 0, HTTP_GET, TOKEN_USER, ws_handle, ROUTE_WS, 0, 0, 1},
 };
 
 void router_init(struct router *rt, const struct config *cfg, const struct secret *secret,

@@ -163,6 +163,7 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
     as_ping_init(&s->as_ping, cfg, s->store, &s->shard, &s->metrics, &s->hb, &s->sessions,
                  &s->devices, NULL);
     sse_init(&s->sse, cfg, s->store, &s->shard, &s->metrics, &s->sessions, &s->hb);
+    ws_init(&s->ws, cfg, s->store, &s->shard, &s->metrics, &s->sessions, &s->hb);
     devices_load(&s->devices);
     as_ping_load(&s->as_ping);
 
@@ -225,6 +226,7 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
             [ROUTE_REVOKE] = &s->revoke,
             [ROUTE_ACTIVESYNC] = &s->as_ping,
             [ROUTE_STREAM] = &s->sse,
+            [ROUTE_WS] = &s->ws,
             [ROUTE_TICKET] = &s->ticket_api,
         };
         router_init(&s->router, cfg, &s->secret, &s->metrics, route, s->store, s->passwords,
@@ -271,6 +273,8 @@ void server_free(struct server *s)
         as_ping_free(&s->as_ping);
     if (s->sse.shard)
         sse_free(&s->sse);
+    if (s->ws.shard)
+        ws_free(&s->ws);
     shard_free(&s->shard);
     store_close(s->store);
     s->store = NULL;

@@ -29,6 +29,7 @@
 #include "push/ticket_api.h"
 #include "activesync/ping.h"
 #include "stream/sse.h"
+#include "stream/ws.h"
 #include "push/ping.h"
 #include "push/probe.h"
 #include "push/state.h"
@@ -65,6 +66,7 @@ struct server {
     struct ping ping;
     struct as_ping as_ping;
     struct sse sse;
+    struct ws ws;
     struct probe probe;
     struct state state;
     struct events events;

@@ -101,7 +101,8 @@ UNIT_TESTS := \
 	tests/unit/test_datagram \
 	tests/unit/test_owner \
 	tests/unit/test_mesh \
-	tests/unit/test_activesync
+	tests/unit/test_activesync \
+	tests/unit/test_wsmsg
 test_token_SRC       := $(COMMON_SRC) $(AUTH_SRC)
 test_ticket_SRC      := $(COMMON_SRC) $(AUTH_SRC)
 test_auth_SRC        := $(COMMON_SRC) $(AUTH_SRC)
@@ -118,6 +119,7 @@ test_datagram_SRC    := $(COMMON_SRC) $(DGRAM_SRC)
 test_owner_SRC       := $(COMMON_SRC) $(STORE_SRC) $(WORKER_SRC)
 test_mesh_SRC        := $(COMMON_SRC) $(WORKER_SRC)
 test_activesync_SRC  := $(COMMON_SRC) $(AS_CODEC_SRC)
+test_wsmsg_SRC       := $(COMMON_SRC) src/push/check.c src/stream/wsmsg.c
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 
@@ -325,7 +327,7 @@ FUZZ_RUNS  ?= 20000
 fuzz:
 	@scripts/deps.sh fuzz
 	@$(MAKE) --no-print-directory $(FUZZ_DIR)/fuzz_as_ping $(FUZZ_DIR)/fuzz_browser_auth \
-		$(FUZZ_DIR)/fuzz_state_id
+		$(FUZZ_DIR)/fuzz_state_id $(FUZZ_DIR)/fuzz_ws_msg
 
 $(FUZZ_DIR)/fuzz_as_ping: fuzz/fuzz_as_ping.c $(AS_CODEC_SRC) src/common/xalloc.c src/common/util.c
 	@mkdir -p $(@D)
@@ -343,10 +345,19 @@ $(FUZZ_DIR)/fuzz_state_id: fuzz/fuzz_state_id.c src/stream/state_id.c src/common
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^
 
+# A WebSocket client's bytes: frame ends against libwslay's, messages, handshake keys.
+$(FUZZ_DIR)/fuzz_ws_msg: fuzz/fuzz_ws_msg.c src/stream/wsmsg.c src/push/check.c src/common/jsonw.c \
+		src/common/util.c src/common/xalloc.c
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ -ljansson -lwslay -lcrypto
+
 fuzz-smoke: fuzz
-	@mkdir -p $(FUZZ_DIR)/corpus/as_ping $(FUZZ_DIR)/corpus/browser_auth $(FUZZ_DIR)/corpus/state_id
+	@mkdir -p $(FUZZ_DIR)/corpus/as_ping $(FUZZ_DIR)/corpus/browser_auth $(FUZZ_DIR)/corpus/state_id \
+		$(FUZZ_DIR)/corpus/ws_msg
 	$(FUZZ_DIR)/fuzz_as_ping -runs=$(FUZZ_RUNS) -max_len=4096 $(FUZZ_DIR)/corpus/as_ping fuzz/corpus/as_ping
 	$(FUZZ_DIR)/fuzz_browser_auth -runs=$(FUZZ_RUNS) -max_len=2048 $(FUZZ_DIR)/corpus/browser_auth \
 		fuzz/corpus/browser_auth
 	$(FUZZ_DIR)/fuzz_state_id -runs=$(FUZZ_RUNS) -max_len=1024 $(FUZZ_DIR)/corpus/state_id \
 		fuzz/corpus/state_id
+	$(FUZZ_DIR)/fuzz_ws_msg -runs=$(FUZZ_RUNS) -max_len=1024 $(FUZZ_DIR)/corpus/ws_msg \
+		fuzz/corpus/ws_msg

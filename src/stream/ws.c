@@ -14,7 +14,7 @@
  *
  * Frames from the client are libwslay's to read: masking, fragments,
  * control frames, ping/pong, the close handshake and its codes (1002 for
- * a protocol error, 1009 for a message over [server] max_body_bytes). Its
+ * a protocol error, 1009 for a message over [stream] ws_max_message). Its
  * context costs 8.8 KB (two 4 KB buffers), ten held pings' worth, so a
  * WebSocket has one only while a client's message is half read: wsmsg_scan
  * tells where frames end, and the context is freed between messages. An
@@ -405,7 +405,7 @@ static void on_data(void *ctx, struct conn *c, void *arg, const char *buf, size_
             conn_close(c, CONN_WHY_NO_MEMORY, NULL);
             return;
         }
-        wslay_event_config_set_max_recv_msg_length(x->cx, w->cfg->max_body_bytes);
+        wslay_event_config_set_max_recv_msg_length(x->cx, w->cfg->stream_ws_max_message);
     }
     wsmsg_scan(&x->scan, (const unsigned char *)buf, len);
     if (x->scan.bad) {

@@ -323,8 +323,8 @@ def test_a_frame_rfc_6455_forbids_closes_with_its_code(srv, name):
     harness.wait_event(srv, 1302, lambda e: e.get("device") == "tab", "session_closed")
 
 
-def test_a_message_over_max_body_bytes_closes_with_1009(make_nudged):
-    srv = make_nudged({"server": {"max_body_bytes": 4096}})
+def test_a_message_over_ws_max_message_closes_with_1009(make_nudged):
+    srv = make_nudged({"stream": {"ws_max_message": 4096}})
     alice = srv.user("alice")
     w = open_ws(srv, alice)
     w.send(frame(TEXT, json.dumps({"@type": "WebSocketPushDisable", "pad": "x" * 5000})))

@@ -62,6 +62,7 @@ static const int notable[] = {EV_session_limit, EV_session_closed, EV_heartbeat_
 /* What the totals add up: every field a uint64_t, summed as an array. */
 struct counts {
     uint64_t connections, pings_held, streams_held, udp_registrations, sessions, users, devices;
+    uint64_t events_applied;       /* a counter: the page shows its rate */
     uint64_t hints[STATUS_BUCKETS];
     uint64_t hints_none;           /* devices that hold no hint yet */
 };
@@ -93,6 +94,7 @@ static void take_snapshot(struct status *st, struct snap *sn)
     sn->c.udp_registrations = st->metrics->udp_registrations;
     sn->c.sessions = sessions_now(st->sessions);
     sn->c.users = st->shard->users.len;
+    sn->c.events_applied = st->metrics->events_published;
     while (strmap_next(&st->shard->users, &pos, &key, &val)) {
         struct user *u = val;
         uint32_t dpos = 0;
@@ -162,6 +164,8 @@ static void counts_json(struct jsonw *w, const struct counts *sn)
     jw_u64(w, sn->users);
     jw_key(w, "devices");
     jw_u64(w, sn->devices);
+    jw_key(w, "events_applied");
+    jw_u64(w, sn->events_applied);
     hints_json(w, sn->hints, sn->hints_none);
 }
 

@@ -73,7 +73,7 @@ extern enum log_level log_threshold;
  * Each process keeps the last LOG_RECENT_LINES lines of a few events the
  * caller names (the status page shows them: session limits, dead peers,
  * network alerts, slow streams), in a fixed ring in memory: 48 slots of
- * 160 bytes, 8 KiB a process, nothing allocated, nothing freed. A line is
+ * 160 bytes, 7.5 KiB a process, nothing allocated, nothing freed. A line is
  * kept as it was written (below the level threshold or coalesced away it
  * is not written, so not kept either), without its ts= field, cut at a
  * character boundary to LOG_RECENT_TEXT - 1 bytes, bytes that are not

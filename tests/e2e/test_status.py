@@ -31,7 +31,7 @@ from harness import WAIT, expect_error, worker_of
 NUDGED_SETTINGS = {"sessions": {"per_user_limit": 2}}
 
 COUNTS = ["connections", "pings_held", "streams_held", "udp_registrations", "sessions", "users",
-          "devices"]
+          "devices", "events_applied"]
 BOUNDS = [60, 120, 300, 600, 900, 1200, 1680]
 
 
@@ -117,7 +117,8 @@ def test_status_shape_and_totals(srv):
         assert len(h["counts"]) == len(BOUNDS) + 1, h
         assert sum(h["counts"]) + h["none"] == w["devices"], w
     total = doc["total"]
-    for k in ["pings_held", "streams_held", "udp_registrations", "sessions", "users", "devices"]:
+    for k in ["pings_held", "streams_held", "udp_registrations", "sessions", "users", "devices",
+              "events_applied"]:
         assert total[k] == sum(w[k] for w in workers), (k, doc)
     # The connections gauge moves with this very request (the scrape's own connection).
     assert total["connections"] >= 1, doc
@@ -156,10 +157,15 @@ def test_held_pings_and_streams_count_on_their_owner(srv):
                       "one more held stream on the user's worker")
     assert doc["total"]["streams_held"] == sum(streams_base) + 1, doc
     s.close()
+    applied = [w["events_applied"] for w in doc["workers"]]
     for u in users:
         u.publish("INBOX")
     for p in pings:
         srv.check_ping(p.result(), "changed")
+    # Each publish is applied by the worker owning its user.
+    doc = status(srv)
+    assert [w["events_applied"] - applied[i] for i, w in enumerate(doc["workers"])] == \
+        [i + 1 for i in range(srv.workers)], doc
     wait_status(srv, lambda d: [w["pings_held"] for w in d["workers"]] == base and
                 [w["streams_held"] for w in d["workers"]] == streams_base,
                 "the pings and the stream gone again")

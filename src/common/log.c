@@ -76,7 +76,8 @@ void log_recent_keep(const int *ids, size_t n)
 {
     if (n > LOG_RECENT_KINDS)
         n = LOG_RECENT_KINDS;
-    memcpy(recent_ids, ids, n * sizeof(*ids));
+    if (n > 0)
+        memcpy(recent_ids, ids, n * sizeof(*ids));
     recent_nids = n;
 }
 

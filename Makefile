@@ -47,7 +47,8 @@ COMMON_SRC := \
 AUTH_SRC    := src/auth/token.c src/auth/secret.c src/auth/basic.c src/auth/limit.c \
 	src/auth/ticket.c
 PASSWD_SRC  := src/auth/passwd.c src/auth/passwd_dovecot.c src/auth/passwd_file.c
-HTTP_SRC    := src/http/request.c src/http/response.c src/http/error.c src/http/cookie.c
+HTTP_SRC    := src/http/request.c src/http/response.c src/http/error.c src/http/cookie.c \
+	src/http/csp.c
 NET_SRC     := src/net/sockopt.c
 STORE_SRC   := src/store/store.c src/store/statemap.c src/store/store_mem.c \
 	src/store/store_sqlite.c src/store/sqlite_writer.c src/store/reshard.c
@@ -61,7 +62,7 @@ SESSION_SRC := src/session/session.c src/session/devices.c
 PUSH_SRC    := src/push/check.c src/push/ping.c src/push/probe.c src/push/state.c \
 	src/push/events.c src/push/udp_api.c src/push/ingest.c src/push/login.c \
 	src/push/ticket_api.c
-ADMIN_SRC   := src/admin/admin.c src/admin/sessions_api.c src/admin/revoke.c
+ADMIN_SRC   := src/admin/admin.c src/admin/sessions_api.c src/admin/revoke.c src/admin/status.c
 AS_CODEC_SRC := src/activesync/wbxml.c src/activesync/query.c
 AS_SRC      := $(AS_CODEC_SRC) src/activesync/ping.c
 STREAM_SRC  := src/stream/state_id.c src/stream/watch.c src/stream/sse.c src/stream/wsmsg.c src/stream/ws.c
@@ -102,7 +103,9 @@ UNIT_TESTS := \
 	tests/unit/test_owner \
 	tests/unit/test_mesh \
 	tests/unit/test_activesync \
-	tests/unit/test_wsmsg
+	tests/unit/test_wsmsg \
+	tests/unit/test_log \
+	tests/unit/test_csp
 test_token_SRC       := $(COMMON_SRC) $(AUTH_SRC)
 test_ticket_SRC      := $(COMMON_SRC) $(AUTH_SRC)
 test_auth_SRC        := $(COMMON_SRC) $(AUTH_SRC)
@@ -120,10 +123,15 @@ test_owner_SRC       := $(COMMON_SRC) $(STORE_SRC) $(WORKER_SRC)
 test_mesh_SRC        := $(COMMON_SRC) $(WORKER_SRC)
 test_activesync_SRC  := $(COMMON_SRC) $(AS_CODEC_SRC)
 test_wsmsg_SRC       := $(COMMON_SRC) src/push/check.c src/stream/wsmsg.c
+test_log_SRC         := $(COMMON_SRC)
+test_csp_SRC         := $(COMMON_SRC) $(HTTP_SRC)
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 
-NUDGED_OBJ     := $(call obj,$(NUDGED_SRC))
+# The status page (src/admin/status.html) as a C array, made at build time so
+# that the page is written as HTML; const, so it stays in read-only memory.
+STATUS_HTML_OBJ := $(BUILD)/gen/status_html.o
+NUDGED_OBJ     := $(call obj,$(NUDGED_SRC)) $(STATUS_HTML_OBJ)
 NUDGE_OBJ      := $(call obj,$(NUDGE_SRC))
 LLHTTP_LIB     := $(BUILD)/libllhttp.a
 LLHTTP_OBJ     := $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o $(BUILD)/llhttp/llhttp.o
@@ -163,6 +171,14 @@ $(BIN)/loadgen: bench/loadgen.c
 $(BIN)/floor: bench/floor.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $<
+
+$(BUILD)/gen/status_html.c: src/admin/status.html
+	@mkdir -p $(@D)
+	xxd -i -n status_html $< | sed 's/^unsigned/const unsigned/' > $@.tmp
+	mv $@.tmp $@
+
+$(BUILD)/gen/status_html.o: $(BUILD)/gen/status_html.c
+	$(CC) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(@D)

@@ -52,6 +52,7 @@ enum route_target {
     ROUTE_STREAM,          /* struct sse */
     ROUTE_TICKET,          /* struct ticket_api */
     ROUTE_WS,              /* struct ws */
+    ROUTE_STATUS,          /* struct status */
     ROUTE_TARGET_COUNT,
 };
 

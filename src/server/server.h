@@ -17,6 +17,7 @@
 #include "admin/admin.h"
 #include "admin/revoke.h"
 #include "admin/sessions_api.h"
+#include "admin/status.h"
 #include "auth/limit.h"
 #include "auth/secret.h"
 #include "common/config.h"
@@ -74,6 +75,7 @@ struct server {
     struct ingest ingest;
     struct admin admin;
     struct sessions_api sessions_api;
+    struct status status;
     struct passwords *passwords;   /* NULL: tokens only ([auth] passwords empty) */
     struct auth_limit fail_ip, fail_user;
     _Atomic uint64_t *fail_slots;  /* without workers: the limits' own slots (2 tables) */

@@ -61,7 +61,8 @@ static const int notable[] = {EV_session_limit, EV_session_closed, EV_heartbeat_
 
 /* What the totals add up: every field a uint64_t, summed as an array. */
 struct counts {
-    uint64_t connections, pings_held, streams_held, udp_registrations, sessions, users, devices;
+    uint64_t connections, pings_held, streams_held, websockets, udp_registrations, sessions, users;
+    uint64_t devices;
     uint64_t events_applied;       /* a counter: the page shows its rate */
     uint64_t hints[STATUS_BUCKETS];
     uint64_t hints_none;           /* devices that hold no hint yet */
@@ -91,6 +92,7 @@ static void take_snapshot(struct status *st, struct snap *sn)
     sn->c.connections = st->metrics->connections;
     sn->c.pings_held = st->metrics->pings_held;
     sn->c.streams_held = st->metrics->streams_held;
+    sn->c.websockets = st->metrics->ws_held;
     sn->c.udp_registrations = st->metrics->udp_registrations;
     sn->c.sessions = sessions_now(st->sessions);
     sn->c.users = st->shard->users.len;
@@ -156,6 +158,8 @@ static void counts_json(struct jsonw *w, const struct counts *sn)
     jw_u64(w, sn->pings_held);
     jw_key(w, "streams_held");
     jw_u64(w, sn->streams_held);
+    jw_key(w, "websockets");
+    jw_u64(w, sn->websockets);
     jw_key(w, "udp_registrations");
     jw_u64(w, sn->udp_registrations);
     jw_key(w, "sessions");

@@ -25,12 +25,13 @@ import time
 
 import harness
 import sse
+import ws
 from harness import WAIT, expect_error, worker_of
 
 # A cap of 2 so that a third device of one user is refused (event 1301).
 NUDGED_SETTINGS = {"sessions": {"per_user_limit": 2}}
 
-COUNTS = ["connections", "pings_held", "streams_held", "udp_registrations", "sessions", "users",
+COUNTS = ["connections", "pings_held", "streams_held", "websockets", "udp_registrations", "sessions", "users",
           "devices", "events_applied"]
 BOUNDS = [60, 120, 300, 600, 900, 1200, 1680]
 
@@ -157,6 +158,14 @@ def test_held_pings_and_streams_count_on_their_owner(srv):
                       "one more held stream on the user's worker")
     assert doc["total"]["streams_held"] == sum(streams_base) + 1, doc
     s.close()
+    # And a WebSocket.
+    ws_base = [w["websockets"] for w in doc["workers"]]
+    w = ws.WebSocket(srv, u.token, "device=web2")
+    assert w.status == 101, w.response
+    doc = wait_status(srv, lambda d: d["workers"][owner]["websockets"] == ws_base[owner] + 1,
+                      "one more WebSocket on the user's worker")
+    assert doc["total"]["websockets"] == sum(ws_base) + 1, doc
+    w.close()
     applied = [w["events_applied"] for w in doc["workers"]]
     for u in users:
         u.publish("INBOX")

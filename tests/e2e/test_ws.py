@@ -459,3 +459,36 @@ def test_clients_that_hang_up_anywhere_leave_nudged_whole(srv):
     assert changed(w.message(), alice) == {"INBOX": state}
     w.close()
     assert srv.running()
+
+
+def test_frames_sent_right_behind_the_handshake_are_read(srv):
+    # Some clients do not wait for the 101; with workers the bytes travel with the request.
+    alice = srv.user("alice")
+    enable = frame(TEXT, json.dumps({"@type": "WebSocketPushEnable", "dataTypes": ["INBOX"]}))
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=WAIT)
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    s.sendall(harness.build_request("GET", "/v1/ws?device=eager", token=alice.token, headers={
+        "Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Key": key,
+        "Sec-WebSocket-Version": "13", "Sec-WebSocket-Protocol": "jmap"}) + enable + frame(PING, b"q"))
+    w = WebSocket.__new__(WebSocket)
+    w.conn = harness.Conn(None)
+    w.conn.sock = s
+    w.key = key
+    w._read_head()
+    assert w.status == 101, w.response
+    pong = w.next()
+    assert pong.opcode == PONG and pong.payload == b"q", pong
+    state = alice.publish("INBOX")
+    assert changed(w.message(), alice) == {"INBOX": state}
+    w.close()
+
+
+def test_an_upgrade_header_on_another_route_is_plain_http(srv):
+    s = socket.create_connection(("127.0.0.1", srv.port), timeout=WAIT)
+    s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+              b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+    c = harness.Conn(None)
+    c.sock = s
+    assert c.read_response().status == 200
+    assert c.read_response().status == 200
+    s.close()

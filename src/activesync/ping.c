@@ -383,6 +383,7 @@ void as_ping_init(struct as_ping *ap, const struct config *cfg, struct store *st
         .superseded = on_superseded,
         .ctx = ap,
         .name = "activesync",
+        .heartbeat = 1,
     };
     ap->delayed = (struct conn_holder){
         .expired = on_delayed_expired,
@@ -678,9 +679,11 @@ void as_ping_handle(void *arg, struct conn *c, struct http_req *r, const struct 
         hb_first_hint(ap->hb, d, heartbeat);
     {
         struct sockaddr_storage peer;
+        /* Only a held ping's early end tells about the path, not a stream's. */
+        int held_ping = sd->held && sd->held->holder && sd->held->holder->heartbeat;
         if (conn_peer_addr(c, &peer) != 0)
             peer.ss_family = AF_UNSPEC;
-        hb_on_ping(ap->hb, d, (struct sockaddr *)&peer, sd->held != NULL);
+        hb_on_ping(ap->hb, d, (struct sockaddr *)&peer, held_ping);
     }
     judge_delivery(ap, d);
     superseding = session_supersede(ap->sessions, d);

@@ -104,6 +104,13 @@ struct conn_holder {
     void *ctx;
     /* What holds it, for listings ("ping", "activesync", "stream"); NULL: unnamed. */
     const char *name;
+    /*
+     * 1: a held ping, held for a heartbeat its device chose, so a newer
+     * request of the device while it is held says something about the
+     * path (session/heartbeat.c); 0: a stream or a WebSocket, which a
+     * newer request ends without teaching anything.
+     */
+    int heartbeat;
 };
 
 /* A complete request on c: answer it (now or later), hold it, or hand it away. */

@@ -184,6 +184,7 @@ void ping_init(struct ping *p, const struct config *cfg, struct store *store, st
         .superseded = on_superseded,
         .ctx = p,
         .name = "ping",
+        .heartbeat = 1,
     };
 }
 
@@ -366,9 +367,11 @@ void ping_handle(void *arg, struct conn *c, struct http_req *r, const struct pri
     /* Judge what this ping proves about the path before it replaces the last one. */
     {
         struct sockaddr_storage peer;
+        /* Only a held ping's early end tells about the path, not a stream's. */
+        int held_ping = sd->held && sd->held->holder && sd->held->holder->heartbeat;
         if (conn_peer_addr(c, &peer) != 0)
             peer.ss_family = AF_UNSPEC;
-        if (hb_on_ping(p->hb, d, (struct sockaddr *)&peer, sd->held != NULL))
+        if (hb_on_ping(p->hb, d, (struct sockaddr *)&peer, held_ping))
             dirty = 1;
     }
     session_supersede(p->sessions, d);

@@ -225,7 +225,8 @@ int session_admit(struct sessions *ss, struct user *u, struct device *d, struct 
     return -1;
 }
 
-void session_closed(struct sessions *ss, struct device *d, enum conn_why why, const char *text)
+static void closed(struct sessions *ss, struct device *d, enum conn_why why, const char *text,
+                   int held_ping)
 {
     char q1[300], q2[300], q3[200];
 
@@ -233,14 +234,26 @@ void session_closed(struct sessions *ss, struct device *d, enum conn_why why, co
      * Only a connection the path killed is evidence: a reset or a socket error
      * (a middlebox's RST, keepalive giving up), or one found dead by the
      * reaper. A client that closed its own ping (FIN), an admin's end, nudged
-     * stopping and the rest say nothing about the path's idle timeout.
+     * stopping and the rest say nothing about the path's idle timeout. Nor
+     * does a stream or a WebSocket: it was not held for d's heartbeat.
      */
-    if (why == CONN_WHY_IO || why == CONN_WHY_REAPED) {
+    if (held_ping && (why == CONN_WHY_IO || why == CONN_WHY_REAPED)) {
         hb_on_lost(ss->hb, d);
         devices_save(ss->devices, d);
     }
     LOG(LOG_INFO, session_closed, "user=%s device=%s why=%s", log_q(q1, sizeof(q1), d->user->id),
         log_q(q2, sizeof(q2), d->id), log_q(q3, sizeof(q3), text));
+}
+
+void session_closed(struct sessions *ss, struct device *d, enum conn_why why, const char *text)
+{
+    closed(ss, d, why, text, 1);
+}
+
+void session_stream_closed(struct sessions *ss, struct device *d, enum conn_why why,
+                           const char *text)
+{
+    closed(ss, d, why, text, 0);
 }
 
 int session_end(struct sessions *ss, struct device *d)

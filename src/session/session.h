@@ -111,6 +111,13 @@ int session_admit(struct sessions *ss, struct user *u, struct device *d, struct 
  */
 void session_closed(struct sessions *ss, struct device *d, enum conn_why why, const char *text);
 
+/*
+ * As session_closed for a stream or a WebSocket: logged the same, but no
+ * evidence about the path, since it was not held for d's heartbeat.
+ */
+void session_stream_closed(struct sessions *ss, struct device *d, enum conn_why why,
+                           const char *text);
+
 /* Ends d's session (an admin asked): its held connection and its registration. 0, or -1: none. */
 int session_end(struct sessions *ss, struct device *d);
 

@@ -227,7 +227,7 @@ static void on_closed(void *ctx, struct conn *c, void *arg, enum conn_why why, c
     struct device *d = arg;
 
     if (!conn_stopping(c) && session_of(s->sessions, d)->held == c)
-        session_closed(s->sessions, d, why, text);
+        session_stream_closed(s->sessions, d, why, text);
     forget(s, c, d);
 }
 

@@ -224,7 +224,7 @@ static void on_closed(void *ctx, struct conn *c, void *arg, enum conn_why why, c
     struct device *d = arg;
 
     if (!conn_stopping(c) && session_of(w->sessions, d)->held == c)
-        session_closed(w->sessions, d, why, text);
+        session_stream_closed(w->sessions, d, why, text);
     forget(w, c, d);
 }
 
@@ -249,7 +249,7 @@ static void on_ended(void *ctx, struct conn *c, void *arg)
     struct ws *w = ctx;
     struct device *d = arg;
 
-    session_closed(w->sessions, d, CONN_WHY_ENDED_BY_ADMIN, conn_why_text[CONN_WHY_ENDED_BY_ADMIN]);
+    session_stream_closed(w->sessions, d, CONN_WHY_ENDED_BY_ADMIN, conn_why_text[CONN_WHY_ENDED_BY_ADMIN]);
     finish(w, c, d, CLOSE_POLICY, "ended by an admin");
 }
 
@@ -422,7 +422,7 @@ static void on_data(void *ctx, struct conn *c, void *arg, const char *buf, size_
     if (x->scan.bad) {
         char why[160];
         snprintf(why, sizeof(why), "websocket close %u", CLOSE_PROTOCOL);
-        session_closed(w->sessions, d, CONN_WHY_EOF, why);
+        session_stream_closed(w->sessions, d, CONN_WHY_EOF, why);
         finish(w, c, d, CLOSE_PROTOCOL, wsmsg_scan_bad(&x->scan));
         return;
     }
@@ -448,7 +448,7 @@ static void on_data(void *ctx, struct conn *c, void *arg, const char *buf, size_
                  wslay_event_get_close_received(x->cx)
                      ? (unsigned)wslay_event_get_status_code_received(x->cx)
                      : (unsigned)wslay_event_get_status_code_sent(x->cx));
-        session_closed(w->sessions, d, CONN_WHY_EOF, why);
+        session_stream_closed(w->sessions, d, CONN_WHY_EOF, why);
         forget(w, c, d);
         conn_hold(c, &closing_holder, NULL, 0);
         conn_stream_end(c);

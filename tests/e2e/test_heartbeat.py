@@ -92,6 +92,29 @@ def test_a_held_connection_reset_on_the_path_lowers_the_hint(make_nudged):
     assert hint(r) == 2
 
 
+def test_a_stream_or_websocket_of_the_device_is_no_evidence(make_nudged):
+    # A stream is not held for the device's heartbeat: a ping superseding it, or
+    # the path resetting it, says nothing about the path's idle timeout.
+    import sse
+    import ws
+    # A grace long enough for the stream and the WebSocket between two pings.
+    n = make_nudged({"heartbeat": {**SETTINGS["heartbeat"], "grace": 15}})
+    erin = n.user("erin")
+    for hb, want in ((1, 1), (1, 2), (2, 3)):
+        assert expire(erin, "phone", hb) == want
+    s = sse.Stream(n, erin.token, "types=INBOX&device=phone")
+    assert s.status == 200, s.response
+    s.conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\0\0\0\0\0\0\0")
+    s.conn.sock.close()
+    wait_event(n, 1302, lambda e: e.get("device") == "phone", "for the reset stream")
+    w = ws.WebSocket(n, erin.token, "device=phone")
+    assert w.status == 101, w.response
+    # This ping supersedes the WebSocket while it is held; the 2 s expiry before
+    # it still counts as followed in time, so the hint goes on rising.
+    assert expire(erin, "phone", 3) == 4
+    w.close()
+
+
 def test_a_client_closing_its_own_ping_is_no_evidence(make_nudged):
     # Even one device may alert here: only the FIN rule keeps event 1311 away.
     n = make_nudged(dict(SETTINGS, heartbeat=dict(SETTINGS["heartbeat"], alert_average=540,

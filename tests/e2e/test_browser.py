@@ -326,3 +326,38 @@ def test_a_refused_event_source_is_closed_for_good(make_nudged, page_origin, bro
     state = bob.publish("INBOX")
     page.wait(f"INBOX at {state}", lambda x: x.get("step") == "state" and x.get("name") == "first" and
               x["data"]["changed"].get(bob.name, {}).get("INBOX") == state)
+
+
+# ---- WebSocket (RFC 8887) ------------------------------------------------------
+
+
+def test_a_websocket_gets_what_it_missed_then_each_change(make_nudged, page_origin, browser, tmp_path):
+    """GET /v1/ws with a ticket, subprotocol jmap. The page enables push
+    with the pushState of before a publish, so nudged's first message is the
+    change it missed (which also proves the enable was read before the next
+    publish: no race), then a live publish is the next message."""
+    n = make_nudged(settings_for(page_origin, tmp_path))
+    dave = n.user("dave")
+    missed = dave.publish("INBOX")
+    page = browser(page_origin, "ws", api=f"http://127.0.0.1:{n.port}", token=dave.token,
+                   device="tab-ws", pushState="1:INBOX=0")
+    assert page.step("ticket")["status"] == 200
+    opened = page.wait("the WebSocket's open", lambda x: x.get("step") in ("open", "close"))
+    assert opened["step"] == "open" and opened["protocol"] == "jmap", page.lines
+    page.step("enabled")
+    first = page.wait("the first message", lambda x: x.get("step") in ("message", "close"))
+    assert first["step"] == "message", page.lines
+    assert first["data"] == {"@type": "StateChange", "changed": {dave.name: {"INBOX": missed}},
+                             "pushState": f"1:INBOX={missed}"}, first
+    state = dave.publish("INBOX")
+    ev = page.wait(f"INBOX at {state}", lambda x: x.get("step") in ("message", "close") and x is not first)
+    assert ev["step"] == "message", page.lines
+    assert ev["data"] == {"@type": "StateChange", "changed": {dave.name: {"INBOX": state}},
+                          "pushState": f"1:INBOX={state}"}, ev
+    # Another folder is not in dataTypes: nothing for it.
+    dave.publish("Sent")
+    last = dave.publish("INBOX")
+    ev = page.wait(f"INBOX at {last}", lambda x: x.get("step") == "message" and
+                   x["data"].get("changed", {}).get(dave.name, {}).get("INBOX") == last)
+    assert all(set(m["data"]["changed"][dave.name]) == {"INBOX"} for m in page.steps("message")), page.lines
+    assert not page.steps("close") and not page.steps("error"), page.lines

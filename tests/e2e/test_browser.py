@@ -105,10 +105,10 @@ class Browser:
         self.chromium_pid = None
         self._queue = queue.Queue()
         env = dict(os.environ, TMPDIR=str(self.dir))
-        self.proc = subprocess.Popen(
-            ["node", str(BROWSER_DIR / "drive.mjs"), url], cwd=str(BROWSER_DIR), env=env,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=open(self.stderr_path, "wb"),
-            text=True)
+        with open(self.stderr_path, "wb") as err:
+            self.proc = subprocess.Popen(
+                ["node", str(BROWSER_DIR / "drive.mjs"), url], cwd=str(BROWSER_DIR), env=env,
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         harness.LIVE.append(self)
@@ -196,9 +196,11 @@ class Browser:
                     self.proc.kill()
                     self.proc.wait()
         self._reader.join(5)
+        if not self._reader.is_alive():
+            self.proc.stdout.close()
         # Playwright starts Chromium as the leader of its own process group;
         # if drive.mjs died without closing it, that group is ours to end.
-        pid = self.chromium_pid
+        pid, self.chromium_pid = self.chromium_pid, None
         if pid:
             try:
                 with open(f"/proc/{pid}/cmdline", "rb") as f:

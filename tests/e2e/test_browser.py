@@ -363,3 +363,34 @@ def test_a_websocket_gets_what_it_missed_then_each_change(make_nudged, page_orig
                    x["data"].get("changed", {}).get(dave.name, {}).get("INBOX") == last)
     assert all(set(m["data"]["changed"][dave.name]) == {"INBOX"} for m in page.steps("message")), page.lines
     assert not page.steps("close") and not page.steps("error"), page.lines
+
+
+def test_a_websocket_with_the_cookie_resumes_across_a_restart(make_nudged, page_origin, browser, tmp_path):
+    """The login cookie on GET /v1/ws (from an allowed origin), and the
+    client's own reconnect with its last pushState after nudged restarts
+    (close 1001): the change made meanwhile is its first message."""
+    user = "erin"
+    settings = settings_for(page_origin, tmp_path, users=[user])
+    n = make_nudged(settings)
+    port = n.port
+    before = n.publish(user, "INBOX")
+    page = browser(page_origin, "wsresume", api=f"http://127.0.0.1:{port}", user=user,
+                   password=PASSWORD, device="tab-wr", pushState="1:INBOX=0")
+    assert page.step("login")["status"] == 200
+    opened = page.wait("the WebSocket's open", lambda x: x.get("step") in ("open", "close"))
+    assert opened["step"] == "open" and opened["protocol"] == "jmap", page.lines
+    first = page.wait("the first message", lambda x: x.get("step") == "message")
+    assert first["data"]["pushState"] == f"1:INBOX={before}", first
+    assert page.steps("enabled")[0]["pushState"] == "1:INBOX=0", page.lines
+
+    assert n.stop() == 0
+    assert page.step("close", opens=1)["code"] == 1001, page.lines
+    side = make_nudged({**settings, "server": {**settings["server"]}})
+    state = side.publish(user, "INBOX")
+    assert side.stop() == 0
+    back = make_nudged({**settings, "server": {**settings["server"], "listen": f"127.0.0.1:{port}"}})
+    assert back.port == port
+    ev = page.wait(f"INBOX at {state}", lambda x: x.get("step") == "message" and x.get("opens") == 2)
+    assert ev["data"] == {"@type": "StateChange", "changed": {user: {"INBOX": state}},
+                          "pushState": f"1:INBOX={state}"}, ev
+    assert page.steps("enabled")[-1]["pushState"] == f"1:INBOX={before}", page.lines

@@ -4,7 +4,7 @@
 // through tests/browser/drive.mjs.
 //
 // The scenario and its inputs come in the fragment, as URL-encoded JSON:
-//   {"scenario": "ticket"|"resume"|"noauth"|"ws", "api": "http://127.0.0.1:PORT",
+//   {"scenario": "ticket"|"resume"|"noauth"|"ws"|"wsresume", "api": "http://127.0.0.1:PORT",
 //    "token": "<user token>", "user": "...", "password": "...", "device": "..."}
 // (a fragment never goes to the server, so the page's own server never sees
 // the token). Each step is reported with window.report({step, ...}) (tell() below), which
@@ -80,6 +80,45 @@ const scenarios = {
         first.addEventListener("open", () => {
             watch(new EventSource(url + "&ticket=" + encodeURIComponent(t)), "second");
         }, { once: true });
+    },
+
+    // The login cookie on a WebSocket (the browser sends it by itself; no
+    // CORS, so nudged's Origin check is what keeps other sites out), and a
+    // client's own reconnect: on a close it opens again, 0.5 s later, and
+    // enables with the last pushState it received, as RFC 8887 asks.
+    async wsresume() {
+        const r = await fetch(P.api + "/v1/login", {
+            method: "POST",
+            credentials: "include",
+            headers: { "Authorization": "Basic " + btoa(P.user + ":" + P.password) },
+        });
+        tell({ step: "login", status: r.status });
+        let pushState = P.pushState || null;
+        let opens = 0;
+        const connect = () => {
+            const ws = new WebSocket(P.api.replace(/^http/, "ws") + "/v1/ws?device=" +
+                                     encodeURIComponent(P.device), "jmap");
+            ws.addEventListener("open", () => {
+                opens++;
+                tell({ step: "open", protocol: ws.protocol, opens });
+                const enable = { "@type": "WebSocketPushEnable", dataTypes: ["INBOX"] };
+                if (pushState)
+                    enable.pushState = pushState;
+                ws.send(JSON.stringify(enable));
+                tell({ step: "enabled", pushState });
+            });
+            ws.addEventListener("message", (e) => {
+                const data = JSON.parse(e.data);
+                if (data.pushState)
+                    pushState = data.pushState;
+                tell({ step: "message", data, opens });
+            });
+            ws.addEventListener("close", (e) => {
+                tell({ step: "close", code: e.code, opens });
+                setTimeout(connect, 500);
+            });
+        };
+        connect();
     },
 
     // RFC 8887: JMAP over WebSocket, push only.

@@ -11,7 +11,10 @@ fetch, cookies, CORS and WebSocket, not by our reading of the standards.
     exactly what it missed;
   * no credential, and a ticket used twice: the 401 ends the EventSource for
     good (readyState CLOSED);
-  * GET /v1/ws: RFC 8887 push over a WebSocket, subprotocol jmap.
+  * GET /v1/ws (RFC 8887 push over a WebSocket, subprotocol jmap) with a
+    ticket: the change missed since a pushState, then each change of its
+    dataTypes only; with the login cookie: the client's reconnect after a
+    restart (close 1001) with its last pushState gets what it missed.
 
 Layout: pytest starts nudged (make_nudged) and serves tests/browser/www from
 a Python http.server on another loopback port, so the page is cross-origin

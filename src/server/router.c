@@ -98,6 +98,8 @@ static const struct route routes[] = {
     {"/v1/udp/test", 0, HTTP_POST, TOKEN_USER, udp_test_handle, ROUTE_UDP, 0, 0, 0},
     {"/v1/udp/", 1, HTTP_DELETE, TOKEN_USER, udp_delete_handle, ROUTE_UDP, 0, 0, 0},
     {"/v1/events", 0, HTTP_POST, TOKEN_PUBLISHER, events_handle, ROUTE_EVENTS, 0, 0, 0},
+    /* The status page's test notification: an admin publishes as a publisher would (docs/status.md). */
+    {"/v1/admin/events", 0, HTTP_POST, TOKEN_ADMIN, events_handle, ROUTE_EVENTS, 0, 0, 0},
     /* HTTP Basic, checked by the handler: the credential Dovecot's driver can send. */
     {"/v1/ingest/dovecot", 0, HTTP_PUT, 0, ingest_dovecot_handle, ROUTE_INGEST, 0, 0, 0},
     {"/v1/ingest/dovecot", 0, HTTP_POST, 0, ingest_dovecot_handle, ROUTE_INGEST, 0, 0, 0},

@@ -58,6 +58,7 @@ enum {
     CLOSE_PROTOCOL = 1002,
     CLOSE_UNSUPPORTED = 1003,
     CLOSE_BAD_DATA = 1007,
+    CLOSE_POLICY = 1008,
 };
 
 /* What a device with an open WebSocket has beside its record (its slot points to it). */
@@ -240,6 +241,16 @@ static void on_superseded(void *ctx, struct conn *c, void *arg)
     LOG(LOG_INFO, ping_superseded, "user=%s device=%s ws=1", log_q(q1, sizeof(q1), d->user->id),
         log_q(q2, sizeof(q2), d->id));
     finish(ctx, c, d, CLOSE_NORMAL, "superseded by a newer session of this device");
+}
+
+/* An admin ended the session: a 1008 the client can show, then the close. */
+static void on_ended(void *ctx, struct conn *c, void *arg)
+{
+    struct ws *w = ctx;
+    struct device *d = arg;
+
+    session_closed(w->sessions, d, CONN_WHY_ENDED_BY_ADMIN, conn_why_text[CONN_WHY_ENDED_BY_ADMIN]);
+    finish(w, c, d, CLOSE_POLICY, "ended by an admin");
 }
 
 /* The ping interval passed with nothing sent: a ping frame keeps the path open. */
@@ -474,6 +485,7 @@ void ws_init(struct ws *w, const struct config *cfg, struct store *store, struct
         .shutdown = on_shutdown,
         .changed = on_changed,
         .superseded = on_superseded,
+        .ended = on_ended,
         .data = on_data,
         .ctx = w,
         .name = "ws",

@@ -353,3 +353,24 @@ def test_status_page_head_and_methods(srv):
     r = srv.request("POST", "/status", b"")
     expect_error(r, 405, "method-not-allowed")
     assert r.header("Allow") == "GET, HEAD", r
+
+
+def test_an_admin_can_send_a_test_notification(srv):
+    # The status page's "send a test notification": POST /v1/admin/events with the admin token.
+    alice = srv.user("alice")
+    s = sse.Stream(srv, alice.token, "types=INBOX,@meta&device=watch")
+    assert s.status == 200, s.response
+    s.next_of("state")
+    r = srv.request("POST", "/v1/admin/events",
+                    {"user": alice.name, "folder": "INBOX", "type": "test", "subject": "hello"},
+                    token=srv.admin_token())
+    assert r.status == 200, r
+    state = r.json()["states"][0]["state"]
+    meta = s.next_of("meta").json()
+    assert meta["type"] == "test" and meta["subject"] == "hello", meta
+    assert sse.changed(s.next_of("state"), alice.name) == {"INBOX": state}
+    s.close()
+    # Only with the admin token: a user's is refused.
+    r = srv.request("POST", "/v1/admin/events", {"user": alice.name, "folder": "INBOX"},
+                    token=alice.token)
+    assert r.status in (401, 403), r

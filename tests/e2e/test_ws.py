@@ -417,7 +417,11 @@ def test_listed_as_a_session_and_ended_by_an_admin(srv):
     assert int(srv.metric("nudge_ws_held")) >= 1
     r = srv.request("DELETE", f"/v1/admin/sessions/{alice.name}/laptop", token=srv.admin_token())
     assert r.status in (200, 204), r
+    f = w.closed()
+    assert f.close_code == 1008 and f.close_reason == "ended by an admin", f
     w.wait_eof()
+    ev = harness.wait_event(srv, 1302, lambda e: e.get("device") == "laptop", "session_closed")
+    assert ev.get("why") == "ended by an admin", ev
 
 
 def test_without_device_it_gets_its_own_and_leaves_nothing(srv):

@@ -138,6 +138,7 @@ LLHTTP_OBJ     := $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o $(BUILD)/llhttp/l
 UNIT_BIN       := $(patsubst tests/unit/%,$(BUILD)/tests/%,$(UNIT_TESTS))
 
 .PHONY: all run test check-layers test-unit test-e2e test-e2e-workers test-san deps deps-test deps-bench clean \
+	browser-deps \
 	bench bench-nudge bench-streams
 
 comma := ,
@@ -217,6 +218,17 @@ test: deps-test
 	@$(MAKE) --no-print-directory test-package
 	@$(MAKE) --no-print-directory SAN=1 test-san
 
+# tests/e2e/test_browser.py drives Debian's Chromium with npm's playwright-core,
+# pinned by tests/browser/package-lock.json and installed into tests/browser/node_modules;
+# npm ci again whenever the lock changes (npm writes node_modules/.package-lock.json).
+# playwright-core downloads no browser; the variable says so to any that would.
+BROWSER_MODULES := tests/browser/node_modules/.package-lock.json
+$(BROWSER_MODULES): tests/browser/package.json tests/browser/package-lock.json
+	cd tests/browser && PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 npm ci --no-audit --no-fund
+	@touch $@
+
+browser-deps: $(BROWSER_MODULES)
+
 # End-to-end tests run PYTEST_JOBS at a time (pytest-xdist): they mostly wait
 # on heartbeats and timers, so on 2 cores 3 at once take half the time.
 PYTEST_JOBS ?= 3
@@ -232,17 +244,17 @@ test-unit: $(UNIT_BIN)
 
 # The suite with one process (workers = 1), then with three workers: every
 # test must hold in both (tests/e2e/harness.py reads NUDGE_TEST_WORKERS).
-test-e2e: all
+test-e2e: all browser-deps
 	NUDGE_TEST_WORKERS=1 NUDGED=$(abspath $(BIN)/nudged) NUDGE=$(abspath $(BIN)/nudge) $(PYTEST)
 
-test-e2e-workers: all
+test-e2e-workers: all browser-deps
 	NUDGE_TEST_WORKERS=3 NUDGED=$(abspath $(BIN)/nudged) NUDGE=$(abspath $(BIN)/nudge) $(PYTEST)
 
 # The sanitizer pass: same unit and end-to-end tests against the ASan+UBSan build,
 # again with one process and with three workers.
 # ASAN_OPTIONS makes any report fatal; the e2e fixture fails a test whose
 # nudged wrote a sanitizer report to its log.
-test-san: all $(UNIT_BIN)
+test-san: all $(UNIT_BIN) browser-deps
 	@set -e; for t in $(UNIT_BIN); do echo "== [san] $$t"; \
 		ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 $$t; done
 	@set -e; for w in 1 3; do echo "== [san] end-to-end, workers = $$w"; \

@@ -9,6 +9,13 @@ build_pkgs="gcc make pkg-config curl libuv1-dev node-llhttp libjansson-dev libin
 test_pkgs="libcmocka-dev libwbxml2-utils python3 python3-pytest python3-pytest-xdist iproute2 procps nftables dovecot-core dovecot-lmtpd dovecot-imapd lua-socket lua-dkjson"
 # tests/e2e/test_activesync_nginx.py puts a real nginx in front of nudged (issue 19).
 test_pkgs="$test_pkgs nginx"
+# tests/browser drives Debian's Chromium (/usr/bin/chromium) with npm's playwright-core
+# (README.md, "Tests"). Node.js and npm come from Debian only when the commands are missing:
+# a nodesource nodejs already ships npm, and Debian's npm package would conflict with it.
+test_pkgs="$test_pkgs chromium"
+node_pkgs=""
+command -v node >/dev/null 2>&1 || node_pkgs="nodejs"
+command -v npm >/dev/null 2>&1 || node_pkgs="$node_pkgs npm"
 
 # tests/package builds the .deb (dpkg-buildpackage, debhelper), bootstraps a minimal
 # Debian 12 chroot to install it in (debootstrap), and checks the systemd unit
@@ -23,8 +30,8 @@ bench_pkgs="nginx libnginx-mod-nchan gnuplot-nox wrk"
 fuzz_pkgs="clang"
 
 want="$build_pkgs"
-[ "${1:-build}" = test ] && want="$want $test_pkgs $package_pkgs"
-[ "${1:-build}" = bench ] && want="$want $test_pkgs $package_pkgs $bench_pkgs"
+[ "${1:-build}" = test ] && want="$want $test_pkgs $node_pkgs $package_pkgs"
+[ "${1:-build}" = bench ] && want="$want $test_pkgs $node_pkgs $package_pkgs $bench_pkgs"
 [ "${1:-build}" = fuzz ] && want="$want $fuzz_pkgs"
 
 missing=""

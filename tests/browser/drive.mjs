@@ -1,0 +1,84 @@
+// drive.mjs — opens one page in Debian's Chromium and relays what the page
+// reports, for tests/e2e/test_browser.py.
+//
+//   node drive.mjs <page url>
+//
+// Design: the page (www/client.js) runs the scenario named in its URL and
+// calls window.report({...}) at each step; every report is written to stdout
+// as one JSON line, so pytest reads the page's progress as it happens and acts
+// in between (publishes, restarts nudged). Lines this script writes itself
+// have "driver" set: {"driver":"started","version":...} once Chromium runs,
+// {"driver":"console",...} for the page's
+// console and errors, {"driver":"error",...} when something fails here.
+//
+// The browser is Debian's /usr/bin/chromium, never one playwright downloads.
+// launch() gives every run a fresh profile in a temporary directory (under
+// $TMPDIR, which the test points at a directory of its own), so runs in parallel
+// share nothing. The script ends when its stdin closes (pytest is done, or
+// died) or at its own deadline, and always closes the browser.
+import { chromium } from "playwright-core";
+
+const url = process.argv[2];
+// Longer than any test waits: a safety net against an orphaned browser, never
+// a timing the tests rely on.
+const deadlineMs = Number(process.env.NUDGE_BROWSER_DEADLINE_MS || 300000);
+
+function emit(obj) {
+    process.stdout.write(JSON.stringify(obj) + "\n");
+}
+
+let browser = null;
+let closing = false;
+
+async function finish(code) {
+    if (closing)
+        return;
+    closing = true;
+    try {
+        if (browser)
+            await browser.close();
+    } catch (e) {
+        emit({ driver: "error", where: "close", message: String(e) });
+    }
+    process.exit(code);
+}
+
+process.stdin.on("end", () => finish(0));
+process.stdin.on("error", () => finish(0));
+process.stdin.resume();
+process.on("SIGTERM", () => finish(0));
+setTimeout(() => {
+    emit({ driver: "error", where: "deadline", message: `no end within ${deadlineMs} ms` });
+    finish(1);
+}, deadlineMs).unref();
+
+try {
+    browser = await chromium.launch({
+        executablePath: process.env.NUDGE_CHROMIUM || "/usr/bin/chromium",
+        headless: true,
+        // Later switches win, so --headless=new overrides playwright's own --headless.
+        // The rest keep Chromium off the network (no QUIC, no background fetches, no
+        // component updates, no sync) and working as root in a container (no
+        // sandbox, no GPU).
+        args: ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
+               "--no-first-run", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync",
+               // /dev/shm of a container can be 64 MiB: renderers crash on it.
+               "--disable-dev-shm-usage"],
+        // Under load a start can take long; the test's own waits bound the whole.
+        timeout: 120000,
+        // This script closes the browser itself on SIGTERM and on stdin's end.
+        handleSIGTERM: false,
+        handleSIGINT: false,
+        handleSIGHUP: false,
+    });
+    emit({ driver: "started", version: browser.version() });
+    const page = await browser.newPage();
+    await page.exposeFunction("report", (obj) => emit(obj));
+    page.on("console", (m) => emit({ driver: "console", type: m.type(), text: m.text() }));
+    page.on("pageerror", (e) => emit({ driver: "console", type: "pageerror", text: String(e) }));
+    await page.goto(url, { timeout: 120000 });
+} catch (e) {
+    emit({ driver: "error", where: "launch", message: String(e && e.stack || e) });
+    await finish(1);
+}

@@ -16,7 +16,7 @@
 // $TMPDIR, which the test points at a directory of its own), so runs in parallel
 // share nothing. The script ends when its stdin closes (pytest is done, or
 // died) or at its own deadline, and always closes the browser.
-import { chromium } from "playwright-core";
+import { launchChromium } from "./launch.mjs";
 
 const url = process.argv[2];
 // Longer than any test waits: a safety net against an orphaned browser, never
@@ -53,25 +53,7 @@ setTimeout(() => {
 }, deadlineMs).unref();
 
 try {
-    browser = await chromium.launch({
-        executablePath: process.env.NUDGE_CHROMIUM || "/usr/bin/chromium",
-        headless: true,
-        // Later switches win, so --headless=new overrides playwright's own --headless.
-        // The rest keep Chromium off the network (no QUIC, no background fetches, no
-        // component updates, no sync) and working as root in a container (no
-        // sandbox, no GPU).
-        args: ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic",
-               "--no-first-run", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync",
-               // /dev/shm of a container can be 64 MiB: renderers crash on it.
-               "--disable-dev-shm-usage"],
-        // Under load a start can take long; the test's own waits bound the whole.
-        timeout: 120000,
-        // This script closes the browser itself on SIGTERM and on stdin's end.
-        handleSIGTERM: false,
-        handleSIGINT: false,
-        handleSIGHUP: false,
-    });
+    browser = await launchChromium();
     emit({ driver: "started", version: browser.version() });
     const page = await browser.newPage();
     await page.exposeFunction("report", (obj) => emit(obj));

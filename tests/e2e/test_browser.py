@@ -98,7 +98,7 @@ def page_origin():
 class Browser:
     """One run of drive.mjs: Chromium on one page, its reports read as they come."""
 
-    def __init__(self, tmp_path, url):
+    def __init__(self, tmp_path, url, script="drive.mjs", args=()):
         # Chromium's profile goes in a directory of its own under /tmp, not
         # under tmp_path: the profile holds a Unix socket, whose path must
         # fit in 108 bytes, and pytest's paths are long.
@@ -110,7 +110,7 @@ class Browser:
         env = dict(os.environ, TMPDIR=str(self.dir))
         with open(self.stderr_path, "wb") as err:
             self.proc = subprocess.Popen(
-                ["node", str(BROWSER_DIR / "drive.mjs"), url], cwd=str(BROWSER_DIR), env=env,
+                ["node", str(BROWSER_DIR / script), url, *args], cwd=str(BROWSER_DIR), env=env,
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -397,3 +397,48 @@ def test_a_websocket_with_the_cookie_resumes_across_a_restart(make_nudged, page_
     assert ev["data"] == {"@type": "StateChange", "changed": {user: {"INBOX": state}},
                           "pushState": f"1:INBOX={state}"}, ev
     assert page.steps("enabled")[-1]["pushState"] == f"1:INBOX={before}", page.lines
+
+
+# ---- the status page -------------------------------------------------------------------
+
+
+def test_the_status_page_shows_live_numbers_and_a_test_notification_round_trips(
+        make_nudged, tmp_path):
+    # nudged's own page, same origin: no CORS. One held ping, one device with a
+    # hint, so the numbers and the chart have something to show.
+    check_prerequisites()
+    n = make_nudged({"server": {"data_dir": str(tmp_path / "data")}})
+    alice, watched = n.user("alice"), n.user("watched")
+    held = alice.ping_async(device="phone", folders={"INBOX": "0"}, heartbeat=600)
+    n.wait_held(1, watch=[held])
+    shot = tmp_path / "status.png"
+    b = Browser(tmp_path, n.url, script="status.mjs", args=(n.admin_token(), watched.name, str(shot)))
+    try:
+        loaded = b.step("loaded")
+        assert loaded["status"] == 200 and "default-src 'none'" in loaded["csp"], loaded
+        nums = b.step("numbers")
+        totals = {r["key"]: r["cells"][-1] for r in nums["totals"]}
+        assert totals["pings_held"] == "1", nums
+        assert int(totals["devices"]) >= 1 and int(totals["users"]) >= 1, nums
+        assert [int(r["key"]) for r in nums["workers"]] == list(range(n.workers)), nums
+        assert all(r["cells"][1] == "up" for r in nums["workers"]), nums
+        # The 600 s ping's device: one bar of the chart counts it, drawn full height.
+        bars = {x["le"]: x for x in nums["bars"]}
+        assert sum(x["count"] for x in nums["bars"]) == int(totals["devices"]), nums
+        assert bars["600"]["count"] == 1 and bars["600"]["height"] == "100%", nums
+        b.step("watching")
+        arrived = b.step("arrived")
+        state = next(e for e in arrived["events"] if e["type"] == "state")
+        data = json.loads(state["text"].split(" state ", 1)[1])
+        assert data["changed"] == {watched.name: {"INBOX": "1"}}, arrived
+        assert arrived["sent"] == "sent: INBOX state 1", arrived
+        assert any(e["type"] == "meta" and '"type":"test"' in e["text"] for e in arrived["events"]), arrived
+        b.step("done")
+        assert shot.stat().st_size > 10000, shot
+        # The page's inline script and style ran under its CSP: nothing refused.
+        refused = [x for x in b.lines if x.get("driver") == "console" and
+                   "Content Security Policy" in x.get("text", "")]
+        assert not refused, refused
+    finally:
+        b.close()
+        held.close()

@@ -16,51 +16,17 @@
 // $TMPDIR, which the test points at a directory of its own), so runs in parallel
 // share nothing. The script ends when its stdin closes (pytest is done, or
 // died) or at its own deadline, and always closes the browser.
-import { launchChromium } from "./launch.mjs";
+import { emit, runBrowser } from "./launch.mjs";
 
 const url = process.argv[2];
 // Longer than any test waits: a safety net against an orphaned browser, never
 // a timing the tests rely on.
 const deadlineMs = Number(process.env.NUDGE_BROWSER_DEADLINE_MS || 300000);
 
-function emit(obj) {
-    process.stdout.write(JSON.stringify(obj) + "\n");
-}
-
-let browser = null;
-let closing = false;
-
-async function finish(code) {
-    if (closing)
-        return;
-    closing = true;
-    try {
-        if (browser)
-            await browser.close();
-    } catch (e) {
-        emit({ driver: "error", where: "close", message: String(e) });
-    }
-    process.exit(code);
-}
-
-process.stdin.on("end", () => finish(0));
-process.stdin.on("error", () => finish(0));
-process.stdin.resume();
-process.on("SIGTERM", () => finish(0));
-setTimeout(() => {
-    emit({ driver: "error", where: "deadline", message: `no end within ${deadlineMs} ms` });
-    finish(1);
-}, deadlineMs).unref();
-
-try {
-    browser = await launchChromium();
-    emit({ driver: "started", version: browser.version() });
+await runBrowser(async (browser) => {
     const page = await browser.newPage();
     await page.exposeFunction("report", (obj) => emit(obj));
     page.on("console", (m) => emit({ driver: "console", type: m.type(), text: m.text() }));
     page.on("pageerror", (e) => emit({ driver: "console", type: "pageerror", text: String(e) }));
     await page.goto(url, { timeout: 120000 });
-} catch (e) {
-    emit({ driver: "error", where: "launch", message: String(e && e.stack || e) });
-    await finish(1);
-}
+}, "launch", deadlineMs);

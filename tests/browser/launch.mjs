@@ -25,3 +25,49 @@ export function launchChromium() {
         handleSIGHUP: false,
     });
 }
+
+/* One JSON line on stdout: how the scripts report to pytest. */
+export function emit(obj) {
+    process.stdout.write(JSON.stringify(obj) + "\n");
+}
+
+let browser = null;
+let closing = false;
+
+/* Closes the browser (when one was started) and exits with 'code'; once. */
+export async function finish(code) {
+    if (closing)
+        return;
+    closing = true;
+    try {
+        if (browser)
+            await browser.close();
+    } catch (e) {
+        emit({ driver: "error", where: "close", message: String(e) });
+    }
+    process.exit(code);
+}
+
+/*
+ * Starts Chromium and runs main(browser). The script ends when stdin closes
+ * (pytest is done, or died), on SIGTERM, or after deadlineMs, and always
+ * closes the browser; a failure is reported as {"driver":"error"}.
+ */
+export async function runBrowser(main, where, deadlineMs) {
+    process.stdin.on("end", () => finish(0));
+    process.stdin.on("error", () => finish(0));
+    process.stdin.resume();
+    process.on("SIGTERM", () => finish(0));
+    setTimeout(() => {
+        emit({ driver: "error", where: "deadline", message: `no end within ${deadlineMs} ms` });
+        finish(1);
+    }, deadlineMs).unref();
+    try {
+        browser = await launchChromium();
+        emit({ driver: "started", version: browser.version() });
+        await main(browser);
+    } catch (e) {
+        emit({ driver: "error", where, message: String(e && e.stack || e) });
+        await finish(1);
+    }
+}

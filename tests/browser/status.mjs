@@ -10,35 +10,10 @@
 // the DOM shows (the test asserts on it); the page's console goes out as
 // {"driver":"console"} (a CSP violation would show there), failures as
 // {"driver":"error"}. Ends when done, on SIGTERM or when stdin closes.
-import { launchChromium } from "./launch.mjs";
+import { emit, finish, runBrowser } from "./launch.mjs";
 
 const [base, token, user, shot] = process.argv.slice(2);
 const WAIT_MS = Number(process.env.NUDGE_BROWSER_WAIT_MS || 60000);
-
-function emit(obj) {
-    process.stdout.write(JSON.stringify(obj) + "\n");
-}
-
-let browser = null;
-let closing = false;
-
-async function finish(code) {
-    if (closing)
-        return;
-    closing = true;
-    try {
-        if (browser)
-            await browser.close();
-    } catch (e) {
-        emit({ driver: "error", where: "close", message: String(e) });
-    }
-    process.exit(code);
-}
-
-process.stdin.on("end", () => finish(0));
-process.stdin.on("error", () => finish(0));
-process.stdin.resume();
-process.on("SIGTERM", () => finish(0));
 
 /* The text of each row of a table body, as arrays of cell texts keyed by a data attribute. */
 function rows(page, sel, key) {
@@ -46,9 +21,7 @@ function rows(page, sel, key) {
         key: tr.dataset[key], cells: Array.from(tr.cells).map((td) => td.textContent) })), key);
 }
 
-try {
-    browser = await launchChromium();
-    emit({ driver: "started", version: browser.version() });
+await runBrowser(async (browser) => {
     const page = await browser.newPage({ viewport: { width: 1200, height: 1400 } });
     page.setDefaultTimeout(WAIT_MS);
     page.on("console", (m) => emit({ driver: "console", type: m.type(), text: m.text() }));
@@ -81,7 +54,4 @@ try {
     await page.screenshot({ path: shot, fullPage: true });
     emit({ step: "done", screenshot: shot });
     await finish(0);
-} catch (e) {
-    emit({ driver: "error", where: "status", message: String(e && e.stack || e) });
-    await finish(1);
-}
+}, "status", 300000);

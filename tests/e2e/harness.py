@@ -195,6 +195,23 @@ def build_request(method, path, body=None, token=None, headers=None, host=True):
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + (data or b"")
 
 
+def peek_head(c, timeout=WAIT):
+    """Reads c (a Conn) up to the end of an answer's head without consuming
+    it: (status, headers with lower-case names, the bytes behind the head).
+    For answers that are not read whole (a stream, a 101)."""
+    deadline = time.monotonic() + timeout
+    while b"\r\n\r\n" not in c.buf:
+        if not c._fill(deadline):
+            raise ConnectionClosed(f"closed before the head; have {c.buf[:300]!r}")
+    head, rest = c.buf.split(b"\r\n\r\n", 1)
+    lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines[1:]:
+        k, _, v = line.partition(":")
+        headers[k.strip().lower()] = v.strip()
+    return int(lines[0].split()[1]), headers, rest
+
+
 class Conn:
     """One client connection with its own response parser."""
 

@@ -50,17 +50,7 @@ class Stream:
 
     def _read_head(self):
         c = self.conn
-        deadline = time.monotonic() + WAIT
-        while b"\r\n\r\n" not in c.buf:
-            if not c._fill(deadline):
-                raise ConnectionClosed(f"closed before the head; have {c.buf[:300]!r}")
-        head, rest = c.buf.split(b"\r\n\r\n", 1)
-        lines = head.decode("latin-1").split("\r\n")
-        self.status = int(lines[0].split()[1])
-        self.headers = {}
-        for line in lines[1:]:
-            k, _, v = line.partition(":")
-            self.headers[k.strip().lower()] = v.strip()
+        self.status, self.headers, rest = harness.peek_head(c)
         if self.status != 200 or self.headers.get("content-type") != "text/event-stream":
             # An ordinary answer: parsed again whole, by its Content-Length.
             self.response = c.read_response()

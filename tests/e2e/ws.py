@@ -13,6 +13,7 @@ import os
 import struct
 import time
 
+import harness
 from harness import WAIT, Conn, ConnectionClosed
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -87,17 +88,7 @@ class WebSocket:
 
     def _read_head(self):
         c = self.conn
-        deadline = time.monotonic() + WAIT
-        while b"\r\n\r\n" not in c.buf:
-            if not c._fill(deadline):
-                raise ConnectionClosed(f"closed before the head; have {c.buf[:300]!r}")
-        head, rest = c.buf.split(b"\r\n\r\n", 1)
-        lines = head.decode("latin-1").split("\r\n")
-        self.status = int(lines[0].split()[1])
-        self.headers = {}
-        for line in lines[1:]:
-            k, v = line.split(":", 1)
-            self.headers[k.strip().lower()] = v.strip()
+        self.status, self.headers, rest = harness.peek_head(c)
         if self.status != 101:
             self.response = c.read_response()
             return

@@ -129,3 +129,22 @@ void shard_record(const struct device *d, struct store_device *out)
         .udp = NULL,
     };
 }
+
+void shard_drop_device_slots(struct shard *sh, size_t offset, void (*drop)(void *))
+{
+    uint32_t upos = 0;
+    const char *k;
+    void *uv;
+
+    while (strmap_next(&sh->users, &upos, &k, &uv)) {
+        struct user *u = uv;
+        uint32_t dpos = 0;
+        void *dv;
+        while (strmap_next(&u->devices, &dpos, &k, &dv)) {
+            void **slot = shard_slot(dv, offset);
+            if (*slot)
+                drop(*slot);
+            *slot = NULL;
+        }
+    }
+}

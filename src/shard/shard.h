@@ -67,6 +67,13 @@ static inline void *shard_slot(const void *user_or_device, size_t offset)
     return (char *)user_or_device - offset;
 }
 
+/*
+ * For a device slot holding a pointer (offset from shard_device_slot):
+ * calls drop(pointer) for every device whose slot is not NULL and clears
+ * it. What a module that keeps a struct per device does at its end.
+ */
+void shard_drop_device_slots(struct shard *sh, size_t offset, void (*drop)(void *));
+
 /* The user with this id; created when 'create' (else NULL when unknown). */
 struct user *shard_user(struct shard *sh, const char *id, int create);
 

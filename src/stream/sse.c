@@ -327,19 +327,7 @@ void sse_init(struct sse *s, const struct config *cfg, struct store *store, stru
 
 void sse_free(struct sse *s)
 {
-    uint32_t upos = 0;
-    const char *k;
-    void *uv;
-
-    while (strmap_next(&s->shard->users, &upos, &k, &uv)) {
-        struct user *u = uv;
-        uint32_t dpos = 0;
-        void *dv;
-        while (strmap_next(&u->devices, &dpos, &k, &dv)) {
-            free(*dev_slot(s, dv));
-            *dev_slot(s, dv) = NULL;
-        }
-    }
+    shard_drop_device_slots(s->shard, s->dslot, free);
 }
 
 /* ---- the request -------------------------------------------------------- */

@@ -492,23 +492,14 @@ void ws_init(struct ws *w, const struct config *cfg, struct store *store, struct
     };
 }
 
+static void drop_dev(void *x)
+{
+    free_dev(x);
+}
+
 void ws_free(struct ws *w)
 {
-    uint32_t upos = 0;
-    const char *k;
-    void *uv;
-
-    while (strmap_next(&w->shard->users, &upos, &k, &uv)) {
-        struct user *u = uv;
-        uint32_t dpos = 0;
-        void *dv;
-        while (strmap_next(&u->devices, &dpos, &k, &dv)) {
-            struct ws_dev *x = *dev_slot(w, dv);
-            if (x)
-                free_dev(x);
-            *dev_slot(w, dv) = NULL;
-        }
-    }
+    shard_drop_device_slots(w->shard, w->dslot, drop_dev);
 }
 
 /* ---- the handshake (RFC 6455 4.2) ---------------------------------------- */

@@ -152,10 +152,11 @@ $(BIN)/nudge: $(NUDGE_OBJ) $(LLHTTP_LIB)
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
-# The benchmarks' load generator (bench/loadgen.c): one file, libc only.
+# The benchmarks' load generator (bench/loadgen.c): one file, libc and
+# libcrypto (SHA-1 and base64 of the WebSocket handshake, --answer ws-*).
 $(BIN)/loadgen: bench/loadgen.c
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $<
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< -lcrypto
 
 # The machine's own fan-out floor, raw TCP with no server (bench/floor.c).
 $(BIN)/floor: bench/floor.c

@@ -28,7 +28,7 @@ LLHTTP_INC_DIR := /usr/share/include/llhttp
 CPPFLAGS += -Isrc -I$(LLHTTP_INC_DIR) -D_GNU_SOURCE
 CFLAGS   += -std=c11 $(OPT) -g -Wall -Wextra -Werror -MMD -MP $(SANFLAGS)
 LDFLAGS  += $(SANFLAGS)
-LIBS     := -luv -ljansson -linih -lcrypto -lsqlite3 -lcrypt -lsystemd -lpthread
+LIBS     := -luv -ljansson -linih -lcrypto -lsqlite3 -lcrypt -lsystemd -lwslay -lpthread
 # libwbxml2: the referee for our Ping codec in the unit tests and the fuzz target
 # (docs/activesync.md says why nudged itself reads and writes the tokens by hand).
 WBXML_CFLAGS := $(shell pkg-config --cflags libwbxml2)
@@ -47,7 +47,8 @@ COMMON_SRC := \
 AUTH_SRC    := src/auth/token.c src/auth/secret.c src/auth/basic.c src/auth/limit.c \
 	src/auth/ticket.c
 PASSWD_SRC  := src/auth/passwd.c src/auth/passwd_dovecot.c src/auth/passwd_file.c
-HTTP_SRC    := src/http/request.c src/http/response.c src/http/error.c src/http/cookie.c
+HTTP_SRC    := src/http/request.c src/http/response.c src/http/error.c src/http/cookie.c \
+	src/http/csp.c
 NET_SRC     := src/net/sockopt.c
 STORE_SRC   := src/store/store.c src/store/statemap.c src/store/store_mem.c \
 	src/store/store_sqlite.c src/store/sqlite_writer.c src/store/reshard.c
@@ -61,10 +62,10 @@ SESSION_SRC := src/session/session.c src/session/devices.c
 PUSH_SRC    := src/push/check.c src/push/ping.c src/push/probe.c src/push/state.c \
 	src/push/events.c src/push/udp_api.c src/push/ingest.c src/push/login.c \
 	src/push/ticket_api.c
-ADMIN_SRC   := src/admin/admin.c src/admin/sessions_api.c src/admin/revoke.c
+ADMIN_SRC   := src/admin/admin.c src/admin/sessions_api.c src/admin/revoke.c src/admin/status.c
 AS_CODEC_SRC := src/activesync/wbxml.c src/activesync/query.c
 AS_SRC      := $(AS_CODEC_SRC) src/activesync/ping.c
-STREAM_SRC  := src/stream/state_id.c src/stream/sse.c
+STREAM_SRC  := src/stream/state_id.c src/stream/watch.c src/stream/sse.c src/stream/wsmsg.c src/stream/ws.c
 SERVER_SRC  := src/server/server.c src/server/router.c src/server/handoff.c \
 	src/server/supervisor.c src/server/reload.c src/server/privs.c
 
@@ -101,7 +102,10 @@ UNIT_TESTS := \
 	tests/unit/test_datagram \
 	tests/unit/test_owner \
 	tests/unit/test_mesh \
-	tests/unit/test_activesync
+	tests/unit/test_activesync \
+	tests/unit/test_wsmsg \
+	tests/unit/test_log \
+	tests/unit/test_csp
 test_token_SRC       := $(COMMON_SRC) $(AUTH_SRC)
 test_ticket_SRC      := $(COMMON_SRC) $(AUTH_SRC)
 test_auth_SRC        := $(COMMON_SRC) $(AUTH_SRC)
@@ -118,10 +122,16 @@ test_datagram_SRC    := $(COMMON_SRC) $(DGRAM_SRC)
 test_owner_SRC       := $(COMMON_SRC) $(STORE_SRC) $(WORKER_SRC)
 test_mesh_SRC        := $(COMMON_SRC) $(WORKER_SRC)
 test_activesync_SRC  := $(COMMON_SRC) $(AS_CODEC_SRC)
+test_wsmsg_SRC       := $(COMMON_SRC) src/push/check.c src/stream/wsmsg.c
+test_log_SRC         := $(COMMON_SRC)
+test_csp_SRC         := $(COMMON_SRC) $(HTTP_SRC)
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 
-NUDGED_OBJ     := $(call obj,$(NUDGED_SRC))
+# The status page (src/admin/status.html) as a C array, made at build time so
+# that the page is written as HTML; const, so it stays in read-only memory.
+STATUS_HTML_OBJ := $(BUILD)/gen/status_html.o
+NUDGED_OBJ     := $(call obj,$(NUDGED_SRC)) $(STATUS_HTML_OBJ)
 NUDGE_OBJ      := $(call obj,$(NUDGE_SRC))
 LLHTTP_LIB     := $(BUILD)/libllhttp.a
 LLHTTP_OBJ     := $(BUILD)/llhttp/api.o $(BUILD)/llhttp/http.o $(BUILD)/llhttp/llhttp.o
@@ -162,6 +172,14 @@ $(BIN)/loadgen: bench/loadgen.c
 $(BIN)/floor: bench/floor.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $<
+
+$(BUILD)/gen/status_html.c: src/admin/status.html
+	@mkdir -p $(@D)
+	xxd -i -n status_html $< | sed 's/^unsigned/const unsigned/' > $@.tmp
+	mv $@.tmp $@
+
+$(BUILD)/gen/status_html.o: $(BUILD)/gen/status_html.c
+	$(CC) $(CFLAGS) -c -o $@ $<
 
 $(BUILD)/obj/%.o: %.c
 	@mkdir -p $(@D)
@@ -327,7 +345,7 @@ FUZZ_RUNS  ?= 20000
 fuzz:
 	@scripts/deps.sh fuzz
 	@$(MAKE) --no-print-directory $(FUZZ_DIR)/fuzz_as_ping $(FUZZ_DIR)/fuzz_browser_auth \
-		$(FUZZ_DIR)/fuzz_state_id
+		$(FUZZ_DIR)/fuzz_state_id $(FUZZ_DIR)/fuzz_ws_msg
 
 $(FUZZ_DIR)/fuzz_as_ping: fuzz/fuzz_as_ping.c $(AS_CODEC_SRC) src/common/xalloc.c src/common/util.c
 	@mkdir -p $(@D)
@@ -345,10 +363,19 @@ $(FUZZ_DIR)/fuzz_state_id: fuzz/fuzz_state_id.c src/stream/state_id.c src/common
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^
 
+# A WebSocket client's bytes: frame ends against libwslay's, messages, handshake keys.
+$(FUZZ_DIR)/fuzz_ws_msg: fuzz/fuzz_ws_msg.c src/stream/wsmsg.c src/push/check.c src/common/jsonw.c \
+		src/common/util.c src/common/xalloc.c
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^ -ljansson -lwslay -lcrypto
+
 fuzz-smoke: fuzz
-	@mkdir -p $(FUZZ_DIR)/corpus/as_ping $(FUZZ_DIR)/corpus/browser_auth $(FUZZ_DIR)/corpus/state_id
+	@mkdir -p $(FUZZ_DIR)/corpus/as_ping $(FUZZ_DIR)/corpus/browser_auth $(FUZZ_DIR)/corpus/state_id \
+		$(FUZZ_DIR)/corpus/ws_msg
 	$(FUZZ_DIR)/fuzz_as_ping -runs=$(FUZZ_RUNS) -max_len=4096 $(FUZZ_DIR)/corpus/as_ping fuzz/corpus/as_ping
 	$(FUZZ_DIR)/fuzz_browser_auth -runs=$(FUZZ_RUNS) -max_len=2048 $(FUZZ_DIR)/corpus/browser_auth \
 		fuzz/corpus/browser_auth
 	$(FUZZ_DIR)/fuzz_state_id -runs=$(FUZZ_RUNS) -max_len=1024 $(FUZZ_DIR)/corpus/state_id \
 		fuzz/corpus/state_id
+	$(FUZZ_DIR)/fuzz_ws_msg -runs=$(FUZZ_RUNS) -max_len=1024 $(FUZZ_DIR)/corpus/ws_msg \
+		fuzz/corpus/ws_msg

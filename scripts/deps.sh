@@ -5,7 +5,7 @@
 # Runs as root on a fresh Debian 12 machine; as another user it only reports.
 set -eu
 
-build_pkgs="gcc make pkg-config curl libuv1-dev node-llhttp libjansson-dev libinih-dev libssl-dev libsqlite3-dev libcrypt-dev libsystemd-dev libwbxml2-dev"
+build_pkgs="gcc make pkg-config curl libuv1-dev node-llhttp libjansson-dev libinih-dev libssl-dev libsqlite3-dev libcrypt-dev libsystemd-dev libwbxml2-dev libwslay-dev xxd"
 test_pkgs="libcmocka-dev libwbxml2-utils python3 python3-pytest python3-pytest-xdist iproute2 procps nftables dovecot-core dovecot-lmtpd dovecot-imapd lua-socket lua-dkjson"
 # tests/e2e/test_activesync_nginx.py puts a real nginx in front of nudged (issue 19).
 test_pkgs="$test_pkgs nginx"

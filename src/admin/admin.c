@@ -110,6 +110,13 @@ static void render_totals(struct text *t, const struct metrics *m, uint64_t sess
            m->stream_events);
     metric(t, "nudge_streams_slow_total", "counter",
            "Streams closed because their client did not read (event 1900).", m->streams_slow);
+    metric(t, "nudge_ws_held", "gauge", "WebSockets (JMAP push, /v1/ws) open now.", m->ws_held);
+    metric(t, "nudge_ws_opened_total", "counter", "WebSockets opened.", m->ws_opened);
+    metric(t, "nudge_ws_messages_total", "counter", "Text messages from WebSocket clients.",
+           m->ws_messages);
+    metric(t, "nudge_ws_request_errors_total", "counter",
+           "Client messages answered with a RequestError (not JSON, unknown @type, ...).",
+           m->ws_request_errors);
     emit(t, "# HELP nudge_pings_answered_total Pings answered, by outcome.\n"
              "# TYPE nudge_pings_answered_total counter\n");
     for (int i = 0; i < PING_OUTCOME_COUNT; i++)

@@ -197,6 +197,10 @@ static const struct option_def options[] = {
      67108864, "65536", NULL, "BYTES", "... or this much for soft_seconds in a row."},
     {"stream", "soft_seconds", "stream-soft-seconds", OPT_UINT, FIELD(stream_soft_seconds), 1,
      3600, "10", NULL, "SECONDS", "How long a stream may stay over soft_unsent."},
+    {"stream", "ws_max_message", "stream-ws-max-message", OPT_UINT, FIELD(stream_ws_max_message),
+     125, 1048576, "16384", NULL, "BYTES", "The longest message a WebSocket client may send "
+     "(longer: close 1009). libwslay sets aside a frame's declared length when its head arrives, "
+     "so this bounds what a client can make nudged hold; push messages are a few hundred bytes."},
     {"udp", "listen", "udp-listen", OPT_ADDR, FIELD(udp_listen), 0, 0, "auto", NULL,
      "ADDR", "UDP socket for new-mail datagrams and their acks: IPv4:PORT, [IPv6]:PORT or :PORT; "
      "auto: the host and port of the first [server] listen; port 0: any free port; empty: UDP "

@@ -65,6 +65,7 @@ struct config {
     unsigned stream_max_unsent;       /* bytes, 262144: a stream behind by more is closed */
     unsigned stream_soft_unsent;      /* bytes, 65536: ... or behind by this for soft_seconds */
     unsigned stream_soft_seconds;     /* s, 10 */
+    unsigned stream_ws_max_message;   /* bytes, 16384: a WebSocket client's longest message */
     /* [udp] */
     char udp_listen[CONFIG_STR_MAX];  /* "auto": the first [server] listen's; "": UDP off */
     unsigned udp_resend_interval;     /* s, 60 */

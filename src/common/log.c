@@ -12,6 +12,10 @@
  * (event 1010) says how many were held back. A flood (a brute force, a
  * broken client in a loop) then costs a bounded amount of disk per event
  * and per process, and the first lines, which tell what happened, are kept.
+ *
+ * Recent lines: the lines of a few events the caller names are also kept,
+ * the last LOG_RECENT_LINES of them, in a fixed ring (log.h); keeping one
+ * costs a copy of at most LOG_RECENT_TEXT bytes.
  */
 #include "common/log.h"
 
@@ -53,6 +57,120 @@ static struct window {
 static time_t next_flush;  /* the earliest end of a window with lines held, 0: none */
 
 static const char *const level_names[] = {"debug", "info", "warn", "error"};
+
+static struct log_recent recent[LOG_RECENT_LINES];
+static size_t recent_next;      /* the slot the next line goes to */
+static size_t recent_count;     /* slots filled, up to LOG_RECENT_LINES */
+static int recent_ids[LOG_RECENT_KINDS];
+static size_t recent_nids;
+
+_Static_assert(sizeof(recent) <= 8192, "the ring of recent lines is documented as 8 KiB at most");
+
+const char *log_level_name(enum log_level level)
+{
+    return (unsigned)level < sizeof(level_names) / sizeof(level_names[0]) ? level_names[level]
+                                                                          : "?";
+}
+
+void log_recent_keep(const int *ids, size_t n)
+{
+    if (n > LOG_RECENT_KINDS)
+        n = LOG_RECENT_KINDS;
+    if (n > 0)
+        memcpy(recent_ids, ids, n * sizeof(*ids));
+    recent_nids = n;
+}
+
+size_t log_recent_copy(struct log_recent *out, size_t max)
+{
+    size_t n = recent_count < max ? recent_count : max;
+    /* The oldest of the n newest. */
+    size_t first = (recent_next + LOG_RECENT_LINES - n) % LOG_RECENT_LINES;
+
+    for (size_t i = 0; i < n; i++)
+        out[i] = recent[(first + i) % LOG_RECENT_LINES];
+    return n;
+}
+
+/* The length of the well-formed UTF-8 sequence at s[0..n), or 0 (RFC 3629, Table 3-7). */
+static size_t utf8_seq(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0], lo = 0x80, hi = 0xbf;
+    size_t len;
+
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf)
+        len = 2;
+    else if (c >= 0xe0 && c <= 0xef)
+        len = 3;
+    else if (c >= 0xf0 && c <= 0xf4)
+        len = 4;
+    else
+        return 0;
+    /* The second byte's range rules out overlongs, surrogates and what lies past U+10FFFF. */
+    if (c == 0xe0)
+        lo = 0xa0;
+    else if (c == 0xed)
+        hi = 0x9f;
+    else if (c == 0xf0)
+        lo = 0x90;
+    else if (c == 0xf4)
+        hi = 0x8f;
+    if (n < len || s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t i = 2; i < len; i++)
+        if (s[i] < 0x80 || s[i] > 0xbf)
+            return 0;
+    return len;
+}
+
+size_t log_utf8_copy(char *out, size_t outlen, const char *s, size_t n)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t o = 0, i = 0;
+
+    if (outlen == 0)
+        return 0;
+    while (i < n) {
+        size_t len = utf8_seq(p + i, n - i);
+        if (len == 0) {
+            if (o + 1 >= outlen)
+                break;
+            out[o++] = '?';
+            i++;
+            continue;
+        }
+        if (o + len >= outlen)
+            break;
+        memcpy(out + o, p + i, len);
+        o += len;
+        i += len;
+    }
+    out[o] = '\0';
+    return o;
+}
+
+/* Keeps the line[0..n) (no ts=, no newline) when its event is one of the kept ones. */
+static void keep_recent(enum log_level level, int id, const struct timeval *tv, const char *line,
+                        size_t n)
+{
+    struct log_recent *r;
+    size_t i;
+
+    for (i = 0; i < recent_nids && recent_ids[i] != id; i++)
+        ;
+    if (i == recent_nids)
+        return;
+    r = &recent[recent_next];
+    r->ts_ms = (int64_t)tv->tv_sec * 1000 + tv->tv_usec / 1000;
+    r->event = (uint16_t)id;
+    r->level = (uint8_t)level;
+    log_utf8_copy(r->text, sizeof(r->text), line, n);
+    recent_next = (recent_next + 1) % LOG_RECENT_LINES;
+    if (recent_count < LOG_RECENT_LINES)
+        recent_count++;
+}
 
 void log_set_worker(int index)
 {
@@ -184,6 +302,7 @@ static void write_line(enum log_level level, int id, const char *name, const cha
         n += (size_t)snprintf(line + n, sizeof(line) - n, " worker=%d", log_worker);
     if (n > sizeof(line) - 2)
         n = sizeof(line) - 2; /* an over-long line is cut, never dropped */
+    keep_recent(level, id, &tv, line + ts_len, n - ts_len);
     line[n++] = '\n';
     emit(level, id, name, line, n, ts_len);
 }

@@ -11,6 +11,7 @@
 #define NUDGE_LOG_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 
 #include "common/events.h"
@@ -66,6 +67,45 @@ extern enum log_level log_threshold;
         if ((level) >= log_threshold)                                                              \
             log_event(level, EV_##ev, #ev, __VA_ARGS__);                                           \
     } while (0)
+
+/* ---- the recent notable lines ------------------------------------------
+ *
+ * Each process keeps the last LOG_RECENT_LINES lines of a few events the
+ * caller names (the status page shows them: session limits, dead peers,
+ * network alerts, slow streams), in a fixed ring in memory: 48 slots of
+ * 160 bytes, 7.5 KiB a process, nothing allocated, nothing freed. A line is
+ * kept as it was written (below the level threshold or coalesced away it
+ * is not written, so not kept either), without its ts= field, cut at a
+ * character boundary to LOG_RECENT_TEXT - 1 bytes, bytes that are not
+ * UTF-8 replaced by '?' so that it can go into JSON as it is.
+ */
+#define LOG_RECENT_LINES 48
+#define LOG_RECENT_TEXT 144
+#define LOG_RECENT_KINDS 8
+
+struct log_recent {
+    int64_t ts_ms;                 /* wall clock, ms since the epoch */
+    uint16_t event;
+    uint8_t level;                 /* enum log_level */
+    char text[LOG_RECENT_TEXT];    /* "level=warn event=1301 name=... worker=1", NUL-terminated */
+};
+
+/* Keeps lines of the events ids[0..n) from now on (at most LOG_RECENT_KINDS; n 0: none). */
+void log_recent_keep(const int *ids, size_t n);
+
+/* Copies the kept lines, oldest first, into out[0..max); returns how many. */
+size_t log_recent_copy(struct log_recent *out, size_t max);
+
+/*
+ * Copies s[0..n) into out[outlen] (NUL-terminated) as valid UTF-8: each byte
+ * that does not start a well-formed sequence (RFC 3629: no overlongs, no
+ * surrogates, nothing past U+10FFFF) becomes '?', and a character that
+ * does not fit whole is left out. Returns the length written.
+ */
+size_t log_utf8_copy(char *out, size_t outlen, const char *s, size_t n);
+
+/* The name of a level ("debug", "info", "warn", "error"). */
+const char *log_level_name(enum log_level level);
 
 /*
  * Returns 's' fit for a key=value log field: as is when it has no space,

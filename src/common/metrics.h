@@ -87,8 +87,12 @@ struct metrics {
     uint64_t tokens_revoked;       /* users whose tokens an admin revoked */
     uint64_t streams_held;         /* gauge: event streams open now */
     uint64_t streams_opened;
-    uint64_t stream_events;        /* state events sent on streams */
+    uint64_t stream_events;        /* state events sent on streams (SSE and WebSocket) */
     uint64_t streams_slow;         /* streams closed for not reading (event 1900) */
+    uint64_t ws_held;              /* gauge: WebSockets open now (stream/ws.c) */
+    uint64_t ws_opened;
+    uint64_t ws_messages;          /* text messages from WebSocket clients */
+    uint64_t ws_request_errors;    /* of them, answered with a RequestError */
 };
 
 extern const char *const ping_outcome_names[PING_OUTCOME_COUNT];

@@ -91,6 +91,12 @@ struct conn_holder {
      */
     void (*superseded)(void *ctx, struct conn *c, void *arg);
     /*
+     * An admin ends the session (or revoked its user's tokens): say so in
+     * your own words (a WebSocket closes 1008) and close. NULL: the
+     * connection is closed (CONN_WHY_ENDED_BY_ADMIN). Called by session.c.
+     */
+    void (*ended)(void *ctx, struct conn *c, void *arg);
+    /*
      * Bytes from the client of an upgraded connection (conn_upgrade): the
      * holder parses its own protocol. Ignored otherwise.
      */

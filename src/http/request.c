@@ -23,6 +23,10 @@ static const char *const header_names[HDR_COUNT] = {
     [HDR_LAST_EVENT_ID] = "last-event-id",
     [HDR_COOKIE] = "cookie",
     [HDR_ORIGIN] = "origin",
+    [HDR_UPGRADE] = "upgrade",
+    [HDR_WS_KEY] = "sec-websocket-key",
+    [HDR_WS_VERSION] = "sec-websocket-version",
+    [HDR_WS_PROTOCOL] = "sec-websocket-protocol",
 };
 
 static struct http_req *req_of(llhttp_t *p)
@@ -94,6 +98,12 @@ static int on_header_field(llhttp_t *p, const char *at, size_t n)
     return 0;
 }
 
+/* A header that may repeat: its values are joined into one. */
+static int joined(unsigned h)
+{
+    return h == HDR_IF_NONE_MATCH || h == HDR_COOKIE || h == HDR_WS_PROTOCOL;
+}
+
 static int on_header_field_complete(llhttp_t *p)
 {
     struct http_req *r = req_of(p);
@@ -110,13 +120,13 @@ static int on_header_field_complete(llhttp_t *p)
     }
     r->field_len = 0;
     r->field_long = 0;
-    if (r->cur_hdr != HDR_OTHER && r->hdr[r->cur_hdr] != NULL && r->cur_hdr != HDR_IF_NONE_MATCH &&
-        r->cur_hdr != HDR_COOKIE)
+    if (r->cur_hdr != HDR_OTHER && r->hdr[r->cur_hdr] != NULL && !joined(r->cur_hdr))
         return fail(r, 400, "duplicate header");
-    if ((r->cur_hdr == HDR_IF_NONE_MATCH || r->cur_hdr == HDR_COOKIE) && r->hdr[r->cur_hdr] != NULL) {
+    if (r->cur_hdr != HDR_OTHER && joined(r->cur_hdr) && r->hdr[r->cur_hdr] != NULL) {
         /*
-         * Repeated If-None-Match headers are one comma-separated list (RFC
-         * 9110 5.3); repeated Cookie headers one "; "-separated list (RFC 6265 5.4).
+         * Repeated If-None-Match and Sec-WebSocket-Protocol headers are one
+         * comma-separated list (RFC 9110 5.3, RFC 6455 11.3.4); repeated
+         * Cookie headers one "; "-separated list (RFC 6265 5.4).
          */
         const char *sep = r->cur_hdr == HDR_COOKIE ? "; " : ",";
         if (append(&r->hdr[r->cur_hdr], &r->hdr_len[r->cur_hdr], sep, strlen(sep),

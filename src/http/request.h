@@ -32,6 +32,10 @@ enum http_header {
     HDR_LAST_EVENT_ID,       /* an EventSource resuming (stream/sse.c) */
     HDR_COOKIE,              /* repeated ones are joined with "; " */
     HDR_ORIGIN,
+    HDR_UPGRADE,             /* a WebSocket handshake (RFC 6455 4.1, stream/ws.c) */
+    HDR_WS_KEY,              /* Sec-WebSocket-Key */
+    HDR_WS_VERSION,          /* Sec-WebSocket-Version */
+    HDR_WS_PROTOCOL,         /* Sec-WebSocket-Protocol */
     HDR_COUNT,
     HDR_OTHER = HDR_COUNT,
 };

@@ -34,62 +34,80 @@ void ticket_api_init(struct ticket_api *t, const struct config *cfg, const struc
     t->metrics = metrics;
 }
 
-/* The device the body names, checked like every device id. NULL with e set. */
-static const char *body_device(struct http_req *r, json_t **root, struct http_error *e)
+/*
+ * The string member 'name' of the body's object, checked by 'check' (the
+ * rules of push/check.h). NULL with e set.
+ */
+static const char *body_id(json_t *root, const char *name,
+                           const char *(*check)(const char *, size_t), struct http_error *e)
 {
+    json_t *v = json_object_get(root, name);
+    const char *s, *why;
+
+    if (v == NULL) {
+        http_error_bad(e, "%s is required", name);
+        return NULL;
+    }
+    /* A string with a NUL inside is no id: its length and strlen differ. */
+    if (!json_is_string(v) || strlen(json_string_value(v)) != json_string_length(v)) {
+        http_error_bad(e, "%s must be a string", name);
+        return NULL;
+    }
+    s = json_string_value(v);
+    if ((why = check(s, strlen(s))) != NULL) {
+        http_error_bad(e, "%s %s", name, why);
+        return NULL;
+    }
+    return s;
+}
+
+/*
+ * The body as a JSON object into *root (the caller's to json_decref, even
+ * on failure), its "device" into *device and, when 'user' is not NULL, its
+ * "user" into *user. 0, or -1 with e set.
+ */
+static int body_ids(struct http_req *r, json_t **root, const char **user, const char **device,
+                    struct http_error *e)
+{
+    const char *shape = user ? "{\"user\":\"...\",\"device\":\"...\"}" : "{\"device\":\"...\"}";
     json_error_t je;
-    json_t *dev;
-    const char *device, *why;
 
     *root = NULL;
     if (r->body_len == 0) {
-        http_error_bad(e, "the body must be a JSON object: {\"device\":\"...\"}");
-        return NULL;
+        http_error_bad(e, "the body must be a JSON object: %s", shape);
+        return -1;
     }
     *root = json_loadb(r->body, r->body_len, JSON_REJECT_DUPLICATES, &je);
     if (*root == NULL) {
         http_error_bad(e, "malformed JSON at line %d column %d: %s", je.line, je.column, je.text);
-        return NULL;
+        return -1;
     }
     if (!json_is_object(*root)) {
-        http_error_bad(e, "the body must be a JSON object: {\"device\":\"...\"}");
-        return NULL;
+        http_error_bad(e, "the body must be a JSON object: %s", shape);
+        return -1;
     }
-    dev = json_object_get(*root, "device");
-    if (dev == NULL) {
-        http_error_bad(e, "device is required");
-        return NULL;
-    }
-    if (!json_is_string(dev) || strlen(json_string_value(dev)) != json_string_length(dev)) {
-        http_error_bad(e, "device must be a string");
-        return NULL;
-    }
-    device = json_string_value(dev);
-    if ((why = check_device_id(device, strlen(device))) != NULL) {
-        http_error_bad(e, "device %s", why);
-        return NULL;
-    }
-    return device;
+    if (user && (*user = body_id(*root, "user", check_user_id, e)) == NULL)
+        return -1;
+    if ((*device = body_id(*root, "device", check_device_id, e)) == NULL)
+        return -1;
+    return 0;
 }
 
-void ticket_api_handle(void *arg, struct conn *c, struct http_req *r, const struct principal *who)
+/* Signs a ticket for (user, device) and answers it, or the reason it could not be. */
+static void answer_ticket(struct ticket_api *t, struct conn *c, const char *user,
+                          const char *device, int name_user)
 {
-    struct ticket_api *t = arg;
     int64_t expires = (int64_t)time(NULL) + t->cfg->auth_ticket_ttl;
     char ticket[TICKET_MAX + 1];
     struct http_error e;
-    const char *device;
     struct jsonw w;
-    json_t *root;
     size_t len;
     char *body;
 
-    if ((device = body_device(r, &root, &e)) == NULL)
-        goto refuse;
-    if (ticket_sign(t->secret, who->subject, device, expires, token_now_ms(), ticket,
-                    sizeof(ticket)) < 0) {
+    if (ticket_sign(t->secret, user, device, expires, token_now_ms(), ticket, sizeof(ticket)) < 0) {
         http_error_set(&e, 503, "unavailable", "a ticket could not be signed");
-        goto refuse;
+        conn_respond_error(c, &e);
+        return;
     }
     jw_init(&w);
     jw_obj_begin(&w);
@@ -97,16 +115,43 @@ void ticket_api_handle(void *arg, struct conn *c, struct http_req *r, const stru
     jw_str(&w, ticket);
     jw_key(&w, "expires");
     jw_u64(&w, (uint64_t)expires);
+    if (name_user) {
+        jw_key(&w, "user");
+        jw_str(&w, user);
+    }
     jw_key(&w, "device");
     jw_str(&w, device);
     jw_obj_end(&w);
     body = jw_take(&w, &len);
-    json_decref(root);
     /* A ticket is a credential: no cache may keep the answer. */
     conn_respond(c, 200, "Cache-Control: no-store\r\n", body, len);
     free(body);
-    return;
-refuse:
+}
+
+void ticket_api_handle(void *arg, struct conn *c, struct http_req *r, const struct principal *who)
+{
+    struct http_error e;
+    const char *device;
+    json_t *root;
+
+    if (body_ids(r, &root, NULL, &device, &e) < 0)
+        conn_respond_error(c, &e);
+    else
+        answer_ticket(arg, c, who->subject, device, 0);
     json_decref(root);
-    conn_respond_error(c, &e);
+}
+
+void ticket_api_admin_handle(void *arg, struct conn *c, struct http_req *r,
+                             const struct principal *who)
+{
+    const char *user, *device;
+    struct http_error e;
+    json_t *root;
+
+    (void)who;
+    if (body_ids(r, &root, &user, &device, &e) < 0)
+        conn_respond_error(c, &e);
+    else
+        answer_ticket(arg, c, user, device, 1);
+    json_decref(root);
 }

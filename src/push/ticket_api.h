@@ -4,6 +4,7 @@
  * to one of its devices, for a browser's EventSource or WebSocket, which
  * can put it in the URL but cannot send an Authorization header. The
  * format and the single use are auth/ticket.h's; the router redeems them.
+ * POST /v1/admin/tickets is the same for an admin, for any user.
  */
 #ifndef NUDGE_TICKET_API_H
 #define NUDGE_TICKET_API_H
@@ -30,5 +31,14 @@ void ticket_api_init(struct ticket_api *t, const struct config *cfg, const struc
  * Cache-Control: no-store. 'arg' is the struct ticket_api.
  */
 void ticket_api_handle(void *arg, struct conn *c, struct http_req *r, const struct principal *who);
+
+/*
+ * POST /v1/admin/tickets (admin credential): body {"user":"U","device":"D"},
+ * answer {"ticket":...,"expires":...,"user":"U","device":"D"}: a ticket
+ * for any user, so the status page can watch that user's stream
+ * (docs/status.md). Minted where it arrives: redeeming routes by the user.
+ */
+void ticket_api_admin_handle(void *arg, struct conn *c, struct http_req *r,
+                             const struct principal *who);
 
 #endif

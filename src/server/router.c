@@ -31,6 +31,7 @@
 #include "admin/revoke.h"
 #include "activesync/ping.h"
 #include "admin/sessions_api.h"
+#include "admin/status.h"
 #include "auth/basic.h"
 #include "auth/limit.h"
 #include "auth/passwd.h"
@@ -57,6 +58,7 @@
 #include "push/udp_api.h"
 #include "store/store.h"
 #include "stream/sse.h"
+#include "stream/ws.h"
 #include "worker/worker.h"
 
 /* What a client whose password could not be checked is told to wait. */
@@ -96,6 +98,8 @@ static const struct route routes[] = {
     {"/v1/udp/test", 0, HTTP_POST, TOKEN_USER, udp_test_handle, ROUTE_UDP, 0, 0, 0},
     {"/v1/udp/", 1, HTTP_DELETE, TOKEN_USER, udp_delete_handle, ROUTE_UDP, 0, 0, 0},
     {"/v1/events", 0, HTTP_POST, TOKEN_PUBLISHER, events_handle, ROUTE_EVENTS, 0, 0, 0},
+    /* The status page's test notification: an admin publishes as a publisher would (docs/status.md). */
+    {"/v1/admin/events", 0, HTTP_POST, TOKEN_ADMIN, events_handle, ROUTE_EVENTS, 0, 0, 0},
     /* HTTP Basic, checked by the handler: the credential Dovecot's driver can send. */
     {"/v1/ingest/dovecot", 0, HTTP_PUT, 0, ingest_dovecot_handle, ROUTE_INGEST, 0, 0, 0},
     {"/v1/ingest/dovecot", 0, HTTP_POST, 0, ingest_dovecot_handle, ROUTE_INGEST, 0, 0, 0},
@@ -104,9 +108,14 @@ static const struct route routes[] = {
     {"/v1/admin/workers", 0, HTTP_GET, TOKEN_ADMIN, admin_workers, ROUTE_ADMIN, 0, 1, 0},
     {"/healthz", 0, HTTP_GET, 0, admin_healthz, ROUTE_ADMIN, 0, 1, 0},
     {"/metrics", 0, HTTP_GET, TOKEN_ADMIN, admin_metrics, ROUTE_ADMIN, 0, 1, 0},
+    /* The status page (docs/status.md): the page is public, what it shows needs the admin token. */
+    {"/status", 0, HTTP_GET, 0, status_page_handle, ROUTE_STATUS, 0, 1, 0},
+    {"/v1/admin/status", 0, HTTP_GET, TOKEN_ADMIN, status_handle, ROUTE_STATUS, 0, 1, 0},
     {"/v1/login", 0, HTTP_POST, TOKEN_USER, login_handle, ROUTE_LOGIN, 1, 0, 0},
     /* A single-use ticket for a browser route (auth/ticket.h): a user credential, not a cookie. */
     {"/v1/ticket", 0, HTTP_POST, TOKEN_USER, ticket_api_handle, ROUTE_TICKET, 0, 0, 0},
+    /* The same for any user, for an admin watching that user's stream (the status page). */
+    {"/v1/admin/tickets", 0, HTTP_POST, TOKEN_ADMIN, ticket_api_admin_handle, ROUTE_TICKET, 0, 0, 0},
     {"/v1/admin/tokens/", 1, HTTP_DELETE, TOKEN_ADMIN, revoke_handle, ROUTE_REVOKE, 0, 0, 0},
     /* ActiveSync (docs/activesync.md): the password in HTTP Basic, as phones send it. */
     {"/Microsoft-Server-ActiveSync", 0, HTTP_POST, TOKEN_USER, as_ping_handle, ROUTE_ACTIVESYNC, 1, 0, 0},
@@ -117,6 +126,7 @@ static const struct route routes[] = {
     {"/v1/activesync/synced/", 1, HTTP_POST, TOKEN_PUBLISHER, as_synced_handle, ROUTE_ACTIVESYNC, 0, 0, 0},
     /* Event streams for web and desktop clients (docs/streams.md). */
     {"/v1/stream", 0, HTTP_GET, TOKEN_USER, sse_handle, ROUTE_STREAM, 0, 0, 1},
+    {"/v1/ws", 0, HTTP_GET, TOKEN_USER, ws_handle, ROUTE_WS, 0, 0, 1},
 };
 
 void router_init(struct router *rt, const struct config *cfg, const struct secret *secret,

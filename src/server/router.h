@@ -51,6 +51,8 @@ enum route_target {
     ROUTE_ACTIVESYNC,      /* struct as_ping */
     ROUTE_STREAM,          /* struct sse */
     ROUTE_TICKET,          /* struct ticket_api */
+    ROUTE_WS,              /* struct ws */
+    ROUTE_STATUS,          /* struct status */
     ROUTE_TARGET_COUNT,
 };
 

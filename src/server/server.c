@@ -163,6 +163,7 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
     as_ping_init(&s->as_ping, cfg, s->store, &s->shard, &s->metrics, &s->hb, &s->sessions,
                  &s->devices, NULL);
     sse_init(&s->sse, cfg, s->store, &s->shard, &s->metrics, &s->sessions, &s->hb);
+    ws_init(&s->ws, cfg, s->store, &s->shard, &s->metrics, &s->sessions, &s->hb);
     devices_load(&s->devices);
     as_ping_load(&s->as_ping);
 
@@ -185,6 +186,9 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
     ingest_init(&s->ingest, cfg, s->store, &s->metrics, &s->events, route);
     admin_init(&s->admin, &s->metrics, &s->sessions, &s->shard, s->store, wk, s->mesh);
     sessions_api_init(&s->sessions_api, &s->sessions, &s->shard, wk, s->mesh, route);
+    if (status_init(&s->status, &s->metrics, &s->sessions, &s->shard, s->store, wk, s->mesh, err,
+                    sizeof(err)) < 0)
+        goto fail_err;
     login_init(&s->login, cfg, &s->secret, &s->metrics);
     ticket_api_init(&s->ticket_api, cfg, &s->secret, &s->metrics);
     /* From now: a ticket issued before this worker started may have been used already. */
@@ -225,7 +229,9 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
             [ROUTE_REVOKE] = &s->revoke,
             [ROUTE_ACTIVESYNC] = &s->as_ping,
             [ROUTE_STREAM] = &s->sse,
+            [ROUTE_WS] = &s->ws,
             [ROUTE_TICKET] = &s->ticket_api,
+            [ROUTE_STATUS] = &s->status,
         };
         router_init(&s->router, cfg, &s->secret, &s->metrics, route, s->store, s->passwords,
                     &s->fail_ip, &s->fail_user, s->spent, to);
@@ -271,6 +277,8 @@ void server_free(struct server *s)
         as_ping_free(&s->as_ping);
     if (s->sse.shard)
         sse_free(&s->sse);
+    if (s->ws.shard)
+        ws_free(&s->ws);
     shard_free(&s->shard);
     store_close(s->store);
     s->store = NULL;

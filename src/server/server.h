@@ -17,6 +17,7 @@
 #include "admin/admin.h"
 #include "admin/revoke.h"
 #include "admin/sessions_api.h"
+#include "admin/status.h"
 #include "auth/limit.h"
 #include "auth/secret.h"
 #include "common/config.h"
@@ -29,6 +30,7 @@
 #include "push/ticket_api.h"
 #include "activesync/ping.h"
 #include "stream/sse.h"
+#include "stream/ws.h"
 #include "push/ping.h"
 #include "push/probe.h"
 #include "push/state.h"
@@ -65,6 +67,7 @@ struct server {
     struct ping ping;
     struct as_ping as_ping;
     struct sse sse;
+    struct ws ws;
     struct probe probe;
     struct state state;
     struct events events;
@@ -72,6 +75,7 @@ struct server {
     struct ingest ingest;
     struct admin admin;
     struct sessions_api sessions_api;
+    struct status status;
     struct passwords *passwords;   /* NULL: tokens only ([auth] passwords empty) */
     struct auth_limit fail_ip, fail_user;
     _Atomic uint64_t *fail_slots;  /* without workers: the limits' own slots (2 tables) */

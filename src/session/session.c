@@ -249,7 +249,9 @@ int session_end(struct sessions *ss, struct device *d)
 
     if (!session_present(ss, d))
         return -1;
-    if (held)
+    if (held && held->holder && held->holder->ended)
+        held->holder->ended(held->holder->ctx, held, held->hold_arg);
+    else if (held)
         conn_close(held, CONN_WHY_ENDED_BY_ADMIN, NULL);
     udp_end(ss->udp, d, conn_why_text[CONN_WHY_ENDED_BY_ADMIN]);
     return 0;

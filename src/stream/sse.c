@@ -54,6 +54,7 @@
 #include "shard/shard.h"
 #include "store/store.h"
 #include "stream/state_id.h"
+#include "stream/watch.h"
 
 /* The pseudo-type in types= that asks for publishers' metadata as "meta" events. */
 #define META_TYPE "@meta"
@@ -88,35 +89,10 @@ static uint64_t retry_ms(struct sse *s)
     return base + util_hash(s->seed, &n, sizeof(n)) % (base + 1);
 }
 
-/*
- * Closes a stream whose client does not take what it is sent. 1 when it
- * closed c (nothing more may be sent on it).
- */
+/* Closes c when its client does not read (watch_too_slow). 1: closed. */
 static int too_slow(struct sse *s, struct conn *c, struct device *d)
 {
-    struct sse_dev *x = *dev_slot(s, d);
-    size_t unsent = conn_unsent(c);
-    uint64_t now = util_now_ms();
-    const char *why = NULL;
-    char q1[300], q2[300];
-
-    if (unsent > s->cfg->stream_max_unsent) {
-        why = "max_unsent";
-    } else if (unsent > s->cfg->stream_soft_unsent) {
-        if (x->soft_since == 0)
-            x->soft_since = now;
-        else if (now - x->soft_since >= (uint64_t)s->cfg->stream_soft_seconds * 1000)
-            why = "soft_unsent";
-    } else {
-        x->soft_since = 0;
-    }
-    if (why == NULL)
-        return 0;
-    s->metrics->streams_slow++;
-    LOG(LOG_WARN, stream_slow, "user=%s device=%s unsent=%zu limit=%s",
-        log_q(q1, sizeof(q1), d->user->id), log_q(q2, sizeof(q2), d->id), unsent, why);
-    conn_close(c, CONN_WHY_SLOW, why);
-    return 1;
+    return watch_too_slow(s->cfg, s->metrics, c, d, &(*dev_slot(s, d))->soft_since);
 }
 
 /* The next ping falls 'ping' seconds after the last event sent (RFC 8620). */
@@ -136,35 +112,19 @@ static void rearm(struct sse *s, struct conn *c, struct device *d)
  */
 static int send_changes(struct sse *s, struct conn *c, struct device *d)
 {
-    struct jsonw w, id;
-    size_t len, idlen;
-    char *body, *ids;
-    int n = 0, rc;
+    struct jsonw w;
+    size_t len;
+    char *body;
+    int n, rc;
 
-    for (uint32_t i = 0; i < d->nfolders; i++) {
-        uint64_t now = store_get(s->store, d->user->id, d->folders[i].name);
-        if (now == d->folders[i].state)
-            continue;
-        if (n++ == 0) {
-            jw_init(&w);
-            RAW(&w, "event: state\ndata: {\"@type\":\"StateChange\",\"changed\":{");
-            jw_key(&w, d->user->id);
-            jw_obj_begin(&w);
-        }
-        jw_key(&w, d->folders[i].name);
-        jw_u64_str(&w, now);
-        d->folders[i].state = now;
-    }
-    if (n == 0)
+    jw_init(&w);
+    RAW(&w, "event: state\ndata: ");
+    if ((n = watch_changes(s->store, d, &w)) == 0) {
+        jw_free(&w);
         return 0;
-    jw_obj_end(&w);
-    RAW(&w, "}}\nid: " STATE_ID_PREFIX);
-    jw_init(&id);
-    for (uint32_t i = 0; i < d->nfolders; i++)
-        state_id_entry(&id, d->folders[i].name, d->folders[i].state, i == 0);
-    ids = jw_take(&id, &idlen);
-    jw_raw(&w, ids, idlen);
-    free(ids);
+    }
+    RAW(&w, "}\nid: ");
+    watch_state_id(d, &w);
     RAW(&w, "\n\n");
     body = jw_take(&w, &len);
     s->metrics->stream_events++;
@@ -219,52 +179,6 @@ static int send_meta(struct conn *c, struct device *d, const struct store_event 
             return -1;
     }
     return 0;
-}
-
-/* ---- the folders a stream watches --------------------------------------- */
-
-/* A growing list of folders, the names borrowed (shard_set_folders copies them). */
-struct folder_list {
-    struct store_folder *f;
-    size_t n, cap, max;
-};
-
-static void list_add(struct folder_list *l, const char *name, uint64_t state)
-{
-    for (size_t i = 0; i < l->n; i++)
-        if (strcmp(l->f[i].name, name) == 0)
-            return;
-    if (l->n == l->max)
-        return;
-    if (l->n == l->cap) {
-        l->cap = l->cap ? l->cap * 2 : 8;
-        l->f = xrealloc(l->f, l->cap * sizeof(*l->f));
-    }
-    l->f[l->n].name = name;
-    l->f[l->n].state = state;
-    l->n++;
-}
-
-static void on_listed(void *arg, const char *folder, uint64_t state)
-{
-    (void)state;
-    list_add(arg, folder, UNKNOWN);
-}
-
-/*
- * types=* streams: folders the user has now that d does not watch yet are
- * added, unknown to the client, so that the next event names them.
- */
-static void watch_new_folders(struct sse *s, struct device *d)
-{
-    struct folder_list l = {.max = s->cfg->ping_max_folders};
-
-    for (uint32_t i = 0; i < d->nfolders; i++)
-        list_add(&l, d->folders[i].name, d->folders[i].state);
-    store_list(s->store, d->user->id, on_listed, &l);
-    if (l.n > d->nfolders)
-        shard_set_folders(d, l.f, l.n);
-    free(l.f);
 }
 
 /* ---- the holder -------------------------------------------------------- */
@@ -368,7 +282,7 @@ static int update(struct sse *s, struct conn *c, struct device *d, const struct 
     int sent;
 
     if (x->all)
-        watch_new_folders(s, d);
+        watch_new_folders(s->store, d, s->cfg->ping_max_folders);
     if (x->meta && send_meta(c, d, e, n) < 0)
         return -1;
     if ((sent = send_changes(s, c, d)) <= 0)
@@ -432,30 +346,12 @@ void sse_free(struct sse *s)
 
 /* What the query and headers ask for. */
 struct sse_params {
-    struct folder_list types;  /* named folders (borrowed from 'buf') */
+    struct watch_list types;  /* named folders (borrowed from 'buf') */
     int all, meta, closeafter;
     unsigned ping;
     char device[DEVICE_ID_MAX * 3 + 1];
     char *buf;                 /* the decoded types= value */
 };
-
-/* The effective ping interval for a client's ping=N (RFC 8620: the server may clamp it). */
-static unsigned clamp_ping(const struct config *cfg, unsigned long n)
-{
-    if (n == 0)
-        return 0;
-    if (n < cfg->stream_ping_min)
-        return cfg->stream_ping_min;
-    return n > cfg->stream_ping_max ? cfg->stream_ping_max : (unsigned)n;
-}
-
-/* The ping interval of a stream that asked for none: derived as the heartbeat max is. */
-static unsigned default_ping(const struct config *cfg)
-{
-    unsigned p = cfg->stream_ping ? cfg->stream_ping : cfg->heartbeat_max;
-
-    return clamp_ping(cfg, p);
-}
 
 static int parse_params(const struct config *cfg, const struct http_req *r,
                         const struct principal *who, struct sse_params *sp, struct http_error *e)
@@ -465,7 +361,7 @@ static int parse_params(const struct config *cfg, const struct http_req *r,
     long n;
 
     sp->types.max = cfg->ping_max_folders;
-    sp->ping = default_ping(cfg);
+    sp->ping = watch_default_ping(cfg);
     /* types: decoded first (clients send %2C and %2A as well as , and *), then split. */
     n = r->query ? util_query_raw(r->query, r->query_len, "types", &raw) : -ENOENT;
     if (n < 0) {
@@ -494,7 +390,7 @@ static int parse_params(const struct config *cfg, const struct http_req *r,
                 return http_error_bad(e, "types names more than [ping] max_folders (%u) folders",
                                       cfg->ping_max_folders);
             } else {
-                list_add(&sp->types, p, UNKNOWN);
+                watch_list_add(&sp->types, p, UNKNOWN);
             }
         }
         if (!sp->all && sp->types.n == 0)
@@ -513,41 +409,13 @@ static int parse_params(const struct config *cfg, const struct http_req *r,
         p = strtoul(v, &end, 10);
         if (v[0] < '0' || v[0] > '9' || *end != '\0' || errno != 0)
             return http_error_bad(e, "ping must be a whole number of seconds");
-        sp->ping = clamp_ping(cfg, p);
+        sp->ping = watch_clamp_ping(cfg, p);
     } else if (n == -EINVAL) {
         return http_error_bad(e, "ping must be a whole number of seconds");
     }
-    /* A ticket names its device; otherwise device= may, as for pings. */
-    if (who->device[0]) {
-        snprintf(sp->device, sizeof(sp->device), "%s", who->device);
-        return 0;
-    }
-    n = r->query ? util_query_param(r->query, r->query_len, "device", sp->device,
-                                    sizeof(sp->device))
-                 : -ENOENT;
-    if (n == -EINVAL)
-        return http_error_bad(e, "query parameter device is badly encoded or too long");
-    if (n >= 0 && (why = check_device_id(sp->device, strlen(sp->device))) != NULL)
-        return http_error_bad(e, "device %s", why);
-    if (n < 0)
-        sp->device[0] = '\0';
-    return 0;
+    return watch_device_param(r, who, sp->device, sizeof(sp->device), e);
 }
 
-
-/* A device of its own for a stream that named none. */
-static struct device *anonymous_device(struct sse *s, struct user *u)
-{
-    char id[48];
-
-    for (;;) {
-        uint64_t n = ++s->draws;
-        snprintf(id, sizeof(id), "stream-%016llx",
-                 (unsigned long long)util_hash(s->seed ^ 0x5e5e, &n, sizeof(n)));
-        if (shard_device(s->shard, u, id, 0) == NULL)
-            return shard_device(s->shard, u, id, 1);
-    }
-}
 
 int sse_is_stream(const struct http_req *r)
 {
@@ -610,7 +478,7 @@ void sse_handle(void *arg, struct conn *c, struct http_req *r, const struct prin
             created = 1;
         }
     } else {
-        d = anonymous_device(s, u);
+        d = watch_anonymous_device(s->shard, u, s->seed, &s->draws);
         created = 1;
     }
     sd = session_of(s->sessions, d);
@@ -625,7 +493,7 @@ void sse_handle(void *arg, struct conn *c, struct http_req *r, const struct prin
     }
     /* What the stream watches, with what the client says it has. */
     if (sp.all)
-        store_list(s->store, u->id, on_listed, &sp.types);
+        store_list(s->store, u->id, watch_list_on_folder, &sp.types);
     last = http_req_header(r, HDR_LAST_EVENT_ID);
     if (last && last[0])
         state_id_read(last, sp.types.f, sp.types.n);

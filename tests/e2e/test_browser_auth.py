@@ -454,3 +454,19 @@ def test_bad_cors_origins_stop_the_start(make_nudged):
         # A config error is one line for the admin at the terminal, before any log is set up.
         line = re.search(r"(?m)^nudged: .*\[http\] cors_origins: .*$", n.log_text())
         assert line and why in line.group(0), (bad, n.log_text())
+
+
+def test_the_websocket_takes_the_cookie_from_allowed_origins_only(web):
+    import ws
+    token, _ = cookie_of(login(web, "web0"))
+    w = ws.WebSocket(web, None, "device=webws",
+                     headers={"Cookie": f"nudge_token={token}", "Origin": ORIGIN})
+    assert w.status == 101, w.response
+    w.close()
+    # A page of another site opening a WebSocket to nudge carries the cookie: refused.
+    w = ws.WebSocket(web, None, "device=webws",
+                     headers={"Cookie": f"nudge_token={token}", "Origin": FOREIGN})
+    assert w.status == 403, w.response
+    assert w.response.json()["status"] == "origin-not-allowed", w.response
+    web.wait_log(r"event=1209 name=origin_refused .*path=/v1/ws origin=https://evil.example")
+    w.close()

@@ -480,9 +480,15 @@ class NudgeWS(Nudge):
     ws_send = NUDGE_WS_ENABLE
 
     def held(self):
+        """WebSockets open and told what to push: nudged counts one held from
+        its 101 (nudge_ws_held), and pushes only after the client's
+        WebSocketPushEnable, without a pushState only what changes after it;
+        each client sends that one message, so the messages read so far
+        (nudge_ws_messages_total) bound how many are ready."""
         _, text = http(self.port, "GET", "/metrics", self.admin)
-        m = re.search(rb"^nudge_streams_held (\d+)$", text, re.M)
-        return int(m.group(1)) if m else 0
+        held = re.search(rb"^nudge_ws_held (\d+)$", text, re.M)
+        told = re.search(rb"^nudge_ws_messages_total (\d+)$", text, re.M)
+        return min(int(held.group(1)), int(told.group(1))) if held and told else 0
 
 
 class NchanWS(Nchan):

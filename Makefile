@@ -163,10 +163,11 @@ $(BIN)/nudge: $(NUDGE_OBJ) $(LLHTTP_LIB)
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LIBS)
 
-# The benchmarks' load generator (bench/loadgen.c): one file, libc only.
+# The benchmarks' load generator (bench/loadgen.c): one file, libc and
+# libcrypto (SHA-1 and base64 of the WebSocket handshake, --answer ws-*).
 $(BIN)/loadgen: bench/loadgen.c
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $<
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< -lcrypto
 
 # The machine's own fan-out floor, raw TCP with no server (bench/floor.c).
 $(BIN)/floor: bench/floor.c
@@ -272,13 +273,14 @@ bench: deps-bench
 	@scripts/bench-limits.sh $(lastword $(subst $(comma), ,$(N)))
 	ulimit -n $$(ulimit -Hn) && $(PYTHON) bench/compare.py --n $(N) --idle $(BENCH_IDLE) $(BENCH_ARGS)
 
-# make bench-streams: held SSE streams (GET /v1/stream) beside held pings, and
-# nchan's EventSource beside its long-poll, in one run (bench/README.md, "streams").
+# make bench-streams: held SSE streams (GET /v1/stream) and WebSockets (GET
+# /v1/ws) beside held pings, and nchan's EventSource and WebSocket subscribers
+# beside its long-poll, in one run (bench/README.md, "streams").
 bench-streams: deps-bench
 	@$(MAKE) --no-print-directory all $(BIN)/loadgen
 	@scripts/bench-limits.sh $(lastword $(subst $(comma), ,$(N)))
 	ulimit -n $$(ulimit -Hn) && $(PYTHON) bench/compare.py --n $(N) --idle $(BENCH_IDLE) \
-		--servers nudge,nudge-sse,nchan,nchan-sse --out bench/streams.md \
+		--servers nudge,nudge-sse,nudge-ws,nchan,nchan-sse,nchan-ws --out bench/streams.md \
 		--chart bench/streams.png $(BENCH_ARGS)
 
 # nudge alone: memory per held ping and publish throughput per store, UDP registrations.

@@ -43,6 +43,15 @@ head once, then every data: line as a delivery; nothing re-polls and
 nothing expires (no renewals in the idle phase). A fifth table per N puts
 held pings, held streams, nchan's long-polls and its EventSource side by
 side, with SSE / ping and nudge SSE / nchan EventSource ratios.
+
+Held WebSockets (--servers nudge-ws,nchan-ws): the same again with one held
+WebSocket per device (nudge: GET /v1/ws?device=d<k> with
+Sec-WebSocket-Protocol: jmap, then the client's WebSocketPushEnable for
+INBOX, each StateChange a delivery; nchan: GET /ws/u<k>, its WebSocket
+subscriber, each text frame a message). loadgen --answer ws-state /
+ws-message checks the 101 and its Sec-WebSocket-Accept and answers pings
+(counted as renewals). A sixth table per N puts SSE and WebSocket side by
+side for both servers, with WS / SSE and nudge WS / nchan WS ratios.
 --skip throughput,idle leaves those phases out.
 
 Prints a markdown table per N, writes --out (bench/results.md) and a PNG
@@ -52,7 +61,8 @@ range and the descriptor limit (make bench does both).
 
 Usage: bench/compare.py [--n 10000,100000] [--idle 60] [--hb 30] [--devices 5000]
                         [--publishers 8] [--events 50000]
-                        [--servers floor,nudge,nchan,nudge-sse,nchan-sse] [--skip throughput,idle]
+                        [--servers floor,nudge,nchan,nudge-sse,nchan-sse,nudge-ws,nchan-ws]
+                        [--skip throughput,idle]
 """
 import argparse
 import datetime
@@ -95,6 +105,17 @@ NUDGE_SSE_SUB = ('GET /v1/stream?types=INBOX&ping=0&device=d{device} HTTP/1.1\\r
                  'Authorization: Bearer {token}\\r\\nAccept: text/event-stream\\r\\n\\r\\n')
 NCHAN_SSE_SUB = ('GET /es/u{user} HTTP/1.1\\r\\nHost: bench\\r\\n'
                  'Accept: text/event-stream\\r\\n\\r\\n')
+# Held WebSockets (--servers nudge-ws,nchan-ws): the upgrade, then frames; {wskey}
+# is each connection's Sec-WebSocket-Key (loadgen checks the 101's accept).
+NUDGE_WS_SUB = ('GET /v1/ws?device=d{device} HTTP/1.1\\r\\nHost: bench\\r\\n'
+                'Authorization: Bearer {token}\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n'
+                'Sec-WebSocket-Version: 13\\r\\nSec-WebSocket-Key: {wskey}\\r\\n'
+                'Sec-WebSocket-Protocol: jmap\\r\\n\\r\\n')
+# The client's first message on /v1/ws (RFC 8887 4.3.5): push the INBOX's changes.
+NUDGE_WS_ENABLE = '{"@type":"WebSocketPushEnable","dataTypes":["INBOX"]}'
+NCHAN_WS_SUB = ('GET /ws/u{user} HTTP/1.1\\r\\nHost: bench\\r\\nUpgrade: websocket\\r\\n'
+                'Connection: Upgrade\\r\\nSec-WebSocket-Version: 13\\r\\n'
+                'Sec-WebSocket-Key: {wskey}\\r\\n\\r\\n')
 NCHAN_PUB = ('POST /pub/{prefix}{target} HTTP/1.1\\r\\nHost: bench\\r\\n'
              'Content-Length: {len}\\r\\n\\r\\n{seq}')
 
@@ -247,7 +268,8 @@ def mem_available_kib():
 # memory before starting it: user space (nchan ~13 KB, nudge ~1 KB) plus the
 # kernel's ~8 KB for the two sockets and loadgen's ~100 bytes, with a margin.
 NEEDS_PER_CONN = {"floor": 100 + 8500, "nudge": 1200 + 8500, "nchan": 14000 + 8500,
-                  "nudge-sse": 2000 + 8500, "nchan-sse": 14000 + 8500}
+                  "nudge-sse": 2000 + 8500, "nchan-sse": 14000 + 8500,
+                  "nudge-ws": 2000 + 8500, "nchan-ws": 16000 + 8500}
 
 
 def percentile(values, p):
@@ -450,7 +472,34 @@ class NchanSSE(Nchan):
     sub_tpl = NCHAN_SSE_SUB
 
 
-SERVERS = {"nudge": Nudge, "nchan": Nchan, "nudge-sse": NudgeSSE, "nchan-sse": NchanSSE}
+class NudgeWS(Nudge):
+    """nudged with one held WebSocket (GET /v1/ws, JMAP push) per device."""
+    name = "nudge-ws"
+    answer = "ws-state"
+    sub_tpl = NUDGE_WS_SUB
+    ws_send = NUDGE_WS_ENABLE
+
+    def held(self):
+        """WebSockets open and told what to push: nudged counts one held from
+        its 101 (nudge_ws_held), and pushes only after the client's
+        WebSocketPushEnable, without a pushState only what changes after it;
+        each client sends that one message, so the messages read so far
+        (nudge_ws_messages_total) bound how many are ready."""
+        _, text = http(self.port, "GET", "/metrics", self.admin)
+        held = re.search(rb"^nudge_ws_held (\d+)$", text, re.M)
+        told = re.search(rb"^nudge_ws_messages_total (\d+)$", text, re.M)
+        return min(int(held.group(1)), int(told.group(1))) if held and told else 0
+
+
+class NchanWS(Nchan):
+    """nginx+nchan with one WebSocket subscriber (GET /ws/<channel>) per device."""
+    name = "nchan-ws"
+    answer = "ws-message"
+    sub_tpl = NCHAN_WS_SUB
+
+
+SERVERS = {"nudge": Nudge, "nchan": Nchan, "nudge-sse": NudgeSSE, "nchan-sse": NchanSSE,
+           "nudge-ws": NudgeWS, "nchan-ws": NchanWS}
 
 
 # ---------------------------------------------------------------- loadgen
@@ -466,6 +515,8 @@ class Loadgen:
             cmd += ["--ptoken", srv.ptoken]
         if srv.pub_item:
             cmd += ["--pub-item", srv.pub_item]
+        if getattr(srv, "ws_send", None):
+            cmd += ["--ws-send", srv.ws_send]
         self.errlog = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.errlog, text=True, bufsize=1)
@@ -514,7 +565,11 @@ def read_latencies(path, procs, t0):
     return lat, missing
 
 
-def wait_held(srv, want, limit):
+def wait_held(srv, want, limit, lg=None):
+    """Until the server holds 'want'; with a WebSocket, also until loadgen has
+    read every 101 (and so sent its first message, nudge's push enable): a
+    server may count a WebSocket held from its 101, before it is told what
+    to push. The time the server reached 'want'."""
     deadline = time.monotonic() + limit
     n = srv.held()
     while n < want:
@@ -522,7 +577,13 @@ def wait_held(srv, want, limit):
             raise RuntimeError(f"{srv.name}: only {n} of {want} held after {limit} s")
         time.sleep(0.02)
         n = srv.held()
-    return time.monotonic()
+    t = time.monotonic()
+    if lg is not None and srv.answer.startswith("ws-"):
+        while (k := lg.cmd("stats")["streams"]) < want:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{srv.name}: only {k} of {want} upgraded after {limit} s")
+            time.sleep(0.02)
+    return t
 
 
 # ---------------------------------------------------------------- one point
@@ -598,7 +659,7 @@ def run_point(args, kind, n):
         ovf0 = listen_overflows()
         t0 = time.monotonic()
         lg.cmd(f"open 0 0 {users} {args.devices_per_user}")
-        t1 = wait_held(srv, n, args.limit)
+        t1 = wait_held(srv, n, args.limit, lg)
         r["hold_s"] = t1 - t0
         r["churn"] = n / (t1 - t0)
         r["accept_cpu_us"] = cpu_since(c_ramp, srv)[0] / n * 1e6
@@ -647,7 +708,7 @@ def run_point(args, kind, n):
 
         # One user, D devices.
         lg.cmd(f"open 1 {users} 1 {devices}")
-        wait_held(srv, n + devices, args.limit)
+        wait_held(srv, n + devices, args.limit, lg)
         c0 = cpu_by_pid(srv.pids())
         pub = lg.cmd(f"pub u {users} 1 1 1 1")
         w = lg.cmd(f"wait 1 1 {args.limit * 1000} {tmp}/one")
@@ -812,17 +873,26 @@ def table(n, a, b, batch, pubs):
     return rows
 
 
-STREAM_COLS = ("nudge", "nudge-sse", "nchan", "nchan-sse")
+# The streams tables' columns: nudge's two kinds, then nchan's two; the ratios
+# are the second column over the first and over the fourth.
+STREAM_COLS = (("nudge", "nudge ping"), ("nudge-sse", "nudge SSE"), ("nchan", "nchan long-poll"),
+               ("nchan-sse", "nchan EventSource"))
+STREAM_RATIOS = ("SSE / ping", "nudge SSE / nchan ES")
+WS_COLS = (("nudge-sse", "nudge SSE"), ("nudge-ws", "nudge WebSocket"),
+           ("nchan-sse", "nchan EventSource"), ("nchan-ws", "nchan WebSocket"))
+WS_RATIOS = ("WS / SSE", "nudge WS / nchan WS")
 
 
-def streams_table(n, res, batch, pubs):
-    """Markdown rows for one N: held pings, held SSE streams, nchan's long-polls
-    and EventSource subscribers, measured alike in one run (each may be None)."""
-    a, s, b, e = (res.get(k) for k in STREAM_COLS)
+def streams_table(n, res, batch, pubs, cols=STREAM_COLS, ratios=STREAM_RATIOS):
+    """Markdown rows for one N: four kinds measured alike in one run (each may
+    be missing): held pings, held SSE streams, nchan's long-polls and
+    EventSource subscribers; or (WS_COLS) both servers' SSE and WebSockets."""
+    a, s, b, e = (res.get(k) for k, _ in cols)
     x = s or a or e or b
+    h = [label for _, label in cols]
     rows = [f"| measure (N = {n:,} held, {x['users']:,} users, {x['workers']} server processes) "
-            "| nudge ping | nudge SSE | SSE / ping | nchan long-poll | nchan EventSource "
-            "| nudge SSE / nchan ES |", "|---|---|---|---|---|---|---|"]
+            f"| {h[0]} | {h[1]} | {ratios[0]} | {h[2]} | {h[3]} | {ratios[1]} |",
+            "|---|---|---|---|---|---|---|"]
 
     def row(label, key_fn, fmt, with_ratio=True):
         v = [key_fn(r) if r else None for r in (a, s, b, e)]
@@ -854,6 +924,10 @@ def streams_table(n, res, batch, pubs):
         lambda v: f"{v:,.0f}/s")
     row("server CPU per new held connection", lambda r: r.get("accept_cpu_us"),
         lambda v: f"{v:.1f} us")
+    row("server CPU over the idle window", lambda r: r["idle_cpu"] if r.get("idle") else None,
+        lambda v: f"{v:.2f} s")
+    row("renewals in it (pings: expired and re-polled; WebSocket: pings answered)",
+        lambda r: r["renewals"] if r.get("idle") else None, lambda v: f"{v:,}", False)
     row("lost (publishes a device never got)", lambda r: r["lost"], lambda v: f"{v:,}", False)
     row("duplicates", lambda r: r["dups"], lambda v: f"{v:,}", False)
     row("server processes that died during the run", lambda r: r["died"], str, False)
@@ -990,7 +1064,8 @@ def main():
                     help="nudged's store (nchan keeps its channels in memory)")
     ap.add_argument("--servers", default="floor,nudge,nchan",
                     help="what to run, comma separated: floor (bench/floor.c), nudge, nchan, "
-                         "nudge-sse (held GET /v1/stream), nchan-sse (EventSource)")
+                         "nudge-sse (held GET /v1/stream), nchan-sse (EventSource), "
+                         "nudge-ws (held GET /v1/ws), nchan-ws (nchan's WebSocket)")
     ap.add_argument("--skip", default="",
                     help="phases left out, comma separated: throughput, idle")
     ap.add_argument("--floor-rounds", type=int, default=3,
@@ -1011,8 +1086,8 @@ def main():
     servers = args.servers.split(",")
     for kind in servers:
         if kind not in NEEDS_PER_CONN:
-            sys.exit(f"compare.py: --servers: '{kind}' is not floor, nudge, nchan, nudge-sse "
-                     "or nchan-sse")
+            sys.exit(f"compare.py: --servers: '{kind}' is not one of "
+                     f"{', '.join(NEEDS_PER_CONN)}")
     args.skip = [x for x in args.skip.split(",") if x]
 
     started = time.time()
@@ -1051,6 +1126,10 @@ def main():
         if results[n].get("nudge-sse") or results[n].get("nchan-sse"):
             out += streams_table(n, results[n], args.batch,
                                  (args.publishers, args.publishers_high)) + [""]
+        if results[n].get("nudge-ws") or results[n].get("nchan-ws"):
+            out += streams_table(n, results[n], args.batch,
+                                 (args.publishers, args.publishers_high), WS_COLS,
+                                 WS_RATIOS) + [""]
         if results[n].get("floor"):
             out += floor_table(n, results[n]["floor"], results[n].get("nudge"), args.batch) + [""]
         for kind in results[n]:

@@ -30,6 +30,19 @@
  * in it, read as "state" (after "INBOX":") or as "message" (the data is the
  * message number); a state of 0 (a stream's first event before any publish)
  * delivers nothing. A stream that ends is reconnected (counted).
+ * "ws-state" / "ws-message" hold a WebSocket (RFC 6455) instead: the --sub
+ * template is the upgrade request, with {wskey} for its Sec-WebSocket-Key
+ * (16 random bytes in base64, derived from the connection's index and a
+ * per-process random seed, so it is recomputed to check the answer rather
+ * than kept); the answer must be a 101 with Upgrade: websocket, the matching
+ * Sec-WebSocket-Accept (SHA-1 + base64, OpenSSL's libcrypto) and, when the
+ * template names a Sec-WebSocket-Protocol, that protocol. Then --ws-send's
+ * text, if given, goes as one masked text frame (nudge's
+ * WebSocketPushEnable), and every text frame the server sends is a delivery,
+ * read as in the SSE modes (state after "INBOX":", or the message number);
+ * a ping frame is answered with a pong of its payload, and counted as a
+ * renewal; a close frame ends the stream (reconnected, counted). Neither
+ * server fragments its messages: a fragment is an unexpected answer.
  *
  * Each connection binds to a source address among 127.0.0.2 .. 127.0.0.<K+1>
  * (--sources K) with IP_BIND_ADDRESS_NO_PORT, so the port is chosen at
@@ -79,11 +92,15 @@
 #include <string.h>
 #include <sys/epoll.h>
 #include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
+
+#include <openssl/evp.h>
+#include <openssl/sha.h>
 
 #ifndef IP_BIND_ADDRESS_NO_PORT
 #define IP_BIND_ADDRESS_NO_PORT 24
@@ -102,12 +119,17 @@
  * answers' worth in one read() and a request always fits. */
 #define RBUF_SIZE (64 * 1024)
 #define REQ_SIZE 4096
+/* --ws-send's text: one small client message (a JMAP WebSocketPushEnable). */
+#define WS_SEND_MAX 1024
+/* The GUID a WebSocket server appends to the client's key (RFC 6455 1.3). */
+#define WS_GUID "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 /* A publish with a batch of events: 1000 events of ~40 bytes, with room. */
 #define PUB_REQ_SIZE (512 * 1024)
 #define PUB_BIT (1ULL << 63)
 #define CTRL_ID (1ULL << 62)
 
-/* ST_STREAM: an SSE subscriber whose 200 head has been read: what follows is events. */
+/* ST_STREAM: an SSE subscriber whose 200 head (or a WebSocket whose 101) has
+ * been read: what follows is events (frames). */
 enum state { ST_NEW, ST_CONNECTING, ST_WAITING, ST_STREAM, ST_DEAD };
 enum answer_mode { ANSWER_STATE, ANSWER_MESSAGE };
 
@@ -160,6 +182,12 @@ static struct {
     char *sub_tpl, *pub_tpl;
     enum answer_mode mode;
     int sse; /* --answer sse-state / sse-message: the held request is an event stream */
+    int ws;  /* --answer ws-state / ws-message: the held request is a WebSocket */
+    char *ws_send;       /* --ws-send: the text frame sent after the 101, or NULL */
+    size_t ws_send_len;
+    char ws_proto[64];   /* the Sec-WebSocket-Protocol the --sub template asks for, or "" */
+    uint64_t ws_seed;    /* this process's random seed of the keys */
+    uint64_t mask_rng;   /* the frames' masking keys (xorshift64) */
     char *tokens;
     uint32_t *tok_off;
     size_t ntokens;
@@ -274,6 +302,7 @@ struct vars {
     uint64_t target;
     const char *items; /* {items}: the publish's events, already expanded */
     size_t items_len;
+    const char *wskey; /* {wskey}: the connection's Sec-WebSocket-Key, or NULL */
 };
 
 static size_t put(char *out, size_t at, size_t cap, const char *s, size_t n)
@@ -334,6 +363,8 @@ static size_t expand(const char *tpl, const struct vars *v, size_t len, char *ou
                 die("no token for user %u (the tokens file has %zu)", v->user, G.ntokens);
             const char *t = G.tokens + G.tok_off[v->user];
             at = put(out, at, cap, t, strlen(t));
+        } else if (n == 7 && memcmp(p, "{wskey}", 7) == 0) {
+            at = put(out, at, cap, v->wskey ? v->wskey : "", v->wskey ? strlen(v->wskey) : 0);
         } else if (n == 7 && memcmp(p, "{items}", 7) == 0) {
             at = put(out, at, cap, v->items ? v->items : "", v->items_len);
         } else if (n == 8 && memcmp(p, "{resume}", 8) == 0) {
@@ -575,11 +606,17 @@ static int write_or_keep(int fd, const char *req, size_t n, struct pend **pend, 
     return 0;
 }
 
+static void ws_key(const struct conn *c, char out[25]);
+
 static void send_sub(struct conn *c)
 {
-    char req[REQ_SIZE];
+    char req[REQ_SIZE], key[25];
     struct vars v = {.user = c->user, .device = c->device, .seq = c->seen, .lm = c->lm,
                      .etag = c->etag, .prefix = ""};
+    if (G.ws) {
+        ws_key(c, key);
+        v.wskey = key;
+    }
     size_t n = build(G.sub_tpl, &v, req, sizeof(req));
 
     if (write_or_keep(c->fd, req, n, &c->pend, (int[]){0}) < 0) {
@@ -722,6 +759,230 @@ static void on_stream_bytes(struct conn *c, size_t have)
     }
 }
 
+/* ------------------------------------------------------------- WebSockets */
+
+/* splitmix64: a well-mixed 64-bit value of x (the keys from the seed). */
+static uint64_t mix64(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+/* c's Sec-WebSocket-Key: 16 bytes from this process's seed and c's index, in
+ * base64 (24 characters and a NUL). The same for every handshake of c, so
+ * nothing is stored per connection to check the server's answer. */
+static void ws_key(const struct conn *c, char out[25])
+{
+    unsigned char raw[16];
+    uint64_t a = mix64(G.ws_seed ^ conn_id(c)), b = mix64(a ^ G.ws_seed);
+    memcpy(raw, &a, 8);
+    memcpy(raw + 8, &b, 8);
+    EVP_EncodeBlock((unsigned char *)out, raw, 16);
+}
+
+/* The Sec-WebSocket-Accept a server must answer 'key' with (RFC 6455 4.2.2):
+ * base64(SHA-1(key + GUID)), 28 characters and a NUL. */
+static void ws_accept(const char *key, char out[29])
+{
+    char buf[64];
+    unsigned char md[SHA_DIGEST_LENGTH];
+    int n = snprintf(buf, sizeof(buf), "%s%s", key, WS_GUID);
+    SHA1((const unsigned char *)buf, (size_t)n, md);
+    EVP_EncodeBlock((unsigned char *)out, md, SHA_DIGEST_LENGTH);
+}
+
+/* The value of header 'name' in the head b[0 .. n), or NULL. */
+static const char *find_header(const char *b, size_t n, const char *name, size_t *vlen)
+{
+    const char *end = b + n, *line = memchr(b, '\n', n);
+    size_t k = strlen(name);
+    while (line != NULL && ++line < end) {
+        const char *eol = memchr(line, '\r', (size_t)(end - line));
+        if (eol == NULL || eol == line)
+            return NULL;
+        size_t len = (size_t)(eol - line);
+        if (header_is(line, len, name))
+            return header_value(line, len, k, vlen);
+        line = memchr(line, '\n', (size_t)(end - line));
+    }
+    return NULL;
+}
+
+/* Is the head b[0 .. n) the 101 that accepts c's handshake? */
+static int ws_head_ok(const struct conn *c, const char *b, size_t n, int status)
+{
+    char key[25], want[29];
+    size_t vlen;
+    const char *v;
+
+    if (status != 101)
+        return 0;
+    v = find_header(b, n, "Upgrade", &vlen);
+    if (v == NULL || vlen != 9 || strncasecmp(v, "websocket", 9) != 0)
+        return 0;
+    ws_key(c, key);
+    ws_accept(key, want);
+    v = find_header(b, n, "Sec-WebSocket-Accept", &vlen);
+    if (v == NULL || vlen != 28 || memcmp(v, want, 28) != 0)
+        return 0;
+    if (G.ws_proto[0] != '\0') {
+        v = find_header(b, n, "Sec-WebSocket-Protocol", &vlen);
+        if (v == NULL || vlen != strlen(G.ws_proto) || memcmp(v, G.ws_proto, vlen) != 0)
+            return 0;
+    }
+    return 1;
+}
+
+/* Sends one masked frame (a client's frames are masked, RFC 6455 5.3) of
+ * opcode op and payload p[0 .. n), n <= WS_SEND_MAX. 0, or -1 when the
+ * socket did not take all of it: the frames sent here are a few dozen
+ * bytes on an otherwise quiet socket, so a short write means the connection
+ * is broken (and a kept half-frame could not share c->pend with a half-read
+ * frame). */
+static int ws_send_frame(struct conn *c, unsigned op, const char *p, size_t n)
+{
+    unsigned char f[8 + WS_SEND_MAX];
+    size_t at = 0;
+    G.mask_rng ^= G.mask_rng << 13;
+    G.mask_rng ^= G.mask_rng >> 7;
+    G.mask_rng ^= G.mask_rng << 17;
+    uint32_t mask = (uint32_t)G.mask_rng;
+
+    f[at++] = (unsigned char)(0x80 | op); /* FIN: one frame per message */
+    if (n < 126) {
+        f[at++] = (unsigned char)(0x80 | n);
+    } else {
+        f[at++] = 0x80 | 126;
+        f[at++] = (unsigned char)(n >> 8);
+        f[at++] = (unsigned char)n;
+    }
+    memcpy(f + at, &mask, 4);
+    for (size_t i = 0; i < n; i++)
+        f[at + 4 + i] = (unsigned char)p[i] ^ f[at + (i & 3)];
+    at += 4 + n;
+    ssize_t w = send(c->fd, f, at, MSG_NOSIGNAL);
+    return w == (ssize_t)at ? 0 : -1;
+}
+
+/* The decimal number at p[0 .. n) (spaces before it skipped), or 0. */
+static uint32_t parse_u32(const unsigned char *p, size_t n)
+{
+    uint32_t v = 0;
+    size_t i = 0;
+    while (i < n && p[i] == ' ')
+        i++;
+    for (; i < n && p[i] >= '0' && p[i] <= '9'; i++)
+        v = v * 10 + (uint32_t)(p[i] - '0');
+    return v;
+}
+
+/* Keeps the unread bytes p[0 .. n) of c for its next read. */
+static void keep_in(struct conn *c, const void *p, size_t n)
+{
+    c->pend = xmalloc(sizeof(struct pend) + n);
+    c->pend->len = (uint32_t)n;
+    c->pend->off = 0;
+    memcpy(c->pend->data, p, n);
+}
+
+static void ws_unexpected(struct conn *c, const char *why, const void *p, size_t n)
+{
+    G.c.errors++;
+    if (G.c.errors <= 3)
+        fprintf(stderr, "loadgen[%d]: %s: %.*s\n", G.id, why, (int)(n > 300 ? 300 : n),
+                (const char *)p);
+    conn_fail(c);
+}
+
+/* A WebSocket's bytes, G.rbuf[0 .. have): the 101 head (ST_WAITING), then
+ * the server's frames, unmasked; a partial frame is kept for the next read. */
+static void on_ws_bytes(struct conn *c, size_t have)
+{
+    unsigned char *b = (unsigned char *)G.rbuf, *end = b + have;
+
+    if (c->state == ST_WAITING) {
+        struct resp r;
+        long used = parse_response(G.rbuf, have, &r);
+        if (used == 0) {
+            keep_in(c, b, have);
+            return;
+        }
+        G.c.answers++;
+        if (used < 0 || !ws_head_ok(c, G.rbuf, (size_t)used, r.status)) {
+            ws_unexpected(c, "not a WebSocket", b, have);
+            return;
+        }
+        /* c->fails is reset by the first good frame, not here: a server that
+         * accepts and then sends what cannot be read must not be reconnected
+         * forever (nchan sends its oldest message again on each one). */
+        c->state = ST_STREAM;
+        b += used;
+        if (G.ws_send != NULL && ws_send_frame(c, 0x1, G.ws_send, G.ws_send_len) < 0) {
+            conn_fail(c);
+            return;
+        }
+    }
+    while (end - b >= 2) {
+        unsigned op = b[0] & 0x0f;
+        uint64_t len = b[1] & 0x7f;
+        size_t hl = 2;
+        if ((b[1] & 0x80) || (b[0] & 0x70)) {
+            ws_unexpected(c, "a masked frame or reserved bits from the server", b,
+                          (size_t)(end - b));
+            return;
+        }
+        if (len == 126) {
+            if (end - b < 4)
+                break;
+            len = (uint64_t)b[2] << 8 | b[3];
+            hl = 4;
+        } else if (len == 127) {
+            if (end - b < 10)
+                break;
+            len = 0;
+            for (int i = 2; i < 10; i++)
+                len = len << 8 | b[i];
+            hl = 10;
+        }
+        /* Both servers' messages are a few hundred bytes: a frame must fit in the read buffer. */
+        if (len > RBUF_SIZE / 2) {
+            ws_unexpected(c, "a frame too long", b, (size_t)(end - b));
+            return;
+        }
+        if ((uint64_t)(end - b) < hl + len)
+            break;
+        const unsigned char *pl = b + hl;
+        if (op == 0x1 || op == 0x2) {
+            if (!(b[0] & 0x80)) {
+                ws_unexpected(c, "a fragmented message", pl, (size_t)len);
+                return;
+            }
+            uint32_t n = G.mode == ANSWER_STATE ? json_state((const char *)pl, (size_t)len)
+                                                : parse_u32(pl, (size_t)len);
+            if (n > 0)
+                deliver(c, n);
+        } else if (op == 0x9) {
+            G.c.renewals++;
+            if (len > 125 || ws_send_frame(c, 0xA, (const char *)pl, (size_t)len) < 0) {
+                conn_fail(c);
+                return;
+            }
+        } else if (op == 0x8) {
+            conn_fail(c); /* the server closes: reconnect, counted */
+            return;
+        } else if (op != 0xA) {
+            ws_unexpected(c, "a frame of unknown opcode", b, (size_t)(end - b));
+            return;
+        }
+        c->fails = 0; /* a good frame */
+        b += hl + (size_t)len;
+    }
+    if (b < end)
+        keep_in(c, b, (size_t)(end - b));
+}
+
 static void on_conn(struct conn *c, uint32_t events)
 {
     if (c->state == ST_CONNECTING) {
@@ -777,6 +1038,10 @@ static void on_conn(struct conn *c, uint32_t events)
         have += (size_t)r;
     if (G.sse) {
         on_stream_bytes(c, have);
+        return;
+    }
+    if (G.ws) {
+        on_ws_bytes(c, have);
         return;
     }
     struct resp resp;
@@ -1157,14 +1422,15 @@ static void command(char *line)
             pub_dial(p, i);
         }
     } else if (strcmp(word, "stats") == 0) {
-        uint64_t open = 0, waiting = 0;
+        uint64_t open = 0, waiting = 0, streams = 0;
         for (size_t i = 0; i < G.nconns; i++) {
             open += G.conns[i].fd >= 0 && G.conns[i].state != ST_NEW;
             waiting += G.conns[i].state == ST_WAITING || G.conns[i].state == ST_STREAM;
+            streams += G.conns[i].state == ST_STREAM;
         }
-        reply("ok open=%llu waiting=%llu answers=%llu deliveries=%llu renewals=%llu errors=%llu "
-              "reconnects=%llu gaps=%llu dups=%llu dead=%llu failed_connects=%llu",
-              (unsigned long long)open, (unsigned long long)waiting,
+        reply("ok open=%llu waiting=%llu streams=%llu answers=%llu deliveries=%llu renewals=%llu "
+              "errors=%llu reconnects=%llu gaps=%llu dups=%llu dead=%llu failed_connects=%llu",
+              (unsigned long long)open, (unsigned long long)waiting, (unsigned long long)streams,
               (unsigned long long)G.c.answers, (unsigned long long)G.c.deliveries,
               (unsigned long long)G.c.renewals, (unsigned long long)G.c.errors,
               (unsigned long long)G.c.reconnects, (unsigned long long)G.c.gaps,
@@ -1285,7 +1551,8 @@ static void usage(FILE *out)
 {
     fprintf(out,
             "Usage: loadgen --port PORT --sub TEMPLATE [--pub TEMPLATE [--pub-item TEMPLATE]]\n"
-            "               [--answer state|message|sse-state|sse-message]\n"
+            "               [--answer state|message|sse-state|sse-message|ws-state|ws-message]\n"
+            "               [--ws-send TEXT]\n"
             "               [--tokens FILE] [--ptoken TOKEN] [--procs P] [--sources K]\n"
             "               [--hb SECONDS] [--host ADDR]\n"
             "Reads commands on standard input (see the top of bench/loadgen.c).\n");
@@ -1299,7 +1566,7 @@ int main(int argc, char **argv)
         {"answer", required_argument, NULL, 'a'}, {"tokens", required_argument, NULL, 't'},
         {"ptoken", required_argument, NULL, 'T'}, {"procs", required_argument, NULL, 'j'},
         {"sources", required_argument, NULL, 'k'}, {"hb", required_argument, NULL, 'b'},
-        {"pub-item", required_argument, NULL, 'I'},
+        {"pub-item", required_argument, NULL, 'I'}, {"ws-send", required_argument, NULL, 'W'},
         {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0},
     };
     int opt;
@@ -1326,12 +1593,22 @@ int main(int argc, char **argv)
                 G.mode = ANSWER_STATE, G.sse = 1;
             else if (strcmp(optarg, "sse-message") == 0)
                 G.mode = ANSWER_MESSAGE, G.sse = 1;
+            else if (strcmp(optarg, "ws-state") == 0)
+                G.mode = ANSWER_STATE, G.ws = 1;
+            else if (strcmp(optarg, "ws-message") == 0)
+                G.mode = ANSWER_MESSAGE, G.ws = 1;
             else
-                die("--answer: state, message, sse-state or sse-message");
+                die("--answer: state, message, sse-state, sse-message, ws-state or ws-message");
             break;
         case 't': load_tokens(optarg); break;
         case 'T': G.ptoken = optarg; break;
         case 'I': G.pub_item_tpl = unescape(optarg); break;
+        case 'W':
+            G.ws_send = unescape(optarg);
+            G.ws_send_len = strlen(G.ws_send);
+            if (G.ws_send_len > WS_SEND_MAX)
+                die("--ws-send: at most %d bytes", WS_SEND_MAX);
+            break;
         case 'j': G.procs = atoi(optarg); break;
         case 'k': G.sources = atoi(optarg); break;
         case 'b': G.hb = (uint32_t)atoi(optarg); break;
@@ -1346,6 +1623,22 @@ int main(int argc, char **argv)
     }
     if (G.pub_tpl == NULL)
         G.pub_tpl = "";
+    if (G.ws) {
+        if (strstr(G.sub_tpl, "{wskey}") == NULL)
+            die("--answer ws-*: the --sub template needs Sec-WebSocket-Key: {wskey}");
+        /* The protocol asked for, which the 101 must name. */
+        const char *p = strcasestr(G.sub_tpl, "\r\nSec-WebSocket-Protocol:");
+        if (p != NULL) {
+            p += 25;
+            while (*p == ' ')
+                p++;
+            size_t k = strcspn(p, "\r, ");
+            if (k >= sizeof(G.ws_proto))
+                die("--sub: Sec-WebSocket-Protocol too long");
+            memcpy(G.ws_proto, p, k);
+            G.ws_proto[k] = '\0';
+        }
+    }
 
     /* Each child may hold up to the hard limit of descriptors. */
     struct rlimit rl;
@@ -1373,6 +1666,11 @@ int main(int argc, char **argv)
             close(sv[0]);
             G.id = i;
             G.ctrl = sv[1];
+            /* Each child's own WebSocket keys and masks (RFC 6455 wants both unpredictable). */
+            if (getrandom(&G.ws_seed, sizeof(G.ws_seed), 0) != sizeof(G.ws_seed) ||
+                getrandom(&G.mask_rng, sizeof(G.mask_rng), 0) != sizeof(G.mask_rng))
+                die("getrandom: %s", strerror(errno));
+            G.mask_rng |= 1; /* xorshift's state must not be 0 */
             child_loop();
         }
         close(sv[1]);

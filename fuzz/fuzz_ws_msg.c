@@ -14,6 +14,7 @@
 #include <wslay/wslay.h>
 
 #include "common/jsonw.h"
+#include "common/util.h"
 #include "stream/wsmsg.h"
 
 struct feed {
@@ -85,7 +86,7 @@ static void message(const uint8_t *data, size_t size)
 {
     struct wsmsg m;
 
-    if (!wsmsg_utf8_valid(data, size))
+    if (!util_utf8_valid(data, size))
         return;
     wsmsg_parse((const char *)data, size, 8, &m);
     if (m.type == WSMSG_ERROR) {

@@ -32,6 +32,8 @@
 #define SD_JOURNAL_SUPPRESS_LOCATION
 #include <systemd/sd-journal.h>
 
+#include "common/util.h"
+
 #define WINDOW_S 10
 /* Event ids are 1000..2999 (events.h): one window each. */
 #define ID_BASE 1000
@@ -92,39 +94,6 @@ size_t log_recent_copy(struct log_recent *out, size_t max)
     return n;
 }
 
-/* The length of the well-formed UTF-8 sequence at s[0..n), or 0 (RFC 3629, Table 3-7). */
-static size_t utf8_seq(const unsigned char *s, size_t n)
-{
-    unsigned char c = s[0], lo = 0x80, hi = 0xbf;
-    size_t len;
-
-    if (c < 0x80)
-        return 1;
-    if (c >= 0xc2 && c <= 0xdf)
-        len = 2;
-    else if (c >= 0xe0 && c <= 0xef)
-        len = 3;
-    else if (c >= 0xf0 && c <= 0xf4)
-        len = 4;
-    else
-        return 0;
-    /* The second byte's range rules out overlongs, surrogates and what lies past U+10FFFF. */
-    if (c == 0xe0)
-        lo = 0xa0;
-    else if (c == 0xed)
-        hi = 0x9f;
-    else if (c == 0xf0)
-        lo = 0x90;
-    else if (c == 0xf4)
-        hi = 0x8f;
-    if (n < len || s[1] < lo || s[1] > hi)
-        return 0;
-    for (size_t i = 2; i < len; i++)
-        if (s[i] < 0x80 || s[i] > 0xbf)
-            return 0;
-    return len;
-}
-
 size_t log_utf8_copy(char *out, size_t outlen, const char *s, size_t n)
 {
     const unsigned char *p = (const unsigned char *)s;
@@ -133,7 +102,7 @@ size_t log_utf8_copy(char *out, size_t outlen, const char *s, size_t n)
     if (outlen == 0)
         return 0;
     while (i < n) {
-        size_t len = utf8_seq(p + i, n - i);
+        size_t len = util_utf8_seq(p + i, n - i);
         if (len == 0) {
             if (o + 1 >= outlen)
                 break;

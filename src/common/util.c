@@ -348,3 +348,43 @@ size_t util_u64_dec(char *out, uint64_t v)
         out[i] = tmp[n - 1 - i];
     return n;
 }
+
+size_t util_utf8_seq(const unsigned char *s, size_t n)
+{
+    unsigned char c = s[0], lo = 0x80, hi = 0xbf;
+    size_t len;
+
+    if (c < 0x80)
+        return 1;
+    if (c >= 0xc2 && c <= 0xdf)
+        len = 2;
+    else if (c >= 0xe0 && c <= 0xef)
+        len = 3;
+    else if (c >= 0xf0 && c <= 0xf4)
+        len = 4;
+    else
+        return 0;
+    /* The second byte's range rules out overlongs, surrogates and what lies past U+10FFFF. */
+    if (c == 0xe0)
+        lo = 0xa0;
+    else if (c == 0xed)
+        hi = 0x9f;
+    else if (c == 0xf0)
+        lo = 0x90;
+    else if (c == 0xf4)
+        hi = 0x8f;
+    if (n < len || s[1] < lo || s[1] > hi)
+        return 0;
+    for (size_t i = 2; i < len; i++)
+        if (s[i] < 0x80 || s[i] > 0xbf)
+            return 0;
+    return len;
+}
+
+int util_utf8_valid(const unsigned char *s, size_t n)
+{
+    for (size_t i = 0, len; i < n; i += len)
+        if ((len = util_utf8_seq(s + i, n - i)) == 0)
+            return 0;
+    return 1;
+}

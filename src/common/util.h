@@ -94,6 +94,16 @@ int util_prefix_list_match(const char *list, const struct sockaddr *sa);
 /* Milliseconds of CLOCK_MONOTONIC. */
 uint64_t util_now_ms(void);
 
+/*
+ * The length of the well-formed UTF-8 sequence at s[0..n) (n > 0), or 0
+ * when there is none there (RFC 3629: no overlongs, no surrogates, nothing
+ * past U+10FFFF).
+ */
+size_t util_utf8_seq(const unsigned char *s, size_t n);
+
+/* Is s[0..n) well-formed UTF-8? */
+int util_utf8_valid(const unsigned char *s, size_t n);
+
 /* Writes v in decimal at out (room for UTIL_U64_DIGITS), no NUL; returns the length. */
 #define UTIL_U64_DIGITS 20
 size_t util_u64_dec(char *out, uint64_t v);

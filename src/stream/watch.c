@@ -83,17 +83,10 @@ int watch_changes(struct store *st, struct device *d, struct jsonw *w)
 
 void watch_state_id(const struct device *d, struct jsonw *w)
 {
-    struct jsonw id;
-    size_t len;
-    char *text;
-
+    /* Raw bytes only (state_id_entry), so straight into w: no copy per event. */
     jw_raw(w, STATE_ID_PREFIX, sizeof(STATE_ID_PREFIX) - 1);
-    jw_init(&id);
     for (uint32_t i = 0; i < d->nfolders; i++)
-        state_id_entry(&id, d->folders[i].name, d->folders[i].state, i == 0);
-    text = jw_take(&id, &len);
-    jw_raw(w, text, len);
-    free(text);
+        state_id_entry(w, d->folders[i].name, d->folders[i].state, i == 0);
 }
 
 struct device *watch_anonymous_device(struct shard *sh, struct user *u, uint64_t seed,

@@ -1,7 +1,7 @@
 /*
  * wsmsg.h — the WebSocket wire of /v1/ws, without a connection: the
  * handshake's accept key (RFC 6455 4.2.2), the frames nudged sends, where
- * the client's frames end, UTF-8, and the client's JMAP messages (RFC 8887
+ * the client's frames end, and the client's JMAP messages (RFC 8887
  * 4.3: WebSocketPushEnable, WebSocketPushDisable, Request) and the
  * RequestError that answers a bad one. Pure functions, fuzzed
  * (fuzz/fuzz_ws_msg.c). Frame parsing itself (masking, fragments, control
@@ -58,9 +58,6 @@ static inline int wsmsg_scan_idle(const struct wsmsg_scan *s)
 {
     return s->have == 0 && !s->frag;
 }
-
-/* Is p[0..n) valid UTF-8 (RFC 3629: no overlongs, no surrogates, at most U+10FFFF)? */
-int wsmsg_utf8_valid(const unsigned char *p, size_t n);
 
 enum wsmsg_type {
     WSMSG_ERROR,        /* answered with a RequestError (err_type, detail) */

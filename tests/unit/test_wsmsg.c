@@ -1,7 +1,8 @@
 /*
  * test_wsmsg.c — the WebSocket wire of /v1/ws (stream/wsmsg.h): RFC 6455's
  * own accept-key example, frame heads at the length boundaries, the frame
- * scanner against every split of a stream of frames, UTF-8 edge cases, and
+ * scanner against every split of a stream of frames, UTF-8 edge cases (of
+ * util_utf8_valid, which the fuzz target filters messages with), and
  * each client message read or refused with the right JMAP error.
  */
 #include <setjmp.h>
@@ -15,6 +16,7 @@
 #include <cmocka.h>
 
 #include "common/jsonw.h"
+#include "common/util.h"
 #include "stream/wsmsg.h"
 
 static void test_accept_key(void **state)
@@ -140,7 +142,7 @@ static void test_scan_bad_control_frames(void **state)
 static void test_utf8(void **state)
 {
     (void)state;
-#define U(s) wsmsg_utf8_valid((const unsigned char *)(s), sizeof(s) - 1)
+#define U(s) util_utf8_valid((const unsigned char *)(s), sizeof(s) - 1)
     assert_true(U(""));
     assert_true(U("plain"));
     assert_true(U("\xc3\xa9t\xc3\xa9"));           /* été */

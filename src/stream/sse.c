@@ -117,12 +117,8 @@ static int send_changes(struct sse *s, struct conn *c, struct device *d)
     char *body;
     int n, rc;
 
-    jw_init(&w);
-    RAW(&w, "event: state\ndata: ");
-    if ((n = watch_changes(s->store, d, &w)) == 0) {
-        jw_free(&w);
+    if ((n = watch_changes(s->store, d, &w, "event: state\ndata: ")) == 0)
         return 0;
-    }
     RAW(&w, "}\nid: ");
     watch_state_id(d, &w);
     RAW(&w, "\n\n");

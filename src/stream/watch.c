@@ -56,7 +56,7 @@ void watch_new_folders(struct store *st, struct device *d, size_t max)
     free(l.f);
 }
 
-int watch_changes(struct store *st, struct device *d, struct jsonw *w)
+int watch_changes(struct store *st, struct device *d, struct jsonw *w, const char *prefix)
 {
     static const char head[] = "{\"@type\":\"StateChange\",\"changed\":{";
     int n = 0;
@@ -66,6 +66,9 @@ int watch_changes(struct store *st, struct device *d, struct jsonw *w)
         if (now == d->folders[i].state)
             continue;
         if (n++ == 0) {
+            /* Only now: a stream woken for a folder it does not watch costs no buffer. */
+            jw_init(w);
+            jw_raw(w, prefix, strlen(prefix));
             jw_raw(w, head, sizeof(head) - 1);
             jw_key(w, d->user->id);
             jw_obj_begin(w);

@@ -45,13 +45,14 @@ void watch_list_on_folder(void *list, const char *folder, uint64_t state);
 void watch_new_folders(struct store *st, struct device *d, size_t max);
 
 /*
- * Opens a StateChange object in w naming the folders of d whose state moved
- * since the client last heard, and records that it has them now:
- *   {"@type":"StateChange","changed":{"<user>":{"<folder>":"<state>",...}}
+ * When folders of d moved since the client last heard: starts w (jw_init)
+ * with 'prefix' and a StateChange object naming them, and records that the
+ * client has them now:
+ *   <prefix>{"@type":"StateChange","changed":{"<user>":{"<folder>":"<state>",...}}
  * (the object itself left open, for the transport's members). Returns how
- * many folders it named; 0: w untouched (nothing to say).
+ * many folders it named; 0: w was not started (nothing to say, nothing to free).
  */
-int watch_changes(struct store *st, struct device *d, struct jsonw *w);
+int watch_changes(struct store *st, struct device *d, struct jsonw *w, const char *prefix);
 
 /* Appends the state id of what d's client has now (stream/state_id.h). */
 void watch_state_id(const struct device *d, struct jsonw *w);

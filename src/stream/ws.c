@@ -154,11 +154,8 @@ static int send_changes(struct ws *w, struct conn *c, struct device *d)
     size_t len;
     char *text;
 
-    jw_init(&j);
-    if (watch_changes(w->store, d, &j) == 0) {
-        jw_free(&j);
+    if (watch_changes(w->store, d, &j, "") == 0)
         return 0;
-    }
     jw_init(&id);
     watch_state_id(d, &id);
     text = jw_take(&id, &len);

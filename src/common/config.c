@@ -86,7 +86,9 @@ static const char *const level_names[] = {"debug", "info", "warn", "error"};
 static const struct option_def options[] = {
     {"server", "listen", "listen", OPT_ADDRS, FIELD(listen), 1, 0, "127.0.0.1:8080", NULL, "ADDRS",
      "Addresses to listen on, comma separated (at most 8): IPv4:PORT, [IPv6]:PORT or :PORT "
-     "(every IPv4 address), e.g. \"0.0.0.0:8080, [::]:8080\"; port 0: any free port."},
+     "(every IPv4 address), e.g. \"0.0.0.0:8080, [::]:8080\"; port 0: any free port. Flags "
+     "may follow an address: tls (native TLS, [tls] cert and key), proxy (a PROXY protocol "
+     "header first), e.g. \"0.0.0.0:443 tls, 127.0.0.1:8080\"."},
     {"server", "data_dir", "data-dir", OPT_STRING, FIELD(data_dir), 1, 0, "./var", NULL, "DIR",
      "Directory for nudged's files: the secret and the SQLite database, unless secret_file or "
      "[store] path say otherwise."},
@@ -300,6 +302,11 @@ static const struct option_def options[] = {
      "survives a crash of nudged but a power loss may take back the last answered publishes."},
     {"store", "path", "store-path", OPT_STRING, FIELD(store_path), 0, 0, "", NULL, "PATH",
      "sqlite: the database file; empty means <data_dir>/nudge.db."},
+    {"tls", "cert", "tls-cert", OPT_STRING, FIELD(tls_cert), 0, 0, "", NULL, "PATH",
+     "PEM certificate chain (the server's first) of the listeners with the tls flag; re-read "
+     "on reload (SIGHUP) without dropping connections."},
+    {"tls", "key", "tls-key", OPT_STRING, FIELD(tls_key), 0, 0, "", NULL, "PATH",
+     "PEM private key of [tls] cert (ECDSA or RSA)."},
 };
 
 #define NOPTIONS (sizeof(options) / sizeof(options[0]))
@@ -438,6 +445,41 @@ static int list_entry(const char *list, unsigned i, const char **start, size_t *
 }
 
 /*
+ * One [server] listen entry is an address and then its flags, separated by
+ * blanks: "0.0.0.0:443 tls proxy". Cuts 'entry' at the address (in place)
+ * and adds the flags' bits to *flags (may be NULL). -1 with the reason for a
+ * word that is not a flag.
+ */
+static int split_flags(char *entry, unsigned *flags, char *why, size_t whylen)
+{
+    char *p = entry + strcspn(entry, " \t");
+    unsigned f = 0;
+
+    if (*p != '\0')
+        *p++ = '\0';
+    while (*p != '\0') {
+        size_t n;
+        p += strspn(p, " \t");
+        n = strcspn(p, " \t");
+        if (n == 0)
+            break;
+        if (n == 3 && strncmp(p, "tls", 3) == 0)
+            f |= CONFIG_LISTEN_TLS;
+        else if (n == 5 && strncmp(p, "proxy", 5) == 0)
+            f |= CONFIG_LISTEN_PROXY;
+        else {
+            snprintf(why, whylen, "%s: unknown listener flag '%.*s' (the flags are tls and proxy)",
+                     entry, (int)n, p);
+            return -1;
+        }
+        p += n;
+    }
+    if (flags)
+        *flags |= f;
+    return 0;
+}
+
+/*
  * Checks 'v' for option 'o' and, when 'c' is not NULL, stores it. Returns 0,
  * or -1 with the reason (without any source prefix) in 'why'. The field is
  * left untouched on error.
@@ -492,6 +534,8 @@ static int set_value(struct config *c, const struct option_def *o, const char *v
             }
             memcpy(one, p, len);
             one[len] = '\0';
+            if (split_flags(one, NULL, why, whylen) != 0)
+                return -1;
             if (util_parse_addr(one, &ss, e, sizeof(e)) != 0) {
                 snprintf(why, whylen, "%s", e);
                 return -1;
@@ -999,16 +1043,37 @@ void config_derive(struct config *c)
 
 int config_listen_addr(const struct config *c, unsigned i, char *out, size_t outlen)
 {
+    unsigned flags = 0;
+
+    return config_listen_entry(c, i, out, outlen, &flags);
+}
+
+int config_listen_entry(const struct config *c, unsigned i, char *out, size_t outlen,
+                        unsigned *flags)
+{
+    char why[160];
     const char *p;
     size_t len;
 
+    *flags = 0;
     if (list_entry(c->listen, i, &p, &len) < 0)
         return -1;
     if (len >= outlen)
         len = outlen - 1;
     memcpy(out, p, len);
     out[len] = '\0';
+    split_flags(out, flags, why, sizeof(why)); /* checked when the list was read */
     return 0;
+}
+
+unsigned config_listen_any(const struct config *c)
+{
+    char one[CONFIG_STR_MAX];
+    unsigned f, all = 0;
+
+    for (unsigned i = 0; config_listen_entry(c, i, one, sizeof(one), &f) == 0; i++)
+        all |= f;
+    return all;
 }
 
 int config_udp_loopback_only(const struct config *c, char *out, size_t outlen)
@@ -1206,6 +1271,12 @@ int config_check(const struct config *c, char *err, size_t errlen)
     if (strcmp(c->auth_basic, "yes") == 0 && c->auth_passwords[0] == '\0') {
         snprintf(err, errlen, "[auth] basic = yes needs [auth] passwords: where should a "
                               "password be checked?");
+        return -1;
+    }
+    if ((config_listen_any(c) & CONFIG_LISTEN_TLS) &&
+        (c->tls_cert[0] == '\0' || c->tls_key[0] == '\0')) {
+        snprintf(err, errlen, "a [server] listen address has the tls flag: set [tls] cert and "
+                              "[tls] key (PEM files)");
         return -1;
     }
     if (strcmp(c->log_target, "file") == 0 && c->log_file[0] == '\0') {

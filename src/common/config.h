@@ -102,6 +102,9 @@ struct config {
     char store_backend[32];           /* "sqlite" or "memory" */
     char store_sync[16];              /* "full" or "normal" (sqlite) */
     char store_path[PATH_MAX];        /* "" = <data_dir>/nudge.db (sqlite) */
+    /* [tls] */
+    char tls_cert[PATH_MAX];          /* PEM certificate chain of "tls" listeners */
+    char tls_key[PATH_MAX];           /* PEM private key of tls_cert */
     /* Not an option: which of the above config_derive filled in (CONFIG_DERIVED_*). */
     unsigned derived;
 };
@@ -146,8 +149,8 @@ int config_from_args(struct config *c, int argc, char **argv, enum config_action
 #define CONFIG_LISTEN_MAX 8
 
 /*
- * The i-th address of [server] listen into out (trimmed), or -1 past the
- * last. The list was checked when it was read.
+ * The i-th address of [server] listen into out (trimmed, without its flags),
+ * or -1 past the last. The list was checked when it was read.
  */
 int config_listen_addr(const struct config *c, unsigned i, char *out, size_t outlen);
 
@@ -158,6 +161,17 @@ int config_listen_addr(const struct config *c, unsigned i, char *out, size_t out
  * nudge doctor's warning); else 0.
  */
 int config_udp_loopback_only(const struct config *c, char *out, size_t outlen);
+
+/* The flags that may follow a [server] listen address. */
+#define CONFIG_LISTEN_TLS (1u << 0)   /* "tls": native TLS with [tls] cert and key */
+#define CONFIG_LISTEN_PROXY (1u << 1) /* "proxy": a PROXY protocol v1/v2 header comes first */
+
+/* config_listen_addr, and the entry's CONFIG_LISTEN_* flags into *flags. */
+int config_listen_entry(const struct config *c, unsigned i, char *out, size_t outlen,
+                        unsigned *flags);
+
+/* The CONFIG_LISTEN_* flags of all [server] listen addresses together. */
+unsigned config_listen_any(const struct config *c);
 
 /* How many addresses [server] listen holds. */
 unsigned config_listen_count(const struct config *c);

@@ -486,10 +486,13 @@ int listen_start(struct listener *l, uv_loop_t *loop, const struct config *cfg,
     strmap_init(&l->per_ip);
     for (unsigned i = 0; i < LISTEN_MAX; i++)
         l->socks[i].fd = -1;
-    for (unsigned i = 0; config_listen_addr(cfg, i, one, sizeof(one)) == 0 && i < LISTEN_MAX; i++) {
+    for (unsigned i = 0, flags; config_listen_entry(cfg, i, one, sizeof(one), &flags) == 0 &&
+                                i < LISTEN_MAX; i++) {
         struct listen_sock *ls = &l->socks[i];
         struct sockaddr_storage bound;
         socklen_t len = sizeof(bound);
+
+        ls->flags = flags;
         /* With workers the supervisor made them (SO_REUSEPORT, one per worker): supervisor.c. */
         int fd = wk ? wk->listen_fd[i] : listen_bind(one, 0, cfg, err, errlen);
         if (fd < 0)

@@ -48,6 +48,7 @@ struct listen_sock {
     int fd;
     uv_poll_t poll;
     char addr[64];                 /* the bound address, "127.0.0.1:8080" */
+    unsigned flags;                /* CONFIG_LISTEN_*: what its connections speak first */
 };
 
 struct listener {

@@ -427,3 +427,27 @@ def test_unreadable_key_names_the_file(make_nudged, certs):
     with pytest.raises(AssertionError):
         n.start(timeout=10)
     assert "missing.key" in n.log_text()
+
+
+# ---- the login cookie ----------------------------------------------------------
+
+
+def test_login_cookie_is_secure_over_tls_only(make_nudged, certs):
+    """[auth] cookie_secure = auto: Secure on the tls listener, not on the plain one."""
+    import base64
+    from test_browser_auth import PASSWORD, write_passwd
+    cert, key = make_cert(certs, "server")
+    pf = certs / "passwd"
+    write_passwd(pf, ["carol"])
+    n = make_nudged({"server": {"listen": "127.0.0.1:0, 127.0.0.1:0 tls"},
+                     "tls": {"cert": str(cert), "key": str(key)},
+                     "auth": {"passwords": f"passwd-file:{pf}"}})
+    n.tls_port = tls_port(n)
+    auth = {"Authorization": "Basic " + base64.b64encode(f"carol:{PASSWORD}".encode()).decode()}
+    c = TlsConn(n.tls_port, client_ctx(cert))
+    r = c.request("POST", "/v1/login", headers=auth)
+    c.close()
+    assert r.status == 200, r
+    assert r.header("Set-Cookie").endswith("; Secure"), r
+    r = n.request("POST", "/v1/login", headers=auth)
+    assert r.status == 200 and not r.header("Set-Cookie").endswith("; Secure"), r

@@ -728,3 +728,12 @@ struct tls_conn *tls_conn_import(const void *buf, size_t len)
     }
     return t;
 }
+
+struct tls_conn *tls_conn_established(const struct tls_rec *rec)
+{
+    struct tls_conn *t = calloc(1, sizeof(*t));
+
+    if (t)
+        t->rec = *rec;
+    return t;
+}

@@ -111,4 +111,8 @@ size_t tls_conn_export(const struct tls_conn *t, void *buf, size_t len);
 /* The connection tls_conn_export wrote, or NULL (malformed, no memory). */
 struct tls_conn *tls_conn_import(const void *buf, size_t len);
 
+/* An established connection with the record state *rec (record.h): for tests and fuzzing. */
+struct tls_rec;
+struct tls_conn *tls_conn_established(const struct tls_rec *rec);
+
 #endif

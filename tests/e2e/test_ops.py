@@ -35,7 +35,7 @@ from harness import WAIT, Conn
 
 
 def reload_lines(n):
-    return re.findall(r"event=1008 name=reloaded log_level=\S+ log=\S+ passwords=\S+ restart_needed=\S+.*",
+    return re.findall(r"event=1008 name=reloaded log_level=\S+ log=\S+ passwords=\S+ tls=\S+ restart_needed=\S+.*",
                       n.log_text())
 
 

@@ -106,7 +106,8 @@ UNIT_TESTS := \
 	tests/unit/test_activesync \
 	tests/unit/test_wsmsg \
 	tests/unit/test_log \
-	tests/unit/test_csp
+	tests/unit/test_csp \
+	tests/unit/test_tls
 test_token_SRC       := $(COMMON_SRC) $(AUTH_SRC)
 test_ticket_SRC      := $(COMMON_SRC) $(AUTH_SRC)
 test_auth_SRC        := $(COMMON_SRC) $(AUTH_SRC)
@@ -126,6 +127,7 @@ test_activesync_SRC  := $(COMMON_SRC) $(AS_CODEC_SRC)
 test_wsmsg_SRC       := $(COMMON_SRC) src/push/check.c src/stream/wsmsg.c
 test_log_SRC         := $(COMMON_SRC)
 test_csp_SRC         := $(COMMON_SRC) $(HTTP_SRC)
+test_tls_SRC         := $(COMMON_SRC) $(TLS_SRC)
 
 obj = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
 

@@ -23,6 +23,7 @@
 #include "server/reload.h"
 #include "server/server.h"
 #include "store/reshard.h"
+#include "tls/tls.h"
 #include "server/supervisor.h"
 #include "worker/worker.h"
 
@@ -70,6 +71,7 @@ int main(int argc, char **argv)
     static struct server srv;
     enum config_action action;
     struct secret secret;
+    struct tls_server *tls = NULL; /* lives as long as the process */
     enum log_level level = LOG_INFO;
     char err[PATH_MAX + 256], q[PATH_MAX + 300], path[PATH_MAX];
     uint64_t seed;
@@ -136,11 +138,24 @@ int main(int argc, char **argv)
     if (created)
         LOG(LOG_INFO, secret_created, "path=%s", log_q(q, sizeof(q), path));
 
+    /* Loaded once here: every worker, and every worker restarted later, inherits it. */
+    if (config_listen_any(&cfg) & CONFIG_LISTEN_TLS) {
+        char what[300];
+        if (tls_server_new(&tls, cfg.tls_cert, cfg.tls_key, secret.key, sizeof(secret.key), err,
+                           sizeof(err)) < 0) {
+            LOG(LOG_ERROR, startup_failed, "reason=%s", log_q(q, sizeof(q), err));
+            fprintf(stderr, "nudged: %s\n", err);
+            return 1;
+        }
+        tls_server_describe(tls, what, sizeof(what));
+        LOG(LOG_INFO, tls_loaded, "%s", what);
+    }
+
     workers = cfg.workers ? cfg.workers : uv_available_parallelism();
     if (workers > WORKERS_MAX)
         workers = WORKERS_MAX;
     if (workers > 1)
-        return supervisor_run(&cfg, &secret, workers);
+        return supervisor_run(&cfg, &secret, tls, workers);
     if (reshard(&cfg, 1, worker_owner, err, sizeof(err)) < 0) {
         LOG(LOG_ERROR, startup_failed, "reason=%s", log_q(q, sizeof(q), err));
         fprintf(stderr, "nudged: %s\n", err);
@@ -148,7 +163,7 @@ int main(int argc, char **argv)
     }
 
     uv_loop_init(&loop);
-    if (server_init(&srv, &loop, &cfg, &secret, NULL) < 0) {
+    if (server_init(&srv, &loop, &cfg, &secret, tls, NULL) < 0) {
         uv_loop_close(&loop);
         return 1;
     }

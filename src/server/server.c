@@ -125,7 +125,7 @@ static int discard(struct server *s)
 }
 
 int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
-                const struct secret *secret, const struct worker_ctx *wk)
+                const struct secret *secret, struct tls_server *tls, const struct worker_ctx *wk)
 {
     const struct store_backend *be;
     const struct worker_route *route;
@@ -167,15 +167,8 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
     devices_load(&s->devices);
     as_ping_load(&s->as_ping);
 
-    if (config_listen_any(cfg) & CONFIG_LISTEN_TLS) {
-        char what[300];
-        if (tls_server_new(&s->tls, cfg->tls_cert, cfg->tls_key, secret->key, sizeof(secret->key),
-                           err, sizeof(err)) < 0)
-            goto fail_err;
-        conn_loop_set_tls(&s->conns, s->tls);
-        tls_server_describe(s->tls, what, sizeof(what));
-        LOG(LOG_INFO, tls_loaded, "%s", what);
-    }
+    s->tls = tls;
+    conn_loop_set_tls(&s->conns, tls);
     /* A moved TLS connection carries its keys and an incomplete record beside its request. */
     if (wk && mesh_init(&s->mesh, loop, wk,
                         (size_t)cfg->max_header_bytes + cfg->max_body_bytes +
@@ -299,8 +292,7 @@ void server_free(struct server *s)
     hb_free(&s->hb);
     passwd_free(s->passwords);
     s->passwords = NULL;
-    tls_server_free(s->tls);
-    s->tls = NULL;
+    s->tls = NULL; /* main's, or the supervisor's (a worker inherited it) */
     free(s->fail_slots);
     ticket_spent_free(s->spent);
 }

@@ -78,7 +78,7 @@ struct server {
     struct sessions_api sessions_api;
     struct status status;
     struct passwords *passwords;   /* NULL: tokens only ([auth] passwords empty) */
-    struct tls_server *tls;        /* NULL: no listener has the tls flag */
+    struct tls_server *tls;        /* NULL: no listener has the tls flag; not ours (main.c's) */
     struct auth_limit fail_ip, fail_user;
     _Atomic uint64_t *fail_slots;  /* without workers: the limits' own slots (2 tables) */
     struct login login;
@@ -95,12 +95,15 @@ struct server {
 /*
  * Sets up everything but the loop run: store, listener (bound; port 0 picks
  * one, logged as event 1001), signals, timers. 'cfg' and 'secret' must
- * outlive the server; 'wk' is NULL for a single process. Returns 0, or -1
+ * outlive the server; 'tls' is the TLS context of the tls listeners (NULL
+ * without them), loaded by main before the workers fork so that a worker
+ * restarted later inherits the certificate in force, not what is on disk
+ * now; it stays the caller's. 'wk' is NULL for a single process. Returns 0, or -1
  * after logging why and freeing everything it had made (the loop then only
  * needs uv_loop_close).
  */
 int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
-                const struct secret *secret, const struct worker_ctx *wk);
+                const struct secret *secret, struct tls_server *tls, const struct worker_ctx *wk);
 
 /* Runs the loop until a stop signal has drained every connection. */
 int server_run(struct server *s);

@@ -61,6 +61,7 @@ struct wslot {
 struct sup {
     struct config *cfg;
     const struct secret *secret;
+    struct tls_server *tls;        /* loaded by main; workers inherit it at fork */
     unsigned n;
     unsigned nlisten;                         /* [server] listen's addresses */
     int listen_fd[WORKERS_MAX][LISTEN_MAX];   /* [worker][address] */
@@ -199,7 +200,7 @@ static void run_worker(struct sup *sp, unsigned i, const sigset_t *old)
      * other, instead of killing it by the default action.
      */
     uv_loop_init(&loop);
-    if (server_init(&srv, &loop, sp->cfg, sp->secret, &wk) < 0) {
+    if (server_init(&srv, &loop, sp->cfg, sp->secret, sp->tls, &wk) < 0) {
         uv_loop_close(&loop);
         _exit(1);
     }
@@ -337,7 +338,8 @@ static void begin_stop(struct sup *sp, int sig)
             kill(sp->w[i].pid, sig);
 }
 
-int supervisor_run(struct config *cfg, const struct secret *secret, unsigned workers)
+int supervisor_run(struct config *cfg, const struct secret *secret, struct tls_server *tls,
+                   unsigned workers)
 {
     static struct sup sp;
     sigset_t set, old;
@@ -346,6 +348,7 @@ int supervisor_run(struct config *cfg, const struct secret *secret, unsigned wor
 
     sp.cfg = cfg;
     sp.secret = secret;
+    sp.tls = tls;
     sp.n = workers;
     for (unsigned i = 0; i < WORKERS_MAX; i++)
         for (unsigned a = 0; a < LISTEN_MAX; a++)
@@ -431,7 +434,8 @@ int supervisor_run(struct config *cfg, const struct secret *secret, unsigned wor
         else if (sig == SIGHUP) {
             /* Each worker reloads itself and logs what it did; this process its own log. */
             sd_notify(0, "RELOADING=1");
-            reload_run(cfg, NULL, NULL, -1);
+            /* Its own copy too: a worker restarted later starts from what is in force. */
+            reload_run(cfg, NULL, sp.tls, -1);
             for (unsigned i = 0; i < workers; i++)
                 if (sp.w[i].pid > 0)
                     kill(sp.w[i].pid, SIGHUP);

@@ -18,8 +18,14 @@
 
 struct config;
 struct secret;
+struct tls_server;
 
-/* Runs the workers until a stop signal has drained them. Returns the exit code. */
-int supervisor_run(struct config *cfg, const struct secret *secret, unsigned workers);
+/*
+ * Runs the workers until a stop signal has drained them. Returns the exit
+ * code. 'tls' (NULL without tls listeners) is inherited by every worker
+ * forked, and reloaded here too on SIGHUP.
+ */
+int supervisor_run(struct config *cfg, const struct secret *secret, struct tls_server *tls,
+                   unsigned workers);
 
 #endif

@@ -383,6 +383,24 @@ def test_reload_with_a_broken_key_keeps_the_old_one(srv):
     assert r.status == 200
 
 
+def test_restarted_worker_keeps_the_certificate_in_force(srv):
+    """Workers inherit the TLS context: one restarted after the key file broke still serves."""
+    if int(srv.setting("server", "workers")) < 2:
+        pytest.skip("needs workers")
+    srv.cert.with_suffix(".key").write_text("not a key\n")
+    for pid in srv.pids()[1:]:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        if len(harness.log_events(srv, 1701)) >= 2 * int(srv.setting("server", "workers")):
+            break
+        time.sleep(0.1)
+    assert srv.running(), srv.log_tail()
+    for _ in range(3):
+        r, _, _, _ = get(srv, client_ctx(srv.cert))
+        assert r.status == 200, r
+
+
 # ---- refusals --------------------------------------------------------------------
 
 

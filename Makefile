@@ -28,7 +28,7 @@ LLHTTP_INC_DIR := /usr/share/include/llhttp
 CPPFLAGS += -Isrc -I$(LLHTTP_INC_DIR) -D_GNU_SOURCE
 CFLAGS   += -std=c11 $(OPT) -g -Wall -Wextra -Werror -MMD -MP $(SANFLAGS)
 LDFLAGS  += $(SANFLAGS)
-LIBS     := -luv -ljansson -linih -lcrypto -lsqlite3 -lcrypt -lsystemd -lwslay -lpthread
+LIBS     := -luv -ljansson -linih -lssl -lcrypto -lsqlite3 -lcrypt -lsystemd -lwslay -lpthread
 # libwbxml2: the referee for our Ping codec in the unit tests and the fuzz target
 # (docs/activesync.md says why nudged itself reads and writes the tokens by hand).
 WBXML_CFLAGS := $(shell pkg-config --cflags libwbxml2)
@@ -76,6 +76,7 @@ NUDGED_SRC := $(COMMON_SRC) $(AUTH_SRC) $(PASSWD_SRC) $(HTTP_SRC) $(NET_SRC) $(S
 NUDGE_SRC := $(COMMON_SRC) $(AUTH_SRC) $(HTTP_SRC) $(DGRAM_SRC) \
 	src/cli/main.c \
 	src/cli/httpc.c \
+	src/cli/tlsc.c \
 	src/cli/udpsock.c \
 	src/cli/cmd_token.c \
 	src/cli/cmd_publish.c \

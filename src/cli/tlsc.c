@@ -1,0 +1,368 @@
+/*
+ * tlsc.c — nudge's TLS client (see tlsc.h): one SSL_CTX for the process,
+ * the handshake with verification and its error sentences, reads and writes
+ * over a non-blocking socket with deadlines, and the session kept for
+ * resumption.
+ *
+ * Why a verify callback: when OpenSSL refuses the chain, the peer
+ * certificate is not kept on the session, and SSL_get_verify_result alone
+ * does not say which certificate failed. The callback records the first
+ * failure (error, depth, subject, validity) so the sentence can name it.
+ * The CLI runs one connection at a time, so a file-scope record is enough.
+ */
+#include "cli/tlsc.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+
+#include "cli/httpc.h"
+#include "common/util.h"
+
+#define NAME_MAX_LEN 256
+
+static SSL_CTX *ctx;
+static SSL_SESSION *saved_session;
+static int refused;
+
+/* The first verification failure of the handshake under way. */
+static struct {
+    int error;                 /* X509_V_ERR_*, X509_V_OK: none */
+    int depth;                 /* 0: the server's own certificate */
+    char subject[NAME_MAX_LEN];
+    char not_before[32], not_after[32];
+} failure;
+
+void tlsc_subject(X509 *x, char *out, size_t outlen)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    int n;
+
+    out[0] = '\0';
+    if (b == NULL)
+        return;
+    if (X509_NAME_print_ex(b, X509_get_subject_name(x), 0, XN_FLAG_RFC2253) >= 0) {
+        n = BIO_read(b, out, (int)outlen - 1);
+        out[n > 0 ? n : 0] = '\0';
+    }
+    BIO_free(b);
+}
+
+void tlsc_issuer(X509 *x, char *out, size_t outlen)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    int n;
+
+    out[0] = '\0';
+    if (b == NULL)
+        return;
+    if (X509_NAME_print_ex(b, X509_get_issuer_name(x), 0, XN_FLAG_RFC2253) >= 0) {
+        n = BIO_read(b, out, (int)outlen - 1);
+        out[n > 0 ? n : 0] = '\0';
+    }
+    BIO_free(b);
+}
+
+void tlsc_time(const ASN1_TIME *t, char *out, size_t outlen)
+{
+    struct tm tm;
+
+    if (t == NULL || ASN1_TIME_to_tm(t, &tm) != 1 ||
+        strftime(out, outlen, "%Y-%m-%d %H:%M:%S UTC", &tm) == 0)
+        snprintf(out, outlen, "(unreadable)");
+}
+
+static int verify_cb(int ok, X509_STORE_CTX *store)
+{
+    X509 *x = X509_STORE_CTX_get_current_cert(store);
+
+    if (ok || failure.error != X509_V_OK)
+        return ok;
+    failure.error = X509_STORE_CTX_get_error(store);
+    failure.depth = X509_STORE_CTX_get_error_depth(store);
+    if (x != NULL) {
+        tlsc_subject(x, failure.subject, sizeof(failure.subject));
+        tlsc_time(X509_get0_notBefore(x), failure.not_before, sizeof(failure.not_before));
+        tlsc_time(X509_get0_notAfter(x), failure.not_after, sizeof(failure.not_after));
+    }
+    return ok;
+}
+
+/* Keeps the newest session (a TLS 1.3 ticket arrives after the handshake). */
+static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
+{
+    (void)ssl;
+    SSL_SESSION_free(saved_session);
+    saved_session = sess;
+    return 1; /* we hold the reference now */
+}
+
+int tlsc_ready(void)
+{
+    return ctx != NULL;
+}
+
+int tlsc_refused(void)
+{
+    return refused;
+}
+
+SSL_SESSION *tlsc_session(void)
+{
+    return saved_session;
+}
+
+/* The first queued OpenSSL error as text, for sentences; clears the queue. */
+static const char *ssl_reason(void)
+{
+    static char buf[256];
+    unsigned long e = ERR_peek_last_error();
+
+    if (e == 0)
+        return "no reason given";
+    ERR_error_string_n(e, buf, sizeof(buf));
+    ERR_clear_error();
+    /* "error:0A000086:SSL routines::certificate verify failed": keep the last part. */
+    {
+        char *p = strrchr(buf, ':');
+        return p && p[1] ? p + 1 : buf;
+    }
+}
+
+int tlsc_setup(const char *cacert, int insecure, char *err, size_t errlen)
+{
+    static const unsigned char alpn[] = "\x08http/1.1";
+
+    /*
+     * OpenSSL writes to the socket with write(), not send(MSG_NOSIGNAL): a
+     * server gone away would kill us with SIGPIPE instead of an EPIPE.
+     */
+    signal(SIGPIPE, SIG_IGN);
+    ctx = SSL_CTX_new(TLS_client_method());
+    if (ctx == NULL) {
+        snprintf(err, errlen, "TLS: cannot create a context: %s", ssl_reason());
+        return -1;
+    }
+    /* TLS 1.0 and 1.1 are deprecated (RFC 8996); nudged and any sane proxy speak 1.2+. */
+    SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+    /*
+     * Answers are framed by Content-Length or chunking, and read_answer
+     * accepts the end of the stream as the end of an answer only for one
+     * framed by the close; so a peer that closes without close_notify (many
+     * do on keep-alive timeouts) reads as a plain end of stream.
+     */
+    SSL_CTX_set_options(ctx, SSL_OP_IGNORE_UNEXPECTED_EOF);
+    SSL_CTX_set_alpn_protos(ctx, alpn, sizeof(alpn) - 1);
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+    SSL_CTX_sess_set_new_cb(ctx, new_session_cb);
+    if (cacert != NULL) {
+        if (SSL_CTX_load_verify_locations(ctx, cacert, NULL) != 1) {
+            snprintf(err, errlen, "--cacert %s: cannot load it as PEM certificates: %s", cacert,
+                     ssl_reason());
+            goto fail;
+        }
+    } else if (SSL_CTX_set_default_verify_paths(ctx) != 1) {
+        snprintf(err, errlen, "TLS: cannot load the system's certificates: %s", ssl_reason());
+        goto fail;
+    }
+    /*
+     * With --insecure the chain is still verified and the result kept
+     * (doctor reports it), but a failure does not stop the handshake.
+     */
+    SSL_CTX_set_verify(ctx, insecure ? SSL_VERIFY_NONE : SSL_VERIFY_PEER, verify_cb);
+    if (insecure)
+        fprintf(stderr, "nudge: warning: --insecure: the server's certificate is not checked; "
+                        "anyone on the path can read and change this connection\n");
+    return 0;
+fail:
+    SSL_CTX_free(ctx);
+    ctx = NULL;
+    return -1;
+}
+
+/* The sentence for a refused certificate, with the fix that fits. */
+static void describe_refusal(long vr, const char *host, const char *authority, char *err,
+                             size_t errlen)
+{
+    const char *what, *fix;
+    char extra[HTTPC_HOST_MAX + 64] = "";
+
+    switch (vr) {
+    case X509_V_ERR_CERT_HAS_EXPIRED:
+        what = "certificate has expired";
+        fix = "renew the server's certificate";
+        snprintf(extra, sizeof(extra), ", not after %s", failure.not_after);
+        break;
+    case X509_V_ERR_CERT_NOT_YET_VALID:
+        what = "certificate is not yet valid";
+        fix = "check both clocks, or the certificate's dates";
+        snprintf(extra, sizeof(extra), ", not before %s", failure.not_before);
+        break;
+    case X509_V_ERR_HOSTNAME_MISMATCH:
+    case X509_V_ERR_IP_ADDRESS_MISMATCH:
+        what = "host name mismatch";
+        fix = "use the name the certificate is for in --url, or a certificate naming this "
+              "host";
+        snprintf(extra, sizeof(extra), ", which does not name %s", host);
+        break;
+    case X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT:
+    case X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN:
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT:
+    case X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY:
+    case X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE:
+        what = "unknown issuer";
+        fix = "trust its CA with --cacert FILE (or the certificate itself if self-signed)";
+        break;
+    default:
+        what = X509_verify_cert_error_string(vr);
+        fix = "check the server's certificate chain";
+        break;
+    }
+    snprintf(err, errlen, "TLS: the certificate of %s is refused: %s (%s: subject %s%s); fix: %s",
+             authority, what, failure.depth == 0 ? "the server's certificate" : "a CA in its chain",
+             failure.subject[0] ? failure.subject : "(empty)", extra, fix);
+}
+
+int tlsc_connect(int fd, const char *host, const char *authority, uint64_t deadline, SSL **out,
+                 char *err, size_t errlen)
+{
+    unsigned char ipbuf[sizeof(struct in6_addr)];
+    int is_ip = inet_pton(AF_INET, host, ipbuf) == 1 || inet_pton(AF_INET6, host, ipbuf) == 1;
+    SSL *ssl = SSL_new(ctx);
+    int rc;
+
+    if (ssl == NULL || SSL_set_fd(ssl, fd) != 1) {
+        snprintf(err, errlen, "TLS: cannot start a connection: %s", ssl_reason());
+        rc = -ENOMEM;
+        goto fail;
+    }
+    /* RFC 6066 3: SNI carries host names only, never address literals. */
+    if (is_ip) {
+        if (X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host) != 1)
+            goto badhost;
+    } else if (SSL_set_tlsext_host_name(ssl, host) != 1 || SSL_set1_host(ssl, host) != 1) {
+        goto badhost;
+    }
+    if (saved_session != NULL)
+        SSL_set_session(ssl, saved_session);
+    memset(&failure, 0, sizeof(failure));
+    failure.error = X509_V_OK;
+    ERR_clear_error();
+    for (;;) {
+        int r = SSL_connect(ssl), e;
+
+        if (r == 1)
+            break;
+        e = SSL_get_error(ssl, r);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+            rc = httpc_wait_fd(fd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline);
+            if (rc == -ETIMEDOUT) {
+                snprintf(err, errlen, "TLS handshake with %s: no answer in time", authority);
+                goto fail;
+            }
+            if (rc < 0) {
+                snprintf(err, errlen, "TLS handshake with %s: %s", authority, strerror(-rc));
+                goto fail;
+            }
+            continue;
+        }
+        if (SSL_get_verify_result(ssl) != X509_V_OK) {
+            describe_refusal(SSL_get_verify_result(ssl), host, authority, err, errlen);
+            ERR_clear_error();
+            refused = 1;
+            rc = -TLSC_EVERIFY;
+            goto fail;
+        }
+        if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0)
+            snprintf(err, errlen, "TLS handshake with %s: the connection was closed%s%s",
+                     authority, errno ? ": " : "", errno ? strerror(errno) : "");
+        else
+            snprintf(err, errlen, "TLS handshake with %s failed: %s (is it a TLS port?)",
+                     authority, ssl_reason());
+        rc = -EPROTO;
+        goto fail;
+    }
+    *out = ssl;
+    return 0;
+badhost:
+    snprintf(err, errlen, "TLS: cannot set up the host name check for '%s'", host);
+    rc = -EINVAL;
+fail:
+    ERR_clear_error();
+    SSL_free(ssl);
+    return rc;
+}
+
+int tlsc_recv(SSL *ssl, int fd, char *buf, size_t len, uint64_t deadline, size_t *got)
+{
+    *got = 0;
+    for (;;) {
+        size_t n = 0;
+        int e, rc;
+
+        ERR_clear_error();
+        if (SSL_read_ex(ssl, buf, len, &n) == 1) {
+            *got = n;
+            return 0;
+        }
+        e = SSL_get_error(ssl, 0);
+        if (e == SSL_ERROR_ZERO_RETURN)
+            return 0;
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+            rc = httpc_wait_fd(fd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline);
+            if (rc < 0)
+                return rc;
+            continue;
+        }
+        /* With SSL_OP_IGNORE_UNEXPECTED_EOF a bare close is ZERO_RETURN; this is worse. */
+        if (e == SSL_ERROR_SYSCALL && errno != 0)
+            return -errno;
+        ERR_clear_error();
+        return -EPROTO;
+    }
+}
+
+int tlsc_send_all(SSL *ssl, int fd, const char *buf, size_t len, uint64_t deadline)
+{
+    while (len > 0) {
+        size_t n = 0;
+        int e, rc;
+
+        ERR_clear_error();
+        if (SSL_write_ex(ssl, buf, len, &n) == 1) {
+            buf += n;
+            len -= n;
+            continue;
+        }
+        e = SSL_get_error(ssl, 0);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+            rc = httpc_wait_fd(fd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline);
+            if (rc < 0)
+                return rc;
+            continue;
+        }
+        if (e == SSL_ERROR_SYSCALL && errno != 0)
+            return -errno;
+        ERR_clear_error();
+        return -EPIPE;
+    }
+    return 0;
+}
+
+void tlsc_close(SSL *ssl)
+{
+    if (ssl == NULL)
+        return;
+    /* One try: a close_notify that does not fit at once is not worth waiting for. */
+    (void)SSL_shutdown(ssl);
+    ERR_clear_error();
+    SSL_free(ssl);
+}

@@ -1,0 +1,280 @@
+"""
+test_cli_tls.py — the nudge client over TLS (https:// URLs), against a real
+nginx terminating TLS on loopback in front of a real nudged (plain HTTP
+behind it), so every request gets nudged's real answer.
+
+The certificates are made here with the openssl CLI: a test CA; a server
+certificate for 127.0.0.1 and localhost; one that expired; one for another
+host name; one that expires in 5 days; a self-signed one. nginx listens on
+one port per certificate. Checked: verified with --cacert (publish, ping,
+sessions, doctor), refused without it (unknown issuer), refused when
+expired and for the wrong host (exit 3, the sentence naming what failed
+and the subject), --insecure works and warns, doctor's TLS report
+(protocol, cipher, ALPN, chain, expiry, host name, resumption).
+"""
+import os
+import shutil
+import signal
+import socket
+import subprocess
+
+import pytest
+
+import harness
+from conftest import finish
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+OPENSSL = shutil.which("openssl") or "/usr/bin/openssl"
+pytestmark = [
+    pytest.mark.skipif(not os.access(NGINX, os.X_OK), reason="nginx not installed (apt-get install nginx)"),
+    pytest.mark.skipif(not os.access(OPENSSL, os.X_OK), reason="openssl CLI not installed"),
+]
+
+EXIT_TLS = 3
+KINDS = ("good", "expired", "wronghost", "soon", "selfsigned")
+
+CONF = """
+worker_processes 1;
+daemon off;
+master_process on;
+pid {tmp}/nginx.pid;
+error_log {tmp}/error.log info;
+events {{ worker_connections 256; }}
+http {{
+    access_log {tmp}/access.log;
+    client_body_temp_path {tmp}/body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    upstream nudge {{ server 127.0.0.1:{nudge}; }}
+{servers}
+}}
+"""
+
+SERVER = """
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_tickets on;
+        location / {{
+            proxy_pass http://nudge;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+            proxy_read_timeout 120s;
+        }}
+    }}
+"""
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def openssl(*args, cwd):
+    p = subprocess.run([OPENSSL, *args], cwd=cwd, capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, f"openssl {args}: {p.stderr}"
+
+
+def make_certs(d):
+    """The CA and the server certificates of KINDS; returns {kind: (cert, key)} and the CA path."""
+    d.mkdir()
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+    openssl("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "30",
+            "-subj", "/CN=nudge test CA", cwd=d)
+    (d / "ca.cnf").write_text(
+        "[ca]\ndefault_ca = test\n"
+        "[test]\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial\n"
+        "default_md = sha256\npolicy = any\ncopy_extensions = copy\n"
+        "[any]\ncommonName = supplied\n")
+    (d / "index.txt").write_text("")
+    (d / "serial").write_text("1000\n")
+    out = {}
+    sans = {"good": "IP:127.0.0.1,DNS:localhost", "expired": "IP:127.0.0.1,DNS:localhost",
+            "wronghost": "DNS:wrong.example", "soon": "IP:127.0.0.1,DNS:localhost"}
+    for kind, san in sans.items():
+        openssl("req", *ec, "-keyout", f"{kind}.key", "-out", f"{kind}.csr", "-subj",
+                f"/CN={kind}.nudge.test", "-addext", f"subjectAltName={san}", cwd=d)
+        dates = {"expired": ["-startdate", "20200101000000Z", "-enddate", "20200201000000Z"],
+                 "soon": ["-days", "5"]}.get(kind, ["-days", "20"])
+        openssl("ca", "-batch", "-config", "ca.cnf", "-cert", "ca.pem", "-keyfile", "ca.key",
+                "-in", f"{kind}.csr", "-out", f"{kind}.pem", "-notext", *dates, cwd=d)
+        out[kind] = (d / f"{kind}.pem", d / f"{kind}.key")
+    openssl("req", "-x509", *ec, "-keyout", "selfsigned.key", "-out", "selfsigned.pem", "-days", "20",
+            "-subj", "/CN=selfsigned.nudge.test", "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost", cwd=d)
+    out["selfsigned"] = (d / "selfsigned.pem", d / "selfsigned.key")
+    return out, d / "ca.pem"
+
+
+class Stack:
+    pass
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("clitls")
+    certs, ca = make_certs(tmp / "certs")
+    n = harness.Nudged(tmp / "nudged", {"heartbeat": {"min": 1, "max": 60}})
+    ng = None
+    try:
+        n.start()
+        ngx = tmp / "nginx"
+        ngx.mkdir()
+        ports = {k: free_port() for k in KINDS}
+        servers = "".join(SERVER.format(port=ports[k], cert=certs[k][0], key=certs[k][1]) for k in KINDS)
+        (ngx / "nginx.conf").write_text(CONF.format(tmp=ngx, nudge=n.port, servers=servers))
+        ng = subprocess.Popen([NGINX, "-p", str(ngx), "-c", str(ngx / "nginx.conf")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        for k in KINDS:
+            harness_wait_port(ports[k], ng)
+        s = Stack()
+        s.n, s.ca, s.certs, s.ports = n, str(ca), certs, ports
+        s.selfsigned = str(certs["selfsigned"][0])
+        yield s
+    finally:
+        if ng is not None and ng.poll() is None:
+            ng.send_signal(signal.SIGQUIT)
+            try:
+                ng.wait(harness.WAIT)
+            except subprocess.TimeoutExpired:
+                ng.kill()
+                ng.wait()
+        problems = finish(n)
+        if problems:
+            pytest.fail("\n".join(problems), pytrace=False)
+
+
+def harness_wait_port(port, proc):
+    import time
+    deadline = time.monotonic() + harness.WAIT
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"nginx exited: {proc.stderr.read().decode()}"
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nginx did not listen on {port}")
+
+
+def url(stack, kind, host="127.0.0.1"):
+    return f"https://{host}:{stack.ports[kind]}"
+
+
+def publish(stack, kind, *extra, user=None, host="127.0.0.1"):
+    user = user or harness.unique("tls")
+    return stack.n.cli("publish", "--user", user, "--folder", "INBOX", "--url", url(stack, kind, host),
+                       "--token", stack.n.publisher_token(), *extra), user
+
+
+# -- verified ------------------------------------------------------------------
+
+def test_publish_verified_with_cacert(stack):
+    p, user = publish(stack, "good", "--cacert", stack.ca)
+    assert p.returncode == 0, p
+    assert p.stdout == f"user={user} folder=INBOX state=1\n", p
+    assert p.stderr == "", p
+    # The same through the host name, which also goes out as SNI.
+    p, user = publish(stack, "good", "--cacert", stack.ca, host="localhost")
+    assert p.returncode == 0 and p.stdout == f"user={user} folder=INBOX state=1\n", p
+
+
+def test_cacert_from_environment(stack):
+    user = harness.unique("tls")
+    p = stack.n.cli("publish", "--user", user, "--folder", "INBOX", "--url", url(stack, "good"),
+                    "--token", stack.n.publisher_token(), env={"NUDGE_CACERT": stack.ca})
+    assert p.returncode == 0 and p.stdout == f"user={user} folder=INBOX state=1\n", p
+
+
+def test_ping_and_sessions_over_tls(stack):
+    user = harness.unique("tls")
+    tok = stack.n.token(user)
+    stack.n.cli("publish", "--user", user, "--folder", "INBOX", "--url", stack.n.url,
+                "--token", stack.n.publisher_token())
+    p = stack.n.cli("ping", "--device", "phone1", "--heartbeat", "60", "--folder", "INBOX=0",
+                    "--url", url(stack, "good"), "--cacert", stack.ca, "--token", tok)
+    assert p.returncode == 0, p
+    assert p.stdout.startswith("changed INBOX=1"), p
+    p = stack.n.cli("sessions", "--url", url(stack, "good"), "--cacert", stack.ca,
+                    "--token", stack.n.admin_token())
+    assert p.returncode == 0, p
+
+
+def test_self_signed_trusted_with_cacert(stack):
+    p, user = publish(stack, "selfsigned", "--cacert", stack.selfsigned)
+    assert p.returncode == 0 and p.stdout == f"user={user} folder=INBOX state=1\n", p
+
+
+# -- refused -------------------------------------------------------------------
+
+def test_unknown_issuer_refused_without_cacert(stack):
+    p, user = publish(stack, "good")
+    assert p.returncode == EXIT_TLS, p
+    assert "unknown issuer" in p.stderr and "CN=good.nudge.test" in p.stderr, p.stderr
+    assert "--cacert" in p.stderr, p.stderr
+    assert p.stdout == "", p
+
+
+def test_self_signed_refused_without_cacert(stack):
+    p, _ = publish(stack, "selfsigned", "--cacert", stack.ca)
+    assert p.returncode == EXIT_TLS, p
+    assert "unknown issuer" in p.stderr and "CN=selfsigned.nudge.test" in p.stderr, p.stderr
+
+
+def test_expired_refused(stack):
+    p, _ = publish(stack, "expired", "--cacert", stack.ca)
+    assert p.returncode == EXIT_TLS, p
+    assert "certificate has expired" in p.stderr, p.stderr
+    assert "CN=expired.nudge.test" in p.stderr and "2020-02-01" in p.stderr, p.stderr
+
+
+def test_wrong_host_refused(stack):
+    p, _ = publish(stack, "wronghost", "--cacert", stack.ca)
+    assert p.returncode == EXIT_TLS, p
+    assert "host name mismatch" in p.stderr and "127.0.0.1" in p.stderr, p.stderr
+    assert "CN=wronghost.nudge.test" in p.stderr, p.stderr
+    # A name, not an address: checked against the DNS names.
+    p, _ = publish(stack, "wronghost", "--cacert", stack.ca, host="localhost")
+    assert p.returncode == EXIT_TLS and "host name mismatch" in p.stderr, p
+
+
+def test_refused_certificate_nothing_reaches_nudged(stack):
+    p, user = publish(stack, "expired", "--cacert", stack.ca)
+    assert p.returncode == EXIT_TLS, p
+    tok = stack.n.token(user)
+    assert stack.n.get_state(tok, ["INBOX"]).json()["folders"].get("INBOX", "0") == "0"
+
+
+def test_insecure_skips_verification_and_warns(stack):
+    for kind in ("good", "expired", "wronghost", "selfsigned"):
+        p, user = publish(stack, kind, "--insecure")
+        assert p.returncode == 0, (kind, p)
+        assert p.stdout == f"user={user} folder=INBOX state=1\n", (kind, p)
+        assert "warning" in p.stderr and "--insecure" in p.stderr, (kind, p.stderr)
+
+
+def test_bad_cacert_is_a_usage_error(stack, tmp_path):
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    p, _ = publish(stack, "good", "--cacert", str(junk))
+    assert p.returncode == 2 and "--cacert" in p.stderr, p
+    p, _ = publish(stack, "good", "--cacert", stack.ca, "--insecure")
+    assert p.returncode == 2, p
+
+
+def test_plain_http_port_with_https_url(stack):
+    # nudged itself speaks plain HTTP: the handshake fails, an ordinary network failure.
+    p, _ = publish(stack, "good", host="127.0.0.1")
+    p = stack.n.cli("publish", "--user", "x", "--folder", "INBOX",
+                    "--url", f"https://127.0.0.1:{stack.n.port}", "--cacert", stack.ca,
+                    "--token", stack.n.publisher_token())
+    assert p.returncode == 1, p
+    assert "TLS handshake" in p.stderr, p.stderr

@@ -944,6 +944,7 @@ static struct probe_run *probe_run_new(const char *cmd, const struct httpc *http
     r->out = out;
     r->http = *http;
     r->http.fd = -1;
+    r->http.ssl = NULL; /* the caller's connection stays the caller's */
     r->token = token;
     r->min = opts->min;
     r->max_asked = opts->max;
@@ -969,6 +970,12 @@ int cli_probe_measure(const char *cmd, const struct httpc *http, const char *tok
     memset(res, 0, sizeof(*res));
     if (r == NULL)
         return -1;
+    if (r->http.tls) {
+        /* The probes are raw non-blocking HTTP on many sockets at once: no TLS in them yet. */
+        errorf(r, "probing over https:// is not supported yet: probe a plain http:// listener "
+                  "on the same path (same host and port range through the same network)\n");
+        goto done;
+    }
     if (pick_address(r) < 0 || run(r, &v) < 0)
         goto done;
     res->no_timeout = v == VERDICT_NO_TIMEOUT;

@@ -31,7 +31,8 @@ pytestmark = [
 ]
 
 EXIT_TLS = 3
-KINDS = ("good", "expired", "wronghost", "soon", "selfsigned")
+KINDS = ("good", "expired", "wronghost", "soon", "selfsigned", "notickets")
+# "notickets": the good certificate on a server with neither tickets nor a session cache.
 
 CONF = """
 worker_processes 1;
@@ -58,7 +59,7 @@ SERVER = """
         ssl_certificate {cert};
         ssl_certificate_key {key};
         ssl_protocols TLSv1.2 TLSv1.3;
-        ssl_session_tickets on;
+        ssl_session_tickets {tickets};
         location / {{
             proxy_pass http://nudge;
             proxy_http_version 1.1;
@@ -129,7 +130,9 @@ def stack(tmp_path_factory):
         ngx = tmp / "nginx"
         ngx.mkdir()
         ports = {k: free_port() for k in KINDS}
-        servers = "".join(SERVER.format(port=ports[k], cert=certs[k][0], key=certs[k][1]) for k in KINDS)
+        certs["notickets"] = certs["good"]
+        servers = "".join(SERVER.format(port=ports[k], cert=certs[k][0], key=certs[k][1],
+                                        tickets="off" if k == "notickets" else "on") for k in KINDS)
         (ngx / "nginx.conf").write_text(CONF.format(tmp=ngx, nudge=n.port, servers=servers))
         ng = subprocess.Popen([NGINX, "-p", str(ngx), "-c", str(ngx / "nginx.conf")],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -278,3 +281,72 @@ def test_plain_http_port_with_https_url(stack):
                     "--token", stack.n.publisher_token())
     assert p.returncode == 1, p
     assert "TLS handshake" in p.stderr, p.stderr
+
+
+# -- doctor --------------------------------------------------------------------
+
+def doctor(stack, kind, *extra, host="127.0.0.1"):
+    user = harness.unique("doc")
+    return stack.n.cli("doctor", "--url", url(stack, kind, host), "--token", stack.n.token(user),
+                       "--udp-timeout", "1", *extra, timeout=60)
+
+
+def lines_of(p, prefix):
+    return [ln for ln in p.stdout.splitlines() if ln[5:].startswith(prefix)]
+
+
+def test_doctor_reports_tls(stack):
+    p = doctor(stack, "good", "--cacert", stack.ca)
+    server = lines_of(p, "server:")
+    assert len(server) == 1 and server[0].startswith("OK ") and "(TLS)" in server[0], p.stdout
+    tls = lines_of(p, "TLS:")
+    assert len(tls) == 1 and tls[0].startswith("OK "), p.stdout
+    assert "TLSv1.3" in tls[0] and "cipher TLS_" in tls[0] and "ALPN http/1.1" in tls[0], tls
+    certs = lines_of(p, "certificate ")
+    assert len(certs) == 1, p.stdout  # nginx sends the leaf only: the CA is the client's
+    assert certs[0].startswith("OK ") and "subject CN=good.nudge.test" in certs[0], certs
+    assert "issuer CN=nudge test CA" in certs[0] and "not after" in certs[0], certs
+    assert "days left" in certs[0], certs
+    assert lines_of(p, "chain:")[0].startswith("OK ") and stack.ca in lines_of(p, "chain:")[0], p.stdout
+    assert lines_of(p, "host name:")[0].startswith("OK "), p.stdout
+    res = lines_of(p, "resumption:")
+    assert len(res) == 1 and res[0].startswith("OK "), p.stdout
+    assert "session ticket" in res[0] and "resumed" in res[0], res
+    # The rest of the checks ran over TLS too.
+    assert lines_of(p, "token:")[0].startswith("OK "), p.stdout
+    assert lines_of(p, "ping:")[0].startswith("OK "), p.stdout
+
+
+def test_doctor_warns_when_nothing_resumes(stack):
+    p = doctor(stack, "notickets", "--cacert", stack.ca)
+    res = lines_of(p, "resumption:")
+    # TLS 1.3 still hands out a ticket the server then cannot take back: WARN either way.
+    assert res and res[0].startswith("WARN ") and "full handshake" in res[0], p.stdout
+    assert p.returncode == 0, p
+
+
+def test_doctor_warns_of_near_expiry(stack):
+    p = doctor(stack, "soon", "--cacert", stack.ca)
+    cert = lines_of(p, "certificate 0:")
+    assert cert and cert[0].startswith("WARN ") and "days left" in cert[0], p.stdout
+    assert "renew" in cert[0], cert
+
+
+def test_doctor_refused_certificate(stack):
+    p = doctor(stack, "good")
+    assert p.returncode == EXIT_TLS, p
+    server = lines_of(p, "server:")
+    assert server[0].startswith("FAIL ") and "unknown issuer" in server[0], p.stdout
+    assert not lines_of(p, "token:"), p.stdout
+
+
+def test_doctor_insecure_still_reports_what_is_wrong(stack):
+    p = doctor(stack, "expired", "--insecure")
+    assert p.returncode == 1, p
+    assert lines_of(p, "certificate 0:")[0].startswith("FAIL ") and "expired" in p.stdout, p.stdout
+    chain = lines_of(p, "chain:")
+    assert chain[0].startswith("FAIL ") and "--insecure" in chain[0], p.stdout
+    p = doctor(stack, "wronghost", "--insecure")
+    host = lines_of(p, "host name:")
+    assert host[0].startswith("FAIL ") and "does not name 127.0.0.1" in host[0], p.stdout
+    assert lines_of(p, "certificate 0:")[0].startswith("OK "), p.stdout

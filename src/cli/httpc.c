@@ -26,6 +26,7 @@
 
 #include <llhttp.h>
 
+#include "cli/pollwait.h"
 #include "cli/tlsc.h"
 #include "common/util.h"
 #include "common/version.h"
@@ -213,23 +214,6 @@ time_t httpc_parse_date(const char *s)
     return timegm(&tm);
 }
 
-int httpc_wait_fd(int fd, short events, uint64_t deadline)
-{
-    for (;;) {
-        uint64_t now = util_now_ms();
-        struct pollfd pfd = {.fd = fd, .events = events};
-        int r;
-
-        if (now >= deadline)
-            return -ETIMEDOUT;
-        r = poll(&pfd, 1, deadline - now > INT32_MAX ? INT32_MAX : (int)(deadline - now));
-        if (r > 0)
-            return 0;
-        if (r < 0 && errno != EINTR)
-            return -errno;
-    }
-}
-
 /* Connects to one resolved address within the connect timeout. Returns the fd or -errno. */
 static int connect_addr(const struct addrinfo *ai)
 {
@@ -245,7 +229,7 @@ static int connect_addr(const struct addrinfo *ai)
         rc = -errno;
         goto fail;
     }
-    rc = httpc_wait_fd(fd, POLLOUT, util_now_ms() + HTTPC_CONNECT_TIMEOUT_MS);
+    rc = pollwait_fd(fd, POLLOUT, util_now_ms() + HTTPC_CONNECT_TIMEOUT_MS);
     if (rc < 0)
         goto fail;
     if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &slen) < 0) {
@@ -329,7 +313,7 @@ static int send_plain(int fd, const char *buf, size_t len, uint64_t deadline)
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            int rc = httpc_wait_fd(fd, POLLOUT, deadline);
+            int rc = pollwait_fd(fd, POLLOUT, deadline);
             if (rc < 0)
                 return rc;
             continue;
@@ -358,7 +342,7 @@ static int recv_some(const struct httpc *c, char *buf, size_t len, uint64_t dead
         return tlsc_recv(c->ssl, c->fd, buf, len, deadline, got);
     for (;;) {
         ssize_t n;
-        int rc = httpc_wait_fd(c->fd, POLLIN, deadline);
+        int rc = pollwait_fd(c->fd, POLLIN, deadline);
 
         if (rc < 0)
             return rc;

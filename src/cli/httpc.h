@@ -19,7 +19,6 @@
 #define NUDGE_CLI_HTTPC_H
 
 #include <stddef.h>
-#include <stdint.h>
 #include <time.h>
 
 struct ssl_st;
@@ -105,13 +104,6 @@ int httpc_request_hdr(struct httpc *c, const char *method, const char *path, con
  * and asctime forms are not accepted. Returns Unix seconds, or -1.
  */
 time_t httpc_parse_date(const char *s);
-
-/*
- * Waits until fd is ready for 'events' (poll's) or the deadline
- * (util_now_ms() time) passes. Returns 0, -ETIMEDOUT, or another negative
- * errno. Shared with tlsc.c.
- */
-int httpc_wait_fd(int fd, short events, uint64_t deadline);
 
 /* Closes the connection, if open. The struct may be used again (it reconnects). */
 void httpc_close(struct httpc *c);

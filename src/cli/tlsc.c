@@ -24,7 +24,7 @@
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
 
-#include "cli/httpc.h"
+#include "cli/pollwait.h"
 #include "common/util.h"
 
 #define NAME_MAX_LEN 256
@@ -193,7 +193,7 @@ static void describe_refusal(long vr, const char *host, const char *authority, c
                              size_t errlen)
 {
     const char *what, *fix;
-    char extra[HTTPC_HOST_MAX + 64] = "";
+    char extra[320] = ""; /* ", which does not name " and a host of up to 255 bytes */
 
     switch (vr) {
     case X509_V_ERR_CERT_HAS_EXPIRED:
@@ -263,7 +263,7 @@ int tlsc_connect(int fd, const char *host, const char *authority, uint64_t deadl
             break;
         e = SSL_get_error(ssl, r);
         if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-            rc = httpc_wait_fd(fd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline);
+            rc = pollwait_fd(fd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline);
             if (rc == -ETIMEDOUT) {
                 snprintf(err, errlen, "TLS handshake with %s: no answer in time", authority);
                 goto fail;
@@ -317,7 +317,7 @@ int tlsc_recv(SSL *ssl, int fd, char *buf, size_t len, uint64_t deadline, size_t
         if (e == SSL_ERROR_ZERO_RETURN)
             return 0;
         if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-            rc = httpc_wait_fd(fd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline);
+            rc = pollwait_fd(fd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline);
             if (rc < 0)
                 return rc;
             continue;
@@ -344,7 +344,7 @@ int tlsc_send_all(SSL *ssl, int fd, const char *buf, size_t len, uint64_t deadli
         }
         e = SSL_get_error(ssl, 0);
         if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-            rc = httpc_wait_fd(fd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline);
+            rc = pollwait_fd(fd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline);
             if (rc < 0)
                 return rc;
             continue;

@@ -350,3 +350,13 @@ def test_doctor_insecure_still_reports_what_is_wrong(stack):
     host = lines_of(p, "host name:")
     assert host[0].startswith("FAIL ") and "does not name 127.0.0.1" in host[0], p.stdout
     assert lines_of(p, "certificate 0:")[0].startswith("OK "), p.stdout
+
+
+def test_ping_loop_stops_at_a_refused_certificate(stack):
+    # Retrying cannot fix a certificate: --loop stops at once with exit 3.
+    user = harness.unique("tls")
+    p = stack.n.cli("ping", "--device", "phone1", "--heartbeat", "60", "--folder", "INBOX",
+                    "--loop", "--url", url(stack, "expired"), "--cacert", stack.ca,
+                    "--token", stack.n.token(user))
+    assert p.returncode == EXIT_TLS, p
+    assert "certificate has expired" in p.stdout + p.stderr, p

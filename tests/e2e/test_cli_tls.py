@@ -10,7 +10,10 @@ one port per certificate. Checked: verified with --cacert (publish, ping,
 sessions, doctor), refused without it (unknown issuer), refused when
 expired and for the wrong host (exit 3, the sentence naming what failed
 and the subject), --insecure works and warns, doctor's TLS report
-(protocol, cipher, ALPN, chain, expiry, host name, resumption).
+(protocol, cipher, ALPN, chain, expiry, host name, resumption). Then the
+same against nudged's own TLS (a listener with the tls flag): publish, ping,
+a refusal, and doctor's report of the chain nudged sends and of resumption
+with its tickets.
 """
 import os
 import shutil
@@ -360,3 +363,58 @@ def test_ping_loop_stops_at_a_refused_certificate(stack):
                     "--token", stack.n.token(user))
     assert p.returncode == EXIT_TLS, p
     assert "certificate has expired" in p.stdout + p.stderr, p
+
+
+# -- nudged's own TLS (the tls flag on a listener) -----------------------------
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory, stack):
+    """A nudged listening with TLS itself, on the test CA's server certificate (chain: leaf, CA)."""
+    tmp = tmp_path_factory.mktemp("native")
+    cert, key = stack.certs["good"]
+    chain = tmp / "chain.pem"
+    chain.write_text(cert.read_text() + open(stack.ca).read())
+    n = harness.Nudged(tmp / "nudged", {"server": {"listen": "127.0.0.1:0 tls"},
+                                        "tls": {"cert": str(chain), "key": str(key)},
+                                        "heartbeat": {"min": 1, "max": 60}})
+    n.start()
+    yield n
+    problems = finish(n)
+    if problems:
+        pytest.fail("\n".join(problems), pytrace=False)
+
+
+def test_native_publish_ping_and_refusals(native, stack):
+    base = f"https://127.0.0.1:{native.port}"
+    user = harness.unique("nat")
+    p = native.cli("publish", "--user", user, "--folder", "INBOX", "--url", base, "--cacert", stack.ca,
+                   "--token", native.publisher_token())
+    assert p.returncode == 0 and p.stdout == f"user={user} folder=INBOX state=1\n", p
+    p = native.cli("ping", "--device", "phone1", "--heartbeat", "60", "--folder", "INBOX=0",
+                   "--url", base, "--cacert", stack.ca, "--token", native.token(user))
+    assert p.returncode == 0 and p.stdout.startswith("changed INBOX=1"), p
+    p = native.cli("publish", "--user", user, "--folder", "INBOX", "--url", base,
+                   "--token", native.publisher_token())
+    assert p.returncode == EXIT_TLS and "unknown issuer" in p.stderr, p
+    p = native.cli("publish", "--user", user, "--folder", "INBOX", "--url",
+                   f"https://localhost:{native.port}", "--cacert", stack.ca,
+                   "--token", native.publisher_token())
+    assert p.returncode == 0 and "state=2" in p.stdout, p
+
+
+def test_native_doctor(native, stack):
+    p = native.cli("doctor", "--url", f"https://127.0.0.1:{native.port}", "--cacert", stack.ca,
+                   "--token", native.token(harness.unique("nat")), "--udp-timeout", "1", timeout=60)
+    assert lines_of(p, "server:")[0].startswith("OK "), p.stdout
+    tls = lines_of(p, "TLS:")[0]
+    assert tls.startswith("OK ") and "TLSv1.3" in tls, p.stdout
+    certs = lines_of(p, "certificate ")
+    # nudged sends the whole chain of [tls] cert: the leaf, then the CA.
+    assert len(certs) == 2, p.stdout
+    assert "subject CN=good.nudge.test" in certs[0] and "subject CN=nudge test CA" in certs[1], certs
+    assert lines_of(p, "host name:")[0].startswith("OK "), p.stdout
+    # nudged keys its session tickets from the server secret: a second connection resumes.
+    res = lines_of(p, "resumption:")[0]
+    assert res.startswith("OK ") and "resumed" in res, p.stdout
+    assert lines_of(p, "ping:")[0].startswith("OK "), p.stdout
+    assert p.returncode == 0, p

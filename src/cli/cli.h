@@ -119,6 +119,14 @@ int cli_parse_args(const char *cmd, int argc, char **argv, const struct option *
 int cli_server_token(const struct cli_server *srv, const char *cmd, enum token_kind kind,
                      const char *mint_subject, int64_t mint_ttl, char *out);
 
+/*
+ * Sets up TLS (tlsc_setup) when 'url' is https://, so a bad --cacert is told
+ * before anything is sent: CLI_ARGS_PARSED, or CLI_EXIT_USAGE after saying
+ * why. cli_parse_args does it for the server options; token --revoke, which
+ * has its own, calls it itself.
+ */
+int cli_tls_setup(const char *cmd, const char *url, const char *cacert, int insecure);
+
 struct httpc_response;
 
 /*

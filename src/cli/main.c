@@ -212,20 +212,15 @@ static void server_init(struct cli_server *srv)
     srv->cacert = cacert && cacert[0] ? cacert : NULL;
 }
 
-/*
- * Sets up TLS for an https:// server once the options are read, so a bad
- * --cacert is told before anything is sent. Returns CLI_ARGS_PARSED or an
- * exit code.
- */
-static int server_tls(const char *cmd, const struct cli_server *srv)
+int cli_tls_setup(const char *cmd, const char *url, const char *cacert, int insecure)
 {
     char err[512];
 
-    if (strncasecmp(srv->url, "https://", 8) != 0)
+    if (strncasecmp(url, "https://", 8) != 0)
         return CLI_ARGS_PARSED;
-    if (srv->cacert != NULL && srv->insecure)
+    if (cacert != NULL && insecure)
         return cli_usage_error(cmd, "--cacert and --insecure contradict each other");
-    if (tlsc_setup(srv->cacert, srv->insecure, err, sizeof(err)) < 0)
+    if (tlsc_setup(cacert, insecure, err, sizeof(err)) < 0)
         return cli_usage_error(cmd, "%s", err);
     return CLI_ARGS_PARSED;
 }
@@ -329,7 +324,7 @@ int cli_parse_args(const char *cmd, int argc, char **argv, const struct option *
     if (rc == CLI_ARGS_PARSED && optind < argc)
         rc = cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
     if (rc == CLI_ARGS_PARSED && srv != NULL)
-        rc = server_tls(cmd, srv);
+        rc = cli_tls_setup(cmd, srv->url, srv->cacert, srv->insecure);
 done:
     free(shorts);
     free(table);

@@ -418,3 +418,32 @@ def test_native_doctor(native, stack):
     assert res.startswith("OK ") and "resumed" in res, p.stdout
     assert lines_of(p, "ping:")[0].startswith("OK "), p.stdout
     assert p.returncode == 0, p
+
+
+# -- listen and token --revoke over TLS ----------------------------------------
+
+def test_listen_registers_over_tls_and_gets_datagrams(stack):
+    # Only the HTTP registration goes through TLS (nginx); the datagrams come straight from nudged.
+    n = stack.n
+    user = harness.unique("lis")
+    p = n.cli_bg("listen", "--url", url(stack, "good"), "--cacert", stack.ca, "--token", n.token(user),
+                 "--device", "desk", "--poll-interval", "1", "--count", "1")
+    m, _ = harness.read_until(p, r"^registered (.*)$")
+    fields = dict(kv.split("=", 1) for kv in m.group(1).split())
+    assert int(fields["id"]) > 0, fields
+    state = n.publish(user, "INBOX")
+    harness.read_until(p, rf"^changed INBOX={state} via=udp")
+    out, err = p.communicate(timeout=harness.WAIT)
+    assert p.returncode == 0, (out, err)
+
+
+def test_token_revoke_over_tls(stack):
+    n = stack.n
+    user = harness.unique("rev")
+    p = n.cli("token", "--revoke", user, "--url", url(stack, "good"), "--cacert", stack.ca,
+              "-c", str(n.conf))
+    assert p.returncode == 0, p
+    p = n.cli("token", "--revoke", user, "--url", url(stack, "good"), "-c", str(n.conf))
+    assert p.returncode == EXIT_TLS and "unknown issuer" in p.stderr, p
+    p = n.cli("token", "--user", user, "--cacert", stack.ca, "-c", str(n.conf))
+    assert p.returncode == 2 and "--revoke" in p.stderr, p

@@ -231,128 +231,169 @@ static void describe_refusal(long vr, const char *host, const char *authority, c
              failure.subject[0] ? failure.subject : "(empty)", extra, fix);
 }
 
-int tlsc_connect(int fd, const char *host, const char *authority, uint64_t deadline, SSL **out,
-                 char *err, size_t errlen)
+SSL *tlsc_new(int fd, const char *host, char *err, size_t errlen)
 {
     unsigned char ipbuf[sizeof(struct in6_addr)];
     int is_ip = inet_pton(AF_INET, host, ipbuf) == 1 || inet_pton(AF_INET6, host, ipbuf) == 1;
     SSL *ssl = SSL_new(ctx);
-    int rc;
 
     if (ssl == NULL || SSL_set_fd(ssl, fd) != 1) {
         snprintf(err, errlen, "TLS: cannot start a connection: %s", ssl_reason());
-        rc = -ENOMEM;
         goto fail;
     }
     /* RFC 6066 3: SNI carries host names only, never address literals. */
-    if (is_ip) {
-        if (X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host) != 1)
-            goto badhost;
-    } else if (SSL_set_tlsext_host_name(ssl, host) != 1 || SSL_set1_host(ssl, host) != 1) {
-        goto badhost;
+    if (is_ip ? X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), host) != 1
+              : SSL_set_tlsext_host_name(ssl, host) != 1 || SSL_set1_host(ssl, host) != 1) {
+        snprintf(err, errlen, "TLS: cannot set up the host name check for '%s'", host);
+        goto fail;
     }
     if (saved_session != NULL)
         SSL_set_session(ssl, saved_session);
-    memset(&failure, 0, sizeof(failure));
-    failure.error = X509_V_OK;
-    ERR_clear_error();
-    for (;;) {
-        int r = SSL_connect(ssl), e;
-
-        if (r == 1)
-            break;
-        e = SSL_get_error(ssl, r);
-        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-            rc = pollwait_fd(fd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline);
-            if (rc == -ETIMEDOUT) {
-                snprintf(err, errlen, "TLS handshake with %s: no answer in time", authority);
-                goto fail;
-            }
-            if (rc < 0) {
-                snprintf(err, errlen, "TLS handshake with %s: %s", authority, strerror(-rc));
-                goto fail;
-            }
-            continue;
-        }
-        if (SSL_get_verify_result(ssl) != X509_V_OK) {
-            describe_refusal(SSL_get_verify_result(ssl), host, authority, err, errlen);
-            ERR_clear_error();
-            refused = 1;
-            rc = -TLSC_EVERIFY;
-            goto fail;
-        }
-        if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0)
-            snprintf(err, errlen, "TLS handshake with %s: the connection was closed%s%s",
-                     authority, errno ? ": " : "", errno ? strerror(errno) : "");
-        else
-            snprintf(err, errlen, "TLS handshake with %s failed: %s (is it a TLS port?)",
-                     authority, ssl_reason());
-        rc = -EPROTO;
-        goto fail;
-    }
-    *out = ssl;
-    return 0;
-badhost:
-    snprintf(err, errlen, "TLS: cannot set up the host name check for '%s'", host);
-    rc = -EINVAL;
+    return ssl;
 fail:
     ERR_clear_error();
     SSL_free(ssl);
-    return rc;
+    return NULL;
+}
+
+/* The poll() events OpenSSL waits for after error 'e', 0 when it waits for none. */
+static short want_of(int e)
+{
+    return e == SSL_ERROR_WANT_READ ? POLLIN : e == SSL_ERROR_WANT_WRITE ? POLLOUT : 0;
+}
+
+int tlsc_handshake_step(SSL *ssl, const char *host, const char *authority, short *want,
+                        char *err, size_t errlen)
+{
+    int r, e;
+
+    memset(&failure, 0, sizeof(failure));
+    failure.error = X509_V_OK;
+    ERR_clear_error();
+    r = SSL_connect(ssl);
+    if (r == 1)
+        return 1;
+    e = SSL_get_error(ssl, r);
+    *want = want_of(e);
+    if (*want != 0)
+        return 0;
+    if (SSL_get_verify_result(ssl) != X509_V_OK) {
+        describe_refusal(SSL_get_verify_result(ssl), host, authority, err, errlen);
+        ERR_clear_error();
+        refused = 1;
+        return -TLSC_EVERIFY;
+    }
+    if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0)
+        snprintf(err, errlen, "TLS handshake with %s: the connection was closed%s%s", authority,
+                 errno ? ": " : "", errno ? strerror(errno) : "");
+    else
+        snprintf(err, errlen, "TLS handshake with %s failed: %s (is it a TLS port?)", authority,
+                 ssl_reason());
+    ERR_clear_error();
+    return -EPROTO;
+}
+
+ssize_t tlsc_read_step(SSL *ssl, char *buf, size_t len, short *want)
+{
+    size_t n = 0;
+    int e;
+
+    ERR_clear_error();
+    if (SSL_read_ex(ssl, buf, len, &n) == 1)
+        return (ssize_t)n;
+    e = SSL_get_error(ssl, 0);
+    if (e == SSL_ERROR_ZERO_RETURN)
+        return 0;
+    *want = want_of(e);
+    if (*want != 0)
+        return -EAGAIN;
+    /* With SSL_OP_IGNORE_UNEXPECTED_EOF a bare close is ZERO_RETURN; this is worse. */
+    if (e == SSL_ERROR_SYSCALL && errno != 0)
+        return -errno;
+    ERR_clear_error();
+    return -EPROTO;
+}
+
+ssize_t tlsc_write_step(SSL *ssl, const char *buf, size_t len, short *want)
+{
+    size_t n = 0;
+    int e;
+
+    ERR_clear_error();
+    if (SSL_write_ex(ssl, buf, len, &n) == 1)
+        return (ssize_t)n;
+    e = SSL_get_error(ssl, 0);
+    *want = want_of(e);
+    if (*want != 0)
+        return -EAGAIN;
+    if (e == SSL_ERROR_SYSCALL && errno != 0)
+        return -errno;
+    ERR_clear_error();
+    return -EPIPE;
+}
+
+int tlsc_connect(int fd, const char *host, const char *authority, uint64_t deadline, SSL **out,
+                 char *err, size_t errlen)
+{
+    SSL *ssl = tlsc_new(fd, host, err, errlen);
+    short want = 0;
+    int rc;
+
+    if (ssl == NULL)
+        return -EPROTO;
+    while ((rc = tlsc_handshake_step(ssl, host, authority, &want, err, errlen)) == 0) {
+        rc = pollwait_fd(fd, want, deadline);
+        if (rc < 0) {
+            snprintf(err, errlen, "TLS handshake with %s: %s", authority,
+                     rc == -ETIMEDOUT ? "no answer in time" : strerror(-rc));
+            break;
+        }
+    }
+    if (rc < 0) {
+        SSL_free(ssl);
+        return rc;
+    }
+    *out = ssl;
+    return 0;
 }
 
 int tlsc_recv(SSL *ssl, int fd, char *buf, size_t len, uint64_t deadline, size_t *got)
 {
     *got = 0;
     for (;;) {
-        size_t n = 0;
-        int e, rc;
+        short want = 0;
+        ssize_t n = tlsc_read_step(ssl, buf, len, &want);
+        int rc;
 
-        ERR_clear_error();
-        if (SSL_read_ex(ssl, buf, len, &n) == 1) {
-            *got = n;
+        if (n >= 0) {
+            *got = (size_t)n;
             return 0;
         }
-        e = SSL_get_error(ssl, 0);
-        if (e == SSL_ERROR_ZERO_RETURN)
-            return 0;
-        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-            rc = pollwait_fd(fd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline);
-            if (rc < 0)
-                return rc;
-            continue;
-        }
-        /* With SSL_OP_IGNORE_UNEXPECTED_EOF a bare close is ZERO_RETURN; this is worse. */
-        if (e == SSL_ERROR_SYSCALL && errno != 0)
-            return -errno;
-        ERR_clear_error();
-        return -EPROTO;
+        if (n != -EAGAIN)
+            return (int)n;
+        rc = pollwait_fd(fd, want, deadline);
+        if (rc < 0)
+            return rc;
     }
 }
 
 int tlsc_send_all(SSL *ssl, int fd, const char *buf, size_t len, uint64_t deadline)
 {
     while (len > 0) {
-        size_t n = 0;
-        int e, rc;
+        short want = 0;
+        ssize_t n = tlsc_write_step(ssl, buf, len, &want);
+        int rc;
 
-        ERR_clear_error();
-        if (SSL_write_ex(ssl, buf, len, &n) == 1) {
+        if (n > 0) {
             buf += n;
-            len -= n;
+            len -= (size_t)n;
             continue;
         }
-        e = SSL_get_error(ssl, 0);
-        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
-            rc = pollwait_fd(fd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, deadline);
-            if (rc < 0)
-                return rc;
-            continue;
-        }
-        if (e == SSL_ERROR_SYSCALL && errno != 0)
-            return -errno;
-        ERR_clear_error();
-        return -EPIPE;
+        if (n != -EAGAIN)
+            return n < 0 ? (int)n : -EPIPE;
+        rc = pollwait_fd(fd, want, deadline);
+        if (rc < 0)
+            return rc;
     }
     return 0;
 }

@@ -21,6 +21,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include <openssl/ssl.h>
 
@@ -48,6 +49,26 @@ int tlsc_ready(void);
  */
 int tlsc_connect(int fd, const char *host, const char *authority, uint64_t deadline, SSL **out,
                  char *err, size_t errlen);
+
+/*
+ * The same in pieces, for a caller with its own poll() loop (probe's many
+ * sockets): tlsc_new prepares the connection on 'fd' (NULL with err set);
+ * each tlsc_handshake_step returns 1 when done, 0 to be called again once
+ * fd is ready for *want (POLLIN or POLLOUT), or a negative errno with err
+ * set as tlsc_connect says. Free with tlsc_close.
+ */
+SSL *tlsc_new(int fd, const char *host, char *err, size_t errlen);
+int tlsc_handshake_step(SSL *ssl, const char *host, const char *authority, short *want,
+                        char *err, size_t errlen);
+
+/*
+ * One read or write, never waiting: the bytes moved (> 0), 0 at the end of
+ * the stream (read), -EAGAIN with *want set to what to poll for, or another
+ * negative errno. A read may have more bytes than the socket shows: read
+ * until -EAGAIN.
+ */
+ssize_t tlsc_read_step(SSL *ssl, char *buf, size_t len, short *want);
+ssize_t tlsc_write_step(SSL *ssl, const char *buf, size_t len, short *want);
 
 /*
  * Reads what is there (at most len bytes) before the deadline. Returns 0

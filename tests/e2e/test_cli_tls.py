@@ -447,3 +447,17 @@ def test_token_revoke_over_tls(stack):
     assert p.returncode == EXIT_TLS and "unknown issuer" in p.stderr, p
     p = n.cli("token", "--user", user, "--cacert", stack.ca, "-c", str(n.conf))
     assert p.returncode == 2 and "--revoke" in p.stderr, p
+
+
+# -- probe over TLS --------------------------------------------------------------
+
+def test_probe_over_tls(stack):
+    # Loopback forgets nothing: every hold up to --max survives, through TLS and nginx.
+    user = harness.unique("prb")
+    p = stack.n.cli("probe", "--url", url(stack, "good"), "--cacert", stack.ca,
+                    "--token", stack.n.token(user), "--min", "1", "--max", "2", timeout=60)
+    assert p.returncode == 0, p
+    assert "probe 1 s: survived" in p.stdout and "probe 2 s: survived" in p.stdout, p.stdout
+    p = stack.n.cli("probe", "--url", url(stack, "wronghost"), "--cacert", stack.ca,
+                    "--token", stack.n.token(user), "--min", "1", "--max", "2", timeout=60)
+    assert p.returncode == EXIT_TLS and "host name mismatch" in p.stderr, p

@@ -47,8 +47,8 @@ enum cli_opt {
 
 /* The --help lines describing the server options (--url, --token, -c, --secret-file, TLS). */
 #define CLI_SERVER_HELP                                                                 \
-    "  --url URL             server, http[s]://HOST[:PORT][/PATH] (default $NUDGE_URL,\n" \
-    "                        else " CLI_DEFAULT_URL ")\n"                              \
+    "  --url URL             server, http[s]://HOST[:PORT][/PATH] (default\n"          \
+    "                        $NUDGE_URL, else " CLI_DEFAULT_URL ")\n"                  \
     "  --cacert FILE         https: trust the CA (or self-signed) certificates in\n"   \
     "                        this PEM file instead of the system's (default\n"         \
     "                        $NUDGE_CACERT, else /etc/ssl/certs)\n"                    \
@@ -57,7 +57,9 @@ enum cli_opt {
     "  --token TOKEN         bearer token (default $NUDGE_TOKEN)\n"                     \
     "  -c, --config FILE     nudged.conf whose secret mints a token when no --token\n" \
     "                        is given (local use; needs read access to the secret)\n"   \
-    "  --secret-file PATH    the same, naming the secret file directly\n"
+    "  --secret-file PATH    the same, naming the secret file directly\n"             \
+    "An https:// server's certificate that is refused (expired, unknown issuer,\n"    \
+    "host name mismatch) ends the command with exit status 3.\n"
 
 /* Where a server-talking command gets its server and credential. */
 struct cli_server {

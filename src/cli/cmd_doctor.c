@@ -253,7 +253,9 @@ static int check_server(struct doctor *d, const char *url)
     else
         report(d, LVL_WARN, "server: %s answered /healthz in %llu ms over plain HTTP, to an "
                             "address that is not loopback: tokens cross the network in the "
-                            "clear; fix: put a TLS-terminating proxy in front of nudged",
+                            "clear; fix: give nudged a tls listener ([server] listen = "
+                            "0.0.0.0:443 tls, [tls] cert and key) or a TLS-terminating "
+                            "proxy, and use https://",
                url, (unsigned long long)ms);
     return 0;
 }

@@ -34,8 +34,9 @@ pytestmark = [
 ]
 
 EXIT_TLS = 3
-KINDS = ("good", "expired", "wronghost", "soon", "selfsigned", "notickets")
-# "notickets": the good certificate on a server with neither tickets nor a session cache.
+KINDS = ("good", "expired", "wronghost", "soon", "selfsigned", "notickets", "tls12")
+# "notickets": the good certificate on a server with neither tickets nor a session cache;
+# "tls12": the good certificate on a server that speaks TLS 1.2 only.
 
 CONF = """
 worker_processes 1;
@@ -61,7 +62,7 @@ SERVER = """
         listen 127.0.0.1:{port} ssl;
         ssl_certificate {cert};
         ssl_certificate_key {key};
-        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_protocols {protocols};
         ssl_session_tickets {tickets};
         location / {{
             proxy_pass http://nudge;
@@ -133,9 +134,11 @@ def stack(tmp_path_factory):
         ngx = tmp / "nginx"
         ngx.mkdir()
         ports = {k: free_port() for k in KINDS}
-        certs["notickets"] = certs["good"]
+        certs["notickets"] = certs["tls12"] = certs["good"]
         servers = "".join(SERVER.format(port=ports[k], cert=certs[k][0], key=certs[k][1],
-                                        tickets="off" if k == "notickets" else "on") for k in KINDS)
+                                        tickets="off" if k == "notickets" else "on",
+                                        protocols="TLSv1.2" if k == "tls12" else "TLSv1.2 TLSv1.3")
+                          for k in KINDS)
         (ngx / "nginx.conf").write_text(CONF.format(tmp=ngx, nudge=n.port, servers=servers))
         ng = subprocess.Popen([NGINX, "-p", str(ngx), "-c", str(ngx / "nginx.conf")],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -325,6 +328,15 @@ def test_doctor_warns_when_nothing_resumes(stack):
     res = lines_of(p, "resumption:")
     # TLS 1.3 still hands out a ticket the server then cannot take back: WARN either way.
     assert res and res[0].startswith("WARN ") and "full handshake" in res[0], p.stdout
+    assert p.returncode == 0, p
+
+
+def test_doctor_over_tls12_resumes_with_a_ticket(stack):
+    p = doctor(stack, "tls12", "--cacert", stack.ca)
+    tls = lines_of(p, "TLS:")
+    assert tls and tls[0].startswith("OK ") and "TLSv1.2" in tls[0] and "ALPN http/1.1" in tls[0], p.stdout
+    res = lines_of(p, "resumption:")
+    assert res and res[0].startswith("OK ") and "session ticket" in res[0], p.stdout
     assert p.returncode == 0, p
 
 

@@ -8,7 +8,9 @@
  * certificate is not kept on the session, and SSL_get_verify_result alone
  * does not say which certificate failed. The callback records the first
  * failure (error, depth, subject, validity) so the sentence can name it.
- * The CLI runs one connection at a time, so a file-scope record is enough.
+ * The record is made and read within the one SSL_connect call that met the
+ * failure, so a file-scope record is enough, even for probe's parallel
+ * handshakes (one thread).
  */
 #include "cli/tlsc.h"
 
@@ -120,21 +122,23 @@ SSL_SESSION *tlsc_session(void)
     return saved_session;
 }
 
-/* The first queued OpenSSL error as text, for sentences; clears the queue. */
+/*
+ * The reason of the last queued OpenSSL error, for sentences ("certificate
+ * verify failed" from "error:0A000086:SSL routines::certificate verify
+ * failed"); clears the queue.
+ */
 static const char *ssl_reason(void)
 {
     static char buf[256];
     unsigned long e = ERR_peek_last_error();
+    char *p;
 
     if (e == 0)
         return "no reason given";
     ERR_error_string_n(e, buf, sizeof(buf));
     ERR_clear_error();
-    /* "error:0A000086:SSL routines::certificate verify failed": keep the last part. */
-    {
-        char *p = strrchr(buf, ':');
-        return p && p[1] ? p + 1 : buf;
-    }
+    p = strrchr(buf, ':');
+    return p && p[1] ? p + 1 : buf;
 }
 
 int tlsc_setup(const char *cacert, int insecure, char *err, size_t errlen)

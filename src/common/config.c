@@ -274,8 +274,8 @@ static const struct option_def options[] = {
      "SameSite=Strict), which GET /v1/stream accepts from a browser (docs/auth.md)."},
     {"auth", "cookie_secure", "auth-cookie-secure", OPT_CHOICE, FIELD(auth_cookie_secure), 0, 0,
      "auto", cookie_secure_modes, "auto|yes|no",
-     "The login cookie's Secure attribute: auto when the request came over TLS (nudged has no "
-     "TLS listener yet, so never), yes behind a TLS proxy, no never."},
+     "The login cookie's Secure attribute: auto when the request came over a tls listener, "
+     "yes behind a TLS proxy, no never."},
     {"auth", "ticket_ttl", "auth-ticket-ttl", OPT_UINT, FIELD(auth_ticket_ttl), 1, 300, "60", NULL,
      "SECONDS", "Lifetime of the single-use tickets of POST /v1/ticket (at most 300)."},
     {"auth", "tickets_max", "auth-tickets-max", OPT_UINT, FIELD(auth_tickets_max), 1, 10000000,

@@ -40,15 +40,12 @@ void login_init(struct login *l, const struct config *cfg, const struct secret *
 }
 
 /*
- * Did the request come over TLS? The hook for the day nudged has a TLS
- * listener: [auth] cookie_secure = auto asks it. Today every listener is
- * plain TCP, so the answer is no; behind a TLS proxy, set cookie_secure =
- * yes.
+ * Did the request come over TLS? [auth] cookie_secure = auto asks it: yes on
+ * a listener with the tls flag; behind a TLS proxy, set cookie_secure = yes.
  */
 static int came_over_tls(const struct conn *c)
 {
-    (void)c;
-    return 0;
+    return conn_is_tls(c);
 }
 
 /* The answer's header lines into out[outlen]: no-store, and the cookie when it is on. */

@@ -266,6 +266,18 @@ static short want_of(int e)
     return e == SSL_ERROR_WANT_READ ? POLLIN : e == SSL_ERROR_WANT_WRITE ? POLLOUT : 0;
 }
 
+/* What a handshake failure's reason usually means, for the sentence ("" when unsure). */
+static const char *handshake_hint(const char *why)
+{
+    if (strstr(why, "wrong version number") || strstr(why, "packet length too long") ||
+        strstr(why, "http request"))
+        return " (the server does not speak TLS there: is it a plain http:// port?)";
+    if (strstr(why, "protocol version") || strstr(why, "unsupported protocol") ||
+        strstr(why, "no protocols available"))
+        return " (nudge speaks TLS 1.2 and 1.3 only; the server offers neither)";
+    return "";
+}
+
 int tlsc_handshake_step(SSL *ssl, const char *host, const char *authority, short *want,
                         char *err, size_t errlen)
 {
@@ -290,9 +302,11 @@ int tlsc_handshake_step(SSL *ssl, const char *host, const char *authority, short
     if (e == SSL_ERROR_SYSCALL && ERR_peek_error() == 0)
         snprintf(err, errlen, "TLS handshake with %s: the connection was closed%s%s", authority,
                  errno ? ": " : "", errno ? strerror(errno) : "");
-    else
-        snprintf(err, errlen, "TLS handshake with %s failed: %s (is it a TLS port?)", authority,
-                 ssl_reason());
+    else {
+        const char *why = ssl_reason();
+        snprintf(err, errlen, "TLS handshake with %s failed: %s%s", authority, why,
+                 handshake_hint(why));
+    }
     ERR_clear_error();
     return -EPROTO;
 }

@@ -13,7 +13,8 @@ and the subject), --insecure works and warns, doctor's TLS report
 (protocol, cipher, ALPN, chain, expiry, host name, resumption). Then the
 same against nudged's own TLS (a listener with the tls flag): publish, ping,
 a refusal, and doctor's report of the chain nudged sends and of resumption
-with its tickets.
+with its tickets. Also: listen's registration, token --revoke and probe
+over TLS, and a server that speaks only TLS 1.0/1.1 (Python's ssl) refused.
 """
 import os
 import shutil
@@ -281,12 +282,50 @@ def test_bad_cacert_is_a_usage_error(stack, tmp_path):
 
 def test_plain_http_port_with_https_url(stack):
     # nudged itself speaks plain HTTP: the handshake fails, an ordinary network failure.
-    p, _ = publish(stack, "good", host="127.0.0.1")
     p = stack.n.cli("publish", "--user", "x", "--folder", "INBOX",
                     "--url", f"https://127.0.0.1:{stack.n.port}", "--cacert", stack.ca,
                     "--token", stack.n.publisher_token())
     assert p.returncode == 1, p
-    assert "TLS handshake" in p.stderr, p.stderr
+    assert "TLS handshake" in p.stderr and "plain http:// port" in p.stderr, p.stderr
+
+
+def test_tls_below_1_2_is_refused(stack, tmp_path):
+    # A real TLS server (Python's ssl, on OpenSSL) that speaks TLS 1.0 and 1.1 only.
+    import ssl
+    import threading
+    import warnings
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_1
+    ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    ctx.load_cert_chain(*stack.certs["good"])
+    ls = socket.socket()
+    ls.bind(("127.0.0.1", 0))
+    ls.listen()
+    seen = []
+
+    def serve():
+        c, _ = ls.accept()
+        try:
+            ctx.wrap_socket(c, server_side=True)
+        except (ssl.SSLError, OSError) as e:
+            seen.append(str(e))
+        finally:
+            c.close()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        p = stack.n.cli("publish", "--user", "u", "--folder", "INBOX", "--cacert", stack.ca,
+                        "--url", f"https://127.0.0.1:{ls.getsockname()[1]}", "--token", "x")
+        t.join(harness.WAIT)
+    finally:
+        ls.close()
+    assert p.returncode == 1, p
+    assert "TLS 1.2 and 1.3 only" in p.stderr, p.stderr
+    assert seen and "unsupported protocol" in seen[0].lower(), seen
 
 
 # -- doctor --------------------------------------------------------------------

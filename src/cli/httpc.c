@@ -6,6 +6,8 @@
  * signals or threads. An answer is parsed by llhttp as it arrives; the
  * parser lives on the stack for the duration of one request (its 96 bytes
  * are not worth keeping), and stops at the end of the first complete answer.
+ * For https:// the same bytes go through tlsc (the handshake right after the
+ * TCP connect, then SSL_read / SSL_write with the same deadlines).
  *
  * Cost: one request is one malloc for the outgoing bytes and one growing
  * buffer for the answer's body (bounded at HTTPC_BODY_MAX). A kept-alive

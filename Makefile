@@ -77,6 +77,8 @@ NUDGED_SRC := $(COMMON_SRC) $(AUTH_SRC) $(PASSWD_SRC) $(HTTP_SRC) $(NET_SRC) $(T
 NUDGE_SRC := $(COMMON_SRC) $(AUTH_SRC) $(HTTP_SRC) $(DGRAM_SRC) \
 	src/cli/main.c \
 	src/cli/httpc.c \
+	src/cli/tlsc.c \
+	src/cli/pollwait.c \
 	src/cli/udpsock.c \
 	src/cli/cmd_token.c \
 	src/cli/cmd_publish.c \

@@ -7,7 +7,9 @@
  *
  * Exit codes are the same for every subcommand: CLI_EXIT_OK, CLI_EXIT_FAIL
  * (the server said no, or the network failed), CLI_EXIT_USAGE (the command
- * line is wrong: one line naming the problem and pointing to --help).
+ * line is wrong: one line naming the problem and pointing to --help),
+ * CLI_EXIT_TLS (an https:// server's certificate was refused: main() turns
+ * a command's CLI_EXIT_FAIL into it when tlsc_refused()).
  */
 #ifndef NUDGE_CLI_H
 #define NUDGE_CLI_H
@@ -23,6 +25,7 @@
 #define CLI_EXIT_OK 0
 #define CLI_EXIT_FAIL 1
 #define CLI_EXIT_USAGE 2
+#define CLI_EXIT_TLS 3
 
 #define CLI_DEFAULT_URL "http://127.0.0.1:8080"
 /* User tokens expire so a leaked one stops working; a month spares re-minting. */
@@ -37,17 +40,26 @@ enum cli_opt {
     CLI_OPT_URL = 256,
     CLI_OPT_TOKEN,
     CLI_OPT_SECRET_FILE,
+    CLI_OPT_CACERT,
+    CLI_OPT_INSECURE,
     CLI_OPT_FIRST_OWN, /* each command numbers its own long-only options from here */
 };
 
-/* The --help lines describing the server options (--url, --token, -c, --secret-file). */
+/* The --help lines describing the server options (--url, --token, -c, --secret-file, TLS). */
 #define CLI_SERVER_HELP                                                                 \
-    "  --url URL             server, http://HOST[:PORT][/PATH] (default $NUDGE_URL,\n"  \
-    "                        else " CLI_DEFAULT_URL ")\n"                              \
+    "  --url URL             server, http[s]://HOST[:PORT][/PATH] (default\n"          \
+    "                        $NUDGE_URL, else " CLI_DEFAULT_URL ")\n"                  \
+    "  --cacert FILE         https: trust the CA (or self-signed) certificates in\n"   \
+    "                        this PEM file instead of the system's (default\n"         \
+    "                        $NUDGE_CACERT, else /etc/ssl/certs)\n"                    \
+    "  --insecure            https: do not check the server's certificate (tests\n"    \
+    "                        only; prints a warning)\n"                                \
     "  --token TOKEN         bearer token (default $NUDGE_TOKEN)\n"                     \
     "  -c, --config FILE     nudged.conf whose secret mints a token when no --token\n" \
     "                        is given (local use; needs read access to the secret)\n"   \
-    "  --secret-file PATH    the same, naming the secret file directly\n"
+    "  --secret-file PATH    the same, naming the secret file directly\n"             \
+    "An https:// server's certificate that is refused (expired, unknown issuer,\n"    \
+    "host name mismatch) ends the command with exit status 3.\n"
 
 /* Where a server-talking command gets its server and credential. */
 struct cli_server {
@@ -56,6 +68,8 @@ struct cli_server {
     const char *token_env;    /* $NUDGE_TOKEN (NULL when unset or empty) */
     const char *config_file;  /* -c / --config: mint from its secret */
     const char *secret_file;  /* --secret-file: mint from this secret */
+    const char *cacert;       /* --cacert, else $NUDGE_CACERT (NULL: the system store) */
+    int insecure;             /* --insecure */
 };
 
 /*
@@ -72,7 +86,9 @@ struct cli_server {
  * (ending with an all-zero entry; long-only ones valued from
  * CLI_OPT_FIRST_OWN, and one valued with a character is also that short
  * option); -h/--help; and, when 'srv' is not NULL, the server options
- * --url, --token, -c/--config and --secret-file. Long options may be
+ * --url, --token, -c/--config, --secret-file, --cacert and --insecure (with
+ * an https:// URL it then sets up TLS: tlsc_setup, a bad --cacert being a
+ * usage error). Long options may be
  * abbreviated as getopt_long allows. 'srv' is filled from the environment
  * (NUDGE_URL, NUDGE_TOKEN), then from its options. Each of the command's own
  * options, in command-line order, goes to on_option(arg, cmd, opt, value)
@@ -104,6 +120,14 @@ int cli_parse_args(const char *cmd, int argc, char **argv, const struct option *
  */
 int cli_server_token(const struct cli_server *srv, const char *cmd, enum token_kind kind,
                      const char *mint_subject, int64_t mint_ttl, char *out);
+
+/*
+ * Sets up TLS (tlsc_setup) when 'url' is https://, so a bad --cacert is told
+ * before anything is sent: CLI_ARGS_PARSED, or CLI_EXIT_USAGE after saying
+ * why. cli_parse_args does it for the server options; token --revoke, which
+ * has its own, calls it itself.
+ */
+int cli_tls_setup(const char *cmd, const char *url, const char *cacert, int insecure);
 
 struct httpc_response;
 

@@ -4,6 +4,9 @@
  * wrong:
  *
  *   1. server   GET /healthz answers {"status":"ok"}; plain HTTP off loopback
+ *      TLS      (https:// only) protocol, cipher, ALPN, each certificate of
+ *               the chain with its expiry, the chain's verification, the
+ *               host name, and whether a second connection resumes
  *   2. token    GET /v1/state?folders=INBOX takes the token as a user's
  *   3. clock    the answers' Date header against the local clock
  *   4. UDP      POST /v1/udp/test: does the test datagram arrive?
@@ -23,6 +26,7 @@
  */
 #include <errno.h>
 #include <getopt.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <stdarg.h>
@@ -36,9 +40,12 @@
 
 #include <jansson.h>
 #include <openssl/rand.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 
 #include "cli/cli.h"
 #include "cli/httpc.h"
+#include "cli/tlsc.h"
 #include "cli/udpsock.h"
 #include "common/util.h"
 #include "udp/datagram.h"
@@ -71,6 +78,9 @@ enum {
 #define DEVICE_MAX 128
 #define REASON_MAX 512
 #define ADDR_STR_MAX (INET6_ADDRSTRLEN + 16)
+/* Two weeks: time to notice the warning and renew before devices start refusing. */
+#define CERT_WARN_DAYS 14
+#define CERT_NAME_MAX 256
 
 enum level { LVL_OK, LVL_WARN, LVL_FAIL };
 
@@ -78,6 +88,8 @@ struct doctor {
     struct httpc http;
     const char *token;
     const char *device;
+    const char *cacert;        /* --cacert / $NUDGE_CACERT, for the TLS report */
+    int insecure;              /* --insecure */
     unsigned udp_port;
     unsigned udp_timeout;
     int probe;
@@ -108,8 +120,12 @@ void cmd_doctor_usage(FILE *out)
             "  OK   ping: answered in 2 ms; heartbeat min 60 s, max 1680 s, heartbeat_hint 60 s\n"
             "The checks, in order:\n"
             "  1 server   GET /healthz; WARN for plain HTTP to an address that is not\n"
-            "             loopback (tokens cross the network in the clear); FAIL for\n"
-            "             https:// URLs, which nudge does not support yet\n"
+            "             loopback (tokens cross the network in the clear)\n"
+            "    TLS      https:// only: protocol, cipher and ALPN; each certificate of the\n"
+            "             chain (subject, issuer, not after): WARN under %d days left,\n"
+            "             FAIL expired or not yet valid; the chain's verification (FAIL\n"
+            "             when devices would refuse it, also with --insecure); the host\n"
+            "             name; resumption (WARN when a second connection does not resume)\n"
             "  2 token    GET /v1/state with the token\n"
             "  3 clock    the server's Date header: OK within %d s, WARN up to %d s, else FAIL\n"
             "  4 UDP      POST /v1/udp/test: a test datagram must arrive within --udp-timeout;\n"
@@ -135,8 +151,9 @@ void cmd_doctor_usage(FILE *out)
             "\n"
             "Server options:\n" CLI_SERVER_HELP
             "\n"
-            "Exit status: 0 no check failed (WARN is fine); 1 a check failed; 2 usage.\n",
-            SKEW_OK_S, SKEW_WARN_S, DOCTOR_DEFAULT_DEVICE, DOCTOR_UDP_TIMEOUT_S,
+            "Exit status: 0 no check failed (WARN is fine); 1 a check failed; 2 usage;\n"
+            "3 the https server's certificate was refused.\n",
+            CERT_WARN_DAYS, SKEW_OK_S, SKEW_WARN_S, DOCTOR_DEFAULT_DEVICE, DOCTOR_UDP_TIMEOUT_S,
             DOCTOR_UDP_TIMEOUT_MAX_S);
 }
 
@@ -199,10 +216,17 @@ static int check_server(struct doctor *d, const char *url)
     json_t *root;
     int ok;
 
-    if (request(d, "GET", "/healthz", NULL, NULL, &resp, err, sizeof(err)) < 0) {
+    int rc = request(d, "GET", "/healthz", NULL, NULL, &resp, err, sizeof(err));
+
+    if (rc == -TLSC_EVERIFY) {
+        /* The sentence names what failed and has its own fix. */
+        report(d, LVL_FAIL, "server: %s", err);
+        return -1;
+    }
+    if (rc < 0) {
         report(d, LVL_FAIL, "server: %s; fix: check --url, and that nudged runs and listens "
-                            "there ([server] listen)",
-               err);
+                            "there ([server] listen%s)",
+               err, d->http.tls ? " with tls" : "");
         return -1;
     }
     ms = util_now_ms() - t0;
@@ -220,15 +244,138 @@ static int check_server(struct doctor *d, const char *url)
         return -1;
     }
     httpc_response_free(&resp);
-    if (peer_is_loopback(d))
+    if (d->http.tls)
+        report(d, LVL_OK, "server: %s answered /healthz in %llu ms (TLS)", url,
+               (unsigned long long)ms);
+    else if (peer_is_loopback(d))
         report(d, LVL_OK, "server: %s answered /healthz in %llu ms (plain HTTP, loopback)", url,
                (unsigned long long)ms);
     else
         report(d, LVL_WARN, "server: %s answered /healthz in %llu ms over plain HTTP, to an "
                             "address that is not loopback: tokens cross the network in the "
-                            "clear; fix: put a TLS-terminating proxy in front of nudged",
+                            "clear; fix: give nudged a tls listener ([server] listen = "
+                            "0.0.0.0:443 tls, [tls] cert and key) or a TLS-terminating "
+                            "proxy, and use https://",
                url, (unsigned long long)ms);
     return 0;
+}
+
+/* -- 1b. TLS ------------------------------------------------------------------ */
+
+/* One certificate of the chain: its names, dates and what they mean. */
+static void report_cert(struct doctor *d, int i, X509 *x)
+{
+    char subject[CERT_NAME_MAX], issuer[CERT_NAME_MAX], after[40];
+    const ASN1_TIME *na = X509_get0_notAfter(x);
+    int days = 0, secs = 0;
+
+    tlsc_subject(x, subject, sizeof(subject));
+    tlsc_issuer(x, issuer, sizeof(issuer));
+    tlsc_time(na, after, sizeof(after));
+    if (X509_cmp_current_time(X509_get0_notBefore(x)) > 0) {
+        char before[40];
+        tlsc_time(X509_get0_notBefore(x), before, sizeof(before));
+        report(d, LVL_FAIL, "certificate %d: subject %s, issuer %s: not valid before %s; fix: "
+                            "check both clocks, or the certificate's dates",
+               i, subject, issuer, before);
+        return;
+    }
+    if (ASN1_TIME_diff(&days, &secs, NULL, na) != 1) {
+        report(d, LVL_FAIL, "certificate %d: subject %s: its not-after date cannot be read", i,
+               subject);
+        return;
+    }
+    if (days < 0 || secs < 0 || (days == 0 && secs == 0))
+        report(d, LVL_FAIL, "certificate %d: subject %s, issuer %s, not after %s: expired %d "
+                            "days ago; fix: renew it",
+               i, subject, issuer, after, days < 0 ? -days : 0);
+    else if (days < CERT_WARN_DAYS)
+        report(d, LVL_WARN, "certificate %d: subject %s, issuer %s, not after %s: %d days left; "
+                            "fix: renew it before devices start refusing it",
+               i, subject, issuer, after, days);
+    else
+        report(d, LVL_OK, "certificate %d: subject %s, issuer %s, not after %s (%d days left)",
+               i, subject, issuer, after, days);
+}
+
+/* Whether the leaf names the URL's host: DNS names for a name, IP addresses for a literal. */
+static int names_host(X509 *leaf, const char *host)
+{
+    unsigned char ip[16];
+
+    if (inet_pton(AF_INET, host, ip) == 1 || inet_pton(AF_INET6, host, ip) == 1)
+        return X509_check_ip_asc(leaf, host, 0) == 1;
+    return X509_check_host(leaf, host, 0, 0, NULL) == 1;
+}
+
+/*
+ * Reports the TLS of the connection check_server opened (the first of the
+ * process, so a full handshake with the whole chain), then reconnects with
+ * the session it left, to tell whether resumption works.
+ */
+static void check_tls(struct doctor *d)
+{
+    SSL *ssl = d->http.ssl;
+    STACK_OF(X509) *chain;
+    X509 *leaf;
+    const unsigned char *alpn = NULL;
+    unsigned alpn_len = 0;
+    long vr;
+    SSL_SESSION *sess;
+    struct httpc_response resp;
+    char err[512];
+    int offered, rc;
+
+    if (ssl == NULL) {
+        /* The handshake was verified all the same; only the report needs the connection. */
+        report(d, LVL_WARN, "TLS: verified, but not reported: the server closed the "
+                            "connection after /healthz (keep-alive off?)");
+        return;
+    }
+    SSL_get0_alpn_selected(ssl, &alpn, &alpn_len);
+    report(d, LVL_OK, "TLS: %s, cipher %s, ALPN %.*s", SSL_get_version(ssl),
+           SSL_get_cipher_name(ssl), alpn_len ? (int)alpn_len : 4,
+           alpn_len ? (const char *)alpn : "none");
+    chain = SSL_get_peer_cert_chain(ssl);
+    for (int i = 0; chain != NULL && i < sk_X509_num(chain); i++)
+        report_cert(d, i, sk_X509_value(chain, i));
+
+    vr = SSL_get_verify_result(ssl);
+    if (!d->insecure)
+        report(d, LVL_OK, "chain: verified against %s", d->cacert ? d->cacert : "the system store");
+    else if (vr == X509_V_OK)
+        report(d, LVL_WARN, "chain: not enforced (--insecure), but it verifies against the "
+                            "system store; fix: drop --insecure");
+    else
+        report(d, LVL_FAIL, "chain: not enforced (--insecure); devices that verify refuse it: "
+                            "%s; fix: a certificate from a CA the devices trust",
+               X509_verify_cert_error_string(vr));
+
+    leaf = SSL_get0_peer_certificate(ssl);
+    if (leaf != NULL && names_host(leaf, d->http.host))
+        report(d, LVL_OK, "host name: the certificate names %s", d->http.host);
+    else
+        report(d, LVL_FAIL, "host name: the certificate does not name %s; fix: a certificate "
+                            "for the name devices use, or that name in --url",
+               d->http.host);
+
+    sess = tlsc_session();
+    offered = sess != NULL && SSL_SESSION_has_ticket(sess);
+    httpc_close(&d->http);
+    rc = request(d, "GET", "/healthz", NULL, NULL, &resp, err, sizeof(err));
+    if (rc < 0) {
+        report(d, LVL_FAIL, "resumption: reconnecting failed: %s", err);
+        return;
+    }
+    httpc_response_free(&resp);
+    if (d->http.ssl != NULL && SSL_session_reused(d->http.ssl))
+        report(d, LVL_OK, "resumption: %s; a second connection resumed it",
+               offered ? "the server offered a session ticket" : "the server kept the session");
+    else
+        report(d, LVL_WARN, "resumption: %s; a second connection paid a full handshake; fix: "
+                            "enable session tickets or a session cache on the server",
+               offered ? "the server offered a session ticket, but did not resume it"
+                       : "the server offered no session ticket");
 }
 
 /* -- 2. token ------------------------------------------------------------------- */
@@ -677,15 +824,14 @@ int cmd_doctor(int argc, char **argv)
     if (rc != CLI_EXIT_OK)
         return rc;
     d.token = token;
-    if (httpc_init(&d.http, srv.url, DOCTOR_HTTP_TIMEOUT_MS, err, sizeof(err)) < 0) {
-        /* https is a real answer about this server (check 1), other URL errors are usage. */
-        if (strncasecmp(srv.url, "https://", 8) != 0)
-            return cli_usage_error(cmd, "%s", err);
-        report(&d, LVL_FAIL, "server: %s", err);
-        return CLI_EXIT_FAIL;
-    }
+    d.cacert = srv.cacert;
+    d.insecure = srv.insecure;
+    if (httpc_init(&d.http, srv.url, DOCTOR_HTTP_TIMEOUT_MS, err, sizeof(err)) < 0)
+        return cli_usage_error(cmd, "%s", err);
 
     if (check_server(&d, srv.url) == 0) {
+        if (d.http.tls)
+            check_tls(&d);
         int token_ok = check_token(&d) == 0;
         check_clock(&d);
         if (token_ok) {

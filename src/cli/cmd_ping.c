@@ -27,6 +27,7 @@
 
 #include "cli/cli.h"
 #include "cli/httpc.h"
+#include "cli/tlsc.h"
 #include "common/log.h"
 #include "common/util.h"
 
@@ -404,7 +405,8 @@ static int run(struct ping *p, struct httpc *http, const char *token, int loop)
                                : (p->heartbeat / 2 > 0 ? p->heartbeat / 2 : 1);
         } else if (rc < 0) {
             say(p, 1, "error %s", err);
-            out = OUT_BACKOFF;
+            /* A refused certificate does not heal by retrying: stop, and say so (exit 3). */
+            out = rc == -TLSC_EVERIFY ? OUT_FATAL : OUT_BACKOFF;
         } else {
             out = on_answer(p, &resp);
             if (out == OUT_WAIT) {

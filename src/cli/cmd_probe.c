@@ -41,6 +41,11 @@
  * client never asks for more than the server will hold, and a 429 (another
  * probe of the same user running) only delays it.
  *
+ * https://: each probe does its TLS handshake (resuming the session of the
+ * ones before: tlsc) before its request leaves, so the flow is idle, as for
+ * plain HTTP, from the request's last byte; a TLS idle flow is what the
+ * middleboxes of an https deployment see.
+ *
  * The measurement is also `nudge doctor --probe`'s (cli_probe_measure in
  * cli.h): the same search, its result lines sent nowhere, the errors
  * named after the command running it.
@@ -66,6 +71,7 @@
 
 #include "cli/cli.h"
 #include "cli/httpc.h"
+#include "cli/tlsc.h"
 #include "common/util.h"
 #include "push/probe.h"
 
@@ -122,6 +128,7 @@ enum {
 enum slot_state {
     SLOT_FREE,       /* nothing: a probe may start here */
     SLOT_CONNECTING, /* non-blocking connect in progress */
+    SLOT_HANDSHAKING, /* https: connected, TLS handshake in progress */
     SLOT_SENDING,    /* connected, request partly sent */
     SLOT_WAITING,    /* request sent: the flow is idle, waiting for the answer */
     SLOT_STUCK,      /* closed by us, but nudged may still count the probe until free_at */
@@ -130,6 +137,8 @@ enum slot_state {
 struct slot {
     enum slot_state state;
     int fd;
+    SSL *ssl;              /* https: the probe's TLS, NULL otherwise */
+    short want;            /* https: what OpenSSL waits for (POLLIN / POLLOUT) */
     unsigned hold;
     uint64_t sent_ms;      /* the request's last byte left: the flow's idle time counts from here */
     uint64_t deadline_ms;  /* connect deadline, then the read timeout */
@@ -417,6 +426,7 @@ static int slot_start(struct probe_run *r, struct slot *s, unsigned hold, uint64
     }
     s->state = SLOT_CONNECTING;
     s->fd = fd;
+    s->ssl = NULL;
     s->hold = hold;
     s->req_len = (size_t)n;
     s->req_off = 0;
@@ -435,7 +445,8 @@ static int slot_start(struct probe_run *r, struct slot *s, unsigned hold, uint64
 
 static int slot_pending(const struct slot *s)
 {
-    return s->state == SLOT_CONNECTING || s->state == SLOT_SENDING || s->state == SLOT_WAITING;
+    return s->state == SLOT_CONNECTING || s->state == SLOT_HANDSHAKING ||
+           s->state == SLOT_SENDING || s->state == SLOT_WAITING;
 }
 
 /* A waiting probe past its hold + grace without an answer: probably lost. */
@@ -456,6 +467,8 @@ static void slot_close(struct probe_run *r, struct slot *s, uint64_t now)
     uint64_t idle_ms = s->state == SLOT_WAITING ? now - s->sent_ms : 0;
     int requested = s->state == SLOT_WAITING || (s->state == SLOT_SENDING && s->req_off > 0);
 
+    tlsc_close(s->ssl);
+    s->ssl = NULL;
     close(s->fd);
     s->fd = -1;
     if (!requested) {
@@ -554,14 +567,78 @@ static int on_answer(struct probe_run *r, struct slot *s, uint64_t now)
     return -1;
 }
 
+/* One read on the probe's socket, plain or TLS: bytes, 0 at the end, -EAGAIN, or -errno. */
+static ssize_t slot_recv(struct slot *s, char *buf, size_t len)
+{
+    ssize_t n;
+
+    if (s->ssl != NULL)
+        return tlsc_read_step(s->ssl, buf, len, &s->want);
+    do
+        n = recv(s->fd, buf, len, 0);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+    return n;
+}
+
+/* One write, plain or TLS: bytes written, -EAGAIN, or -errno. */
+static ssize_t slot_send(struct slot *s, const char *buf, size_t len)
+{
+    ssize_t n;
+
+    if (s->ssl != NULL)
+        return tlsc_write_step(s->ssl, buf, len, &s->want);
+    do
+        n = send(s->fd, buf, len, MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    if (n < 0)
+        return errno == EWOULDBLOCK ? -EAGAIN : -errno;
+    return n;
+}
+
+static int on_writable(struct probe_run *r, struct slot *s, uint64_t now);
+
+/*
+ * https: starts or goes on with the probe's TLS handshake, then sends the
+ * request. The handshake is over before the request leaves, so the idle
+ * time measured starts, as for plain HTTP, at the request's last byte.
+ * Returns 0 or -1 (fatal, printed: a refused certificate stops the run).
+ */
+static int on_handshake(struct probe_run *r, struct slot *s, uint64_t now)
+{
+    char err[512];
+    int rc;
+
+    if (s->ssl == NULL) {
+        s->ssl = tlsc_new(s->fd, r->http.host, err, sizeof(err));
+        if (s->ssl == NULL) {
+            errorf(r, "%s\n", err);
+            return -1;
+        }
+        s->state = SLOT_HANDSHAKING;
+    }
+    rc = tlsc_handshake_step(s->ssl, r->http.host, r->http.authority, &s->want, err,
+                             sizeof(err));
+    if (rc < 0) {
+        errorf(r, "%s\n", err);
+        return -1;
+    }
+    if (rc == 0)
+        return 0;
+    return on_writable(r, s, now);
+}
+
 /* Reads what arrived on a waiting probe. Returns 0 or -1 (fatal, printed). */
 static int on_readable(struct probe_run *r, struct slot *s, uint64_t now)
 {
     char buf[ANSWER_MAX];
     char why[96];
-    ssize_t n = recv(s->fd, buf, sizeof(buf), 0);
+    ssize_t n;
 
-    if (n < 0 && (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK))
+again:
+    n = slot_recv(s, buf, sizeof(buf));
+    if (n == -EAGAIN)
         return 0;
     if (n > 0) {
         llhttp_errno_t pe = llhttp_execute(&s->parser, buf, (size_t)n);
@@ -572,6 +649,9 @@ static int on_readable(struct probe_run *r, struct slot *s, uint64_t now)
                     s->too_big ? "too large" : llhttp_errno_name(pe));
             return -1;
         }
+        /* OpenSSL may hold more than the socket shows: poll would not say so. */
+        if (s->ssl != NULL)
+            goto again;
         return 0;
     }
     if (n == 0) {
@@ -586,7 +666,7 @@ static int on_readable(struct probe_run *r, struct slot *s, uint64_t now)
      * Either way this hold does not survive.
      */
     snprintf(why, sizeof(why), "%s after %.1f s without an answer",
-             n == 0 ? "closed" : strerror(errno), (double)(now - s->sent_ms) / 1000);
+             n == 0 ? "closed" : strerror((int)-n), (double)(now - s->sent_ms) / 1000);
     slot_close(r, s, now);
     record_lost(r, s->hold, why);
     return 0;
@@ -596,21 +676,19 @@ static int on_readable(struct probe_run *r, struct slot *s, uint64_t now)
 static int on_writable(struct probe_run *r, struct slot *s, uint64_t now)
 {
     while (s->req_off < s->req_len) {
-        ssize_t n = send(s->fd, s->req + s->req_off, s->req_len - s->req_off, MSG_NOSIGNAL);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+        ssize_t n = slot_send(s, s->req + s->req_off, s->req_len - s->req_off);
+        if (n == -EAGAIN) {
             s->state = SLOT_SENDING;
             return 0;
         }
         if (n < 0) {
-            errorf(r, "sending to %s: %s\n", r->http.authority,
-                    strerror(errno));
+            errorf(r, "sending to %s: %s\n", r->http.authority, strerror((int)-n));
             return -1;
         }
         s->req_off += (size_t)n;
     }
     s->state = SLOT_WAITING;
+    s->want = POLLIN;
     s->sent_ms = now;
     s->deadline_ms = now + LOST_AFTER_MS(s->hold);
     return 0;
@@ -631,11 +709,22 @@ static int slot_event(struct probe_run *r, struct slot *s, short revents, uint64
                         strerror(-rc));
                 return -1;
             }
+            if (r->http.tls)
+                return on_handshake(r, s, now);
             return on_writable(r, s, now);
         }
         if (now >= s->deadline_ms) {
             errorf(r, "cannot connect to %s: no answer within %d s\n",
                     r->http.authority, HTTPC_CONNECT_TIMEOUT_MS / 1000);
+            return -1;
+        }
+        return 0;
+    case SLOT_HANDSHAKING:
+        if (revents != 0)
+            return on_handshake(r, s, now);
+        if (now >= s->deadline_ms) {
+            errorf(r, "TLS handshake with %s: no answer within %d s\n", r->http.authority,
+                   HTTPC_CONNECT_TIMEOUT_MS / 1000);
             return -1;
         }
         return 0;
@@ -888,6 +977,7 @@ static int run(struct probe_run *r, enum verdict *verdict)
     for (size_t i = 0; i < PROBE_SLOTS; i++) {
         r->slots[i].state = SLOT_FREE;
         r->slots[i].fd = -1;
+        r->slots[i].ssl = NULL;
     }
     r->t0 = util_now_ms();
 
@@ -901,7 +991,8 @@ static int run(struct probe_run *r, enum verdict *verdict)
         for (size_t i = 0; i < PROBE_SLOTS; i++) {
             const struct slot *s = &r->slots[i];
             pfds[i].fd = slot_pending(s) ? s->fd : -1;
-            pfds[i].events = s->state == SLOT_WAITING ? POLLIN : POLLOUT;
+            pfds[i].events = s->ssl != NULL && s->state != SLOT_CONNECTING ? s->want
+                             : s->state == SLOT_WAITING ? POLLIN : POLLOUT;
             pfds[i].revents = 0;
         }
         n = poll(pfds, PROBE_SLOTS, poll_timeout(r, now));
@@ -918,8 +1009,10 @@ static int run(struct probe_run *r, enum verdict *verdict)
             break;
     }
     for (size_t i = 0; i < PROBE_SLOTS; i++)
-        if (r->slots[i].fd >= 0)
+        if (r->slots[i].fd >= 0) {
+            tlsc_close(r->slots[i].ssl);
             close(r->slots[i].fd);
+        }
     *verdict = v;
     return failed ? -1 : 0;
 }
@@ -944,6 +1037,7 @@ static struct probe_run *probe_run_new(const char *cmd, const struct httpc *http
     r->out = out;
     r->http = *http;
     r->http.fd = -1;
+    r->http.ssl = NULL; /* the caller's connection stays the caller's */
     r->token = token;
     r->min = opts->min;
     r->max_asked = opts->max;

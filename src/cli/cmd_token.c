@@ -97,6 +97,9 @@ void cmd_token_usage(FILE *out)
             "  --url URL             with --revoke: the server (default $NUDGE_URL, else\n"
             "                        " CLI_DEFAULT_URL ")\n"
             "  --token TOKEN         with --revoke: an admin token (default: minted from SECRET)\n"
+            "  --cacert FILE         with --revoke to an https:// URL: trust these PEM CA\n"
+            "                        certificates (default $NUDGE_CACERT, else the system's)\n"
+            "  --insecure            with --revoke: do not check the server's certificate\n"
             "  --rotate-secret       put a new signing key in the secret file; the current one\n"
             "                        stays as the previous key, so tokens out there stay valid;\n"
             "                        restart nudged to sign with the new key\n"
@@ -279,7 +282,8 @@ static int revoke(const struct token_args *a);
 struct token_args {
     enum mode mode;
     int nmodes; /* how many of --user, --publisher, --admin, ... were given: one is right */
-    const char *user, *label, *ttl, *prefix, *from, *url, *token;
+    const char *user, *label, *ttl, *prefix, *from, *url, *token, *cacert;
+    int insecure;
     uint64_t count, start;
     int have_count, have_start;
     const char *config_file, *secret_file;
@@ -328,6 +332,12 @@ static int on_option(void *arg, const char *cmd, int opt, char *value)
     case OPT_TOKEN:
         a->token = value;
         break;
+    case CLI_OPT_CACERT:
+        a->cacert = value;
+        break;
+    case CLI_OPT_INSECURE:
+        a->insecure = 1;
+        break;
     case OPT_NAME:
         a->label = value;
         break;
@@ -374,6 +384,8 @@ int cmd_token(int argc, char **argv)
         {"rotate-secret", no_argument, NULL, OPT_ROTATE},
         {"url", required_argument, NULL, OPT_URL},
         {"token", required_argument, NULL, OPT_TOKEN},
+        {"cacert", required_argument, NULL, CLI_OPT_CACERT},
+        {"insecure", no_argument, NULL, CLI_OPT_INSECURE},
         {"config", required_argument, NULL, 'c'},
         {"secret-file", required_argument, NULL, CLI_OPT_SECRET_FILE},
         {NULL, 0, NULL, 0},
@@ -395,8 +407,9 @@ int cmd_token(int argc, char **argv)
     if (a.nmodes > 1)
         return cli_usage_error(cmd, "give only one of --user, --publisher, --admin, "
                                     "--user-prefix, --users-from, --revoke and --rotate-secret");
-    if ((a.url != NULL || a.token != NULL) && a.mode != MODE_REVOKE)
-        return cli_usage_error(cmd, "--url and --token go with --revoke");
+    if ((a.url != NULL || a.token != NULL || a.cacert != NULL || a.insecure) &&
+        a.mode != MODE_REVOKE)
+        return cli_usage_error(cmd, "--url, --token, --cacert and --insecure go with --revoke");
     if ((a.mode == MODE_REVOKE || a.mode == MODE_ROTATE) && a.ttl != NULL)
         return cli_usage_error(cmd, "--ttl goes with the tokens printed, not with --%s",
                                a.mode == MODE_REVOKE ? "revoke" : "rotate-secret");
@@ -506,7 +519,7 @@ static int rotate(const struct token_args *a)
 /* --revoke USER: DELETE /v1/admin/tokens/USER with an admin token. */
 static int revoke(const struct token_args *a)
 {
-    const char *url = a->url ? a->url : getenv("NUDGE_URL");
+    const char *url = a->url ? a->url : getenv("NUDGE_URL"), *cacert;
     char token[TOKEN_MAX], err[512 + PATH_MAX], euser[3 * TOKEN_SUBJECT_MAX + 1];
     char path[sizeof("/v1/admin/tokens/") + sizeof(euser)];
     struct httpc http;
@@ -516,6 +529,14 @@ static int revoke(const struct token_args *a)
 
     if (url == NULL || url[0] == '\0')
         url = CLI_DEFAULT_URL;
+    if (a->cacert == NULL && getenv("NUDGE_CACERT") != NULL && getenv("NUDGE_CACERT")[0])
+        cacert = getenv("NUDGE_CACERT");
+    else
+        cacert = a->cacert;
+    rc = cli_tls_setup("token", url, cacert, a->insecure);
+    if (rc != CLI_ARGS_PARSED)
+        return rc;
+    rc = CLI_EXIT_FAIL;
     if (a->token != NULL) {
         snprintf(token, sizeof(token), "%s", a->token);
     } else {

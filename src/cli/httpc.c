@@ -6,6 +6,8 @@
  * signals or threads. An answer is parsed by llhttp as it arrives; the
  * parser lives on the stack for the duration of one request (its 96 bytes
  * are not worth keeping), and stops at the end of the first complete answer.
+ * For https:// the same bytes go through tlsc (the handshake right after the
+ * TCP connect, then SSL_read / SSL_write with the same deadlines).
  *
  * Cost: one request is one malloc for the outgoing bytes and one growing
  * buffer for the answer's body (bounded at HTTPC_BODY_MAX). A kept-alive
@@ -26,6 +28,8 @@
 
 #include <llhttp.h>
 
+#include "cli/pollwait.h"
+#include "cli/tlsc.h"
 #include "common/util.h"
 #include "common/version.h"
 
@@ -45,14 +49,14 @@ int httpc_init(struct httpc *c, const char *url, unsigned read_timeout_ms, char 
     c->read_timeout_ms = read_timeout_ms;
 
     if (strncasecmp(url, "https://", 8) == 0) {
-        snprintf(err, errlen, "https is not supported yet: use http:// or a TLS-terminating proxy");
+        c->tls = 1;
+        p = url + 8;
+    } else if (strncasecmp(url, "http://", 7) == 0) {
+        p = url + 7;
+    } else {
+        snprintf(err, errlen, "URL '%s': expected http://HOST[:PORT][/PATH] or https://...", url);
         return -EINVAL;
     }
-    if (strncasecmp(url, "http://", 7) != 0) {
-        snprintf(err, errlen, "URL '%s': expected http://HOST[:PORT][/PATH]", url);
-        return -EINVAL;
-    }
-    p = url + 7;
     if (*p == '[') {
         hs = p + 1;
         he = strchr(hs, ']');
@@ -88,7 +92,7 @@ int httpc_init(struct httpc *c, const char *url, unsigned read_timeout_ms, char 
         snprintf(c->port, sizeof(c->port), "%lu", port);
         rest = end;
     } else {
-        snprintf(c->port, sizeof(c->port), "80");
+        snprintf(c->port, sizeof(c->port), c->tls ? "443" : "80");
     }
 
     if (*rest != '\0' && *rest != '/') {
@@ -125,6 +129,8 @@ int httpc_init(struct httpc *c, const char *url, unsigned read_timeout_ms, char 
 
 void httpc_close(struct httpc *c)
 {
+    tlsc_close(c->ssl);
+    c->ssl = NULL;
     if (c->fd >= 0)
         close(c->fd);
     c->fd = -1;
@@ -210,27 +216,6 @@ time_t httpc_parse_date(const char *s)
     return timegm(&tm);
 }
 
-/*
- * Waits until fd is ready for 'events' or the deadline (util_now_ms() time)
- * passes. Returns 0, -ETIMEDOUT, or another negative errno.
- */
-static int wait_fd(int fd, short events, uint64_t deadline)
-{
-    for (;;) {
-        uint64_t now = util_now_ms();
-        struct pollfd pfd = {.fd = fd, .events = events};
-        int r;
-
-        if (now >= deadline)
-            return -ETIMEDOUT;
-        r = poll(&pfd, 1, deadline - now > INT32_MAX ? INT32_MAX : (int)(deadline - now));
-        if (r > 0)
-            return 0;
-        if (r < 0 && errno != EINTR)
-            return -errno;
-    }
-}
-
 /* Connects to one resolved address within the connect timeout. Returns the fd or -errno. */
 static int connect_addr(const struct addrinfo *ai)
 {
@@ -246,7 +231,7 @@ static int connect_addr(const struct addrinfo *ai)
         rc = -errno;
         goto fail;
     }
-    rc = wait_fd(fd, POLLOUT, util_now_ms() + HTTPC_CONNECT_TIMEOUT_MS);
+    rc = pollwait_fd(fd, POLLOUT, util_now_ms() + HTTPC_CONNECT_TIMEOUT_MS);
     if (rc < 0)
         goto fail;
     if (getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &slen) < 0) {
@@ -299,11 +284,26 @@ static int httpc_connect(struct httpc *c, char *err, size_t errlen)
     }
     c->fd = fd;
     c->reused = 0;
+    if (c->tls) {
+        /* A command without the server options (token --revoke): $NUDGE_CACERT or the system's. */
+        const char *cacert = getenv("NUDGE_CACERT");
+
+        if (!tlsc_ready() && tlsc_setup(cacert && cacert[0] ? cacert : NULL, 0, err, errlen) < 0) {
+            httpc_close(c);
+            return -EPROTO;
+        }
+        rc = tlsc_connect(fd, c->host, c->authority, util_now_ms() + HTTPC_CONNECT_TIMEOUT_MS,
+                          &c->ssl, err, errlen);
+        if (rc < 0) {
+            httpc_close(c);
+            return rc;
+        }
+    }
     return 0;
 }
 
 /* Writes all of buf before the deadline. Returns 0 or a negative errno. */
-static int send_all(int fd, const char *buf, size_t len, uint64_t deadline)
+static int send_plain(int fd, const char *buf, size_t len, uint64_t deadline)
 {
     while (len > 0) {
         ssize_t n = send(fd, buf, len, MSG_NOSIGNAL);
@@ -315,7 +315,7 @@ static int send_all(int fd, const char *buf, size_t len, uint64_t deadline)
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
-            int rc = wait_fd(fd, POLLOUT, deadline);
+            int rc = pollwait_fd(fd, POLLOUT, deadline);
             if (rc < 0)
                 return rc;
             continue;
@@ -323,6 +323,39 @@ static int send_all(int fd, const char *buf, size_t len, uint64_t deadline)
         return n < 0 ? -errno : -EPIPE;
     }
     return 0;
+}
+
+static int send_all(const struct httpc *c, const char *buf, size_t len, uint64_t deadline)
+{
+    if (c->ssl != NULL)
+        return tlsc_send_all(c->ssl, c->fd, buf, len, deadline);
+    return send_plain(c->fd, buf, len, deadline);
+}
+
+/*
+ * Reads what is there before the deadline: 0 with *got > 0, 0 with
+ * *got == 0 at the end of the stream, or a negative errno.
+ */
+static int recv_some(const struct httpc *c, char *buf, size_t len, uint64_t deadline,
+                     size_t *got)
+{
+    *got = 0;
+    if (c->ssl != NULL)
+        return tlsc_recv(c->ssl, c->fd, buf, len, deadline, got);
+    for (;;) {
+        ssize_t n;
+        int rc = pollwait_fd(c->fd, POLLIN, deadline);
+
+        if (rc < 0)
+            return rc;
+        n = recv(c->fd, buf, len, 0);
+        if (n >= 0) {
+            *got = (size_t)n;
+            return 0;
+        }
+        if (errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)
+            return -errno;
+    }
 }
 
 /* State of one answer being parsed; llhttp's 'data' points here. */
@@ -461,9 +494,9 @@ static int read_answer(struct httpc *c, struct httpc_response *resp, int *keep_a
     *got_bytes = 0;
 
     for (;;) {
-        ssize_t n;
+        size_t n;
         llhttp_errno_t pe;
-        int rc = wait_fd(c->fd, POLLIN, deadline);
+        int rc = recv_some(c, buf, sizeof(buf), deadline, &n);
 
         if (rc == -ETIMEDOUT) {
             snprintf(err, errlen, "no answer from %s within %u s", c->authority,
@@ -471,15 +504,8 @@ static int read_answer(struct httpc *c, struct httpc_response *resp, int *keep_a
             return rc;
         }
         if (rc < 0) {
-            snprintf(err, errlen, "reading from %s: %s", c->authority, strerror(-rc));
-            return rc;
-        }
-        n = recv(c->fd, buf, sizeof(buf), 0);
-        if (n < 0) {
-            if (errno == EINTR || errno == EAGAIN || errno == EWOULDBLOCK)
-                continue;
-            rc = -errno;
-            snprintf(err, errlen, "reading from %s: %s", c->authority, strerror(errno));
+            snprintf(err, errlen, "reading from %s: %s", c->authority,
+                     rc == -EPROTO && c->ssl ? "TLS error" : strerror(-rc));
             return rc;
         }
         if (n == 0) {
@@ -494,8 +520,8 @@ static int read_answer(struct httpc *c, struct httpc_response *resp, int *keep_a
                      *got_bytes ? "in the middle of its answer" : "without answering");
             return -ECONNRESET;
         }
-        *got_bytes += (size_t)n;
-        pe = llhttp_execute(&parser, buf, (size_t)n);
+        *got_bytes += n;
+        pe = llhttp_execute(&parser, buf, n);
         if (ps.done) {
             *keep_alive = ps.keep_alive;
             return 0;
@@ -586,7 +612,7 @@ int httpc_request_hdr(struct httpc *c, const char *method, const char *path, con
         memset(resp, 0, sizeof(*resp));
         resp->retry_after = -1;
         resp->date = -1;
-        rc = send_all(c->fd, req, reqlen, util_now_ms() + c->read_timeout_ms);
+        rc = send_all(c, req, reqlen, util_now_ms() + c->read_timeout_ms);
         if (rc < 0) {
             if (rc == -ETIMEDOUT)
                 snprintf(err, errlen, "sending to %s: timed out", c->authority);

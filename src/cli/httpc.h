@@ -1,8 +1,10 @@
 /*
  * httpc.h — the client's small blocking HTTP/1.1 client.
  *
- * One struct httpc is one server (parsed from "http://host[:port][/base]")
- * and at most one open connection to it. A request connects when no
+ * One struct httpc is one server (parsed from "http://host[:port][/base]"
+ * or "https://...") and at most one open connection to it. An https://
+ * server is spoken to over TLS (tlsc.h): verified, and resumed on
+ * reconnection. A request connects when no
  * connection is open, sends method, path, headers and body, and reads one
  * answer, parsed by llhttp. The connection stays open for the next request
  * when the answer allows keep-alive, so `nudge ping --loop` holds one TCP
@@ -19,6 +21,8 @@
 #include <stddef.h>
 #include <time.h>
 
+struct ssl_st;
+
 /* Answers are small JSON objects; a megabyte means something is wrong. */
 #define HTTPC_BODY_MAX (1024 * 1024)
 #define HTTPC_HOST_MAX 256
@@ -33,10 +37,12 @@
 
 struct httpc {
     char host[HTTPC_HOST_MAX];     /* as in the URL, without brackets: "::1", "example.org" */
-    char port[8];                  /* decimal, "80" when the URL has none */
+    char port[8];                  /* decimal, "80" ("443" for https) when the URL has none */
     char authority[HTTPC_HOST_MAX + 10]; /* "host:port" / "[::1]:port", for Host and errors */
     char base[HTTPC_BASE_MAX];     /* path prefix without a trailing '/', often "" */
+    int tls;                       /* an https:// URL: every connection speaks TLS */
     int fd;                        /* -1 when no connection is open */
+    struct ssl_st *ssl;            /* the open connection's TLS, NULL for http:// */
     int reused;                    /* the open connection has already carried an answer */
     unsigned read_timeout_ms;      /* whole answer must arrive within it after sending */
 };
@@ -53,9 +59,10 @@ struct httpc_response {
 
 /*
  * Parses 'url' into 'c' and sets it up with no connection open and a read
- * timeout of 'read_timeout_ms'. Accepts http://HOST[:PORT][/BASE] with HOST an
- * IPv4 literal, a [IPv6] literal or a name. Returns 0, or -EINVAL with the
- * reason in err (https:// gets its own "not supported yet" sentence).
+ * timeout of 'read_timeout_ms'. Accepts http:// or https://HOST[:PORT][/BASE]
+ * with HOST an IPv4 literal, a [IPv6] literal or a name. Returns 0, or
+ * -EINVAL with the reason in err. An https:// server uses the TLS settings
+ * of tlsc_setup, or the system store when it has not run.
  */
 int httpc_init(struct httpc *c, const char *url, unsigned read_timeout_ms, char *err,
                size_t errlen);
@@ -76,7 +83,8 @@ int httpc_init(struct httpc *c, const char *url, unsigned read_timeout_ms, char 
  * Returns 0 when an answer arrived, whatever its status (the caller owns
  * resp->body: httpc_response_free), or a negative errno with one precise
  * line in err ("cannot connect to 127.0.0.1:8080: Connection refused"); the
- * connection is then closed and resp holds nothing to free.
+ * connection is then closed and resp holds nothing to free. A refused
+ * certificate is -TLSC_EVERIFY (EKEYREJECTED), never retried.
  */
 int httpc_request(struct httpc *c, const char *method, const char *path, const char *token,
                   const char *body, size_t body_len, struct httpc_response *resp, char *err,

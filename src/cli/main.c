@@ -16,9 +16,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "cli/cli.h"
 #include "cli/httpc.h"
+#include "cli/tlsc.h"
 
 struct command {
     const char *name;
@@ -54,12 +56,15 @@ static void usage(FILE *out)
                  "  --version     show nudge's version\n"
                  "\n"
                  "Environment:\n"
-                 "  NUDGE_URL     server URL (default " CLI_DEFAULT_URL ")\n"
+                 "  NUDGE_URL     server URL (default " CLI_DEFAULT_URL "; https:// speaks TLS)\n"
+                 "  NUDGE_CACERT  PEM file of the CA certificates to trust for https://\n"
+                 "                (default: the system's, /etc/ssl/certs)\n"
                  "  NUDGE_TOKEN   bearer token for publish, ping, sessions, probe, listen\n"
                  "                and doctor\n"
                  "\n"
                  "Exit status: 0 success, 1 the server refused or the network failed,\n"
-                 "2 the command line is wrong.\n");
+                 "2 the command line is wrong, 3 an https server's certificate was refused\n"
+                 "(expired, unknown issuer, host name mismatch: the message says which).\n");
 }
 
 static const struct command *find_command(const char *name)
@@ -188,6 +193,8 @@ static const struct option server_options[] = {
     {"token", required_argument, NULL, CLI_OPT_TOKEN},
     {"config", required_argument, NULL, 'c'},
     {"secret-file", required_argument, NULL, CLI_OPT_SECRET_FILE},
+    {"cacert", required_argument, NULL, CLI_OPT_CACERT},
+    {"insecure", no_argument, NULL, CLI_OPT_INSECURE},
 };
 #define NSERVER_OPTIONS (sizeof(server_options) / sizeof(server_options[0]))
 
@@ -197,10 +204,25 @@ static void server_init(struct cli_server *srv)
 {
     const char *url = getenv("NUDGE_URL");
     const char *token = getenv("NUDGE_TOKEN");
+    const char *cacert = getenv("NUDGE_CACERT");
 
     memset(srv, 0, sizeof(*srv));
     srv->url = url && url[0] ? url : CLI_DEFAULT_URL;
     srv->token_env = token && token[0] ? token : NULL;
+    srv->cacert = cacert && cacert[0] ? cacert : NULL;
+}
+
+int cli_tls_setup(const char *cmd, const char *url, const char *cacert, int insecure)
+{
+    char err[512];
+
+    if (strncasecmp(url, "https://", 8) != 0)
+        return CLI_ARGS_PARSED;
+    if (cacert != NULL && insecure)
+        return cli_usage_error(cmd, "--cacert and --insecure contradict each other");
+    if (tlsc_setup(cacert, insecure, err, sizeof(err)) < 0)
+        return cli_usage_error(cmd, "%s", err);
+    return CLI_ARGS_PARSED;
 }
 
 /* Applies 'opt' if it is one of server_options: 1 when it was, 0 when it is not. */
@@ -218,6 +240,12 @@ static int server_opt(struct cli_server *srv, int opt, const char *arg)
         return 1;
     case CLI_OPT_SECRET_FILE:
         srv->secret_file = arg;
+        return 1;
+    case CLI_OPT_CACERT:
+        srv->cacert = arg;
+        return 1;
+    case CLI_OPT_INSECURE:
+        srv->insecure = 1;
         return 1;
     default:
         return 0;
@@ -295,6 +323,8 @@ int cli_parse_args(const char *cmd, int argc, char **argv, const struct option *
     }
     if (rc == CLI_ARGS_PARSED && optind < argc)
         rc = cli_usage_error(cmd, "unexpected argument '%s'", argv[optind]);
+    if (rc == CLI_ARGS_PARSED && srv != NULL)
+        rc = cli_tls_setup(cmd, srv->url, srv->cacert, srv->insecure);
 done:
     free(shorts);
     free(table);
@@ -305,6 +335,7 @@ int main(int argc, char **argv)
 {
     const struct command *c;
     const char *name;
+    int rc;
 
     if (argc < 2) {
         usage(stderr);
@@ -338,5 +369,7 @@ int main(int argc, char **argv)
             return cli_usage_error(NULL, "unknown option '%s'", name);
         return cli_usage_error(NULL, "unknown command '%s'", name);
     }
-    return c->run(argc - 1, argv + 1);
+    rc = c->run(argc - 1, argv + 1);
+    /* A refused certificate is its own exit status, whichever command met it. */
+    return rc == CLI_EXIT_FAIL && tlsc_refused() ? CLI_EXIT_TLS : rc;
 }

@@ -179,6 +179,11 @@ static const struct option_def options[] = {
      "proven to carry, when it asks for more; 0: never."},
     {"ping", "max_folders", "ping-max-folders", OPT_UINT, FIELD(ping_max_folders), 1, 10000, "100",
      NULL, "N", "Most folders one ping may list."},
+    {"ping", "max_per_minute", "ping-max-per-minute", OPT_UINT, FIELD(ping_max_per_minute), 0,
+     60000, "60", NULL, "N", "Most pings, ActiveSync Pings and stream or WebSocket connection "
+     "attempts one device may make in a minute, not counting the one right after an answer "
+     "that told a change; more are answered 429 with Retry-After (an ActiveSync Ping is held "
+     "until the minute ends; event 1303); 0: no limit."},
     {"stream", "enabled", "stream-enabled", OPT_CHOICE, FIELD(stream_enabled), 0, 0, "yes",
      yes_no, "yes|no", "Serve GET /v1/stream; no: it answers 204, after which an EventSource "
      "stops reconnecting for good."},

@@ -32,6 +32,7 @@
 #include "stream/sse.h"
 #include "stream/ws.h"
 #include "push/ping.h"
+#include "push/pingrate.h"
 #include "push/probe.h"
 #include "push/state.h"
 #include "push/udp_api.h"
@@ -65,6 +66,7 @@ struct server {
     struct listener listener;
     struct handoff handoff;
     struct ping ping;
+    struct pingrate pingrate;
     struct as_ping as_ping;
     struct sse sse;
     struct ws ws;

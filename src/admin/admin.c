@@ -168,6 +168,9 @@ static void render_totals(struct text *t, const struct metrics *m, uint64_t sess
            "Passwords asked of the backend ([auth] passwords).", m->password_backend_requests);
     metric(t, "nudge_signins_limited_total", "counter",
            "Password sign-ins refused 429 for too many failures.", m->signins_limited);
+    metric(t, "nudge_bad_tokens_limited_total", "counter",
+           "Requests refused 429 for [auth] max_bad_tokens_per_ip forged tokens.",
+           m->bad_tokens_limited);
     metric(t, "nudge_tokens_revoked_total", "counter", "Users whose tokens an admin revoked.",
            m->tokens_revoked);
     metric(t, "nudge_store_failing", "gauge",

@@ -272,6 +272,11 @@ static const struct option_def options[] = {
      FIELD(auth_max_failures_user), 0, 1000000, "50", NULL, "N",
      "Wrong passwords for one user, from anywhere, in failure_window before its sign-ins are "
      "answered 429; 0: no limit."},
+    {"auth", "max_bad_tokens_per_ip", "auth-max-bad-tokens-per-ip", OPT_UINT,
+     FIELD(auth_max_bad_tokens_ip), 0, 1000000, "100", NULL, "N",
+     "Forged tokens and tickets (malformed, or a wrong signature; not expired or revoked ones) "
+     "one client address may send in failure_window; beyond, its forged ones are answered 429 "
+     "with Retry-After instead of 401 (event 1211), valid ones still pass; 0: no limit."},
     {"auth", "failure_window", "auth-failure-window", OPT_UINT, FIELD(auth_failure_window), 1,
      86400, "300", NULL, "SECONDS", "The window the failure limits count in."},
     {"auth", "cookie", "auth-cookie", OPT_CHOICE, FIELD(auth_cookie), 0, 0, "yes", yes_no,

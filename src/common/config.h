@@ -52,6 +52,7 @@ struct config {
     unsigned user_timeout;            /* s; 0: idle + interval * count */
     /* [ping] */
     unsigned ping_max_folders;        /* 100 */
+    unsigned auth_max_bad_tokens_ip;  /* 100: forged tokens per address per failure_window */
     unsigned ping_max_per_minute;     /* 60: requests per device per minute with no change between */
     /* [activesync] */
     unsigned as_max_folders;          /* 200: more in one Ping answer Status 6 */

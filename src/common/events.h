@@ -43,6 +43,7 @@
     EVENT(1208, tokens_revoked, "an admin revoked every token of a user") \
     EVENT(1209, origin_refused, "a cookie-authenticated request or a CORS preflight came from an Origin not in [http] cors_origins") \
     EVENT(1210, tickets_full, "a worker remembers [auth] tickets_max used tickets: a ticket was refused 503") \
+    EVENT(1211, bad_tokens_limited, "a client address sent [auth] max_bad_tokens_per_ip forged tokens; its forged tokens are answered 429 until the window ends") \
     EVENT(1300, ping_superseded, "a device's held ping was answered because it sent a newer one") \
     EVENT(1301, session_limit, "a user at the session cap was refused a new session (429)") \
     EVENT(1310, heartbeat_learned, "a device's heartbeat hint moved on new evidence (debug)") \

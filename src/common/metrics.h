@@ -85,6 +85,7 @@ struct metrics {
     uint64_t password_cache_hits;  /* of them, answered from the cache */
     uint64_t password_backend_requests; /* questions asked of the backend */
     uint64_t signins_limited;      /* sign-ins refused 429 for too many failures */
+    uint64_t bad_tokens_limited;   /* requests refused 429 for too many forged tokens */
     uint64_t tokens_revoked;       /* users whose tokens an admin revoked */
     uint64_t streams_held;         /* gauge: event streams open now */
     uint64_t streams_opened;

@@ -240,6 +240,8 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
         };
         router_init(&s->router, cfg, &s->secret, &s->metrics, route, s->store, s->passwords,
                     &s->fail_ip, &s->fail_user, s->spent, to);
+        auth_limit_share(&s->bad_tokens, &s->fail_ip, cfg->auth_max_bad_tokens_ip);
+        s->router.bad_tokens = &s->bad_tokens;
     }
 
     uv_timer_init(loop, &s->stop_timer);

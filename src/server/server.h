@@ -80,6 +80,7 @@ struct server {
     struct status status;
     struct passwords *passwords;   /* NULL: tokens only ([auth] passwords empty) */
     struct auth_limit fail_ip, fail_user;
+    struct auth_limit bad_tokens;  /* forged tokens per address, over fail_ip's slots */
     _Atomic uint64_t *fail_slots;  /* without workers: the limits' own slots (2 tables) */
     struct login login;
     struct ticket_api ticket_api;

@@ -104,6 +104,9 @@ static void render_totals(struct text *t, const struct metrics *m, uint64_t sess
            m->bytes_received);
     metric(t, "nudge_bytes_sent_total", "counter", "Bytes written to clients.", m->bytes_sent);
     metric(t, "nudge_pings_held", "gauge", "Pings held now.", m->pings_held);
+    metric(t, "nudge_probes_held", "gauge", "Probes (GET /v1/probe) held now.", m->probes_held);
+    metric(t, "nudge_probes_refused_total", "counter",
+           "Probes refused 429 at [probe] max_per_user or max_held.", m->probes_refused);
     metric(t, "nudge_pings_rate_limited_total", "counter",
            "Requests of a device over [ping] max_per_minute (429, or an ActiveSync Ping held).",
            m->pings_rate_limited);

@@ -184,6 +184,12 @@ static const struct option_def options[] = {
      "attempts one device may make in a minute, not counting the one right after an answer "
      "that told a change; more are answered 429 with Retry-After (an ActiveSync Ping is held "
      "until the minute ends; event 1303); 0: no limit."},
+    {"probe", "max_per_user", "probe-max-per-user", OPT_UINT, FIELD(probe_max_per_user), 1, 1000,
+     "16", NULL, "N", "Most GET /v1/probe one user may have held at once (a probe ladder needs a "
+     "handful); more are answered 429 too-many-probes (event 1304)."},
+    {"probe", "max_held", "probe-max-held", OPT_UINT, FIELD(probe_max_held), 1, 10000000, "1000",
+     NULL, "N", "Most probes held at once by each worker, over all users: a probe holds a "
+     "connection with keepalive off for up to an hour; more are answered 429."},
     {"stream", "enabled", "stream-enabled", OPT_CHOICE, FIELD(stream_enabled), 0, 0, "yes",
      yes_no, "yes|no", "Serve GET /v1/stream; no: it answers 204, after which an EventSource "
      "stops reconnecting for good."},

@@ -53,7 +53,9 @@ struct config {
     /* [ping] */
     unsigned ping_max_folders;        /* 100 */
     unsigned auth_max_bad_tokens_ip;  /* 100: forged tokens per address per failure_window */
-    unsigned ping_max_per_minute;     /* 60: requests per device per minute with no change between */
+    unsigned ping_max_per_minute;
+    unsigned probe_max_per_user;      /* 16 */
+    unsigned probe_max_held;          /* 1000 per worker */     /* 60: requests per device per minute with no change between */
     /* [activesync] */
     unsigned as_max_folders;          /* 200: more in one Ping answer Status 6 */
     unsigned as_unknown_folder_ignore; /* s, 3600: Ids refused twice are ignored this long */

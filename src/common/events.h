@@ -49,6 +49,7 @@
     EVENT(1310, heartbeat_learned, "a device's heartbeat hint moved on new evidence (debug)") \
     EVENT(1311, heartbeat_alert, "a client network's learned heartbeats average alert_average or less") \
     EVENT(1303, ping_rate_limited, "a device made more than [ping] max_per_minute requests in a minute; refused 429 (ActiveSync: held) until it ends; once per device per minute") \
+    EVENT(1304, probe_limited, "a probe (GET /v1/probe) was refused 429 at [probe] max_per_user or max_held") \
     EVENT(1302, session_closed, "a session's connection closed without an answer (gone, dead, reaped, ended)") \
     EVENT(1800, as_folders_ignored, "an ActiveSync device got Status 7 twice for the same folder Ids; they are ignored for unknown_folder_ignore") \
     EVENT(1801, as_battery_guard, "an ActiveSync device re-pinged within seconds of non-change answers again and again; its Pings are held to heartbeat min") \

@@ -61,6 +61,8 @@ struct metrics {
     uint64_t bytes_sent;
     uint64_t pings_held;           /* gauge */
     uint64_t pings_answered[PING_OUTCOME_COUNT];
+    uint64_t probes_held;          /* gauge: GET /v1/probe held now ([probe] max_held) */
+    uint64_t probes_refused;       /* GET /v1/probe answered 429 ([probe] limits) */
     uint64_t pings_rate_limited;   /* requests over [ping] max_per_minute (429 or held) */
     uint64_t events_published;
     uint64_t publish_batches;

@@ -151,7 +151,7 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
 
     /* Every module keeping something per user or device reserves its slot before the first. */
     hb_init(&s->hb, cfg, &s->shard);
-    probe_init(&s->probe, &s->shard);
+    probe_init(&s->probe, cfg, &s->shard, &s->metrics);
     pingrate_init(&s->pingrate, cfg, &s->shard, &s->metrics);
     devices_init(&s->devices, s->store, &s->shard, NULL);
     /* The UDP socket before the records: they bring registrations, which may have datagrams due. */

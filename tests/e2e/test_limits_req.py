@@ -224,3 +224,47 @@ def test_a_flood_of_slow_and_refused_connections_writes_a_bounded_log(make_nudge
     lines = len(n.log_text().splitlines())
     assert lines < flood, f"{2 * flood} refused connections wrote {lines} lines"
     assert n.healthy()
+
+
+# ---------------------------------------------------------------------------
+# Probes
+
+
+def same_worker_users(n, count, prefix):
+    """'count' user names owned by one worker (the probe total is per worker)."""
+    workers = int(n.setting("server", "workers", "1"))
+    names, i = [], 0
+    while len(names) < count:
+        name = f"{prefix}{i}-{harness.unique('p')}"
+        if harness.worker_of(name, workers) == 0:
+            names.append(name)
+        i += 1
+    return names
+
+
+def test_probes_are_limited_per_user_and_in_all(make_nudged):
+    n = make_nudged({"probe": {"max_per_user": 2, "max_held": 3}})
+    a, b, c = same_worker_users(n, 3, "prober")
+    ta, tb, tc = n.token(a), n.token(b), n.token(c)
+    held = [n.pending("GET", "/v1/probe?hold=120", token=ta) for _ in range(2)]
+    n.wait_metric("nudge_probes_held", lambda v: v == 2)
+    r = n.request("GET", "/v1/probe?hold=120", token=ta)
+    body = expect_error(r, 429, "too-many-probes", has_error=True)
+    assert body["max"] == 2 and int(r.header("Retry-After")) >= 1, r
+    held.append(n.pending("GET", "/v1/probe?hold=120", token=tb))
+    n.wait_metric("nudge_probes_held", lambda v: v == 3)
+    # User c has none held, but the worker has max_held.
+    r = n.request("GET", "/v1/probe?hold=120", token=tc)
+    body = expect_error(r, 429, "too-many-probes")
+    assert body["max"] == 3, r
+    limits = {e["limit"] for e in harness.log_events(n, 1304)}
+    assert limits == {"per_user", "held"}, limits
+    assert n.metric("nudge_probes_refused_total") == 2
+    # A probe that ends makes room again.
+    held.pop().close()
+    n.wait_metric("nudge_probes_held", lambda v: v == 2)
+    p = n.pending("GET", "/v1/probe?hold=120", token=tc)
+    n.wait_metric("nudge_probes_held", lambda v: v == 3)
+    held.append(p)
+    for p in held:
+        p.close()

@@ -155,6 +155,9 @@ static void render_totals(struct text *t, const struct metrics *m, uint64_t sess
            "ICMP destination-unreachable errors for datagrams sent.", m->udp_unreachable);
     metric(t, "nudge_udp_send_errors_total", "counter", "Datagrams the socket refused to send.",
            m->udp_send_errors);
+    metric(t, "nudge_udp_refused_total", "counter",
+           "UDP registrations refused 429 at [udp] max_per_user or max_per_address.",
+           m->udp_refused);
     metric(t, "nudge_udp_resends_exhausted_total", "counter",
            "Changes resent [udp] max_resends times without the device catching up.",
            m->udp_resends_exhausted);

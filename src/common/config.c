@@ -230,6 +230,13 @@ static const struct option_def options[] = {
      268435456, "4194304", NULL, "BYTES", "Receive buffer of the UDP socket (SO_RCVBUF): acks "
      "that arrive while a large publish is being sent out wait here; the kernel counts about "
      "800 bytes per ack."},
+    {"udp", "max_per_user", "udp-max-per-user", OPT_UINT, FIELD(udp_max_per_user), 1, 100000,
+     "16", NULL, "N", "Most UDP registrations one user may have (each is also a session under "
+     "[sessions] per_user_limit); more are answered 429 udp-limit (event 1608)."},
+    {"udp", "max_per_address", "udp-max-per-address", OPT_UINT, FIELD(udp_max_per_address), 1,
+     10000000, "256", NULL, "N", "Most UDP registrations, over all users, whose datagrams go to "
+     "one address (any port), counted by each worker: however many users ask, one host is sent "
+     "a bounded stream; more are answered 429 udp-limit."},
     {"udp", "allowed_hosts", "udp-allowed-hosts", OPT_PREFIXES, FIELD(udp_allowed_hosts), 0, 0,
      "", NULL, "PREFIXES", "Address prefixes (10.0.0.0/8,fd00::/8) a registration may name as "
      "its host; empty: datagrams go only to the address that registered."},

@@ -76,6 +76,8 @@ struct config {
     unsigned udp_max_resends;         /* 60 */
     unsigned udp_ttl;                 /* s, 3600 */
     unsigned udp_receive_buffer;      /* bytes, 4194304: room for acks arriving during a fan-out */
+    unsigned udp_max_per_user;        /* 16 registrations */
+    unsigned udp_max_per_address;     /* 256 registrations aimed at one address, per worker */
     char udp_allowed_hosts[CONFIG_STR_MAX]; /* prefixes a registration may name as host */
     /* [ingest] */
     char ingest_basic_user[CONFIG_STR_MAX];     /* Dovecot's OX driver's Basic user; "": off */

@@ -68,6 +68,7 @@
     EVENT(1605, udp_resends_exhausted, "a change was resent max_resends times without the device catching up") \
     EVENT(1606, udp_datagram_rejected, "a datagram received was dropped (malformed, forged, replayed); at most one line per 10 s") \
     EVENT(1607, udp_send_failed, "a datagram could not be sent (the socket refused it)") \
+    EVENT(1608, udp_limited, "a UDP registration was refused 429 at [udp] max_per_user or max_per_address") \
     EVENT(1504, store_resharded, "at start-up, users were moved between shard files for a new number of workers") \
     EVENT(1505, store_write_recovered, "a group commit succeeded after failed ones; the store is healthy again") \
     EVENT(1700, workers_starting, "the supervisor starts its worker processes") \

@@ -74,6 +74,7 @@ struct metrics {
     uint64_t udp_rejected[UDP_REJECT_COUNT];
     uint64_t udp_unreachable;      /* ICMP errors that suspended a registration or came after */
     uint64_t udp_send_errors;
+    uint64_t udp_refused;          /* registrations refused 429 ([udp] max_per_user, max_per_address) */
     uint64_t udp_resends_exhausted;
     uint64_t ingest_events;        /* deliveries from Dovecot applied */
     uint64_t ingest_duplicates;    /* retried deliveries answered without a bump */

@@ -6,13 +6,15 @@ limit is taken away.
 The per-minute counts are in fixed windows: a test that must see a limit
 sends up to twice the limit and a little more, so that a window ending in
 the middle of its loop cannot hide it."""
+import json
+import socket
 import time
 
 import pytest
 
 import activesync as asx
 import harness
-from harness import expect_error, wait_event
+from harness import UdpDevice, expect_error, wait_event
 from sse import Stream, query
 from ws import WebSocket
 
@@ -268,3 +270,100 @@ def test_probes_are_limited_per_user_and_in_all(make_nudged):
     held.append(p)
     for p in held:
         p.close()
+
+
+# ---------------------------------------------------------------------------
+# UDP: registrations per user and per address, no amplification, no reflection
+
+
+def test_udp_registrations_are_limited_per_user(make_nudged):
+    n = make_nudged({"udp": {"max_per_user": 2}})
+    ivy = n.user("ivy")
+    devs = [UdpDevice(n, ivy) for _ in range(3)]
+    devs[0].register()
+    devs[1].register()
+    r = devs[2].register_raw(["INBOX"])
+    body = expect_error(r, 429, "udp-limit", has_error=True)
+    assert body["max"] == 2 and "max_per_user" in body["error"], r
+    # A device renewing its own registration adds none.
+    devs[0].register(["INBOX", "Work"])
+    ev = wait_event(n, 1608, lambda e: e.get("user") == ivy.name, "udp_limited")
+    assert ev["limit"] == "per_user"
+    assert n.metric("nudge_udp_refused_total") == 1
+    # One ends: room for another.
+    assert n.request("DELETE", f"/v1/udp/{devs[1].device}", token=ivy.token).status in (200, 204)
+    devs[2].register()
+
+
+def test_udp_registrations_aimed_at_one_address_are_limited(make_nudged):
+    n = make_nudged({"udp": {"max_per_address": 3}})
+    names = same_worker_users(n, 4, "aim")
+    users = [harness.User(n, name) for name in names]
+    devs = [UdpDevice(n, u) for u in users]
+    for d in devs[:3]:
+        d.register()
+    r = devs[3].register_raw(["INBOX"])
+    body = expect_error(r, 429, "udp-limit", has_error=True)
+    assert body["max"] == 3 and "max_per_address" in body["error"], r
+    ev = wait_event(n, 1608, lambda e: e.get("limit") == "per_address", "udp_limited")
+    assert ev["address"].startswith("127.0.0.1"), ev
+    devs[0].register(["INBOX", "Work"])  # the same device again, same address: still fine
+
+
+def test_udp_datagrams_go_only_to_the_requester_unless_allowed(make_nudged):
+    n = make_nudged({})
+    jon = n.user("jon")
+    dev = UdpDevice(n, jon)
+    for host in ["192.0.2.1", "127.0.0.2", "::1"]:
+        r = dev.register_raw(["INBOX"], host=host)
+        assert r.status in (400, 403), (host, r)
+        if r.status == 403:
+            assert r.json()["status"] == "host-not-allowed", r
+    r = n.request("POST", "/v1/udp/test", {"port": dev.port, "nonce": "x", "host": "192.0.2.1"},
+                  token=jon.token)
+    assert r.status in (400, 403), r
+    n2 = make_nudged({"udp": {"allowed_hosts": "127.0.0.2/32"}})
+    dev2 = UdpDevice(n2, n2.user("jon"))
+    assert dev2.register(["INBOX"], host="127.0.0.2")["address"].startswith("127.0.0.2:")
+
+
+def minimal_request(path, token, body):
+    """The shortest request nudged serves: request line, the credential, the length, the body."""
+    data = json.dumps(body, separators=(",", ":")).encode()
+    return (f"POST {path} HTTP/1.1\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Length: {len(data)}\r\n\r\n").encode() + data
+
+
+def send_raw(n, req):
+    c = n.connect()
+    try:
+        c.send(req)
+        return c.read_response()
+    finally:
+        c.close()
+
+
+def test_no_datagram_is_larger_than_the_request_that_caused_it(make_nudged):
+    n = make_nudged({})
+    user = harness.User(n, "z")     # the shortest user id, so the shortest token
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.settimeout(harness.WAIT)
+    try:
+        # A notify carries the longest folder name there is, sent at once by a registration
+        # that says it holds an older state; the request had to name the folder.
+        folder = "f" * 255
+        user.publish(folder)
+        req = minimal_request("/v1/udp", user.token, {"device": "d", "port": port,
+                                                      "folders": {folder: "0"}})
+        assert send_raw(n, req).status == 200
+        data, _ = sock.recvfrom(4096)
+        assert len(data) < len(req), (len(data), len(req))
+        # A test datagram carries the longest nonce there is.
+        req = minimal_request("/v1/udp/test", user.token, {"port": port, "nonce": "n" * 64})
+        assert send_raw(n, req).status in (200, 202)
+        data, _ = sock.recvfrom(4096)
+        assert data[3] == harness.DGRAM_TEST and len(data) < len(req), (len(data), len(req))
+    finally:
+        sock.close()

@@ -220,10 +220,12 @@ def test_a_flood_of_slow_and_refused_connections_writes_a_bounded_log(make_nudge
         c.close()
     timeouts = harness.log_events(n, 1102)
     failed = harness.log_events(n, 1200)
+    lines = len(n.log_text().splitlines())
+    print(f"refused={2 * flood} workers={workers} request_timeout={len(timeouts)} "
+          f"auth_failed={len(failed)} lines={lines}")
     # Each process writes at most [log] burst lines of one event per 10 s; the rest are counted.
     assert 1 <= len(timeouts) <= burst * workers * 2, len(timeouts)
     assert 1 <= len(failed) <= burst * workers * 2, len(failed)
-    lines = len(n.log_text().splitlines())
     assert lines < flood, f"{2 * flood} refused connections wrote {lines} lines"
     assert n.healthy()
 
@@ -359,11 +361,13 @@ def test_no_datagram_is_larger_than_the_request_that_caused_it(make_nudged):
                                                       "folders": {folder: "0"}})
         assert send_raw(n, req).status == 200
         data, _ = sock.recvfrom(4096)
+        print(f"notify={len(data)} request={len(req)}")
         assert len(data) < len(req), (len(data), len(req))
         # A test datagram carries the longest nonce there is.
         req = minimal_request("/v1/udp/test", user.token, {"port": port, "nonce": "n" * 64})
         assert send_raw(n, req).status in (200, 202)
         data, _ = sock.recvfrom(4096)
+        print(f"test={len(data)} request={len(req)}")
         assert data[3] == harness.DGRAM_TEST and len(data) < len(req), (len(data), len(req))
     finally:
         sock.close()

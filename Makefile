@@ -62,7 +62,7 @@ HB_SRC      := src/session/heartbeat.c
 SESSION_SRC := src/session/session.c src/session/devices.c
 PUSH_SRC    := src/push/check.c src/push/ping.c src/push/probe.c src/push/state.c \
 	src/push/events.c src/push/udp_api.c src/push/ingest.c src/push/login.c \
-	src/push/ticket_api.c
+	src/push/ticket_api.c src/push/pingrate.c
 ADMIN_SRC   := src/admin/admin.c src/admin/sessions_api.c src/admin/revoke.c src/admin/status.c
 AS_CODEC_SRC := src/activesync/wbxml.c src/activesync/query.c
 AS_SRC      := $(AS_CODEC_SRC) src/activesync/ping.c

@@ -45,6 +45,7 @@
 #include "http/error.h"
 #include "http/request.h"
 #include "push/check.h"
+#include "push/pingrate.h"
 #include "session/devices.h"
 #include "session/heartbeat.h"
 #include "session/session.h"
@@ -178,6 +179,21 @@ static void answer_plain_now(struct as_ping *ap, struct conn *c, const struct as
 }
 
 /*
+ * Holds c's plain answer a for 'ms' (the connection waits for nothing, it
+ * is not a session), then writes it: the battery guard, and a device over
+ * [ping] max_per_minute, since ActiveSync clients know no 429.
+ */
+static void hold_plain(struct as_ping *ap, struct conn *c, struct device *d,
+                       const struct as_ping_answer *a, uint64_t ms)
+{
+    struct as_extra *ex = extra_of(as_dev_of(ap, d));
+
+    ex->delayed_status = (uint8_t)a->status;
+    ex->delayed_value = a->heartbeat ? a->heartbeat : a->max_folders;
+    conn_hold(c, &ap->delayed, d, util_now_ms() + ms);
+}
+
+/*
  * An answer given at once that is not a change (Status 3 to 8). A device
  * under the battery guard gets it only after heartbeat min: its connection
  * is held (not as a session: it waits for nothing) and answered then.
@@ -189,9 +205,7 @@ static void answer_plain(struct as_ping *ap, struct conn *c, struct device *d, u
     struct as_dev *x = d ? as_dev_of(ap, d) : NULL;
 
     if (x && x->quick >= QUICK_LIMIT) {
-        extra_of(x)->delayed_status = (uint8_t)status;
-        extra_of(x)->delayed_value = heartbeat ? heartbeat : max_folders;
-        conn_hold(c, &ap->delayed, d, util_now_ms() + (uint64_t)ap->cfg->heartbeat_min * 1000);
+        hold_plain(ap, c, d, &a, (uint64_t)ap->cfg->heartbeat_min * 1000);
         return;
     }
     if (x)
@@ -358,6 +372,9 @@ static void on_changed(void *ctx, struct conn *c, void *arg, const struct store_
     free(ids);
     unhold(ap, d);
     answer_if_changed(ap, c, d);
+    /* The change came while it waited: the Ping it causes is not counted against the device. */
+    if (ap->rate)
+        pingrate_changed(ap->rate, d);
 }
 
 void as_ping_init(struct as_ping *ap, const struct config *cfg, struct store *store,
@@ -373,6 +390,7 @@ void as_ping_init(struct as_ping *ap, const struct config *cfg, struct store *st
     ap->sessions = sessions;
     ap->devices = devices;
     ap->route = route;
+    ap->rate = NULL;
     ap->dslot = shard_device_slot(sh, sizeof(struct as_dev *));
     ap->uslot = shard_user_slot(sh, sizeof(struct as_map *));
     ap->holder = (struct conn_holder){
@@ -587,7 +605,7 @@ void as_ping_handle(void *arg, struct conn *c, struct http_req *r, const struct 
     struct as_folder *folders = NULL;
     size_t nfolders = 0;
     char err[256];
-    unsigned heartbeat;
+    unsigned heartbeat, wait;
     int created = 0, guarded = 0, superseding = 0;
     uint64_t now;
 
@@ -637,6 +655,16 @@ void as_ping_handle(void *arg, struct conn *c, struct http_req *r, const struct 
             x->quick = 0;
         }
         x->plain_at = 0;
+    }
+    /*
+     * Over [ping] max_per_minute: held until the minute ends and answered
+     * Status 1 (nothing changed), which costs the phone nothing it would
+     * not have spent waiting; its next Ping is counted in a new minute.
+     */
+    if (d && ap->rate && (wait = pingrate_count(ap->rate, d, "activesync")) > 0) {
+        struct as_ping_answer a = {.status = 1};
+        hold_plain(ap, c, d, &a, (uint64_t)wait * 1000);
+        goto done;
     }
     if (r->body_len > 0) {
         /* Room for what the body could hold, but never more than max_folders + 1. */

@@ -16,6 +16,7 @@ struct devices;
 struct heartbeat;
 struct http_req;
 struct metrics;
+struct pingrate;
 struct principal;
 struct sessions;
 struct shard;
@@ -31,6 +32,7 @@ struct as_ping {
     struct sessions *sessions;
     struct devices *devices;
     const struct worker_route *route; /* NULL: one process */
+    struct pingrate *rate;            /* [ping] max_per_minute; NULL: none (set after init) */
     size_t dslot;                     /* struct as_dev * per device (NULL: not ActiveSync) */
     size_t uslot;                     /* struct as_map * per user (NULL: Ids name folders) */
     struct conn_holder holder;        /* a held Ping */

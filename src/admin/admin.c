@@ -104,6 +104,12 @@ static void render_totals(struct text *t, const struct metrics *m, uint64_t sess
            m->bytes_received);
     metric(t, "nudge_bytes_sent_total", "counter", "Bytes written to clients.", m->bytes_sent);
     metric(t, "nudge_pings_held", "gauge", "Pings held now.", m->pings_held);
+    metric(t, "nudge_probes_held", "gauge", "Probes (GET /v1/probe) held now.", m->probes_held);
+    metric(t, "nudge_probes_refused_total", "counter",
+           "Probes refused 429 at [probe] max_per_user or max_held.", m->probes_refused);
+    metric(t, "nudge_pings_rate_limited_total", "counter",
+           "Requests of a device over [ping] max_per_minute (429, or an ActiveSync Ping held).",
+           m->pings_rate_limited);
     metric(t, "nudge_streams_held", "gauge", "Event streams open now.", m->streams_held);
     metric(t, "nudge_streams_opened_total", "counter", "Event streams opened.", m->streams_opened);
     metric(t, "nudge_stream_events_total", "counter", "State events sent on streams.",
@@ -153,6 +159,9 @@ static void render_totals(struct text *t, const struct metrics *m, uint64_t sess
            "ICMP destination-unreachable errors for datagrams sent.", m->udp_unreachable);
     metric(t, "nudge_udp_send_errors_total", "counter", "Datagrams the socket refused to send.",
            m->udp_send_errors);
+    metric(t, "nudge_udp_refused_total", "counter",
+           "UDP registrations refused 429 at [udp] max_per_user or max_per_address.",
+           m->udp_refused);
     metric(t, "nudge_udp_resends_exhausted_total", "counter",
            "Changes resent [udp] max_resends times without the device catching up.",
            m->udp_resends_exhausted);
@@ -169,6 +178,9 @@ static void render_totals(struct text *t, const struct metrics *m, uint64_t sess
            "Passwords asked of the backend ([auth] passwords).", m->password_backend_requests);
     metric(t, "nudge_signins_limited_total", "counter",
            "Password sign-ins refused 429 for too many failures.", m->signins_limited);
+    metric(t, "nudge_bad_tokens_limited_total", "counter",
+           "Requests refused 429 for [auth] max_bad_tokens_per_ip forged tokens.",
+           m->bad_tokens_limited);
     metric(t, "nudge_tokens_revoked_total", "counter", "Users whose tokens an admin revoked.",
            m->tokens_revoked);
     metric(t, "nudge_store_failing", "gauge",

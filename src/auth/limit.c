@@ -12,6 +12,12 @@ void auth_limit_init(struct auth_limit *l, _Atomic uint64_t *slots, uint64_t see
     l->window = window ? window : 1;
 }
 
+void auth_limit_share(struct auth_limit *l, const struct auth_limit *like, unsigned max)
+{
+    *l = *like;
+    l->max = max;
+}
+
 static _Atomic uint64_t *slot_of(const struct auth_limit *l, const void *key, size_t len)
 {
     return &l->slots[util_hash(l->seed, key, len) % AUTH_LIMIT_SLOTS];

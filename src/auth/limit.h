@@ -33,6 +33,13 @@ struct auth_limit {
 void auth_limit_init(struct auth_limit *l, _Atomic uint64_t *slots, uint64_t seed, unsigned max,
                      unsigned window);
 
+/*
+ * Sets l up as a second limit over like's slots and seed, with its own max
+ * and like's window: what a caller keys apart (a tag byte before the key)
+ * costs no second table, and with workers is shared as like's is.
+ */
+void auth_limit_share(struct auth_limit *l, const struct auth_limit *like, unsigned max);
+
 /* Is key[0..len) over its limit at 'now' (s)? The seconds until it may try again, or 0. */
 unsigned auth_limit_check(const struct auth_limit *l, const void *key, size_t len, uint64_t now);
 

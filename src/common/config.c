@@ -179,6 +179,17 @@ static const struct option_def options[] = {
      "proven to carry, when it asks for more; 0: never."},
     {"ping", "max_folders", "ping-max-folders", OPT_UINT, FIELD(ping_max_folders), 1, 10000, "100",
      NULL, "N", "Most folders one ping may list."},
+    {"ping", "max_per_minute", "ping-max-per-minute", OPT_UINT, FIELD(ping_max_per_minute), 0,
+     60000, "60", NULL, "N", "Most pings, ActiveSync Pings and stream or WebSocket connection "
+     "attempts one device may make in a minute, not counting the one right after an answer "
+     "that told a change; more are answered 429 with Retry-After (an ActiveSync Ping is held "
+     "until the minute ends; event 1303); 0: no limit."},
+    {"probe", "max_per_user", "probe-max-per-user", OPT_UINT, FIELD(probe_max_per_user), 1, 1000,
+     "16", NULL, "N", "Most GET /v1/probe one user may have held at once (a probe ladder needs a "
+     "handful); more are answered 429 too-many-probes (event 1304)."},
+    {"probe", "max_held", "probe-max-held", OPT_UINT, FIELD(probe_max_held), 1, 10000000, "1000",
+     NULL, "N", "Most probes held at once by each worker, over all users: a probe holds a "
+     "connection with keepalive off for up to an hour; more are answered 429."},
     {"stream", "enabled", "stream-enabled", OPT_CHOICE, FIELD(stream_enabled), 0, 0, "yes",
      yes_no, "yes|no", "Serve GET /v1/stream; no: it answers 204, after which an EventSource "
      "stops reconnecting for good."},
@@ -219,6 +230,13 @@ static const struct option_def options[] = {
      268435456, "4194304", NULL, "BYTES", "Receive buffer of the UDP socket (SO_RCVBUF): acks "
      "that arrive while a large publish is being sent out wait here; the kernel counts about "
      "800 bytes per ack."},
+    {"udp", "max_per_user", "udp-max-per-user", OPT_UINT, FIELD(udp_max_per_user), 1, 100000,
+     "16", NULL, "N", "Most UDP registrations one user may have (each is also a session under "
+     "[sessions] per_user_limit); more are answered 429 udp-limit (event 1608)."},
+    {"udp", "max_per_address", "udp-max-per-address", OPT_UINT, FIELD(udp_max_per_address), 1,
+     10000000, "256", NULL, "N", "Most UDP registrations, over all users, whose datagrams go to "
+     "one address (any port), counted by each worker: however many users ask, one host is sent "
+     "a bounded stream; more are answered 429 udp-limit."},
     {"udp", "allowed_hosts", "udp-allowed-hosts", OPT_PREFIXES, FIELD(udp_allowed_hosts), 0, 0,
      "", NULL, "PREFIXES", "Address prefixes (10.0.0.0/8,fd00::/8) a registration may name as "
      "its host; empty: datagrams go only to the address that registered."},
@@ -267,6 +285,11 @@ static const struct option_def options[] = {
      FIELD(auth_max_failures_user), 0, 1000000, "50", NULL, "N",
      "Wrong passwords for one user, from anywhere, in failure_window before its sign-ins are "
      "answered 429; 0: no limit."},
+    {"auth", "max_bad_tokens_per_ip", "auth-max-bad-tokens-per-ip", OPT_UINT,
+     FIELD(auth_max_bad_tokens_ip), 0, 1000000, "100", NULL, "N",
+     "Forged tokens and tickets (malformed, or a wrong signature; not expired or revoked ones) "
+     "one client address may send in failure_window; beyond, its forged ones are answered 429 "
+     "with Retry-After instead of 401 (event 1211), valid ones still pass; 0: no limit."},
     {"auth", "failure_window", "auth-failure-window", OPT_UINT, FIELD(auth_failure_window), 1,
      86400, "300", NULL, "SECONDS", "The window the failure limits count in."},
     {"auth", "cookie", "auth-cookie", OPT_CHOICE, FIELD(auth_cookie), 0, 0, "yes", yes_no,

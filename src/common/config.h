@@ -52,6 +52,10 @@ struct config {
     unsigned user_timeout;            /* s; 0: idle + interval * count */
     /* [ping] */
     unsigned ping_max_folders;        /* 100 */
+    unsigned auth_max_bad_tokens_ip;  /* 100: forged tokens per address per failure_window */
+    unsigned ping_max_per_minute;
+    unsigned probe_max_per_user;      /* 16 */
+    unsigned probe_max_held;          /* 1000 per worker */     /* 60: requests per device per minute with no change between */
     /* [activesync] */
     unsigned as_max_folders;          /* 200: more in one Ping answer Status 6 */
     unsigned as_unknown_folder_ignore; /* s, 3600: Ids refused twice are ignored this long */
@@ -72,6 +76,8 @@ struct config {
     unsigned udp_max_resends;         /* 60 */
     unsigned udp_ttl;                 /* s, 3600 */
     unsigned udp_receive_buffer;      /* bytes, 4194304: room for acks arriving during a fan-out */
+    unsigned udp_max_per_user;        /* 16 registrations */
+    unsigned udp_max_per_address;     /* 256 registrations aimed at one address, per worker */
     char udp_allowed_hosts[CONFIG_STR_MAX]; /* prefixes a registration may name as host */
     /* [ingest] */
     char ingest_basic_user[CONFIG_STR_MAX];     /* Dovecot's OX driver's Basic user; "": off */

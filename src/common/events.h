@@ -45,10 +45,13 @@
     EVENT(1208, tokens_revoked, "an admin revoked every token of a user") \
     EVENT(1209, origin_refused, "a cookie-authenticated request or a CORS preflight came from an Origin not in [http] cors_origins") \
     EVENT(1210, tickets_full, "a worker remembers [auth] tickets_max used tickets: a ticket was refused 503") \
+    EVENT(1211, bad_tokens_limited, "a client address sent [auth] max_bad_tokens_per_ip forged tokens; its forged tokens are answered 429 until the window ends") \
     EVENT(1300, ping_superseded, "a device's held ping was answered because it sent a newer one") \
     EVENT(1301, session_limit, "a user at the session cap was refused a new session (429)") \
     EVENT(1310, heartbeat_learned, "a device's heartbeat hint moved on new evidence (debug)") \
     EVENT(1311, heartbeat_alert, "a client network's learned heartbeats average alert_average or less") \
+    EVENT(1303, ping_rate_limited, "a device made more than [ping] max_per_minute requests in a minute; refused 429 (ActiveSync: held) until it ends; once per device per minute") \
+    EVENT(1304, probe_limited, "a probe (GET /v1/probe) was refused 429 at [probe] max_per_user or max_held") \
     EVENT(1302, session_closed, "a session's connection closed without an answer (gone, dead, reaped, ended)") \
     EVENT(1800, as_folders_ignored, "an ActiveSync device got Status 7 twice for the same folder Ids; they are ignored for unknown_folder_ignore") \
     EVENT(1801, as_battery_guard, "an ActiveSync device re-pinged within seconds of non-change answers again and again; its Pings are held to heartbeat min") \
@@ -67,6 +70,7 @@
     EVENT(1605, udp_resends_exhausted, "a change was resent max_resends times without the device catching up") \
     EVENT(1606, udp_datagram_rejected, "a datagram received was dropped (malformed, forged, replayed); at most one line per 10 s") \
     EVENT(1607, udp_send_failed, "a datagram could not be sent (the socket refused it)") \
+    EVENT(1608, udp_limited, "a UDP registration was refused 429 at [udp] max_per_user or max_per_address") \
     EVENT(1504, store_resharded, "at start-up, users were moved between shard files for a new number of workers") \
     EVENT(1505, store_write_recovered, "a group commit succeeded after failed ones; the store is healthy again") \
     EVENT(1700, workers_starting, "the supervisor starts its worker processes") \

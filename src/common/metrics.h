@@ -61,6 +61,9 @@ struct metrics {
     uint64_t bytes_sent;
     uint64_t pings_held;           /* gauge */
     uint64_t pings_answered[PING_OUTCOME_COUNT];
+    uint64_t probes_held;          /* gauge: GET /v1/probe held now ([probe] max_held) */
+    uint64_t probes_refused;       /* GET /v1/probe answered 429 ([probe] limits) */
+    uint64_t pings_rate_limited;   /* requests over [ping] max_per_minute (429 or held) */
     uint64_t events_published;
     uint64_t publish_batches;
     uint64_t state_reads;
@@ -71,6 +74,7 @@ struct metrics {
     uint64_t udp_rejected[UDP_REJECT_COUNT];
     uint64_t udp_unreachable;      /* ICMP errors that suspended a registration or came after */
     uint64_t udp_send_errors;
+    uint64_t udp_refused;          /* registrations refused 429 ([udp] max_per_user, max_per_address) */
     uint64_t udp_resends_exhausted;
     uint64_t ingest_events;        /* deliveries from Dovecot applied */
     uint64_t ingest_duplicates;    /* retried deliveries answered without a bump */
@@ -84,6 +88,7 @@ struct metrics {
     uint64_t password_cache_hits;  /* of them, answered from the cache */
     uint64_t password_backend_requests; /* questions asked of the backend */
     uint64_t signins_limited;      /* sign-ins refused 429 for too many failures */
+    uint64_t bad_tokens_limited;   /* requests refused 429 for too many forged tokens */
     uint64_t tokens_revoked;       /* users whose tokens an admin revoked */
     uint64_t streams_held;         /* gauge: event streams open now */
     uint64_t streams_opened;

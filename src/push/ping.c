@@ -30,6 +30,7 @@
 #include "http/error.h"
 #include "http/request.h"
 #include "push/check.h"
+#include "push/pingrate.h"
 #include "session/devices.h"
 #include "session/heartbeat.h"
 #include "session/session.h"
@@ -177,6 +178,7 @@ void ping_init(struct ping *p, const struct config *cfg, struct store *store, st
     p->sessions = sessions;
     p->devices = devices;
     p->udp = udp;
+    p->rate = NULL;
     p->holder = (struct conn_holder){
         .expired = on_expired,
         .closed = on_closed,
@@ -206,10 +208,14 @@ void ping_wake_user(struct ping *p, struct user *u, const struct store_event *e,
             continue;
         }
         session_release(p->sessions, d);
-        if (answer_if_changed(p, c, d) == 0)
+        if (answer_if_changed(p, c, d) == 0) {
             session_hold(p->sessions, d, c); /* another folder of this user changed: keep holding */
-        else
+        } else {
             p->metrics->pings_held--;
+            /* The change came while it waited: the re-ping it causes is the publisher's doing. */
+            if (p->rate)
+                pingrate_changed(p->rate, d);
+        }
     }
 }
 
@@ -318,6 +324,34 @@ static int parse_ping(const struct config *cfg, struct http_req *r, json_t **roo
     return 0;
 }
 
+/*
+ * Does f[0..n) present a folder at an older state than the server last
+ * told d? A client replaying old states gets "changed" at once every time:
+ * such an answer is no news and does not make its next ping free.
+ */
+static int presents_older(const struct device *d, const struct store_folder *f, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        for (uint32_t j = 0; j < d->nfolders; j++)
+            if (strcmp(d->folders[j].name, f[i].name) == 0) {
+                if (f[i].state < d->folders[j].state)
+                    return 1;
+                break;
+            }
+    return 0;
+}
+
+/* 429 ping-rate-limited: d re-pinged more than [ping] max_per_minute. */
+static void rate_limited(struct ping *p, struct http_error *e, unsigned wait)
+{
+    http_error_set(e, 429, "ping-rate-limited",
+                   "this device sent more than %u requests in a minute with nothing changed "
+                   "in between; wait for Retry-After",
+                   p->rate->max);
+    http_error_num(e, "retry_after", wait);
+    http_error_header(e, "Retry-After: %u", wait);
+}
+
 /* Does d's saved folder list equal f[0..n) (names and states, in order)? */
 static int same_folders(const struct device *d, const struct store_folder *f, size_t n)
 {
@@ -339,13 +373,19 @@ void ping_handle(void *arg, struct conn *c, struct http_req *r, const struct pri
     struct user *u;
     struct device *d = NULL;
     struct session_dev *sd;
-    unsigned heartbeat;
-    int dirty, created;
+    unsigned heartbeat, wait;
+    int dirty, created, news;
 
     if (parse_ping(cfg, r, &root, &pp, &e) < 0)
         goto refuse;
     u = shard_user(p->shard, who->subject, 1);
     d = shard_device(p->shard, u, pp.device, 0);
+    /* A new device has counted nothing yet: only a known one can be over its rate. */
+    if (d && p->rate && (wait = pingrate_count(p->rate, d, "ping")) > 0) {
+        rate_limited(p, &e, wait);
+        d = NULL; /* refused before anything of it changed: no renewal either */
+        goto refuse;
+    }
     heartbeat = pp.heartbeat ? (unsigned)pp.heartbeat : (d ? d->heartbeat : 0);
     if (heartbeat == 0 || (pp.nfolders == 0 && (d == NULL || d->nfolders == 0))) {
         http_error_set(&e, 400, "missing-parameters", NULL);
@@ -359,8 +399,12 @@ void ping_handle(void *arg, struct conn *c, struct http_req *r, const struct pri
     dirty = d == NULL || d->heartbeat != heartbeat ||
             (pp.nfolders && !same_folders(d, pp.folders, pp.nfolders));
     created = d == NULL;
-    if (created)
+    news = created || !pp.nfolders || !presents_older(d, pp.folders, pp.nfolders);
+    if (created) {
         d = shard_device(p->shard, u, pp.device, 1);
+        if (p->rate)
+            pingrate_count(p->rate, d, "ping");
+    }
     sd = session_of(p->sessions, d);
     if (d->heartbeat == 0) /* new, or known so far only by its UDP registration */
         hb_first_hint(p->hb, d, heartbeat);
@@ -382,8 +426,11 @@ void ping_handle(void *arg, struct conn *c, struct http_req *r, const struct pri
     /* The states a ping presents are the states its device holds. */
     for (uint32_t i = 0; udp_reg_of(p->udp, d) && i < d->nfolders; i++)
         udp_knows(p->udp, d, d->folders[i].name, d->folders[i].state);
-    if (answer_if_changed(p, c, d) > 0)
+    if (answer_if_changed(p, c, d) > 0) {
+        if (news && p->rate)
+            pingrate_changed(p->rate, d);
         goto done;
+    }
     if (session_admit(p->sessions, u, d, &e) < 0) {
         /*
          * Refused: a device this ping created is forgotten again, or a client

@@ -12,6 +12,7 @@ struct devices;
 struct heartbeat;
 struct http_req;
 struct metrics;
+struct pingrate;
 struct principal;
 struct sessions;
 struct shard;
@@ -28,6 +29,7 @@ struct ping {
     struct sessions *sessions;
     struct devices *devices;
     struct udp *udp;            /* NULL when UDP is off */
+    struct pingrate *rate;      /* [ping] max_per_minute; NULL: none (set after init) */
     struct conn_holder holder;  /* what a held ping's connection calls */
 };
 

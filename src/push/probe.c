@@ -16,10 +16,16 @@
 #include <sys/socket.h>
 
 #include "auth/principal.h"
+#include "common/config.h"
+#include "common/log.h"
+#include "common/metrics.h"
 #include "common/util.h"
 #include "http/error.h"
 #include "http/request.h"
 #include "shard/shard.h"
+
+/* The Retry-After of a refused probe, s. */
+#define PROBE_RETRY_S 60
 
 /* The heartbeat ceiling: no heartbeat can be longer, so no probe need be. */
 #define PROBE_HOLD_MAX 3540
@@ -42,6 +48,8 @@ static void end(struct probe *pr, struct held_probe *hp)
 
     if (*n > 0)
         (*n)--;
+    if (pr->metrics->probes_held > 0)
+        pr->metrics->probes_held--;
     free(hp);
 }
 
@@ -74,9 +82,33 @@ static void on_shutdown(void *ctx, struct conn *c, void *arg)
     conn_close(c, CONN_WHY_SHUTDOWN, NULL);
 }
 
-void probe_init(struct probe *pr, struct shard *sh)
+/*
+ * 429 too-many-probes at one of the limits ('which' names it for the log).
+ * Retry-After is a minute: probes end by themselves, the longest within
+ * the hour, and a ladder that retries that soon loses little.
+ */
+static void refused(struct probe *pr, const struct user *u, struct http_error *e,
+                    const char *which, unsigned max)
 {
+    char q[300];
+
+    pr->metrics->probes_refused++;
+    LOG(LOG_INFO, probe_limited, "user=%s limit=%s max=%u", log_q(q, sizeof(q), u->id), which,
+        max);
+    http_error_set(e, 429, "too-many-probes",
+                   strcmp(which, "per_user") == 0 ? "at most %u probes per user at once"
+                                                  : "at most %u probes at once on this server",
+                   max);
+    http_error_num(e, "max", max);
+    http_error_header(e, "Retry-After: %u", PROBE_RETRY_S);
+}
+
+void probe_init(struct probe *pr, const struct config *cfg, struct shard *sh,
+                struct metrics *metrics)
+{
+    pr->cfg = cfg;
     pr->shard = sh;
+    pr->metrics = metrics;
     pr->uslot = shard_user_slot(sh, sizeof(uint32_t));
     pr->holder = (struct conn_holder){
         .expired = on_expired,
@@ -102,9 +134,12 @@ void probe_handle(void *arg, struct conn *c, struct http_req *r, const struct pr
         goto refuse;
     }
     u = shard_user(pr->shard, who->subject, 1);
-    if (*probes_of(pr, u) >= PROBE_MAX_PER_USER) {
-        http_error_set(&e, 429, "too-many-probes", "at most %d probes per user at once",
-                       PROBE_MAX_PER_USER);
+    if (*probes_of(pr, u) >= pr->cfg->probe_max_per_user) {
+        refused(pr, u, &e, "per_user", pr->cfg->probe_max_per_user);
+        goto refuse;
+    }
+    if (pr->metrics->probes_held >= pr->cfg->probe_max_held) {
+        refused(pr, u, &e, "held", pr->cfg->probe_max_held);
         goto refuse;
     }
     fd = conn_fd(c);
@@ -120,6 +155,7 @@ void probe_handle(void *arg, struct conn *c, struct http_req *r, const struct pr
     hp->user = u;
     hp->hold = (unsigned)hold;
     (*probes_of(pr, u))++;
+    pr->metrics->probes_held++;
     conn_hold(c, &pr->holder, hp, util_now_ms() + hold * 1000);
     return;
 refuse:

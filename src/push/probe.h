@@ -11,21 +11,32 @@
 
 #include "conn/conn.h"
 
+struct config;
 struct http_req;
+struct metrics;
 struct principal;
 struct shard;
 
-/* At most this many probes per user at once: a probe ladder needs a handful. */
+/*
+ * Limits: [probe] max_per_user probes of one user at once (a probe ladder
+ * needs a handful) and [probe] max_held in all on this worker. A probe is a
+ * connection held for up to an hour with keepalive off, which nothing else
+ * nudge holds is: without a total, users could park that many sockets.
+ */
+/* [probe] max_per_user's default: `nudge probe` keeps its ladder within it. */
 #define PROBE_MAX_PER_USER 16
 
 struct probe {
+    const struct config *cfg;
     struct shard *shard;
+    struct metrics *metrics;
     size_t uslot;               /* of the user's count of probes held (uint32_t) */
     struct conn_holder holder;
 };
 
 /* Sets pr up and reserves its slot in sh's users (before any user exists). */
-void probe_init(struct probe *pr, struct shard *sh);
+void probe_init(struct probe *pr, const struct config *cfg, struct shard *sh,
+                struct metrics *metrics);
 
 /* The route handler; 'arg' is the struct probe. */
 void probe_handle(void *arg, struct conn *c, struct http_req *r, const struct principal *who);

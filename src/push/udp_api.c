@@ -22,6 +22,7 @@
 #include "common/config.h"
 #include "common/jsonw.h"
 #include "common/log.h"
+#include "common/metrics.h"
 #include "common/util.h"
 #include "common/xalloc.h"
 #include "conn/conn.h"
@@ -264,6 +265,53 @@ static void answer_registered(const struct udp_api *a, struct conn *c, const str
     free(body);
 }
 
+/* Do a and b name the same host (the port aside)? */
+static int same_host(const struct sockaddr *a, const struct sockaddr *b)
+{
+    if (a->sa_family != b->sa_family)
+        return 0;
+    if (a->sa_family == AF_INET)
+        return memcmp(&((const struct sockaddr_in *)a)->sin_addr,
+                      &((const struct sockaddr_in *)b)->sin_addr, 4) == 0;
+    return memcmp(&((const struct sockaddr_in6 *)a)->sin6_addr,
+                  &((const struct sockaddr_in6 *)b)->sin6_addr, 16) == 0;
+}
+
+/*
+ * [udp] max_per_user and max_per_address: may d (of user u) register for
+ * datagrams to 'to'? Replacing d's own registration adds nothing. 0, or -1
+ * with e set to 429 udp-limit (event 1608).
+ */
+static int within_limits(struct udp_api *a, struct user *u, struct device *d,
+                         const struct sockaddr *to, struct http_error *e)
+{
+    const struct udp_reg *old = udp_reg_of(a->udp, d);
+    unsigned at_addr = udp_addr_count(a->udp, to);
+    const char *which = NULL;
+    unsigned max = 0;
+    char q1[300], shown[64];
+
+    if (old && same_host(&old->addr.sa, to))
+        at_addr--;
+    if (old == NULL && udp_user_count(a->udp, u) >= a->cfg->udp_max_per_user) {
+        which = "per_user";
+        max = a->cfg->udp_max_per_user;
+    } else if (at_addr >= a->cfg->udp_max_per_address) {
+        which = "per_address";
+        max = a->cfg->udp_max_per_address;
+    }
+    if (which == NULL)
+        return 0;
+    a->udp->metrics->udp_refused++;
+    LOG(LOG_INFO, udp_limited, "user=%s limit=%s max=%u address=%s", log_q(q1, sizeof(q1), u->id),
+        which, max, util_format_addr(to, shown, sizeof(shown)));
+    http_error_set(e, 429, "udp-limit", "%s has %u registrations already ([udp] %s)",
+                   strcmp(which, "per_user") == 0 ? "this user" : "this address", max,
+                   strcmp(which, "per_user") == 0 ? "max_per_user" : "max_per_address");
+    http_error_num(e, "max", max);
+    return -1;
+}
+
 void udp_register_handle(void *arg, struct conn *c, struct http_req *r, const struct principal *who)
 {
     struct udp_api *a = arg;
@@ -299,10 +347,13 @@ void udp_register_handle(void *arg, struct conn *c, struct http_req *r, const st
         goto refuse;
     u = shard_user(a->shard, who->subject, 1);
     d = shard_device(a->shard, u, device, 0);
+    if (d && within_limits(a, u, d, (struct sockaddr *)&to, &e) < 0)
+        goto refuse;
     created = d == NULL;
     if (created)
         d = shard_device(a->shard, u, device, 1);
-    if (session_admit(a->sessions, u, d, &e) < 0) {
+    if ((created && within_limits(a, u, d, (struct sockaddr *)&to, &e) < 0) ||
+        session_admit(a->sessions, u, d, &e) < 0) {
         if (created)
             shard_device_remove(a->shard, d);
         goto refuse;

@@ -241,6 +241,82 @@ static void unauthorized(struct router *rt, struct conn *c, const struct route *
     conn_respond_error(c, &e);
 }
 
+/* ---- forged tokens per address ---------------------------------------- */
+
+/*
+ * The key of c's address in the bad-token count: a tag byte, so that it
+ * never shares a count with the same address's wrong passwords, then the
+ * address bytes. 0 when c has no address (a test socket pair).
+ */
+static size_t bad_token_key(struct conn *c, unsigned char key[17])
+{
+    struct sockaddr_storage ss;
+
+    key[0] = 'T';
+    if (conn_peer_addr(c, &ss) != 0)
+        return 0;
+    if (ss.ss_family == AF_INET) {
+        memcpy(key + 1, &((const struct sockaddr_in *)&ss)->sin_addr, 4);
+        return 5;
+    }
+    if (ss.ss_family == AF_INET6) {
+        memcpy(key + 1, &((const struct sockaddr_in6 *)&ss)->sin6_addr, 16);
+        return 17;
+    }
+    return 0;
+}
+
+/* Seconds until c's address may send a forged token again without 429; 0: not over. */
+static unsigned bad_tokens_over(struct router *rt, struct conn *c)
+{
+    unsigned char key[17];
+    size_t len;
+
+    if (rt->bad_tokens == NULL || rt->bad_tokens->max == 0 || (len = bad_token_key(c, key)) == 0)
+        return 0;
+    return auth_limit_check(rt->bad_tokens, key, len, util_now_ms() / 1000);
+}
+
+/*
+ * A forged token or ticket (malformed, or a wrong signature) came from c:
+ * counted for its address. Under [auth] max_bad_tokens_per_ip it is the
+ * usual 401; at the limit (event 1211, once per window) and past it, 429
+ * with Retry-After and no auth_failed line, so a forger learns to wait and
+ * cannot write the log full. A valid token from the same address still
+ * passes: one NAT address hides many honest clients.
+ */
+static void bad_token(struct router *rt, struct conn *c, const struct route *route,
+                      const char *why)
+{
+    unsigned char key[17];
+    size_t len = rt->bad_tokens ? bad_token_key(c, key) : 0;
+    uint64_t now = util_now_ms() / 1000;
+    unsigned wait;
+    struct http_error e;
+
+    if (len == 0 || rt->bad_tokens->max == 0) {
+        unauthorized(rt, c, route, why, 1);
+        return;
+    }
+    if (auth_limit_fail(rt->bad_tokens, key, len, now)) {
+        char peer[64];
+        LOG(LOG_WARN, bad_tokens_limited, "peer=%s max=%u window=%u",
+            conn_peer(c, peer, sizeof(peer)), rt->bad_tokens->max, rt->bad_tokens->window);
+    }
+    wait = auth_limit_check(rt->bad_tokens, key, len, now);
+    if (wait == 0) {
+        unauthorized(rt, c, route, why, 1);
+        return;
+    }
+    rt->metrics->auth_failures++;
+    rt->metrics->bad_tokens_limited++;
+    http_error_set(&e, 429, "too-many-failures",
+                   "too many forged or malformed tokens from this address; try again later");
+    http_error_num(&e, "retry_after", wait);
+    http_error_header(&e, "Retry-After: %u", wait);
+    conn_respond_error(c, &e);
+}
+
 /* ---- passwords ----------------------------------------------------- */
 
 /* A sign-in with a password waiting for the backend's answer. */
@@ -476,6 +552,9 @@ static int check_token(struct router *rt, struct conn *c, const struct route *ro
     enum token_status st;
 
     st = token_parse(tok, n, &f);
+    /* From an address over the bad-token limit, the MAC first: a forgery is not handed anywhere. */
+    if (st == TOKEN_OK && bad_tokens_over(rt, c))
+        st = token_check(rt->secret, tok, &f, (int64_t)time(NULL));
     if (st == TOKEN_OK && route->need == TOKEN_USER && f.kind == TOKEN_USER &&
         worker_route(rt->route, c, f.subject, f.subject_len))
         return -1;
@@ -485,7 +564,11 @@ static int check_token(struct router *rt, struct conn *c, const struct route *ro
     if (st == TOKEN_OK && f.kind == TOKEN_USER)
         st = token_revocation(&f, store_get(rt->store, f.subject, TOKEN_REVOKED_FOLDER));
     if (st != TOKEN_OK) {
-        unauthorized(rt, c, route, token_status_str(st), 1);
+        /* Expired and revoked tokens were real: a stale client, not a forger. */
+        if (st == TOKEN_MALFORMED || st == TOKEN_BAD_SIGNATURE)
+            bad_token(rt, c, route, token_status_str(st));
+        else
+            unauthorized(rt, c, route, token_status_str(st), 1);
         return -1;
     }
     who->kind = f.kind;
@@ -541,7 +624,10 @@ static int check_ticket(struct router *rt, struct conn *c, const struct route *r
         return -1;
     }
     if (st != TICKET_OK) {
-        unauthorized(rt, c, route, ticket_status_str(st), 1);
+        if (st == TICKET_MALFORMED || st == TICKET_BAD_SIGNATURE)
+            bad_token(rt, c, route, ticket_status_str(st));
+        else
+            unauthorized(rt, c, route, ticket_status_str(st), 1);
         return -1;
     }
     who->kind = TOKEN_USER;
@@ -571,7 +657,7 @@ static int browser_credential(struct router *rt, struct conn *c, struct http_req
     if (r->query != NULL)
         n = util_query_param(r->query, r->query_len, "ticket", t, sizeof(t));
     if (n == -EINVAL) {
-        unauthorized(rt, c, route, ticket_status_str(TICKET_MALFORMED), 1);
+        bad_token(rt, c, route, ticket_status_str(TICKET_MALFORMED));
         return -1;
     }
     if (n >= 0)
@@ -608,6 +694,7 @@ static int authenticate(struct router *rt, struct conn *c, struct http_req *r,
         password_signin(rt, c, route, h);
         return -1;
     }
+
     /* An explicit header wins over the cookie the browser sends by itself. */
     if ((h == NULL || h[0] == '\0') && route->browser)
         return browser_credential(rt, c, r, route, who);

@@ -64,6 +64,7 @@ struct router {
     struct store *store;               /* users' token revocation times */
     struct passwords *passwords;       /* NULL: tokens only */
     struct auth_limit *fail_ip, *fail_user; /* failed sign-ins per address, per user */
+    struct auth_limit *bad_tokens;     /* forged tokens per address; NULL: none (set after init) */
     int basic;                         /* [auth] basic = yes */
     struct ticket_spent *spent;        /* the used tickets of our users */
     void *to[ROUTE_TARGET_COUNT];

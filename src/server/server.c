@@ -151,7 +151,8 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
 
     /* Every module keeping something per user or device reserves its slot before the first. */
     hb_init(&s->hb, cfg, &s->shard);
-    probe_init(&s->probe, &s->shard);
+    probe_init(&s->probe, cfg, &s->shard, &s->metrics);
+    pingrate_init(&s->pingrate, cfg, &s->shard, &s->metrics);
     devices_init(&s->devices, s->store, &s->shard, NULL);
     /* The UDP socket before the records: they bring registrations, which may have datagrams due. */
     if (udp_init(&s->udp, loop, cfg, wk ? wk->index : 0, s->store, &s->shard, &s->metrics,
@@ -185,6 +186,10 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
     s->as_ping.route = route;
     ping_init(&s->ping, cfg, s->store, &s->shard, &s->metrics, &s->hb, &s->sessions, &s->devices,
               s->udp);
+    s->ping.rate = &s->pingrate;
+    s->as_ping.rate = &s->pingrate;
+    s->sse.rate = &s->pingrate;
+    s->ws.rate = &s->pingrate;
     state_init(&s->state, cfg, s->store, &s->shard, &s->metrics, s->udp);
     events_init(&s->events, s->store, &s->shard, &s->metrics, wk, s->mesh, &s->ping, s->udp);
     udp_api_init(&s->udp_api, cfg, s->store, &s->shard, &s->sessions, s->udp);
@@ -240,6 +245,8 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
         };
         router_init(&s->router, cfg, &s->secret, &s->metrics, route, s->store, s->passwords,
                     &s->fail_ip, &s->fail_user, s->spent, to);
+        auth_limit_share(&s->bad_tokens, &s->fail_ip, cfg->auth_max_bad_tokens_ip);
+        s->router.bad_tokens = &s->bad_tokens;
     }
 
     uv_timer_init(loop, &s->stop_timer);

@@ -32,6 +32,7 @@
 #include "stream/sse.h"
 #include "stream/ws.h"
 #include "push/ping.h"
+#include "push/pingrate.h"
 #include "push/probe.h"
 #include "push/state.h"
 #include "push/udp_api.h"
@@ -66,6 +67,7 @@ struct server {
     struct listener listener;
     struct handoff handoff;
     struct ping ping;
+    struct pingrate pingrate;
     struct as_ping as_ping;
     struct sse sse;
     struct ws ws;
@@ -80,6 +82,7 @@ struct server {
     struct passwords *passwords;   /* NULL: tokens only ([auth] passwords empty) */
     struct tls_server *tls;        /* NULL: no listener has the tls flag; not ours (main.c's) */
     struct auth_limit fail_ip, fail_user;
+    struct auth_limit bad_tokens;  /* forged tokens per address, over fail_ip's slots */
     _Atomic uint64_t *fail_slots;  /* without workers: the limits' own slots (2 tables) */
     struct login login;
     struct ticket_api ticket_api;

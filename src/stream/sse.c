@@ -49,6 +49,7 @@
 #include "http/error.h"
 #include "http/request.h"
 #include "push/check.h"
+#include "push/pingrate.h"
 #include "session/heartbeat.h"
 #include "session/session.h"
 #include "shard/shard.h"
@@ -308,6 +309,7 @@ void sse_init(struct sse *s, const struct config *cfg, struct store *store, stru
     s->metrics = metrics;
     s->sessions = sessions;
     s->hb = hb;
+    s->rate = NULL;
     s->seed = util_now_ms() ^ (uint64_t)(uintptr_t)s;
     s->dslot = shard_device_slot(sh, sizeof(struct sse_dev *));
     s->holder = (struct conn_holder){
@@ -444,6 +446,7 @@ void sse_handle(void *arg, struct conn *c, struct http_req *r, const struct prin
     struct user *u;
     struct device *d;
     int created = 0;
+    unsigned wait;
     char extra[128];
 
     if (refused_for_good(cfg, c))
@@ -457,6 +460,14 @@ void sse_handle(void *arg, struct conn *c, struct http_req *r, const struct prin
     u = shard_user(s->shard, who->subject, 1);
     if (sp.device[0]) {
         d = shard_device(s->shard, u, sp.device, 0);
+        /*
+         * Over [ping] max_per_minute: told to come back when the minute
+         * ends. Not 429: an EventSource given an error stops for good.
+         */
+        if (d && s->rate && (wait = pingrate_count(s->rate, d, "stream")) > 0) {
+            sse_come_back(c, wait);
+            return;
+        }
         if (d == NULL) {
             d = shard_device(s->shard, u, sp.device, 1);
             created = 1;

@@ -18,6 +18,7 @@ struct heartbeat;
 struct store_event;
 struct http_req;
 struct metrics;
+struct pingrate;
 struct principal;
 struct sessions;
 struct shard;
@@ -30,6 +31,7 @@ struct sse {
     struct metrics *metrics;
     struct sessions *sessions;
     struct heartbeat *hb;
+    struct pingrate *rate;       /* [ping] max_per_minute; NULL: none (set after init) */
     uint64_t seed, draws;        /* jitter and the names of anonymous devices */
     size_t dslot;                /* struct sse_dev * per device (NULL: no stream) */
     struct conn_holder holder;   /* a stream */

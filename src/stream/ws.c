@@ -43,6 +43,7 @@
 #include "http/error.h"
 #include "http/request.h"
 #include "push/check.h"
+#include "push/pingrate.h"
 #include "session/heartbeat.h"
 #include "session/session.h"
 #include "shard/shard.h"
@@ -470,6 +471,7 @@ void ws_init(struct ws *w, const struct config *cfg, struct store *store, struct
     w->sessions = sessions;
     w->hb = hb;
     w->seed = util_now_ms() ^ (uint64_t)(uintptr_t)w;
+    w->rate = NULL;
     w->dslot = shard_device_slot(sh, sizeof(struct ws_dev *));
     w->holder = (struct conn_holder){
         .expired = on_ping_due,
@@ -532,6 +534,7 @@ void ws_handle(void *arg, struct conn *c, struct http_req *r, const struct princ
     struct user *u;
     struct device *d;
     int created = 0, n;
+    unsigned wait;
 
     if (strcmp(cfg->stream_enabled, "no") == 0) {
         http_error_set(&e, 403, "forbidden", "event streams are turned off here ([stream] enabled = no)");
@@ -553,6 +556,15 @@ void ws_handle(void *arg, struct conn *c, struct http_req *r, const struct princ
     u = shard_user(w->shard, who->subject, 1);
     if (device[0]) {
         d = shard_device(w->shard, u, device, 0);
+        /* Over [ping] max_per_minute: the handshake is refused 429 with Retry-After. */
+        if (d && w->rate && (wait = pingrate_count(w->rate, d, "ws")) > 0) {
+            http_error_set(&e, 429, "ping-rate-limited",
+                           "this device opened more than %u connections in a minute; wait for "
+                           "Retry-After", w->rate->max);
+            http_error_num(&e, "retry_after", wait);
+            http_error_header(&e, "Retry-After: %u", wait);
+            goto refuse;
+        }
         if (d == NULL) {
             d = shard_device(w->shard, u, device, 1);
             created = 1;

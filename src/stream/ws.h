@@ -18,6 +18,7 @@ struct config;
 struct heartbeat;
 struct http_req;
 struct metrics;
+struct pingrate;
 struct principal;
 struct sessions;
 struct shard;
@@ -31,6 +32,7 @@ struct ws {
     struct metrics *metrics;
     struct sessions *sessions;
     struct heartbeat *hb;
+    struct pingrate *rate;       /* [ping] max_per_minute; NULL: none (set after init) */
     uint64_t seed, draws;        /* the names of anonymous devices */
     size_t dslot;                /* struct ws_dev * per device (NULL: no WebSocket) */
     struct conn_holder holder;   /* an open WebSocket */

@@ -202,6 +202,61 @@ static void save(struct udp *u, struct udp_reg *r)
     u->save(u->save_arg, r->device);
 }
 
+/*
+ * Registrations per target address, for [udp] max_per_address: one entry
+ * per address with any, so a flood of registrations aimed at one address
+ * is refused however many users make it. The key is the address bytes
+ * (the port left out: a victim has many).
+ */
+struct addr_count {
+    uint32_t n;
+    uint8_t len;
+    char key[17];
+};
+
+static size_t addr_key(const struct sockaddr *sa, char key[17])
+{
+    if (sa->sa_family == AF_INET) {
+        memcpy(key, &((const struct sockaddr_in *)sa)->sin_addr, 4);
+        key[4] = '\0';
+        return 4;
+    }
+    memcpy(key, &((const struct sockaddr_in6 *)sa)->sin6_addr, 16);
+    key[16] = '\0';
+    return 16;
+}
+
+static void addr_count_add(struct udp *u, const struct sockaddr *sa, int delta)
+{
+    char key[17];
+    size_t len = addr_key(sa, key);
+    struct addr_count *ac = strmap_get(&u->by_addr, key, len);
+
+    if (ac == NULL) {
+        if (delta < 0)
+            return;
+        ac = xcalloc(1, sizeof(*ac));
+        memcpy(ac->key, key, sizeof(key));
+        ac->len = (uint8_t)len;
+        strmap_put(&u->by_addr, ac->key, len, ac);
+    }
+    if (delta > 0) {
+        ac->n++;
+    } else if (--ac->n == 0) {
+        strmap_del(&u->by_addr, ac->key, ac->len);
+        free(ac);
+    }
+}
+
+unsigned udp_addr_count(const struct udp *u, const struct sockaddr *sa)
+{
+    char key[17];
+    size_t len = addr_key(sa, key);
+    const struct addr_count *ac = strmap_get(&u->by_addr, key, len);
+
+    return ac ? ac->n : 0;
+}
+
 static void reg_free(struct udp_reg *r)
 {
     for (uint32_t i = 0; i < r->nfolders; i++)
@@ -218,6 +273,7 @@ static void reg_remove(struct udp *u, struct udp_reg *r)
     strmap_del(&u->regs, (const char *)r->idkey, sizeof(r->idkey));
     *reg_slot(u, r->device) = NULL;
     (*count_slot(u, r->device->user))--;
+    addr_count_add(u, &r->addr.sa, -1);
     u->metrics->udp_registrations--;
     reg_free(r);
 }
@@ -289,6 +345,7 @@ static struct udp_reg *reg_new(struct udp *u, struct device *d, const struct soc
     strmap_put(&u->regs, (const char *)r->idkey, sizeof(r->idkey), r);
     *reg_slot(u, d) = r;
     (*count_slot(u, d->user))++;
+    addr_count_add(u, &r->addr.sa, 1);
     u->metrics->udp_registrations++;
     return r;
 }
@@ -598,11 +655,13 @@ int udp_init(struct udp **out, uv_loop_t *loop, const struct config *cfg, unsign
     u->save_arg = save_arg;
     deadline_heap_init(&u->heap);
     strmap_init(&u->regs);
+    strmap_init(&u->by_addr);
     if (udp_socket_open(&u->sock, loop, cfg, worker_index, metrics, on_datagram, on_unreachable, u,
                         err, errlen) < 0) {
         udp_socket_close(&u->sock);
         deadline_heap_free(&u->heap);
         strmap_free(&u->regs);
+        strmap_free(&u->by_addr);
         free(u);
         return -1;
     }
@@ -643,6 +702,10 @@ void udp_free(struct udp *u)
         (*count_slot(u, r->device->user))--;
         reg_free(r);
     }
+    pos = 0;
+    while (strmap_next(&u->by_addr, &pos, &key, &val))
+        free(val);
+    strmap_free(&u->by_addr);
     strmap_free(&u->regs);
     udp_socket_close(&u->sock);
     free(u);

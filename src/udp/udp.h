@@ -73,6 +73,7 @@ struct udp {
     uint64_t timer_at;          /* what the timer is armed for; 0: not armed */
     struct deadline_heap heap;  /* registrations by their next deadline */
     struct strmap regs;         /* 8-byte big-endian id -> struct udp_reg */
+    struct strmap by_addr;      /* target address bytes -> its registrations' count */
     size_t dslot, uslot;        /* its slots in devices (the registration) and users (a count) */
     udp_save_fn save;
     void *save_arg;
@@ -108,6 +109,9 @@ static inline uint32_t udp_user_count(const struct udp *u, const struct user *us
 {
     return u ? *(const uint32_t *)((const char *)user - u->uslot) : 0;
 }
+
+/* Registrations on this worker whose datagrams go to sa's address (any port). */
+unsigned udp_addr_count(const struct udp *u, const struct sockaddr *sa);
 
 /* A stored registration of d (at start-up): rebuilt, and pending folders sent. */
 void udp_restore(struct udp *u, struct device *d, const struct store_udp *r);

@@ -207,6 +207,27 @@ static void test_limit_off(void **state)
     assert_int_equal(auth_limit_check(&l, "x", 1, 1000), 0);
 }
 
+/* A second limit over the same table: its own max, the window and seed of the first. */
+static void test_limit_share(void **state)
+{
+    struct auth_limit pw, tok;
+    const uint64_t t0 = 1800000000 - 1800000000 % 300;
+
+    (void)state;
+    memset((void *)slots, 0, sizeof(slots));
+    auth_limit_init(&pw, slots, 7, 2, 300);
+    auth_limit_share(&tok, &pw, 5);
+    assert_int_equal(tok.window, 300);
+    assert_int_equal(tok.seed, 7);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(auth_limit_fail(&tok, "T1234", 5, t0), 0);
+    assert_int_equal(auth_limit_check(&tok, "T1234", 5, t0), 0);
+    assert_int_equal(auth_limit_fail(&tok, "T1234", 5, t0), 300);
+    assert_int_equal(auth_limit_check(&tok, "T1234", 5, t0 + 100), 200);
+    /* The tagged key is not the untagged one: the first limit's count is untouched. */
+    assert_int_equal(auth_limit_check(&pw, "1234", 4, t0 + 100), 0);
+}
+
 static void test_limit_shared(void **state)
 {
     struct auth_limit a, b;
@@ -234,6 +255,7 @@ int main(void)
         cmocka_unit_test(test_limit_window),
         cmocka_unit_test(test_limit_off),
         cmocka_unit_test(test_limit_shared),
+        cmocka_unit_test(test_limit_share),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -518,7 +518,7 @@ static void test_file_unknown_names(void **state)
 {
     (void)state;
     load_fails("[server]\nlisten = 127.0.0.1:1\n[srever]\nlisten = 1\n", 3,
-               "unknown section [srever] (known sections: server, heartbeat, sessions, network, activesync, ping, stream, udp, ingest, auth, http, log, store, tls)");
+               "unknown section [srever] (known sections: server, heartbeat, sessions, network, activesync, ping, probe, stream, udp, ingest, auth, http, log, store, tls)");
     load_fails("[nothing]\n", 1, "unknown section [nothing]");
     load_fails("[server]\nfoo = 1\n", 2, "unknown key 'foo' in [server]");
     load_fails("[server]\nmin = 60\n", 2, "unknown key 'min' in [server] (it belongs under [heartbeat])");

@@ -123,14 +123,19 @@ static int on_alpn(SSL *ssl, const unsigned char **out, unsigned char *outlen,
     return SSL_TLSEXT_ERR_NOACK;
 }
 
-/* The ticket key material of one period: name (16), HMAC key (32), AES key (32). */
-static void ticket_keys(const struct tls_server *s, unsigned long long period, unsigned char k[80])
+/*
+ * The ticket key material of one period into k: HMAC key (32), AES key (32),
+ * name (16 of the 32 bytes at k + 64). Two HMACs of the seed, under distinct
+ * messages, so that the name tells nothing of the keys.
+ */
+#define TICKET_KEYS_LEN 96
+static void ticket_keys(const struct tls_server *s, unsigned long long period,
+                        unsigned char k[TICKET_KEYS_LEN])
 {
     unsigned char msg[32];
     unsigned int len = 0;
     int n = snprintf((char *)msg, sizeof(msg), "nudge tls ticket %llu", period);
 
-    /* Two HMAC blocks of the seed: 64 bytes of keys and 16 of name. */
     HMAC(EVP_sha512(), s->ticket_seed, (int)s->seed_len, msg, (size_t)n, k, &len);
     msg[0] = 'N';
     HMAC(EVP_sha256(), s->ticket_seed, (int)s->seed_len, msg, (size_t)n, k + 64, &len);
@@ -148,7 +153,7 @@ static int on_ticket_key(SSL *ssl, unsigned char name[16], unsigned char *iv,
 {
     struct tls_server *s = server_of_ctx(SSL_get_SSL_CTX(ssl));
     unsigned long long now = (unsigned long long)time(NULL) / TICKET_PERIOD_S;
-    unsigned char k[80];
+    unsigned char k[TICKET_KEYS_LEN];
     OSSL_PARAM params[2];
     int which = -1;
 

@@ -28,7 +28,7 @@ LLHTTP_INC_DIR := /usr/share/include/llhttp
 CPPFLAGS += -Isrc -I$(LLHTTP_INC_DIR) -D_GNU_SOURCE
 CFLAGS   += -std=c11 $(OPT) -g -Wall -Wextra -Werror -MMD -MP $(SANFLAGS)
 LDFLAGS  += $(SANFLAGS)
-LIBS     := -luv -ljansson -linih -lcrypto -lsqlite3 -lcrypt -lsystemd -lwslay -lpthread
+LIBS     := -luv -ljansson -linih -lssl -lcrypto -lsqlite3 -lcrypt -lsystemd -lwslay -lpthread
 # libwbxml2: the referee for our Ping codec in the unit tests and the fuzz target
 # (docs/activesync.md says why nudged itself reads and writes the tokens by hand).
 WBXML_CFLAGS := $(shell pkg-config --cflags libwbxml2)
@@ -50,6 +50,7 @@ PASSWD_SRC  := src/auth/passwd.c src/auth/passwd_dovecot.c src/auth/passwd_file.
 HTTP_SRC    := src/http/request.c src/http/response.c src/http/error.c src/http/cookie.c \
 	src/http/csp.c
 NET_SRC     := src/net/sockopt.c
+TLS_SRC     := src/tls/record.c src/tls/server.c
 STORE_SRC   := src/store/store.c src/store/statemap.c src/store/store_mem.c \
 	src/store/store_sqlite.c src/store/sqlite_writer.c src/store/reshard.c
 SHARD_SRC   := src/shard/shard.c
@@ -69,7 +70,7 @@ STREAM_SRC  := src/stream/state_id.c src/stream/watch.c src/stream/sse.c src/str
 SERVER_SRC  := src/server/server.c src/server/router.c src/server/handoff.c \
 	src/server/supervisor.c src/server/reload.c src/server/privs.c
 
-NUDGED_SRC := $(COMMON_SRC) $(AUTH_SRC) $(PASSWD_SRC) $(HTTP_SRC) $(NET_SRC) $(STORE_SRC) $(SHARD_SRC) \
+NUDGED_SRC := $(COMMON_SRC) $(AUTH_SRC) $(PASSWD_SRC) $(HTTP_SRC) $(NET_SRC) $(TLS_SRC) $(STORE_SRC) $(SHARD_SRC) \
 	$(WORKER_SRC) $(CONN_SRC) $(DGRAM_SRC) $(UDP_SRC) $(HB_SRC) $(SESSION_SRC) $(PUSH_SRC) \
 	$(AS_SRC) $(STREAM_SRC) $(ADMIN_SRC) $(SERVER_SRC) src/server/main.c
 

@@ -110,6 +110,10 @@ static void render_totals(struct text *t, const struct metrics *m, uint64_t sess
            m->stream_events);
     metric(t, "nudge_streams_slow_total", "counter",
            "Streams closed because their client did not read (event 1900).", m->streams_slow);
+    metric(t, "nudge_tls_handshakes_total", "counter", "TLS handshakes completed.",
+           m->tls_handshakes);
+    metric(t, "nudge_tls_failures_total", "counter",
+           "TLS handshakes that failed and records refused (event 1150).", m->tls_failures);
     metric(t, "nudge_ws_held", "gauge", "WebSockets (JMAP push, /v1/ws) open now.", m->ws_held);
     metric(t, "nudge_ws_opened_total", "counter", "WebSockets opened.", m->ws_opened);
     metric(t, "nudge_ws_messages_total", "counter", "Text messages from WebSocket clients.",

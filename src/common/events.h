@@ -32,6 +32,8 @@
     EVENT(1104, listen_paused, "accepting paused: max_connections or out of descriptors") \
     EVENT(1105, listen_resumed, "accepting resumed after a pause")                 \
     EVENT(1106, conn_refused, "a connection was refused: over max_per_ip")         \
+    EVENT(1150, tls_failed, "a TLS handshake failed or a record was refused; the connection closed") \
+    EVENT(1151, tls_loaded, "the TLS certificate and key were loaded (at start or on reload)") \
     EVENT(1200, auth_failed, "a request carried a missing, invalid or expired credential") \
     EVENT(1201, auth_forbidden, "a valid credential was used for an endpoint it may not use") \
     EVENT(1202, signed_in, "a user signed in with a password and was given a token (POST /v1/login)") \

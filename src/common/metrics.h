@@ -89,6 +89,8 @@ struct metrics {
     uint64_t streams_opened;
     uint64_t stream_events;        /* state events sent on streams (SSE and WebSocket) */
     uint64_t streams_slow;         /* streams closed for not reading (event 1900) */
+    uint64_t tls_handshakes;       /* TLS handshakes completed (conn.c) */
+    uint64_t tls_failures;         /* TLS handshakes or records refused (event 1150) */
     uint64_t ws_held;              /* gauge: WebSockets open now (stream/ws.c) */
     uint64_t ws_opened;
     uint64_t ws_messages;          /* text messages from WebSocket clients */

@@ -30,6 +30,7 @@
 #include "common/util.h"
 #include "http/error.h"
 #include "http/response.h"
+#include "tls/tls.h"
 
 /* How long a closing connection waits for the client's FIN before closing anyway. */
 #define LINGER_MS 2000
@@ -58,13 +59,14 @@ const char *const conn_why_text[CONN_WHY_COUNT] = {
     [CONN_WHY_ENDED_BY_ADMIN] = "ended by an admin",
     [CONN_WHY_REAPED] = "reaped",
     [CONN_WHY_SLOW] = "slow reader",
+    [CONN_WHY_TLS] = "tls",
 };
 
 /*
  * A held ping is a connection: every byte here is paid 100k times at 100k
  * held pings (bench/held_memory.py). 88 bytes beside libuv's handle today.
  */
-_Static_assert(sizeof(struct conn) <= sizeof(uv_tcp_t) + 88, "struct conn grew: measure first");
+_Static_assert(sizeof(struct conn) <= sizeof(uv_tcp_t) + 96, "struct conn grew: measure first");
 
 struct write_req {
     uv_write_t req;
@@ -259,6 +261,7 @@ static void on_close(uv_handle_t *h)
     if (cl->on_closed)
         cl->on_closed(cl->closed_arg, c->counted, (c->flags & CONN_HANDED) != 0);
     http_req_free(c->req);
+    tls_conn_free(c->tls);
     free(c->pending);
     free(c);
 }
@@ -331,8 +334,8 @@ static int try_write(struct conn *c, const char *buf, size_t len)
     return n < 0 ? 0 : n;
 }
 
-/* Writes buf[0..len) and takes ownership of buf. */
-static void conn_write(struct conn *c, char *buf, size_t len)
+/* Writes buf[0..len), bytes for the socket as they are, and takes ownership of buf. */
+static void write_raw(struct conn *c, char *buf, size_t len)
 {
     int n;
 
@@ -348,11 +351,62 @@ static void conn_write(struct conn *c, char *buf, size_t len)
     queue_write(c, buf, buf + n, len - (size_t)n);
 }
 
+/* TLS: buf[0..len) sealed into records, in a buffer that replaces it. -1: c closed. */
+static int seal(struct conn *c, const char *buf, size_t len, char **out, size_t *out_len)
+{
+    if (!tls_conn_ready(c->tls)) {
+        conn_close(c, CONN_WHY_TLS, "an answer before the handshake completed");
+        return -1;
+    }
+    if (tls_conn_seal(c->tls, buf, len, out, out_len) < 0) {
+        conn_close(c, CONN_WHY_NO_MEMORY, NULL);
+        return -1;
+    }
+    return 0;
+}
+
+/* Writes buf[0..len) of the answer (sealed first on TLS) and takes ownership of buf. */
+static void conn_write(struct conn *c, char *buf, size_t len)
+{
+    char *sealed;
+    size_t slen;
+
+    if (c->tls && !(c->flags & CONN_CLOSING)) {
+        int rc = seal(c, buf, len, &sealed, &slen);
+        free(buf);
+        if (rc < 0)
+            return;
+        buf = sealed;
+        len = slen;
+    }
+    write_raw(c, buf, len);
+}
+
+/* tls_out's send: handshake flights and key updates. */
+static int tls_send(void *arg, char *owned, size_t len)
+{
+    struct conn *c = arg;
+
+    write_raw(c, owned, len);
+    return c->flags & CONN_CLOSING ? -1 : 0;
+}
+
 static void start_linger(struct conn *c)
 {
     uv_shutdown_t *req = malloc(sizeof(*req));
 
     c->flags |= CONN_LINGER;
+    /* TLS: the answer's end is said before the TCP one, so clients see a clean close. */
+    if (c->tls && tls_conn_ready(c->tls)) {
+        char *alert;
+        size_t alen;
+        if (tls_conn_close_notify(c->tls, &alert, &alen) == 0)
+            write_raw(c, alert, alen);
+        if (c->flags & CONN_CLOSING) {
+            free(req);
+            return;
+        }
+    }
     if (req == NULL || uv_shutdown(req, (uv_stream_t *)&c->tcp, after_shutdown) < 0) {
         free(req);
         conn_close(c, CONN_WHY_SHUTDOWN_FAILED, NULL);
@@ -504,6 +558,14 @@ int conn_stream_send(struct conn *c, const char *buf, size_t len)
         return -1;
     if (len == 0)
         return 0;
+    if (c->tls) {
+        char *sealed;
+        size_t slen;
+        if (seal(c, buf, len, &sealed, &slen) < 0)
+            return -1;
+        write_raw(c, sealed, slen);
+        return c->flags & CONN_CLOSING ? -1 : 0;
+    }
     n = try_write(c, buf, len);
     if (n < 0)
         return -1;
@@ -770,6 +832,54 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     buf->len = sizeof(c->cl->rbuf);
 }
 
+/* Bytes of the connection's own protocol (after TLS), to where they belong now. */
+static void received(struct conn *c, const char *data, size_t len)
+{
+    if (c->flags & CONN_UPGRADED) {
+        deliver(c, data, len);
+        return;
+    }
+    if (c->flags & CONN_BUSY) {
+        if (keep_pending(c, data, len) < 0)
+            conn_close(c, CONN_WHY_PIPELINE_FULL, NULL);
+        return;
+    }
+    process(c, data, len);
+}
+
+/*
+ * TLS: every complete record of the read is opened first, so that a request
+ * handed to another worker takes all the bytes behind it (and an incomplete
+ * record travels inside the TLS state).
+ */
+static void read_tls(struct conn *c, char *data, size_t len)
+{
+    struct tls_out out = {.send = tls_send, .arg = c};
+    const char *why = NULL;
+    char *plain, peer[64], q[128];
+    size_t plain_len;
+    int was_ready = tls_conn_ready(c->tls);
+    long rc = tls_conn_input(c->tls, data, len, &plain, &plain_len, &out, &why);
+
+    if (c->flags & CONN_CLOSING)
+        return;
+    if (!was_ready && tls_conn_ready(c->tls))
+        c->cl->metrics->tls_handshakes++;
+    if (rc == TLS_ERROR) {
+        LOG(LOG_INFO, tls_failed, "peer=%s reason=%s", conn_peer(c, peer, sizeof(peer)),
+            log_q(q, sizeof(q), why ? why : "?"));
+        c->cl->metrics->tls_failures++;
+        conn_close(c, CONN_WHY_TLS, why);
+        return;
+    }
+    if (plain_len > 0)
+        received(c, plain, plain_len);
+    if (!(c->flags & CONN_CLOSING))
+        tls_conn_done(c->tls);
+    if (rc == TLS_EOF && !(c->flags & CONN_CLOSING))
+        conn_close(c, CONN_WHY_EOF, NULL);
+}
+
 static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
 {
     struct conn *c = stream->data;
@@ -786,16 +896,11 @@ static void on_read(uv_stream_t *stream, ssize_t nread, const uv_buf_t *buf)
     c->cl->metrics->bytes_received += (uint64_t)nread;
     if (c->flags & CONN_LINGER)
         return; /* drained and dropped */
-    if (c->flags & CONN_UPGRADED) {
-        deliver(c, buf->base, (size_t)nread);
+    if (c->tls) {
+        read_tls(c, buf->base, (size_t)nread);
         return;
     }
-    if (c->flags & CONN_BUSY) {
-        if (keep_pending(c, buf->base, (size_t)nread) < 0)
-            conn_close(c, CONN_WHY_PIPELINE_FULL, NULL);
-        return;
-    }
-    process(c, buf->base, (size_t)nread);
+    received(c, buf->base, (size_t)nread);
 }
 
 static void on_deadline(struct conn *c)
@@ -871,7 +976,8 @@ struct conn *conn_open(struct conn_loop *cl, int fd, void *counted)
     return c;
 }
 
-int conn_adopt(struct conn_loop *cl, int fd, void *counted, const char *bytes, size_t len)
+int conn_adopt(struct conn_loop *cl, int fd, void *counted, const char *bytes, size_t len,
+               const void *tls, size_t tls_len)
 {
     int err = 0;
     struct conn *c = conn_new(cl, fd, counted, &err);
@@ -879,8 +985,44 @@ int conn_adopt(struct conn_loop *cl, int fd, void *counted, const char *bytes, s
     if (c == NULL)
         return err;
     c->flags |= CONN_ADOPTED;
+    if (tls_len > 0) {
+        c->tls = tls_conn_import(tls, tls_len);
+        if (c->tls == NULL) {
+            conn_close(c, CONN_WHY_TLS, "its TLS state did not arrive whole");
+            return -EPROTO;
+        }
+    }
     process(c, bytes, len);
     return 0;
+}
+
+int conn_start_tls(struct conn *c)
+{
+    if (c->cl->tls == NULL || (c->tls = tls_conn_new(c->cl->tls)) == NULL) {
+        conn_close(c, CONN_WHY_NO_MEMORY, NULL);
+        return -1;
+    }
+    return 0;
+}
+
+void conn_loop_set_tls(struct conn_loop *cl, struct tls_server *tls)
+{
+    cl->tls = tls;
+}
+
+int conn_is_tls(const struct conn *c)
+{
+    return c->tls != NULL;
+}
+
+long conn_tls_export(const struct conn *c, void *buf, size_t len)
+{
+    size_t n;
+
+    if (c->tls == NULL)
+        return 0;
+    n = tls_conn_export(c->tls, buf, len);
+    return n == 0 ? -1 : (long)n;
 }
 
 int conn_adopted(const struct conn *c)

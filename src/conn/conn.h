@@ -40,6 +40,8 @@ struct conn;
 struct http_error;
 struct metrics;
 struct store_event;
+struct tls_conn;
+struct tls_server;
 
 /* Why a connection closed: an enum to decide on, with a text for the log line. */
 enum conn_why {
@@ -55,6 +57,7 @@ enum conn_why {
     CONN_WHY_ENDED_BY_ADMIN,  /* an admin ended its session */
     CONN_WHY_REAPED,          /* its session was found dead at the session cap */
     CONN_WHY_SLOW,            /* a stream's client did not take what it was sent */
+    CONN_WHY_TLS,             /* a TLS handshake failed or a record was bad; the detail says why */
     CONN_WHY_COUNT,
 };
 
@@ -136,6 +139,7 @@ struct conn_loop {
     uv_timer_t deadline_timer;   /* armed for the earliest deadline */
     uint64_t deadline_armed;     /* when it is armed for, 0: not armed */
     uv_timer_t resume_timer;     /* runs connections with pipelined requests waiting */
+    struct tls_server *tls;      /* the context of TLS listeners' handshakes, or NULL */
     struct conn *resume_head;
     /* While a request is dispatched: its connection, and the bytes read behind it. */
     struct conn *dispatching;
@@ -163,6 +167,7 @@ struct conn {
     void *hold_arg;
     struct conn *resume_next;
     void *counted;          /* the acceptor's record of it (listen.c), or NULL */
+    struct tls_conn *tls;   /* its TLS state (src/tls/), or NULL for plain HTTP */
 };
 
 /*
@@ -201,11 +206,32 @@ struct conn *conn_open(struct conn_loop *cl, int fd, void *counted);
 
 /*
  * Takes over socket 'fd' that another worker accepted and started reading:
- * bytes[0..len) are what it read (requests not yet answered), parsed here.
+ * bytes[0..len) are what it read (requests not yet answered, decrypted),
+ * parsed here; tls[0..tls_len) its TLS state (conn_tls_export), if any.
  * 0, or a negative errno when it could not be set up (fd closed, on_closed
  * told; the caller logs it).
  */
-int conn_adopt(struct conn_loop *cl, int fd, void *counted, const char *bytes, size_t len);
+int conn_adopt(struct conn_loop *cl, int fd, void *counted, const char *bytes, size_t len,
+               const void *tls, size_t tls_len);
+
+/*
+ * c speaks TLS from its first byte (a listener with the tls flag): its
+ * handshake runs on cl's TLS context (conn_loop_set_tls). Call right after
+ * conn_open. 0, or -1 when it could not start (c is closed).
+ */
+int conn_start_tls(struct conn *c);
+
+/* The TLS context new handshakes use; the loop does not own it. */
+void conn_loop_set_tls(struct conn_loop *cl, struct tls_server *tls);
+
+/* 1 when c speaks TLS. */
+int conn_is_tls(const struct conn *c);
+
+/*
+ * c's TLS state as bytes for conn_adopt in another worker: their length
+ * (at most TLS_EXPORT_MAX), 0 for a plain connection, -1 when it cannot move.
+ */
+long conn_tls_export(const struct conn *c, void *buf, size_t len);
 
 /* 1 when c came from another worker (conn_adopt), 0 when this one accepted it. */
 int conn_adopted(const struct conn *c);

@@ -403,6 +403,9 @@ static void on_readable(uv_poll_t *p, int status, int events)
         }
         ip = ip_enter(l, &ss, &over);
         c = conn_open(l->conns, fd, ip);
+        if (c && (ls->flags & CONFIG_LISTEN_TLS) && conn_start_tls(c) < 0)
+            continue;
+        /* On TLS the refusal cannot be answered before a handshake: it is a close. */
         if (c && over)
             refuse_over_ip(l, c, ip);
     }

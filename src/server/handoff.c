@@ -14,6 +14,7 @@
 #include "conn/listen.h"
 #include "stream/sse.h"
 #include "http/error.h"
+#include "tls/tls.h"
 #include "worker/mesh.h"
 
 /* One line per this long when owners are full, not one per refused client. */
@@ -26,16 +27,24 @@
  */
 static void hand_off(struct handoff *h, struct conn *c, unsigned to)
 {
+    /* A TLS connection's keys and sequence numbers travel with it (src/tls/tls.h). */
+    static char tls[TLS_EXPORT_MAX];
     struct listen_ref ref;
     struct http_error e;
-    struct iovec iov[4];
+    struct iovec iov[6];
     size_t total = 0;
+    uint32_t tls_len;
+    long n;
     int rc, fd;
 
     listen_ref_of(h->listener, c->counted, &ref);
+    n = conn_tls_export(c, tls, sizeof(tls));
+    tls_len = n > 0 ? (uint32_t)n : 0;
     iov[0] = (struct iovec){.iov_base = &ref, .iov_len = sizeof(ref)};
-    conn_unanswered(c, &iov[1]);
-    for (int i = 0; i < 4; i++)
+    iov[1] = (struct iovec){.iov_base = &tls_len, .iov_len = sizeof(tls_len)};
+    iov[2] = (struct iovec){.iov_base = tls, .iov_len = tls_len};
+    conn_unanswered(c, &iov[3]);
+    for (int i = 0; i < 6; i++)
         total += iov[i].iov_len;
     /* At its descriptor ceiling the owner could not take the socket: refuse here, with an answer. */
     if (listen_reserve(h->listener, to) < 0) {
@@ -60,10 +69,10 @@ static void hand_off(struct handoff *h, struct conn *c, unsigned to)
         return;
     }
     fd = conn_fd(c);
-    if (fd < 0 || total > mesh_max_payload(h->mesh))
+    if (fd < 0 || n < 0 || total > mesh_max_payload(h->mesh))
         rc = -EMSGSIZE;
     else
-        rc = mesh_send(h->mesh, to, HANDOFF_MSG, 0, iov, 4, fd);
+        rc = mesh_send(h->mesh, to, HANDOFF_MSG, 0, iov, 6, fd);
     if (rc < 0) {
         char q[96];
         listen_unreserve(h->listener, to);
@@ -104,12 +113,16 @@ static void on_handoff_msg(void *arg, unsigned from, uint32_t id, const char *p,
 {
     struct handoff *h = arg;
     struct listen_ref ref;
+    uint32_t tls_len = 0;
     void *counted;
     char q[128];
     int rc;
 
     (void)id;
-    if (fd < 0 || len < sizeof(ref)) {
+    if (len >= sizeof(ref) + sizeof(tls_len))
+        memcpy(&tls_len, p + sizeof(ref), sizeof(tls_len));
+    if (fd < 0 || len < sizeof(ref) + sizeof(tls_len) ||
+        tls_len > len - sizeof(ref) - sizeof(tls_len)) {
         LOG(LOG_ERROR, handoff_failed, "from=%u reason=\"handoff without a connection\"", from);
         if (fd >= 0)
             close(fd);
@@ -117,7 +130,9 @@ static void on_handoff_msg(void *arg, unsigned from, uint32_t id, const char *p,
     }
     memcpy(&ref, p, sizeof(ref));
     counted = listen_adopt(h->listener, &ref);
-    rc = conn_adopt(h->conns, fd, counted, p + sizeof(ref), len - sizeof(ref));
+    p += sizeof(ref) + sizeof(tls_len);
+    len -= sizeof(ref) + sizeof(tls_len);
+    rc = conn_adopt(h->conns, fd, counted, p + tls_len, len - tls_len, p, tls_len);
     if (rc != -ENOMEM)
         h->metrics->handoffs_received++;
     if (rc < 0)

@@ -7,6 +7,7 @@
 #include "common/config.h"
 #include "common/log.h"
 #include "store/reshard.h"
+#include "tls/tls.h"
 
 static int saved_argc;
 static char **saved_argv;
@@ -19,14 +20,15 @@ void reload_init(int argc, char **argv)
     saved_argv = argv;
 }
 
-void reload_run(const struct config *running, struct passwords *passwords, int worker)
+void reload_run(const struct config *running, struct passwords *passwords, struct tls_server *tls,
+                int worker)
 {
     /* static: two large structs, and a reload runs on the loop, never twice at once. */
     static struct config fresh, now;
     enum config_action action;
     enum log_level level;
     char err[1024], q[1100], changed[512], q2[600];
-    const char *log = "-";
+    const char *log = "-", *tls_now = "-";
 
     if (config_from_args(&fresh, saved_argc, saved_argv, &action, err, sizeof(err)) < 0) {
         LOG(LOG_ERROR, reload_failed, "reason=%s", log_q(q, sizeof(q), err));
@@ -54,8 +56,20 @@ void reload_run(const struct config *running, struct passwords *passwords, int w
     }
     if (passwords != NULL)
         passwd_reload(passwords);
+    /* New handshakes get the new certificate; established connections hold no certificate. */
+    if (tls != NULL) {
+        if (tls_server_reload(tls, fresh.tls_cert, fresh.tls_key, err, sizeof(err)) < 0) {
+            LOG(LOG_ERROR, reload_failed, "reason=%s", log_q(q, sizeof(q), err));
+            tls_now = "kept";
+        } else {
+            char what[300];
+            tls_server_describe(tls, what, sizeof(what));
+            LOG(LOG_INFO, tls_loaded, "%s", what);
+            tls_now = "reloaded";
+        }
+    }
     if (config_diff(&now, &fresh, changed, sizeof(changed)) == 0)
         memcpy(changed, "-", 2);
-    LOG(LOG_INFO, reloaded, "log_level=%s log=%s passwords=%s restart_needed=%s", now.log_level,
-        log, passwords ? "reread" : "-", log_q(q2, sizeof(q2), changed));
+    LOG(LOG_INFO, reloaded, "log_level=%s log=%s passwords=%s tls=%s restart_needed=%s",
+        now.log_level, log, passwords ? "reread" : "-", tls_now, log_q(q2, sizeof(q2), changed));
 }

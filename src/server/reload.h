@@ -11,6 +11,7 @@
 
 struct config;
 struct passwords;
+struct tls_server;
 
 /* Remembers the command line to read again (main's argc and argv, which outlive the server). */
 void reload_init(int argc, char **argv);
@@ -20,6 +21,7 @@ void reload_init(int argc, char **argv);
  * 'passwords' its password backend, or NULL; 'worker' its index (its store
  * file is its shard's), or -1 for the supervisor or a single process.
  */
-void reload_run(const struct config *running, struct passwords *passwords, int worker);
+void reload_run(const struct config *running, struct passwords *passwords, struct tls_server *tls,
+                int worker);
 
 #endif

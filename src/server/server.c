@@ -89,7 +89,7 @@ static void on_hup(uv_signal_t *sig, int signum)
     /* With workers the supervisor tells systemd; alone, this process is the service. */
     if (s->wk == NULL)
         sd_notify(0, "RELOADING=1");
-    reload_run(s->cfg, s->passwords, s->wk ? (int)s->wk->index : -1);
+    reload_run(s->cfg, s->passwords, s->tls, s->wk ? (int)s->wk->index : -1);
     if (s->wk == NULL)
         sd_notify(0, "READY=1");
 }
@@ -167,7 +167,19 @@ int server_init(struct server *s, uv_loop_t *loop, const struct config *cfg,
     devices_load(&s->devices);
     as_ping_load(&s->as_ping);
 
-    if (wk && mesh_init(&s->mesh, loop, wk, (size_t)cfg->max_header_bytes + cfg->max_body_bytes,
+    if (config_listen_any(cfg) & CONFIG_LISTEN_TLS) {
+        char what[300];
+        if (tls_server_new(&s->tls, cfg->tls_cert, cfg->tls_key, secret->key, sizeof(secret->key),
+                           err, sizeof(err)) < 0)
+            goto fail_err;
+        conn_loop_set_tls(&s->conns, s->tls);
+        tls_server_describe(s->tls, what, sizeof(what));
+        LOG(LOG_INFO, tls_loaded, "%s", what);
+    }
+    /* A moved TLS connection carries its keys and an incomplete record beside its request. */
+    if (wk && mesh_init(&s->mesh, loop, wk,
+                        (size_t)cfg->max_header_bytes + cfg->max_body_bytes +
+                            (s->tls ? TLS_EXPORT_MAX + 4 : 0),
                         &s->metrics, err, sizeof(err)) < 0)
         goto fail_err;
     if (listen_start(&s->listener, loop, cfg, &s->conns, &s->metrics, wk, s->mesh, err,
@@ -287,6 +299,8 @@ void server_free(struct server *s)
     hb_free(&s->hb);
     passwd_free(s->passwords);
     s->passwords = NULL;
+    tls_server_free(s->tls);
+    s->tls = NULL;
     free(s->fail_slots);
     ticket_spent_free(s->spent);
 }

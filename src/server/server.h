@@ -42,6 +42,7 @@
 #include "session/session.h"
 #include "shard/shard.h"
 #include "store/store.h"
+#include "tls/tls.h"
 
 struct mesh;
 struct passwords;
@@ -77,6 +78,7 @@ struct server {
     struct sessions_api sessions_api;
     struct status status;
     struct passwords *passwords;   /* NULL: tokens only ([auth] passwords empty) */
+    struct tls_server *tls;        /* NULL: no listener has the tls flag */
     struct auth_limit fail_ip, fail_user;
     _Atomic uint64_t *fail_slots;  /* without workers: the limits' own slots (2 tables) */
     struct login login;

@@ -431,7 +431,7 @@ int supervisor_run(struct config *cfg, const struct secret *secret, unsigned wor
         else if (sig == SIGHUP) {
             /* Each worker reloads itself and logs what it did; this process its own log. */
             sd_notify(0, "RELOADING=1");
-            reload_run(cfg, NULL, -1);
+            reload_run(cfg, NULL, NULL, -1);
             for (unsigned i = 0; i < workers; i++)
                 if (sp.w[i].pid > 0)
                     kill(sp.w[i].pid, SIGHUP);

@@ -5,7 +5,9 @@ Part 1, memory per idle held connection: --count (10,000) connections held
 at once, one server at a time, each measured as the PSS of all its
 processes before and after, divided by the count:
   nudged, plain HTTP    a held POST /v1/ping per user (as held_memory.py);
-  nudged, TLS           the same over TLS 1.3 (listener "127.0.0.1:0 tls");
+  nudged, TLS           the same over TLS 1.3 (listener "127.0.0.1:0 tls"),
+                        with one process and with workers = 3 (each
+                        connection handed to its user's worker, keys and all);
   nginx, TLS keep-alive GET /ka answered 204, the connection left idle;
   nginx+nchan, TLS      a held nchan long-poll (GET /sub/u<k>), nginx's
                         closest thing to a held ping (bench/compare.py).
@@ -25,7 +27,7 @@ A server that is not there is skipped with a line saying why (a nudged
 built before native TLS: its TLS rows say "not available").
 
 Usage: bench/tls.py [--count N] [--seconds S] [--clients C] [--skip-held]
-                    [--skip-handshakes] [--servers nudge,nudge-tls,nginx,nchan]
+                    [--skip-handshakes] [--servers nudge,nudge-tls,nudge-tls-w3,nginx,nchan]
                     [--nudged PATH] [--nudge PATH] [--nginx PATH]
 Bounded in count and time, loopback only.
 """
@@ -44,7 +46,10 @@ import sys
 import tempfile
 import time
 
-from benchlib import Nudged, cpu_s, http, metric, pss_kib, publish_each, raise_nofile  # noqa: E402
+import copy
+
+from benchlib import (Nudged, cpu_s, http, metric, pss_kib, publish_each, raise_nofile,  # noqa: E402
+                      wait_workers)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "bench")
@@ -127,6 +132,9 @@ class NudgedServer:
                 self.plain = p
         self.admin = self.srv.token("--admin")[0]
         self.publisher = self.srv.token("--publisher")[0]
+        if getattr(args, "workers", 1) > 1 and not wait_workers(self.plain, self.admin):
+            self.srv.stop()
+            sys.exit("nudged: its workers did not come up")
 
     def pids(self):
         return self.srv.pids()
@@ -236,8 +244,10 @@ def await_answers(socks, needle, limit=120):
     return answered
 
 
-def held_nudge(args, tls, cert):
+def held_nudge(args, tls, cert, workers=1):
     n = args.count
+    args = copy.copy(args)
+    args.workers = workers
     srv = NudgedServer(args, tls, cert)
     try:
         if tls and srv.tls is None:
@@ -309,6 +319,9 @@ def part_held(args, certs):
     cert = certs["ECDSA P-256"]
     rows = [("nudge", "nudged, plain HTTP, held ping", lambda: held_nudge(args, False, cert)),
             ("nudge-tls", "nudged, TLS 1.3, held ping", lambda: held_nudge(args, True, cert)),
+            # each connection handed to the worker that owns its user, its keys with it
+            ("nudge-tls-w3", "nudged, TLS 1.3, held ping, workers = 3",
+             lambda: held_nudge(args, True, cert, workers=3)),
             ("nginx", "nginx, TLS 1.3, idle keep-alive", lambda: held_nginx(args, cert, "keepalive")),
             ("nchan", "nginx+nchan, TLS 1.3, held long-poll", lambda: held_nginx(args, cert, "sub"))]
     print(f"\nMemory per idle held connection, N = {args.count}, ECDSA P-256, one process "
@@ -426,7 +439,7 @@ def main():
     ap.add_argument("--count", type=int, default=10000, help="held connections (part 1)")
     ap.add_argument("--seconds", type=float, default=5, help="per handshake row (part 2)")
     ap.add_argument("--clients", type=int, default=2, help="handshaking processes (part 2)")
-    ap.add_argument("--servers", default="nudge,nudge-tls,nginx,nchan")
+    ap.add_argument("--servers", default="nudge,nudge-tls,nudge-tls-w3,nginx,nchan")
     ap.add_argument("--skip-held", action="store_true")
     ap.add_argument("--skip-handshakes", action="store_true")
     ap.add_argument("--nudged", default=os.path.join(ROOT, "bin/nudged"))

@@ -6,6 +6,8 @@
 #   make SAN=1      build with AddressSanitizer+UndefinedBehaviorSanitizer into build-san/
 #   make deps       install missing Debian packages only
 #   make bench      nudge against nginx+nchan at N=10k and 100k (make bench N=1000000: 1M)
+#   make bench-tls-libs  OpenSSL, wolfSSL and GnuTLS: memory per idle connection, handshake CPU
+#   make bench-tls  nudged's TLS beside nginx's: memory per held TLS ping, handshakes per core
 
 CC      ?= cc
 PYTHON  ?= /usr/bin/python3

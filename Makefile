@@ -6,6 +6,8 @@
 #   make SAN=1      build with AddressSanitizer+UndefinedBehaviorSanitizer into build-san/
 #   make deps       install missing Debian packages only
 #   make bench      nudge against nginx+nchan at N=10k and 100k (make bench N=1000000: 1M)
+#   make bench-tls-libs  OpenSSL, wolfSSL and GnuTLS: memory per idle connection, handshake CPU
+#   make bench-tls  nudged's TLS beside nginx's: memory per held TLS ping, handshakes per core
 
 CC      ?= cc
 PYTHON  ?= /usr/bin/python3
@@ -144,7 +146,7 @@ UNIT_BIN       := $(patsubst tests/unit/%,$(BUILD)/tests/%,$(UNIT_TESTS))
 
 .PHONY: all run test check-layers test-unit test-e2e test-e2e-workers test-san deps deps-test deps-bench clean \
 	browser-deps \
-	bench bench-nudge bench-streams
+	bench bench-nudge bench-streams bench-tls-libs bench-tls
 
 comma := ,
 
@@ -178,6 +180,23 @@ $(BIN)/loadgen: bench/loadgen.c
 $(BIN)/floor: bench/floor.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $<
+
+# The TLS library comparison (bench/tls_libs/, bench/README.md "TLS libraries"):
+# one program per library around the shared driver tlsb.c, and the EVP AEAD
+# costs of nudge's own record layer. Built by make bench-tls-libs only.
+TLSB_BIN := $(BIN)/tls-openssl $(BIN)/tls-wolfssl $(BIN)/tls-gnutls $(BIN)/tls-evp
+$(BIN)/tls-openssl: bench/tls_libs/tlsb.c bench/tls_libs/openssl.c bench/tls_libs/tlsb.h
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(filter %.c,$^) -lssl -lcrypto
+$(BIN)/tls-wolfssl: bench/tls_libs/tlsb.c bench/tls_libs/wolfssl.c bench/tls_libs/tlsb.h
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(filter %.c,$^) -lwolfssl
+$(BIN)/tls-gnutls: bench/tls_libs/tlsb.c bench/tls_libs/gnutls.c bench/tls_libs/tlsb.h
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $(filter %.c,$^) -lgnutls
+$(BIN)/tls-evp: bench/tls_libs/evp.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< -lcrypto
 
 $(BUILD)/gen/status_html.c: src/admin/status.html
 	@mkdir -p $(@D)
@@ -294,6 +313,16 @@ bench-nudge: deps-test
 	$(PYTHON) bench/held_memory.py
 	$(PYTHON) bench/udp_fanout.py
 	$(PYTHON) bench/activesync.py
+
+# TLS: the libraries compared in-process (bench/tls_libs/run.py), and nudged's
+# TLS listener beside nginx's, memory per held ping and handshakes (bench/tls.py).
+bench-tls-libs: deps-bench
+	@$(MAKE) --no-print-directory $(TLSB_BIN)
+	$(PYTHON) bench/tls_libs/run.py --bin $(BIN)
+
+bench-tls: deps-bench
+	@$(MAKE) --no-print-directory all
+	ulimit -n $$(ulimit -Hn) && $(PYTHON) bench/tls.py $(BENCH_ARGS)
 
 deps-bench:
 	@scripts/deps.sh bench

@@ -25,6 +25,8 @@ package_pkgs="debhelper dpkg-dev fakeroot debootstrap systemd"
 # bench/compare.py measures nudge against nginx with the nchan module, and draws its chart with
 # gnuplot; bench/auth.py drives its requests with wrk.
 bench_pkgs="nginx libnginx-mod-nchan gnuplot-nox wrk"
+# bench/tls_libs compares OpenSSL (libssl-dev, a build package) with wolfSSL and GnuTLS.
+bench_pkgs="$bench_pkgs libwolfssl-dev libgnutls28-dev"
 
 # make fuzz builds the libFuzzer targets with clang (not part of make test).
 fuzz_pkgs="clang"

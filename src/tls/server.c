@@ -667,20 +667,6 @@ int tls_conn_close_notify(struct tls_conn *t, char **out, size_t *out_len)
     return 0;
 }
 
-const char *tls_conn_describe(const struct tls_conn *t, char *buf, size_t len)
-{
-    static const char *const names[2][4] = {
-        {"", "ECDHE-AES128-GCM", "ECDHE-AES256-GCM", "ECDHE-CHACHA20-POLY1305"},
-        {"", "TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384", "TLS_CHACHA20_POLY1305_SHA256"}};
-
-    if (t->hs || t->rec.cipher < 1 || t->rec.cipher > 3)
-        snprintf(buf, len, "handshake");
-    else
-        snprintf(buf, len, "TLSv1.%d %s", t->rec.version == 13 ? 3 : 2,
-                 names[t->rec.version == 13][t->rec.cipher]);
-    return buf;
-}
-
 /* ---- moving between processes -------------------------------------------------- */
 
 #define EXPORT_MAGIC 0x4e544c53u /* "NTLS" */

@@ -97,9 +97,6 @@ int tls_conn_seal(struct tls_conn *t, const char *buf, size_t len, char **out, s
 /* A close_notify alert record, as tls_conn_seal. */
 int tls_conn_close_notify(struct tls_conn *t, char **out, size_t *out_len);
 
-/* The protocol and cipher, "TLSv1.3 TLS_AES_128_GCM_SHA256", once ready. */
-const char *tls_conn_describe(const struct tls_conn *t, char *buf, size_t len);
-
 /*
  * A ready connection's whole state as bytes, to hand it to another process
  * with its socket: the number of bytes written to buf (at most
